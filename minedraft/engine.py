@@ -1,0 +1,160 @@
+"""`Engine`: the Python entry point. Loads target (and draft), builds in-process workers and the
+scheduler, validates input, and turns prompts into results."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from minedraft import hf_adapter
+from minedraft.local_workers import LocalDraftWorker, LocalTargetWorker
+from minedraft.request import Request
+from minedraft.runner import ModelRunner
+from minedraft.sampling import SamplingParams
+from minedraft.scheduler import MODES, Scheduler
+
+MAX_SPECULATIVE_TOKENS = 16
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    request_id: str
+    prompt_ids: list[int]
+    token_ids: list[int]  # generated ids only
+    text: str
+    finish_reason: str
+    num_drafted: int
+    num_accepted: int
+
+
+def default_model_paths() -> tuple[str, str]:
+    from minedraft.assets import default_draft_path, default_target_path
+
+    return default_target_path(), default_draft_path()
+
+
+def validate_k(k) -> None:
+    if not isinstance(k, int) or not 1 <= k <= MAX_SPECULATIVE_TOKENS:
+        raise ValueError(f"num_speculative_tokens: must be an integer in [1, {MAX_SPECULATIVE_TOKENS}], got {k!r}")
+
+
+def check_pair(target_path: str, draft_path: str, target_vocab: int, draft_vocab: int) -> None:
+    """Draft and target must share token ids: same vocabulary size and the same tokenizer."""
+    if target_vocab != draft_vocab:
+        raise ValueError(f"draft: vocabulary size {draft_vocab} differs from the target's {target_vocab}")
+    t_tok, d_tok = hf_adapter.load_tokenizer(target_path), hf_adapter.load_tokenizer(draft_path)
+    if hf_adapter.tokenizer_fingerprint(t_tok) != hf_adapter.tokenizer_fingerprint(d_tok) and d_tok is not None:
+        raise ValueError("draft: its tokenizer differs from the target's (token ids would not mean the same)")
+
+
+def validate_prompt_ids(ids: list[int], vocab_size: int, context_len: int, name: str = "prompt") -> None:
+    if len(ids) == 0:
+        raise ValueError(f"{name}: must not be empty")
+    bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"{name}: token id {bad[0]!r} is outside the vocabulary [0, {vocab_size})")
+    if len(ids) >= context_len:
+        raise ValueError(f"{name}: {len(ids)} tokens leave no room in the model's context of {context_len}")
+
+
+class Engine:
+    def __init__(self, target: str | None = None, draft: str | None = None, mode: str = "psd",
+                 num_speculative_tokens: int = 4, device: str = "cpu", draft_device: str | None = None,
+                 dtype: str | None = None, max_num_seqs: int = 64, max_model_len: int | None = None,
+                 full_q: bool = True):
+        if mode not in MODES:
+            raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+        validate_k(num_speculative_tokens)
+        if target is None:
+            target, default_draft = default_model_paths()
+            draft = draft if draft is not None else default_draft
+        if mode != "ar" and draft is None:
+            raise ValueError(f"draft: mode {mode!r} needs a draft model")
+        lookahead = num_speculative_tokens + 2
+        self.target_runner = ModelRunner(target, device, dtype, max_num_seqs, max_model_len, lookahead)
+        self.draft_runner = None
+        draft_worker = None
+        if draft is not None and mode != "ar":
+            self.draft_runner = ModelRunner(draft, draft_device or device, dtype, max_num_seqs,
+                                            self.target_runner.context_len, lookahead)
+            check_pair(target, draft, self.target_runner.vocab_size, self.draft_runner.vocab_size)
+            draft_worker = LocalDraftWorker(self.draft_runner, full_q=full_q)
+        self.tokenizer = hf_adapter.load_tokenizer(target)
+        cfg = self.target_runner.cfg
+        self.eos_token_ids = frozenset(cfg.eos_token_ids)
+        self.context_len = self.target_runner.context_len
+        self.vocab_size = cfg.vocab_size
+        self.scheduler = Scheduler(LocalTargetWorker(self.target_runner), draft_worker, mode,
+                                   num_speculative_tokens, max_num_seqs)
+        self._ids = itertools.count()
+
+    # -- incremental API (the gateway and the tests use it) -------------------------------------------
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompt: this checkpoint has no tokenizer; pass token ids")
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        return list(prompt)
+
+    def make_request(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> Request:
+        if isinstance(prompt, str) and not prompt:
+            raise ValueError("prompt: must not be empty")
+        params.validate()
+        ids = self.encode(prompt)
+        validate_prompt_ids(ids, self.vocab_size, self.context_len)
+        stop = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop |= self.eos_token_ids
+        seed = params.seed if params.seed is not None else self.scheduler.new_seed()
+        return Request(request_id or f"req-{next(self._ids)}", ids, params, seed,
+                       min(params.max_tokens, self.context_len - len(ids)), frozenset(stop))
+
+    def add_request(self, prompt, params: SamplingParams, request_id: str | None = None) -> str:
+        req = self.make_request(prompt, params, request_id)
+        self.scheduler.add(req)
+        return req.request_id
+
+    def step(self) -> list[Request]:
+        return self.scheduler.step()
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
+
+    def result(self, req: Request) -> GenerationResult:
+        return GenerationResult(req.request_id, req.prompt_ids, list(req.output_ids), self.decode(req.output_ids),
+                                req.finish_reason, req.num_drafted, req.num_accepted)
+
+    # -- batch API ------------------------------------------------------------------------------------
+    def generate(self, prompts: list[str] | list[list[int]] | str, params: SamplingParams | None = None,
+                 progress: bool = False) -> list[GenerationResult]:
+        params = params or SamplingParams()
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        requests = [self.make_request(p, params) for p in prompts]  # validate all before running any
+        for req in requests:
+            self.scheduler.add(req)
+        bar = _progress(len(requests), progress)
+        while any(not r.finished for r in requests):
+            for req in self.step():
+                if req.finished and bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        while self.scheduler.has_unfinished():  # let the last releases happen
+            self.step()
+        return [self.result(r) for r in requests]
+
+    @property
+    def metrics(self):
+        return self.scheduler.metrics
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="requests", unit="req")

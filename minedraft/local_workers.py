@@ -1,0 +1,163 @@
+"""In-process DraftWorker and TargetWorker over a ModelRunner. The services wrap these same classes,
+so a step computes the same thing whether the scheduler calls it directly or over gRPC."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from minedraft.logits_processing import make_generator, probs_from_logits, sample
+from minedraft.runner import ModelRunner
+from minedraft.sampling import SamplingParams
+from minedraft.verification import verify_batch
+from minedraft.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
+
+DRAFT_SEED_OFFSET = 0x5EED  # the draft's random stream differs from the target's but is fixed by the seed
+
+
+@dataclasses.dataclass
+class _RowState:
+    row: int
+    params: SamplingParams
+    generator: torch.Generator
+    tokens: list[int]  # every token of the sequence the worker knows to be committed
+    drafted: list[int] = dataclasses.field(default_factory=list)  # draft side: last proposal
+
+
+class _RowBook:
+    """request id -> cache row and per-request state, shared by both worker kinds."""
+
+    def __init__(self, runner: ModelRunner, seed_offset: int):
+        self.runner = runner
+        self.seed_offset = seed_offset
+        self.states: dict[str, _RowState] = {}
+
+    def add(self, req: NewRequest) -> _RowState:
+        if req.request_id in self.states:
+            raise ValueError(f"request_id: {req.request_id!r} is already running")
+        gen = make_generator(req.seed + self.seed_offset, self.runner.device)
+        state = _RowState(self.runner.allocate(), req.params, gen, list(req.prompt_ids))
+        self.states[req.request_id] = state
+        return state
+
+    def get(self, request_ids: list[str]) -> list[_RowState]:
+        missing = [r for r in request_ids if r not in self.states]
+        if missing:
+            raise KeyError(f"unknown request ids: {missing}")
+        return [self.states[r] for r in request_ids]
+
+    def release(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            state = self.states.pop(rid, None)
+            if state is not None:
+                self.runner.free(state.row)
+
+
+class LocalDraftWorker(DraftWorker):
+    def __init__(self, runner: ModelRunner, full_q: bool = True):
+        self.runner = runner
+        self.full_q = full_q  # send q for sampled requests (else draft greedily with one-hot q)
+        self.book = _RowBook(runner, DRAFT_SEED_OFFSET)
+
+    def add(self, requests: list[NewRequest]) -> None:
+        states = [self.book.add(r) for r in requests]
+        # The prompt's last token stays pending: propose() feeds it and gets the next logits.
+        if any(len(s.tokens) > 1 for s in states):
+            self.runner.forward([s.row for s in states], [s.tokens[:-1] or s.tokens[:1] for s in states])
+        for s in states:  # a one-token prompt had that token fed; drop it so it is fed again
+            if len(s.tokens) == 1:
+                self.runner.rollback(s.row, 0)
+
+    def _apply_update(self, state: _RowState, update: list[int]) -> None:
+        """Roll the KV cache back to the longest prefix that still matches the committed tokens."""
+        committed = len(state.tokens)
+        kv_len = self.runner.length(state.row)
+        in_kv_drafts = kv_len - committed  # drafted tokens whose KV was written (k-1 after a proposal)
+        same = 0
+        while same < min(len(update), max(in_kv_drafts, 0)) and update[same] == state.drafted[same]:
+            same += 1
+        self.runner.rollback(state.row, min(kv_len, committed + same))
+        state.tokens.extend(update)
+        state.drafted = []
+
+    def propose(self, request_ids, k, updates):
+        t0 = time.perf_counter()
+        states = self.book.get(request_ids)
+        for rid, s in zip(request_ids, states):
+            self._apply_update(s, updates.get(rid, []))
+        rows = [s.row for s in states]
+        params = [s.params for s in states]
+        gens = [s.generator for s in states]
+        want_q = self.full_q and not all(p.greedy for p in params)
+        if not self.full_q:  # one-hot q: the draft must be deterministic, so draft greedily
+            params = [dataclasses.replace(p, temperature=0.0) for p in params]
+        pending = [s.tokens[self.runner.length(s.row):] for s in states]
+        tokens, probs = [], []
+        for step in range(k):
+            logits = self.runner.forward(rows, pending)
+            q = probs_from_logits(logits, params)
+            chosen = sample(q, params, gens)
+            tokens.append(chosen)
+            if want_q:
+                probs.append(q)
+            pending = [[t] for t in chosen]
+        # The last drafted token was never fed: its KV is written when the target accepts it.
+        for s, row_tokens in zip(states, zip(*tokens)):
+            s.drafted = list(row_tokens)
+        token_tensor = torch.tensor(tokens, dtype=torch.long).T.contiguous()  # [B, k]
+        prob_tensor = torch.stack(probs, dim=1) if want_q else None  # [B, k, V]
+        if prob_tensor is not None and prob_tensor.is_cuda:
+            torch.cuda.synchronize(prob_tensor.device)
+        return Proposal(list(request_ids), k, token_tensor, prob_tensor, compute_s=time.perf_counter() - t0)
+
+    def release(self, request_ids):
+        self.book.release(request_ids)
+
+
+class LocalTargetWorker(TargetWorker):
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+        self.book = _RowBook(runner, 0)
+        self.context_len = runner.context_len
+        self.vocab_size = runner.vocab_size
+
+    def add(self, requests):
+        states = [self.book.add(r) for r in requests]
+        logits = self.runner.forward([s.row for s in states], [s.tokens for s in states])
+        first = sample(probs_from_logits(logits, [s.params for s in states]), [s.params for s in states],
+                       [s.generator for s in states])
+        for s, t in zip(states, first):
+            s.tokens.append(t)  # committed, but its KV is written by the next forward
+        return first
+
+    def decode(self, request_ids):
+        states = self.book.get(request_ids)
+        logits = self.runner.forward([s.row for s in states], [[s.tokens[-1]] for s in states])
+        params = [s.params for s in states]
+        out = sample(probs_from_logits(logits, params), params, [s.generator for s in states])
+        for s, t in zip(states, out):
+            s.tokens.append(t)
+        return out
+
+    def verify(self, proposal: Proposal) -> Verdict:
+        t0 = time.perf_counter()
+        states = self.book.get(proposal.request_ids)
+        drafts = proposal.tokens.tolist()
+        rows = [s.row for s in states]
+        kv_before = [self.runner.length(r) for r in rows]
+        logits = self.runner.forward(rows, [[s.tokens[-1]] + d for s, d in zip(states, drafts)],
+                                     all_positions=True)  # [B, k+1, V]
+        params = [s.params for s in states]
+        p = probs_from_logits(logits, params)
+        verdicts = verify_batch(p, proposal.tokens, proposal.probs, params, [s.generator for s in states])
+        for s, row, before, v in zip(states, rows, kv_before, verdicts):
+            # Keep the pending token and the accepted drafts; the new last token stays pending.
+            self.runner.rollback(row, before + 1 + v.num_accepted)
+            s.tokens.extend(v.tokens)
+        return Verdict(list(proposal.request_ids), [v.tokens for v in verdicts],
+                       [v.num_accepted for v in verdicts], compute_s=time.perf_counter() - t0)
+
+    def release(self, request_ids):
+        self.book.release(request_ids)

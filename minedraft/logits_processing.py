@@ -1,0 +1,61 @@
+"""Logits -> probabilities under each row's temperature / top-k / top-p, applied identically to the
+target's p and the draft's q (exactness needs both to be the same transformation)."""
+
+from __future__ import annotations
+
+import torch
+
+from minedraft.sampling import SamplingParams
+
+
+def probs_from_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """logits [B, ..., V] -> probs [B, ..., V] (fp32). Greedy rows get a one-hot on the argmax."""
+    logits = logits.float()
+    b, v = logits.shape[0], logits.shape[-1]
+    view = (b,) + (1,) * (logits.dim() - 1)
+    device = logits.device
+    greedy = torch.tensor([p.greedy for p in params], device=device).view(view)
+    temp = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device).view(view)
+    logits = logits / temp
+    top_k = [p.top_k for p in params]
+    top_p = [p.top_p for p in params]
+    if any(0 < k < v for k in top_k) or any(p < 1.0 for p in top_p):
+        logits = _filter_top_k_top_p(logits, top_k, top_p, view)
+    probs = torch.softmax(logits, dim=-1)
+    if greedy.any():
+        one_hot = torch.zeros_like(probs).scatter_(-1, probs.argmax(-1, keepdim=True), 1.0)
+        probs = torch.where(greedy, one_hot, probs)
+    return probs
+
+
+def _filter_top_k_top_p(logits, top_k, top_p, view):
+    v = logits.shape[-1]
+    device = logits.device
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(v, device=device)
+    k = torch.tensor([kk if 0 < kk < v else v for kk in top_k], device=device).view(view)
+    remove = ranks >= k  # beyond the top-k
+    sorted_probs = torch.softmax(sorted_logits.masked_fill(remove, float("-inf")), dim=-1)
+    mass_before = sorted_probs.cumsum(-1) - sorted_probs
+    p = torch.tensor(top_p, device=device, dtype=sorted_probs.dtype).view(view)
+    remove = remove | (mass_before >= p)  # keep the smallest prefix whose mass reaches top_p
+    remove[..., 0] = False
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+def sample(probs: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:
+    """One token per row from probs [B, V]: argmax for greedy rows, else the row's own generator."""
+    out = []
+    for row, (p, g) in enumerate(zip(params, generators)):
+        if p.greedy:
+            out.append(int(probs[row].argmax()))
+        else:
+            out.append(int(torch.multinomial(probs[row], 1, generator=g)))
+    return out
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g

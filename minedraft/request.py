@@ -1,0 +1,54 @@
+"""A request as the scheduler sees it: prompt, parameters, what has been generated, counters."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from minedraft.sampling import SamplingParams
+
+
+@dataclasses.dataclass
+class Request:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int
+    max_new_tokens: int  # min(params.max_tokens, room left in the context)
+    stop_ids: frozenset
+    output_ids: list[int] = dataclasses.field(default_factory=list)
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    num_drafted: int = 0
+    num_accepted: int = 0
+    arrival_s: float = dataclasses.field(default_factory=time.perf_counter)
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    new_since_emit: int = 0  # how many of output_ids the caller has not seen yet
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def append(self, tokens: list[int]) -> None:
+        """Take committed tokens until a stop token or the length budget ends the request."""
+        if self.first_token_s is None and tokens:
+            self.first_token_s = time.perf_counter()
+        for t in tokens:
+            if self.finished:
+                break
+            self.output_ids.append(t)
+            self.new_since_emit += 1
+            if t in self.stop_ids:
+                self.finish("stop")
+            elif len(self.output_ids) >= self.max_new_tokens:
+                self.finish("length")
+
+    def finish(self, reason: str) -> None:
+        if self.finish_reason is None:
+            self.finish_reason = reason
+            self.finish_s = time.perf_counter()
+
+    def take_new_tokens(self) -> list[int]:
+        new = self.output_ids[len(self.output_ids) - self.new_since_emit:] if self.new_since_emit else []
+        self.new_since_emit = 0
+        return new

@@ -1,0 +1,203 @@
+"""One scheduler for the three modes, written against DraftWorker / TargetWorker.
+
+ar : target only, one token per step.
+sd : one batch; draft k tokens, then the target verifies k+1 positions.
+psd: two batches A and B. While the target verifies A (whose tokens were drafted last step), the
+     draft proposes for B; then they swap. New requests join the batch about to be drafted. When
+     only one batch has requests it is split in two; a single request runs as plain SD.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from minedraft.metrics import SpecDecodeMetrics, StepRecord
+from minedraft.request import Request
+from minedraft.workers import DraftWorker, NewRequest, Proposal, TargetWorker
+
+MODES = ("ar", "sd", "psd")
+
+
+class Scheduler:
+    def __init__(self, target: TargetWorker, draft: DraftWorker | None, mode: str = "psd", k: int = 4,
+                 max_num_seqs: int = 64):
+        if mode not in MODES:
+            raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode != "ar" and draft is None:
+            raise ValueError(f"mode: {mode!r} needs a draft model")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"num_speculative_tokens: must be an integer >= 1, got {k!r}")
+        self.target, self.draft, self.mode, self.k = target, draft, mode, k
+        self.max_num_seqs = max_num_seqs
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: dict[str, Request] = {}
+        self.batches: list[list[str]] = [[], []]  # sd and ar use batches[0] only
+        self.proposal: Proposal | None = None  # psd: drafted last step, verified this step
+        self.proposed_batch: int | None = None
+        self.draft_updates: dict[str, list[int]] = {}
+        self.metrics = SpecDecodeMetrics(k)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker")
+
+    # -- requests ---------------------------------------------------------------------------------
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def new_seed(self) -> int:
+        return secrets.randbits(62)
+
+    def abort(self, request_id: str) -> None:
+        """Finish a request now; its cache rows are released at the end of the current step."""
+        for req in self.waiting:
+            if req.request_id == request_id:
+                req.finish("abort")
+        if request_id in self.running:
+            self.running[request_id].finish("abort")
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- one step -----------------------------------------------------------------------------------
+    def step(self) -> list[Request]:
+        """Run one step; return the requests that got new tokens or finished in it."""
+        touched: dict[str, Request] = {}
+        self._drop_aborted_waiting(touched)
+        self._admit(touched)
+        start = time.perf_counter()
+        record = StepRecord(self.mode, 0.0)
+        if self.mode == "ar":
+            self._step_ar(touched, record)
+        elif self.mode == "sd":
+            self._step_sd(self.batches[0], touched, record)
+        else:
+            self._step_psd(touched, record)
+        record.wall_s = time.perf_counter() - start
+        if record.num_verified:
+            self.metrics.steps.append(record)
+        for req in list(self.running.values()):
+            if req.finished:
+                touched[req.request_id] = req
+        self._retire()
+        return list(touched.values())
+
+    def _drop_aborted_waiting(self, touched):
+        for req in [r for r in self.waiting if r.finished]:
+            self.waiting.remove(req)
+            touched[req.request_id] = req
+
+    def _admit(self, touched) -> None:
+        new = []
+        while self.waiting and len(self.running) + len(new) < self.max_num_seqs:
+            new.append(self.waiting.popleft())
+        if not new:
+            return
+        reqs = [NewRequest(r.request_id, r.prompt_ids, r.params, r.seed) for r in new]
+        draft_job = self._pool.submit(self.draft.add, reqs) if self.draft is not None else None
+        first_tokens = self.target.add(reqs)
+        if draft_job is not None:
+            draft_job.result()
+        for req, token in zip(new, first_tokens):
+            self.running[req.request_id] = req
+            req.append([token])
+            touched[req.request_id] = req
+            self.draft_updates[req.request_id] = [token]
+            self._place(req.request_id)
+
+    def _place(self, request_id: str) -> None:
+        if self.mode != "psd":
+            self.batches[0].append(request_id)
+        elif self.proposed_batch is not None:  # join the batch about to be drafted
+            self.batches[1 - self.proposed_batch].append(request_id)
+        else:
+            min(self.batches, key=len).append(request_id)
+
+    def _live(self, batch: list[str]) -> list[str]:
+        return [r for r in batch if not self.running[r].finished]
+
+    def _step_ar(self, touched, record) -> None:
+        ids = self._live(self.batches[0])
+        if not ids:
+            return
+        t0 = time.perf_counter()
+        tokens = self.target.decode(ids)
+        record.verify_call_s = record.verify_s = time.perf_counter() - t0
+        record.num_verified, record.num_tokens = len(ids), len(ids)
+        for rid, tok in zip(ids, tokens):
+            self.running[rid].append([tok])
+            touched[rid] = self.running[rid]
+
+    def _step_sd(self, batch, touched, record) -> None:
+        ids = self._live(batch)
+        if not ids:
+            return
+        proposal = self._timed_propose(ids, record)
+        self._verify_and_commit(proposal, touched, record)
+
+    def _step_psd(self, touched, record) -> None:
+        pb = self.proposed_batch
+        to_draft = [i for i in (0, 1) if i != pb and self._live(self.batches[i])]
+        if pb is not None and to_draft:  # the PSD step: verify one batch while drafting the other
+            d = to_draft[0]
+            job = self._pool.submit(self._timed_propose, self._live(self.batches[d]), record)
+            self._verify_and_commit(self.proposal, touched, record)
+            self.proposal, self.proposed_batch = job.result(), d
+        elif pb is not None:  # nothing to draft: verify alone
+            self._verify_and_commit(self.proposal, touched, record)
+            self.proposal, self.proposed_batch = None, None
+        elif to_draft:
+            if len(to_draft) == 1:
+                only = self._live(self.batches[to_draft[0]])
+                if len(only) == 1:  # a single request: PSD is SD
+                    self._step_sd(only, touched, record)
+                    return
+                half = len(only) // 2  # split so that the two halves can overlap from now on
+                self.batches = [only[:half], only[half:]]
+                to_draft = [0, 1]
+            d = max(to_draft, key=lambda i: len(self.batches[i]))
+            self.proposal = self._timed_propose(self._live(self.batches[d]), record)  # pipeline fill
+            self.proposed_batch = d
+
+    def _timed_propose(self, ids: list[str], record: StepRecord) -> Proposal:
+        updates = {rid: self.draft_updates.pop(rid, []) for rid in ids}
+        t0 = time.perf_counter()
+        proposal = self.draft.propose(ids, self.k, updates)
+        record.draft_call_s = time.perf_counter() - t0
+        record.draft_s = proposal.compute_s
+        return proposal
+
+    def _verify_and_commit(self, proposal: Proposal, touched, record) -> None:
+        t0 = time.perf_counter()
+        verdict = self.target.verify(proposal)
+        record.verify_call_s = time.perf_counter() - t0
+        record.verify_s = verdict.compute_s
+        record.num_verified = len(verdict.request_ids)
+        self.metrics.observe(verdict.num_accepted, proposal.k)
+        for rid, tokens, n in zip(verdict.request_ids, verdict.tokens, verdict.num_accepted):
+            req = self.running[rid]
+            before = len(req.output_ids)
+            req.num_drafted += proposal.k
+            req.num_accepted += n
+            req.append(tokens)
+            record.num_tokens += len(req.output_ids) - before
+            self.draft_updates[rid] = tokens
+            touched[rid] = req
+
+    def _retire(self) -> None:
+        """Release finished requests, except those inside a proposal still to be verified."""
+        in_flight = set(self.proposal.request_ids) if self.proposal is not None else set()
+        done = [rid for rid, r in self.running.items() if r.finished and rid not in in_flight]
+        if not done:
+            return
+        self.target.release(done)
+        if self.draft is not None:
+            self.draft.release(done)
+        for rid in done:
+            del self.running[rid]
+            self.draft_updates.pop(rid, None)
+        done_set = set(done)
+        self.batches = [[r for r in b if r not in done_set] for b in self.batches]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)

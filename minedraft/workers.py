@@ -1,0 +1,89 @@
+"""The two interfaces the scheduler talks to. In-process implementations live in
+`local_workers.py`; gRPC client implementations (for the services) in `minedraft/remote_workers.py`.
+
+Protocol per request: `add` once (prefill), then, for speculation, `propose` -> `verify` repeatedly;
+the tokens the target committed reach the draft with its next `propose` (`updates`), which saves a
+round trip per step. `release` when the request is done or aborted.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+from minedraft.sampling import SamplingParams
+
+
+@dataclasses.dataclass
+class NewRequest:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int  # resolved by the scheduler, so draft and target agree on it
+
+
+@dataclasses.dataclass
+class Proposal:
+    """k draft tokens for each request of a batch.
+
+    tokens: [B, k] int64; probs: [B, k, V] float32, the draft's distributions q (None: one-hot q).
+    ref: the token-channel reference when the proposal travelled through a channel; the target
+    reads tokens/probs from it."""
+
+    request_ids: list[str]
+    k: int
+    tokens: Any = None
+    probs: Any = None
+    ref: Any = None
+    compute_s: float = 0.0  # time the draft spent in forward passes and sampling
+
+
+@dataclasses.dataclass
+class Verdict:
+    request_ids: list[str]
+    tokens: list[list[int]]  # per request: accepted draft tokens + one target token
+    num_accepted: list[int]
+    compute_s: float = 0.0
+
+
+class DraftWorker(abc.ABC):
+    @abc.abstractmethod
+    def add(self, requests: list[NewRequest]) -> None:
+        """Prefill the prompts."""
+
+    @abc.abstractmethod
+    def propose(self, request_ids: list[str], k: int, updates: dict[str, list[int]]) -> Proposal:
+        """First append `updates` (tokens committed since this request's last proposal), then
+        draft k tokens for every request."""
+
+    @abc.abstractmethod
+    def release(self, request_ids: list[str]) -> None:
+        """Forget the requests and free their cache rows (unknown ids are ignored)."""
+
+    def close(self) -> None:
+        pass
+
+
+class TargetWorker(abc.ABC):
+    context_len: int
+    vocab_size: int
+
+    @abc.abstractmethod
+    def add(self, requests: list[NewRequest]) -> list[int]:
+        """Prefill the prompts; return the first generated token of each."""
+
+    @abc.abstractmethod
+    def verify(self, proposal: Proposal) -> Verdict:
+        """Score the k+1 positions, accept/reject, roll the KV cache back to what was accepted."""
+
+    @abc.abstractmethod
+    def decode(self, request_ids: list[str]) -> list[int]:
+        """One ordinary (target-only) decoding step."""
+
+    @abc.abstractmethod
+    def release(self, request_ids: list[str]) -> None:
+        """Forget the requests and free their cache rows (unknown ids are ignored)."""
+
+    def close(self) -> None:
+        pass
