@@ -8,7 +8,7 @@ import itertools
 
 from minedraft import hf_adapter
 from minedraft.local_workers import LocalDraftWorker, LocalTargetWorker
-from minedraft.request import Request
+from minedraft.request import Request, build_request
 from minedraft.runner import ModelRunner
 from minedraft.sampling import SamplingParams
 from minedraft.scheduler import MODES, Scheduler
@@ -45,16 +45,6 @@ def check_pair(target_path: str, draft_path: str, target_vocab: int, draft_vocab
     t_tok, d_tok = hf_adapter.load_tokenizer(target_path), hf_adapter.load_tokenizer(draft_path)
     if hf_adapter.tokenizer_fingerprint(t_tok) != hf_adapter.tokenizer_fingerprint(d_tok) and d_tok is not None:
         raise ValueError("draft: its tokenizer differs from the target's (token ids would not mean the same)")
-
-
-def validate_prompt_ids(ids: list[int], vocab_size: int, context_len: int, name: str = "prompt") -> None:
-    if len(ids) == 0:
-        raise ValueError(f"{name}: must not be empty")
-    bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab_size]
-    if bad:
-        raise ValueError(f"{name}: token id {bad[0]!r} is outside the vocabulary [0, {vocab_size})")
-    if len(ids) >= context_len:
-        raise ValueError(f"{name}: {len(ids)} tokens leave no room in the model's context of {context_len}")
 
 
 class Engine:
@@ -99,15 +89,8 @@ class Engine:
     def make_request(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> Request:
         if isinstance(prompt, str) and not prompt:
             raise ValueError("prompt: must not be empty")
-        params.validate()
-        ids = self.encode(prompt)
-        validate_prompt_ids(ids, self.vocab_size, self.context_len)
-        stop = set(params.stop_token_ids)
-        if not params.ignore_eos:
-            stop |= self.eos_token_ids
-        seed = params.seed if params.seed is not None else self.scheduler.new_seed()
-        return Request(request_id or f"req-{next(self._ids)}", ids, params, seed,
-                       min(params.max_tokens, self.context_len - len(ids)), frozenset(stop))
+        return build_request(request_id or f"req-{next(self._ids)}", self.encode(prompt), params,
+                             self.vocab_size, self.context_len, self.eos_token_ids)
 
     def add_request(self, prompt, params: SamplingParams, request_id: str | None = None) -> str:
         req = self.make_request(prompt, params, request_id)

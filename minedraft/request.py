@@ -52,3 +52,28 @@ class Request:
         new = self.output_ids[len(self.output_ids) - self.new_since_emit:] if self.new_since_emit else []
         self.new_since_emit = 0
         return new
+
+
+def validate_prompt_ids(ids: list[int], vocab_size: int, context_len: int, name: str = "prompt") -> None:
+    if len(ids) == 0:
+        raise ValueError(f"{name}: must not be empty")
+    bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"{name}: token id {bad[0]!r} is outside the vocabulary [0, {vocab_size})")
+    if len(ids) >= context_len:
+        raise ValueError(f"{name}: {len(ids)} tokens leave no room in the model's context of {context_len}")
+
+
+def build_request(request_id: str, prompt_ids: list[int], params: SamplingParams, vocab_size: int,
+                  context_len: int, eos_token_ids) -> Request:
+    """Validate and make a Request; its length budget never lets it run past the context."""
+    import secrets
+
+    params.validate()
+    validate_prompt_ids(prompt_ids, vocab_size, context_len)
+    stop = set(params.stop_token_ids)
+    if not params.ignore_eos:
+        stop |= set(eos_token_ids)
+    seed = params.seed if params.seed is not None else secrets.randbits(62)
+    return Request(request_id, list(prompt_ids), params, seed,
+                   min(params.max_tokens, context_len - len(prompt_ids)), frozenset(stop))

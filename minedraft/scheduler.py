@@ -10,7 +10,6 @@ psd: two batches A and B. While the target verifies A (whose tokens were drafted
 from __future__ import annotations
 
 import collections
-import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,9 +43,6 @@ class Scheduler:
     # -- requests ---------------------------------------------------------------------------------
     def add(self, request: Request) -> None:
         self.waiting.append(request)
-
-    def new_seed(self) -> int:
-        return secrets.randbits(62)
 
     def abort(self, request_id: str) -> None:
         """Finish a request now; its cache rows are released at the end of the current step."""
@@ -201,3 +197,39 @@ class Scheduler:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+    def reset_after_failure(self) -> list:
+        """A worker call failed mid-step: finish every request with reason "error" and start clean.
+        Releasing rows is best effort (the failed worker may be gone)."""
+        failed = list(self.waiting) + list(self.running.values())
+        for req in failed:
+            req.finish("error")
+        ids = list(self.running)
+        for worker in (self.target, self.draft):
+            if worker is not None and ids:
+                try:
+                    worker.release(ids)
+                except Exception:  # noqa: BLE001 - the worker may be the one that failed
+                    pass
+        self.waiting.clear()
+        self.running.clear()
+        self.batches = [[], []]
+        self.proposal, self.proposed_batch = None, None
+        self.draft_updates.clear()
+        return failed
+
+    def reconfigure(self, mode: str | None, k: int | None) -> None:
+        """Switch mode or k between requests (the bench does so between rounds)."""
+        if self.has_unfinished():
+            raise ValueError("mode: cannot change while requests are running")
+        if mode:
+            if mode not in MODES:
+                raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+            if mode != "ar" and self.draft is None:
+                raise ValueError(f"mode: {mode!r} needs a draft model")
+            self.mode = mode
+        if k:
+            if k < 1:
+                raise ValueError(f"num_speculative_tokens: must be >= 1, got {k}")
+            self.k = k
+        self.metrics = SpecDecodeMetrics(self.k)

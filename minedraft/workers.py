@@ -37,6 +37,7 @@ class Proposal:
     probs: Any = None
     ref: Any = None
     compute_s: float = 0.0  # time the draft spent in forward passes and sampling
+    channel_id: str = ""  # which draft's token channel holds it (remote workers)
 
 
 @dataclasses.dataclass

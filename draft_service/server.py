@@ -1,0 +1,84 @@
+"""DraftWorker over gRPC: prefill, propose k tokens (and q) per request into the token channel
+negotiated at Handshake; the tokens the target committed arrive with the next Propose."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from minedraft.channels import choose_transport, host_id, make_writer
+from minedraft.engine import MAX_SPECULATIVE_TOKENS
+from minedraft.grpc_common import log, ref_to_proto, spec_to_proto
+from minedraft.local_workers import LocalDraftWorker
+from minedraft.v1 import worker_pb2, worker_pb2_grpc
+from minedraft.worker_service import WorkerServicerBase, add_worker_arguments, load_runner, serve
+
+SERVICE = "minedraft.v1.DraftWorker"
+
+
+class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
+    role = "draft"
+
+    def __init__(self, runner, model_path, max_k: int, max_num_seqs: int, full_q: bool = True):
+        super().__init__(runner, model_path, LocalDraftWorker(runner, full_q=full_q))
+        self.writer = None
+        self.capacity = dict(max_batch=max_num_seqs, max_k=max_k, vocab=runner.vocab_size)
+
+    def Handshake(self, request, context):
+        def run():
+            forced = request.forced_transport if request.forced_transport not in ("", "auto") else None
+            transport = choose_transport(list(self.info.transports), list(request.reader_transports),
+                                         same_host=request.reader_hostname == host_id(), forced=forced)
+            if self.writer is not None:  # a new gateway (or a restarted one): start a fresh ring
+                self.writer.close()
+            self.writer = make_writer(transport, str(self.runner.device), **self.capacity)
+            log.info("draft: token channel %r uses transport %s (draft offers %s, target offers %s)",
+                     request.channel_id, transport, ",".join(self.info.transports),
+                     ",".join(request.reader_transports))
+            return worker_pb2.HandshakeReply(spec=spec_to_proto(self.writer.spec()), transport=transport)
+
+        return self.guarded(context, run)
+
+    def Add(self, request, context):
+        def run():
+            t0 = time.perf_counter()
+            self.worker.add(self._new_requests(request))
+            return worker_pb2.AddReply(compute_s=time.perf_counter() - t0)
+
+        return self.guarded(context, run)
+
+    def Propose(self, request, context):
+        def run():
+            if self.writer is None:
+                raise KeyError("no token channel: call Handshake first")
+            if not 1 <= request.k <= self.capacity["max_k"]:
+                raise ValueError(f"k: must be in [1, {self.capacity['max_k']}] for this draft service")
+            updates = {rid: list(tl.tokens) for rid, tl in request.updates.items()}
+            proposal = self.worker.propose(list(request.request_ids), request.k, updates)
+            ref = self.writer.write(proposal.tokens, proposal.probs)
+            return worker_pb2.ProposeReply(block=ref_to_proto(ref), compute_s=proposal.compute_s)
+
+        return self.guarded(context, run)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minedraft serve draft", description="Run a draft service.")
+    add_worker_arguments(parser, default_port=50053)
+    parser.add_argument("--max-k", type=int, default=8, help="largest k the token channel is sized for")
+    parser.add_argument("--one-hot-q", action="store_true",
+                        help="for sampled requests, draft greedily and send no distributions")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 1 <= args.max_k <= MAX_SPECULATIVE_TOKENS:
+        raise SystemExit(f"--max-k: must be in [1, {MAX_SPECULATIVE_TOKENS}]")
+    runner, path = load_runner(args, "draft", lookahead=MAX_SPECULATIVE_TOKENS + 2)
+    servicer = DraftServicer(runner, path, args.max_k, args.max_num_seqs, full_q=not args.one_hot_q)
+    serve(servicer, worker_pb2_grpc.add_DraftWorkerServicer_to_server, SERVICE, args)
+    return 0

@@ -1,0 +1,1 @@
+"""The gateway: public gRPC API, admission, and the two-batch schedule over the draft and target services."""

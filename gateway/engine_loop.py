@@ -1,0 +1,134 @@
+"""The gateway's engine loop: one thread owns the scheduler and runs its steps; gRPC handler threads
+talk to it only through a command queue, and it answers through one event queue per request."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+
+from minedraft.metrics import SpecDecodeMetrics
+from minedraft.request import Request
+from minedraft.scheduler import Scheduler
+
+log = logging.getLogger("minedraft.gateway")
+
+
+@dataclasses.dataclass
+class Event:
+    new_tokens: list[int]
+    finished: bool
+    finish_reason: str | None
+    num_generated: int
+    num_drafted: int
+    num_accepted: int
+    error: str | None = None
+
+
+class EngineLoop:
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        self.commands: queue.Queue = queue.Queue()
+        self.streams: dict[str, queue.Queue] = {}
+        self.ids_lock = threading.Lock()
+        self.step_lock = threading.Lock()  # held while stepping; stats readers take it too
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="minedraft-engine-loop", daemon=True)
+        self.thread.start()
+
+    # -- called from gRPC handler threads ---------------------------------------------------------
+    def submit(self, request: Request) -> queue.Queue:
+        events: queue.Queue = queue.Queue()
+        with self.ids_lock:
+            if request.request_id in self.streams:
+                raise ValueError(f"request_id: {request.request_id!r} is already running")
+            self.streams[request.request_id] = events
+        self.commands.put(("add", request))
+        return events
+
+    def abort(self, request_id: str) -> bool:
+        with self.ids_lock:
+            found = request_id in self.streams
+        if found:
+            self.commands.put(("abort", request_id))
+        return found
+
+    def call(self, fn):
+        """Run fn(scheduler) on the loop thread between steps and return its result."""
+        reply: queue.Queue = queue.Queue()
+        self.commands.put(("call", fn, reply))
+        ok, value = reply.get()
+        if not ok:
+            raise value
+        return value
+
+    def stats(self, reset: bool) -> SpecDecodeMetrics:
+        with self.step_lock:
+            metrics = self.scheduler.metrics
+            if reset:
+                self.scheduler.metrics = SpecDecodeMetrics(self.scheduler.k)
+            return metrics
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.commands.put(("noop",))
+        self.thread.join(timeout=5)
+
+    # -- the loop thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._drain(block=not self.scheduler.has_unfinished())
+            if not self.scheduler.has_unfinished():
+                continue
+            try:
+                with self.step_lock:
+                    touched = self.scheduler.step()
+            except Exception as exc:  # noqa: BLE001 - a worker failed: fail what is in flight, go on
+                self._fail_all(exc)
+                continue
+            for req in touched:
+                self._emit(req)
+
+    def _drain(self, block: bool) -> None:
+        try:
+            cmd = self.commands.get(timeout=0.5) if block else self.commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._execute(cmd)
+            try:
+                cmd = self.commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _execute(self, cmd) -> None:
+        if cmd[0] == "add":
+            self.scheduler.add(cmd[1])
+        elif cmd[0] == "abort":
+            self.scheduler.abort(cmd[1])
+        elif cmd[0] == "call":
+            try:
+                cmd[2].put((True, cmd[1](self.scheduler)))
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                cmd[2].put((False, exc))
+
+    def _emit(self, req: Request) -> None:
+        new = req.take_new_tokens()
+        with self.ids_lock:
+            events = self.streams.get(req.request_id)
+            if req.finished:
+                self.streams.pop(req.request_id, None)
+        if events is not None and (new or req.finished):
+            events.put(Event(new, req.finished, req.finish_reason, len(req.output_ids), req.num_drafted,
+                             req.num_accepted))
+
+    def _fail_all(self, exc: Exception) -> None:
+        log.error("step failed, failing %d running requests: %s", len(self.streams), exc)
+        failed = self.scheduler.reset_after_failure()
+        for req in failed:
+            with self.ids_lock:
+                events = self.streams.pop(req.request_id, None)
+            if events is not None:
+                events.put(Event([], True, "error", len(req.output_ids), req.num_drafted, req.num_accepted,
+                                 error=f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,213 @@
+"""The gateway service: public Generate/Abort/GetModelInfo API over the engine loop, which runs the
+scheduler against gRPC clients of one target service and a draft service."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+
+import grpc
+
+from gateway.detokenizer import IncrementalDetokenizer
+from gateway.engine_loop import EngineLoop
+from minedraft import hf_adapter
+from minedraft.grpc_common import (add_health_and_reflection, log, make_server, params_from_proto, set_serving,
+                                   setup_logging)
+from minedraft.remote_workers import RemoteDraftWorker, RemoteTargetWorker
+from minedraft.request import build_request
+from minedraft.scheduler import MODES, Scheduler
+from minedraft.v1 import gateway_pb2, gateway_pb2_grpc
+
+SERVICE = "minedraft.v1.Gateway"
+
+
+class Workers:
+    """The connected workers, the chosen token-channel transport and the tokenizer."""
+
+    def __init__(self, target_address: str, draft_address: str | None, transport: str | None):
+        self.target = RemoteTargetWorker(target_address)
+        target_info = self.target.info()
+        self.target_info = target_info
+        self.draft, self.draft_info, self.transport = None, None, "none"
+        if draft_address:
+            self.draft = RemoteDraftWorker(draft_address)
+            self.draft_info = self.draft.info()
+            if self.draft_info.vocab_size != target_info.vocab_size:
+                raise ValueError(f"draft vocabulary {self.draft_info.vocab_size} != target's {target_info.vocab_size}")
+            if self.draft_info.tokenizer_fingerprint != target_info.tokenizer_fingerprint:
+                raise ValueError("draft tokenizer differs from the target's")
+            reply = self.draft.handshake(target_info, transport)
+            self.transport = self.target.open_channel(self.draft.channel_id, reply.spec)
+            log.info("gateway: token channel %s -> %s uses %s", draft_address, target_address, self.transport)
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, args):
+        self.args = args
+        self.loop: EngineLoop | None = None
+        self.workers: Workers | None = None
+        self.tokenizer = None
+        self.eos_ids: tuple = ()
+        self.ready = threading.Event()
+
+    # -- start-up ----------------------------------------------------------------------------------
+    def connect_forever(self, health, stop: threading.Event) -> None:
+        """Connect to the workers, retrying with backoff; SERVING once both answer and the channel
+        is open. Logs one line per failed attempt, never crashes."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                workers = Workers(self.args.target, self.args.draft, self.args.transport)
+                break
+            except (grpc.RpcError, ValueError) as exc:
+                detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+                log.warning("gateway: workers not ready (target %s, draft %s): %s; retrying in %.1fs",
+                            self.args.target, self.args.draft, detail, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+        else:
+            return
+        self.workers = workers
+        tokenizer_path = self.args.tokenizer or workers.target_info.model
+        try:
+            self.tokenizer = hf_adapter.load_tokenizer(tokenizer_path)
+            self.eos_ids = hf_adapter.load_model_config(tokenizer_path).eos_token_ids
+        except (OSError, ValueError) as exc:
+            log.warning("gateway: no tokenizer at %s (%s): token-id prompts only", tokenizer_path, exc)
+        mode = self.args.mode if workers.draft is not None else "ar"
+        scheduler = Scheduler(workers.target, workers.draft, mode, self.args.k, self.args.max_num_seqs)
+        self.loop = EngineLoop(scheduler)
+        self.ready.set()
+        set_serving(health, [SERVICE], True)
+        log.info("gateway: ready (mode %s, k %d, transport %s)", mode, self.args.k, workers.transport)
+
+    # -- API --------------------------------------------------------------------------------------
+    def _require_ready(self, context):
+        if not self.ready.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "gateway: draft/target workers are not ready yet")
+
+    def Generate(self, request, context):
+        self._require_ready(context)
+        try:
+            params = params_from_proto(request.params)
+            prompt_ids = list(request.prompt_ids)
+            if not prompt_ids:
+                if not request.prompt:
+                    raise ValueError("prompt: must not be empty (give prompt or prompt_ids)")
+                if self.tokenizer is None:
+                    raise ValueError("prompt: this gateway has no tokenizer; send prompt_ids")
+                prompt_ids = self.tokenizer.encode(request.prompt)
+            rid = request.request_id or f"gw-{time.monotonic_ns()}"
+            ti = self.workers.target_info
+            req = build_request(rid, prompt_ids, params, ti.vocab_size, ti.context_len, self.eos_ids)
+            events = self.loop.submit(req)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        context.add_callback(lambda: self.loop.abort(rid))  # client gone: free its rows
+        detok = IncrementalDetokenizer(self.tokenizer)
+        while True:
+            event = events.get()
+            if event.error:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"request failed: {event.error}")
+            yield gateway_pb2.GenerateResponse(
+                request_id=rid, token_ids=event.new_tokens, text=detok.push(event.new_tokens, event.finished),
+                finished=event.finished, finish_reason=event.finish_reason or "",
+                num_prompt_tokens=len(prompt_ids), num_generated_tokens=event.num_generated,
+                num_drafted=event.num_drafted, num_accepted=event.num_accepted)
+            if event.finished:
+                return
+
+    def Abort(self, request, context):
+        self._require_ready(context)
+        return gateway_pb2.AbortReply(found=self.loop.abort(request.request_id))
+
+    def _model_info(self) -> gateway_pb2.ModelInfo:
+        w, s = self.workers, self.loop.scheduler
+        return gateway_pb2.ModelInfo(
+            target_model=w.target_info.model, draft_model=w.draft_info.model if w.draft_info else "",
+            mode=s.mode, num_speculative_tokens=s.k, vocab_size=w.target_info.vocab_size,
+            context_len=w.target_info.context_len, transport=w.transport,
+            draft_endpoints=[self.args.draft] if self.args.draft else [], target_endpoint=self.args.target)
+
+    def GetModelInfo(self, request, context):
+        self._require_ready(context)
+        return self._model_info()
+
+    def Configure(self, request, context):
+        self._require_ready(context)
+        try:
+            self.loop.call(lambda s: s.reconfigure(request.mode or None, request.num_speculative_tokens or None))
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return self._model_info()
+
+    def GetStats(self, request, context):
+        self._require_ready(context)
+        m = self.loop.stats(request.reset)
+        return stats_to_proto(m, self.loop.scheduler.mode)
+
+
+def stats_to_proto(m, mode: str) -> gateway_pb2.Stats:
+    steps = list(m.steps)
+    b = gateway_pb2.StepBreakdown(num_steps=len(steps))
+    for s in steps:
+        b.wall_s += s.wall_s
+        b.draft_compute_s += s.draft_s
+        b.verify_compute_s += s.verify_s
+        b.draft_call_s += s.draft_call_s
+        b.verify_call_s += s.verify_call_s
+        b.draft_idle_s += max(0.0, s.wall_s - s.draft_call_s)
+        b.target_idle_s += max(0.0, s.wall_s - s.verify_call_s)
+        b.control_plane_s += max(0.0, s.draft_call_s - s.draft_s) + max(0.0, s.verify_call_s - s.verify_s)
+    return gateway_pb2.Stats(
+        spec_decode_num_drafts=m.spec_decode_num_drafts, spec_decode_num_draft_tokens=m.spec_decode_num_draft_tokens,
+        spec_decode_num_accepted_tokens=m.spec_decode_num_accepted_tokens,
+        spec_decode_num_accepted_tokens_per_pos=m.spec_decode_num_accepted_tokens_per_pos, steps=b, mode=mode)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minedraft serve gateway", description="Run the gateway.")
+    parser.add_argument("--target", default="127.0.0.1:50052", help="target service address")
+    parser.add_argument("--draft", default="127.0.0.1:50053", help="draft service address ('' for none)")
+    parser.add_argument("--mode", choices=MODES, default="psd")
+    parser.add_argument("-k", "--num-speculative-tokens", dest="k", type=int, default=4)
+    parser.add_argument("--transport", default="auto", choices=["auto", "cuda_ipc", "shm", "inline"],
+                        help="force the token channel's transport (default: best both ends support)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the target's model folder)")
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--bind", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.transport == "auto":
+        args.transport = None
+    if not 1 <= args.k <= 16:
+        raise SystemExit("-k: must be in [1, 16]")
+    servicer = GatewayServicer(args)
+    server = make_server(max_workers=256)  # one thread per open Generate stream
+    gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
+    health = add_health_and_reflection(server, [SERVICE])
+    address = f"{args.bind}:{args.port}"
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"gateway: cannot listen on {address}")
+    server.start()
+    log.info("gateway listening on %s (NOT_SERVING until the workers answer)", address)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    threading.Thread(target=servicer.connect_forever, args=(health, stop), daemon=True).start()
+    while not stop.is_set():
+        time.sleep(0.2)
+    set_serving(health, [SERVICE], False)
+    server.stop(grace=2).wait()
+    if servicer.loop is not None:
+        servicer.loop.stop()
+    log.info("gateway stopped")
+    return 0

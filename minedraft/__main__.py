@@ -1,0 +1,3 @@
+from minedraft.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Python client for the gateway's public API (proto: proto/minedraft/v1/gateway.proto).
+
+    from minedraft.client import MineDraftClient
+    with MineDraftClient("127.0.0.1:50051") as client:
+        for chunk in client.generate("def fibonacci(n):", max_tokens=64):
+            print(chunk.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Iterator
+
+import grpc
+
+from minedraft.grpc_common import GRPC_OPTIONS, params_to_proto
+from minedraft.sampling import SamplingParams
+from minedraft.v1 import gateway_pb2, gateway_pb2_grpc
+
+
+def _request(prompt, params: SamplingParams, request_id: str) -> gateway_pb2.GenerateRequest:
+    msg = gateway_pb2.GenerateRequest(params=params_to_proto(params), request_id=request_id)
+    if isinstance(prompt, str):
+        msg.prompt = prompt
+    else:
+        msg.prompt_ids.extend(prompt)
+    return msg
+
+
+class MineDraftClient:
+    def __init__(self, address: str = "127.0.0.1:50051"):
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
+
+    def generate(self, prompt: str | list[int], request_id: str = "", timeout: float | None = None,
+                 **params) -> Iterator[gateway_pb2.GenerateResponse]:
+        """Stream the response chunks; params are SamplingParams fields (validated here first)."""
+        call = self.stub.Generate(_request(prompt, SamplingParams(**params), request_id), timeout=timeout)
+        return call
+
+    def generate_text(self, prompt: str | list[int], **params) -> str:
+        return "".join(chunk.text for chunk in self.generate(prompt, **params))
+
+    def generate_ids(self, prompt: str | list[int], **params) -> tuple[list[int], gateway_pb2.GenerateResponse]:
+        """All generated ids and the final chunk (finish reason, counts)."""
+        ids, last = [], None
+        for chunk in self.generate(prompt, **params):
+            ids.extend(chunk.token_ids)
+            last = chunk
+        return ids, last
+
+    def abort(self, request_id: str) -> bool:
+        return self.stub.Abort(gateway_pb2.AbortRequest(request_id=request_id)).found
+
+    def model_info(self) -> gateway_pb2.ModelInfo:
+        return self.stub.GetModelInfo(gateway_pb2.ModelInfoRequest())
+
+    def configure(self, mode: str = "", num_speculative_tokens: int = 0) -> gateway_pb2.ModelInfo:
+        return self.stub.Configure(gateway_pb2.ConfigureRequest(mode=mode,
+                                                                num_speculative_tokens=num_speculative_tokens))
+
+    def stats(self, reset: bool = False) -> gateway_pb2.Stats:
+        return self.stub.GetStats(gateway_pb2.StatsRequest(reset=reset))
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncMineDraftClient:
+    """The same over grpc.aio, for asyncio programs."""
+
+    def __init__(self, address: str = "127.0.0.1:50051"):
+        self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
+
+    async def generate(self, prompt, request_id: str = "", **params) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+        async for chunk in self.stub.Generate(_request(prompt, SamplingParams(**params), request_id)):
+            yield chunk
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def generate_text(address: str, prompt: str | list[int], **params) -> str:
+    with MineDraftClient(address) as client:
+        return client.generate_text(prompt, **params)

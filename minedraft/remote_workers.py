@@ -1,0 +1,91 @@
+"""DraftWorker / TargetWorker implemented as gRPC clients of draft_service / target_service.
+
+The scheduler cannot tell them from the in-process workers. Proposals do not pass through here:
+the draft writes them into the token channel and only the BlockRef comes back, which Verify hands
+to the target."""
+
+from __future__ import annotations
+
+import grpc
+
+from minedraft.grpc_common import insecure_channel, params_to_proto, spec_to_proto
+from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from minedraft.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
+
+CALL_TIMEOUT_S = 120.0
+
+
+def _new_requests_proto(requests: list[NewRequest]) -> worker_pb2.AddRequest:
+    return worker_pb2.AddRequest(requests=[
+        worker_pb2.NewRequest(request_id=r.request_id, prompt_ids=r.prompt_ids, params=params_to_proto(r.params),
+                              seed=r.seed) for r in requests])
+
+
+class _Remote:
+    def __init__(self, address: str, stub_cls):
+        self.address = address
+        self.channel = insecure_channel(address)
+        self.stub = stub_cls(self.channel)
+
+    def info(self, timeout: float = 5.0) -> worker_pb2.WorkerInfo:
+        return self.stub.Info(worker_pb2.InfoRequest(), timeout=timeout)
+
+    def release(self, request_ids):
+        self.stub.Release(worker_pb2.ReleaseRequest(request_ids=list(request_ids)), timeout=CALL_TIMEOUT_S)
+
+    def close(self):
+        self.channel.close()
+
+
+class RemoteDraftWorker(_Remote, DraftWorker):
+    def __init__(self, address: str):
+        super().__init__(address, worker_pb2_grpc.DraftWorkerStub)
+        self.channel_id = address
+
+    def handshake(self, target_info: worker_pb2.WorkerInfo, forced: str | None) -> worker_pb2.HandshakeReply:
+        return self.stub.Handshake(worker_pb2.HandshakeRequest(
+            reader_transports=list(target_info.transports), reader_hostname=target_info.hostname,
+            reader_device=target_info.device, forced_transport=forced or "", channel_id=self.channel_id),
+            timeout=30.0)
+
+    def add(self, requests):
+        self.stub.Add(_new_requests_proto(requests), timeout=CALL_TIMEOUT_S)
+
+    def propose(self, request_ids, k, updates):
+        reply = self.stub.Propose(worker_pb2.ProposeRequest(
+            request_ids=list(request_ids), k=k,
+            updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()}), timeout=CALL_TIMEOUT_S)
+        return Proposal(list(request_ids), k, ref=reply.block, compute_s=reply.compute_s,
+                        channel_id=self.channel_id)
+
+
+class RemoteTargetWorker(_Remote, TargetWorker):
+    def __init__(self, address: str, info: worker_pb2.WorkerInfo | None = None):
+        super().__init__(address, worker_pb2_grpc.TargetWorkerStub)
+        info = info or self.info()
+        self.context_len, self.vocab_size = info.context_len, info.vocab_size
+
+    def open_channel(self, channel_id: str, spec) -> str:
+        reply = self.stub.OpenChannel(worker_pb2.OpenChannelRequest(channel_id=channel_id, spec=spec),
+                                      timeout=30.0)
+        return reply.transport
+
+    def add(self, requests):
+        return list(self.stub.Add(_new_requests_proto(requests), timeout=CALL_TIMEOUT_S).first_tokens)
+
+    def verify(self, proposal: Proposal) -> Verdict:
+        channel_id = proposal.channel_id
+        reply = self.stub.Verify(worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k,
+                                                          channel_id=channel_id, block=proposal.ref),
+                                 timeout=CALL_TIMEOUT_S)
+        return Verdict(list(proposal.request_ids), [list(t.tokens) for t in reply.tokens],
+                       list(reply.num_accepted), compute_s=reply.compute_s)
+
+    def decode(self, request_ids):
+        return list(self.stub.Decode(worker_pb2.DecodeRequest(request_ids=list(request_ids)),
+                                     timeout=CALL_TIMEOUT_S).tokens)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.RpcError) and exc.code() in (grpc.StatusCode.UNAVAILABLE,
+                                                             grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -1,0 +1,132 @@
+from minedraft.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("prompt", "prompt_ids", "params", "request_id")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    prompt_ids: _containers.RepeatedScalarFieldContainer[int]
+    params: _common_pb2.SamplingParams
+    request_id: str
+    def __init__(self, prompt: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GenerateResponse(_message.Message):
+    __slots__ = ("request_id", "token_ids", "text", "finished", "finish_reason", "num_prompt_tokens", "num_generated_tokens", "num_drafted", "num_accepted")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_DRAFTED_FIELD_NUMBER: _ClassVar[int]
+    NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    finished: bool
+    finish_reason: str
+    num_prompt_tokens: int
+    num_generated_tokens: int
+    num_drafted: int
+    num_accepted: int
+    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., num_prompt_tokens: _Optional[int] = ..., num_generated_tokens: _Optional[int] = ..., num_drafted: _Optional[int] = ..., num_accepted: _Optional[int] = ...) -> None: ...
+
+class AbortRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class AbortReply(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class ModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("target_model", "draft_model", "mode", "num_speculative_tokens", "vocab_size", "context_len", "transport", "draft_endpoints", "target_endpoint")
+    TARGET_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LEN_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    target_model: str
+    draft_model: str
+    mode: str
+    num_speculative_tokens: int
+    vocab_size: int
+    context_len: int
+    transport: str
+    draft_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    target_endpoint: str
+    def __init__(self, target_model: _Optional[str] = ..., draft_model: _Optional[str] = ..., mode: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transport: _Optional[str] = ..., draft_endpoints: _Optional[_Iterable[str]] = ..., target_endpoint: _Optional[str] = ...) -> None: ...
+
+class ConfigureRequest(_message.Message):
+    __slots__ = ("mode", "num_speculative_tokens")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    num_speculative_tokens: int
+    def __init__(self, mode: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("reset",)
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    reset: bool
+    def __init__(self, reset: _Optional[bool] = ...) -> None: ...
+
+class StepBreakdown(_message.Message):
+    __slots__ = ("num_steps", "wall_s", "draft_compute_s", "verify_compute_s", "draft_call_s", "verify_call_s", "draft_idle_s", "target_idle_s", "control_plane_s")
+    NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
+    WALL_S_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_CALL_S_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_CALL_S_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    TARGET_IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_PLANE_S_FIELD_NUMBER: _ClassVar[int]
+    num_steps: int
+    wall_s: float
+    draft_compute_s: float
+    verify_compute_s: float
+    draft_call_s: float
+    verify_call_s: float
+    draft_idle_s: float
+    target_idle_s: float
+    control_plane_s: float
+    def __init__(self, num_steps: _Optional[int] = ..., wall_s: _Optional[float] = ..., draft_compute_s: _Optional[float] = ..., verify_compute_s: _Optional[float] = ..., draft_call_s: _Optional[float] = ..., verify_call_s: _Optional[float] = ..., draft_idle_s: _Optional[float] = ..., target_idle_s: _Optional[float] = ..., control_plane_s: _Optional[float] = ...) -> None: ...
+
+class Stats(_message.Message):
+    __slots__ = ("spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos", "steps", "mode")
+    SPEC_DECODE_NUM_DRAFTS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_DECODE_NUM_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_DECODE_NUM_ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    spec_decode_num_drafts: int
+    spec_decode_num_draft_tokens: int
+    spec_decode_num_accepted_tokens: int
+    spec_decode_num_accepted_tokens_per_pos: _containers.RepeatedScalarFieldContainer[int]
+    steps: StepBreakdown
+    mode: str
+    def __init__(self, spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens_per_pos: _Optional[_Iterable[int]] = ..., steps: _Optional[_Union[StepBreakdown, _Mapping]] = ..., mode: _Optional[str] = ...) -> None: ...

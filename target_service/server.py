@@ -1,0 +1,86 @@
+"""TargetWorker over gRPC: prefill, verify k+1 positions (draft tokens read from the token channel),
+accept/reject, KV rollback; plain decode for AR mode."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from minedraft.channels import open_reader
+from minedraft.engine import MAX_SPECULATIVE_TOKENS
+from minedraft.grpc_common import log, spec_from_proto
+from minedraft.local_workers import LocalTargetWorker
+from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from minedraft.worker_service import WorkerServicerBase, add_worker_arguments, load_runner, serve
+from minedraft.workers import Proposal
+
+SERVICE = "minedraft.v1.TargetWorker"
+
+
+class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
+    role = "target"
+
+    def __init__(self, runner, model_path):
+        super().__init__(runner, model_path, LocalTargetWorker(runner))
+        self.readers = {}  # channel id -> reader, opened once and cached
+
+    def OpenChannel(self, request, context):
+        def run():
+            spec = spec_from_proto(request.spec)
+            old = self.readers.pop(request.channel_id, None)
+            if old is not None:
+                old.close()
+            self.readers[request.channel_id] = open_reader(spec)
+            log.info("target: opened %s channel %r from pid %s", spec.transport, request.channel_id, spec.pid)
+            return worker_pb2.OpenChannelReply(transport=spec.transport)
+
+        return self.guarded(context, run)
+
+    def Add(self, request, context):
+        def run():
+            t0 = time.perf_counter()
+            first = self.worker.add(self._new_requests(request))
+            return worker_pb2.AddReply(first_tokens=first, compute_s=time.perf_counter() - t0)
+
+        return self.guarded(context, run)
+
+    def Verify(self, request, context):
+        def run():
+            reader = self.readers.get(request.channel_id)
+            if reader is None:
+                raise KeyError(f"no channel {request.channel_id!r}: call OpenChannel first")
+            from minedraft.grpc_common import ref_from_proto
+
+            tokens, probs = reader.read(ref_from_proto(request.block), str(self.runner.device))
+            proposal = Proposal(list(request.request_ids), request.k, tokens.long(),
+                                None if probs is None else probs.float())
+            verdict = self.worker.verify(proposal)
+            return worker_pb2.VerifyReply(tokens=[common_pb2.TokenList(tokens=t) for t in verdict.tokens],
+                                          num_accepted=verdict.num_accepted, compute_s=verdict.compute_s)
+
+        return self.guarded(context, run)
+
+    def Decode(self, request, context):
+        def run():
+            t0 = time.perf_counter()
+            tokens = self.worker.decode(list(request.request_ids))
+            return worker_pb2.DecodeReply(tokens=tokens, compute_s=time.perf_counter() - t0)
+
+        return self.guarded(context, run)
+
+    def close(self):
+        for reader in self.readers.values():
+            reader.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minedraft serve target", description="Run the target service.")
+    add_worker_arguments(parser, default_port=50052)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    runner, path = load_runner(args, "target", lookahead=MAX_SPECULATIVE_TOKENS + 2)
+    serve(TargetServicer(runner, path), worker_pb2_grpc.add_TargetWorkerServicer_to_server, SERVICE, args)
+    return 0
