@@ -19,14 +19,17 @@ SERVICE = "minedraft.v1.DraftWorker"
 class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
     role = "draft"
 
-    def __init__(self, runner, model_path, max_k: int, max_num_seqs: int, full_q: bool = True):
+    def __init__(self, runner, model_path, max_k: int, max_num_seqs: int, full_q: bool = True,
+                 transport: str = "auto"):
         super().__init__(runner, model_path, LocalDraftWorker(runner, full_q=full_q))
+        self.forced_transport = None if transport in ("", "auto") else transport
         self.writer = None
         self.capacity = dict(max_batch=max_num_seqs, max_k=max_k, vocab=runner.vocab_size)
 
     def Handshake(self, request, context):
         def run():
             forced = request.forced_transport if request.forced_transport not in ("", "auto") else None
+            forced = forced or self.forced_transport  # the gateway's choice wins over the draft's own
             transport = choose_transport(list(self.info.transports), list(request.reader_transports),
                                          same_host=request.reader_hostname == host_id(), forced=forced)
             if self.writer is not None:  # a new gateway (or a restarted one): start a fresh ring
@@ -69,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minedraft serve draft", description="Run a draft service.")
     add_worker_arguments(parser, default_port=50053)
     parser.add_argument("--max-k", type=int, default=8, help="largest k the token channel is sized for")
+    parser.add_argument("--transport", default="auto", choices=["auto", "cuda_ipc", "shm", "inline"],
+                        help="force the token channel's transport unless the gateway forces one")
     parser.add_argument("--one-hot-q", action="store_true",
                         help="for sampled requests, draft greedily and send no distributions")
     return parser
@@ -79,6 +84,7 @@ def main(argv=None) -> int:
     if not 1 <= args.max_k <= MAX_SPECULATIVE_TOKENS:
         raise SystemExit(f"--max-k: must be in [1, {MAX_SPECULATIVE_TOKENS}]")
     runner, path = load_runner(args, "draft", lookahead=MAX_SPECULATIVE_TOKENS + 2)
-    servicer = DraftServicer(runner, path, args.max_k, args.max_num_seqs, full_q=not args.one_hot_q)
+    servicer = DraftServicer(runner, path, args.max_k, args.max_num_seqs, full_q=not args.one_hot_q,
+                             transport=args.transport)
     serve(servicer, worker_pb2_grpc.add_DraftWorkerServicer_to_server, SERVICE, args)
     return 0

@@ -1,0 +1,41 @@
+"""Start real target / draft / gateway processes on loopback for tests."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import types
+
+from minedraft.launcher import LocalCluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cluster(target: str, draft: str | None, transport: str = "auto", mode: str = "psd", k: int = 3,
+                  log_dir: str | None = None, extra_gateway: list[str] = ()):
+    ports = types.SimpleNamespace(target=free_port(), draft=free_port(), gateway=free_port())
+    py = [sys.executable, "-m"]
+    commands = {
+        "target": py + ["target_service", "--model", target, "--port", str(ports.target), "--threads", "1"],
+        "gateway": py + ["gateway", "--target", f"127.0.0.1:{ports.target}",
+                         "--draft", f"127.0.0.1:{ports.draft}" if draft else "", "--port", str(ports.gateway),
+                         "--transport", transport, "--mode", mode, "-k", str(k), *extra_gateway],
+    }
+    if draft:
+        commands["draft"] = py + ["draft_service", "--model", draft, "--port", str(ports.draft), "--threads", "1"]
+    cluster = LocalCluster(commands, log_dir=log_dir)
+    cluster.start()
+    addresses = {"target": f"127.0.0.1:{ports.target}", "gateway": f"127.0.0.1:{ports.gateway}"}
+    if draft:
+        addresses["draft"] = f"127.0.0.1:{ports.draft}"
+    try:
+        cluster.wait_healthy(addresses, timeout=120, progress=lambda m: None)
+    except Exception:
+        cluster.stop()
+        raise
+    cluster.addresses = addresses
+    return cluster
