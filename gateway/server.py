@@ -15,7 +15,8 @@ from gateway.engine_loop import EngineLoop
 from minedraft import hf_adapter
 from minedraft.grpc_common import (add_health_and_reflection, log, make_server, params_from_proto, set_serving,
                                    setup_logging)
-from minedraft.remote_workers import RemoteDraftWorker, RemoteTargetWorker
+from gateway.draft_pool import DraftPool
+from minedraft.remote_workers import RemoteTargetWorker
 from minedraft.request import build_request
 from minedraft.scheduler import MODES, Scheduler
 from minedraft.v1 import gateway_pb2, gateway_pb2_grpc
@@ -24,23 +25,21 @@ SERVICE = "minedraft.v1.Gateway"
 
 
 class Workers:
-    """The connected workers, the chosen token-channel transport and the tokenizer."""
+    """The target, the pool of draft nodes (each with its token channel) and what they reported."""
 
-    def __init__(self, target_address: str, draft_address: str | None, transport: str | None):
+    def __init__(self, target_address: str, draft_endpoints: list[str], transport: str | None):
         self.target = RemoteTargetWorker(target_address)
-        target_info = self.target.info()
-        self.target_info = target_info
-        self.draft, self.draft_info, self.transport = None, None, "none"
-        if draft_address:
-            self.draft = RemoteDraftWorker(draft_address)
-            self.draft_info = self.draft.info()
-            if self.draft_info.vocab_size != target_info.vocab_size:
-                raise ValueError(f"draft vocabulary {self.draft_info.vocab_size} != target's {target_info.vocab_size}")
-            if self.draft_info.tokenizer_fingerprint != target_info.tokenizer_fingerprint:
-                raise ValueError("draft tokenizer differs from the target's")
-            reply = self.draft.handshake(target_info, transport)
-            self.transport = self.target.open_channel(self.draft.channel_id, reply.spec)
-            log.info("gateway: token channel %s -> %s uses %s", draft_address, target_address, self.transport)
+        self.target_info = self.target.info()
+        self.draft = None
+        if draft_endpoints:
+            self.draft = DraftPool(draft_endpoints, self.target, self.target_info, transport)
+            self.draft.refresh()
+            if not self.draft.live:
+                raise ValueError(f"no draft node reachable at {', '.join(draft_endpoints)}")
+
+    @property
+    def transport(self) -> str:
+        return self.draft.transport if self.draft is not None else "none"
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -51,6 +50,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.tokenizer = None
         self.eos_ids: tuple = ()
         self.ready = threading.Event()
+        self.draft_endpoints = [e.strip() for e in (args.draft or "").split(",") if e.strip()]
 
     # -- start-up ----------------------------------------------------------------------------------
     def connect_forever(self, health, stop: threading.Event) -> None:
@@ -59,14 +59,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         delay = 0.5
         while not stop.is_set():
             try:
-                workers = Workers(self.args.target, self.args.draft, self.args.transport)
+                workers = Workers(self.args.target, self.draft_endpoints, self.args.transport)
                 break
             except (grpc.RpcError, ValueError) as exc:
                 detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
                 log.warning("gateway: workers not ready (target %s, draft %s): %s; retrying in %.1fs",
                             self.args.target, self.args.draft, detail, delay)
                 stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 5.0)
         else:
             return
         self.workers = workers
@@ -79,9 +79,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         mode = self.args.mode if workers.draft is not None else "ar"
         scheduler = Scheduler(workers.target, workers.draft, mode, self.args.k, self.args.max_num_seqs)
         self.loop = EngineLoop(scheduler)
+        if workers.draft is not None:
+            threading.Thread(target=self._watch_drafts, args=(stop,), daemon=True).start()
         self.ready.set()
         set_serving(health, [SERVICE], True)
         log.info("gateway: ready (mode %s, k %d, transport %s)", mode, self.args.k, workers.transport)
+
+    def _watch_drafts(self, stop: threading.Event) -> None:
+        """Join draft nodes that appear (scale-up, DNS) or come back after a failure."""
+        while not stop.wait(self.args.draft_refresh_s):
+            try:
+                self.workers.draft.refresh()
+            except Exception as exc:  # noqa: BLE001 - keep watching whatever happens
+                log.warning("gateway: draft refresh failed: %s", exc)
 
     # -- API --------------------------------------------------------------------------------------
     def _require_ready(self, context):
@@ -126,10 +136,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def _model_info(self) -> gateway_pb2.ModelInfo:
         w, s = self.workers, self.loop.scheduler
         return gateway_pb2.ModelInfo(
-            target_model=w.target_info.model, draft_model=w.draft_info.model if w.draft_info else "",
+            target_model=w.target_info.model, draft_model=",".join(self.draft_endpoints),
             mode=s.mode, num_speculative_tokens=s.k, vocab_size=w.target_info.vocab_size,
             context_len=w.target_info.context_len, transport=w.transport,
-            draft_endpoints=[self.args.draft] if self.args.draft else [], target_endpoint=self.args.target)
+            draft_endpoints=w.draft.live if w.draft is not None else [], target_endpoint=self.args.target)
 
     def GetModelInfo(self, request, context):
         self._require_ready(context)
@@ -170,7 +180,11 @@ def stats_to_proto(m, mode: str) -> gateway_pb2.Stats:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minedraft serve gateway", description="Run the gateway.")
     parser.add_argument("--target", default="127.0.0.1:50052", help="target service address")
-    parser.add_argument("--draft", default="127.0.0.1:50053", help="draft service address ('' for none)")
+    parser.add_argument("--draft", default="127.0.0.1:50053",
+                        help="draft service address(es), comma-separated; a DNS name with several "
+                             "addresses counts as several nodes ('' for none: target-only)")
+    parser.add_argument("--draft-refresh-s", type=float, default=2.0,
+                        help="how often to look for new or recovered draft nodes")
     parser.add_argument("--mode", choices=MODES, default="psd")
     parser.add_argument("-k", "--num-speculative-tokens", dest="k", type=int, default=4)
     parser.add_argument("--transport", default="auto", choices=["auto", "cuda_ipc", "shm", "inline"],

@@ -55,8 +55,8 @@ class RemoteDraftWorker(_Remote, DraftWorker):
         reply = self.stub.Propose(worker_pb2.ProposeRequest(
             request_ids=list(request_ids), k=k,
             updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()}), timeout=CALL_TIMEOUT_S)
-        return Proposal(list(request_ids), k, ref=reply.block, compute_s=reply.compute_s,
-                        channel_id=self.channel_id)
+        return Proposal(list(request_ids), k, parts=[(self.channel_id, reply.block, len(request_ids))],
+                        compute_s=reply.compute_s)
 
 
 class RemoteTargetWorker(_Remote, TargetWorker):
@@ -74,10 +74,9 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         return list(self.stub.Add(_new_requests_proto(requests), timeout=CALL_TIMEOUT_S).first_tokens)
 
     def verify(self, proposal: Proposal) -> Verdict:
-        channel_id = proposal.channel_id
+        parts = [worker_pb2.ProposalPart(channel_id=cid, block=ref, num_requests=n) for cid, ref, n in proposal.parts]
         reply = self.stub.Verify(worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k,
-                                                          channel_id=channel_id, block=proposal.ref),
-                                 timeout=CALL_TIMEOUT_S)
+                                                          parts=parts), timeout=CALL_TIMEOUT_S)
         return Verdict(list(proposal.request_ids), [list(t.tokens) for t in reply.tokens],
                        list(reply.num_accepted), compute_s=reply.compute_s)
 

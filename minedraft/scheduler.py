@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from minedraft.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.request import Request
-from minedraft.workers import DraftWorker, NewRequest, Proposal, TargetWorker
+from minedraft.workers import DraftWorker, NewRequest, NoDraftAvailable, Proposal, TargetWorker
 
 MODES = ("ar", "sd", "psd")
 
@@ -98,7 +98,7 @@ class Scheduler:
             self.running[req.request_id] = req
             req.append([token])
             touched[req.request_id] = req
-            self.draft_updates[req.request_id] = [token]
+            self.draft_updates.setdefault(req.request_id, []).append(token)
             self._place(req.request_id)
 
     def _place(self, request_id: str) -> None:
@@ -112,8 +112,8 @@ class Scheduler:
     def _live(self, batch: list[str]) -> list[str]:
         return [r for r in batch if not self.running[r].finished]
 
-    def _step_ar(self, touched, record) -> None:
-        ids = self._live(self.batches[0])
+    def _step_ar(self, touched, record, ids: list[str] | None = None) -> None:
+        ids = self._live(self.batches[0]) if ids is None else ids
         if not ids:
             return
         t0 = time.perf_counter()
@@ -123,12 +123,24 @@ class Scheduler:
         for rid, tok in zip(ids, tokens):
             self.running[rid].append([tok])
             touched[rid] = self.running[rid]
+            if self.draft is not None:  # the draft learns these when speculation (re)starts
+                self.draft_updates.setdefault(rid, []).append(tok)
+
+    def _step_without_draft(self, touched, record) -> None:
+        """Every draft node is gone: decode target-only (lossless all the same) until one is back."""
+        self.proposal, self.proposed_batch = None, None
+        record.mode = "ar-fallback"
+        self._step_ar(touched, record, [r for b in self.batches for r in self._live(b)])
 
     def _step_sd(self, batch, touched, record) -> None:
         ids = self._live(batch)
         if not ids:
             return
-        proposal = self._timed_propose(ids, record)
+        try:
+            proposal = self._timed_propose(ids, record)
+        except NoDraftAvailable:
+            self._step_without_draft(touched, record)
+            return
         self._verify_and_commit(proposal, touched, record)
 
     def _step_psd(self, touched, record) -> None:
@@ -138,7 +150,10 @@ class Scheduler:
             d = to_draft[0]
             job = self._pool.submit(self._timed_propose, self._live(self.batches[d]), record)
             self._verify_and_commit(self.proposal, touched, record)
-            self.proposal, self.proposed_batch = job.result(), d
+            try:
+                self.proposal, self.proposed_batch = job.result(), d
+            except NoDraftAvailable:  # batch d is drafted again once a draft node is back
+                self.proposal, self.proposed_batch = None, None
         elif pb is not None:  # nothing to draft: verify alone
             self._verify_and_commit(self.proposal, touched, record)
             self.proposal, self.proposed_batch = None, None
@@ -152,8 +167,11 @@ class Scheduler:
                 self.batches = [only[:half], only[half:]]
                 to_draft = [0, 1]
             d = max(to_draft, key=lambda i: len(self.batches[i]))
-            self.proposal = self._timed_propose(self._live(self.batches[d]), record)  # pipeline fill
-            self.proposed_batch = d
+            try:
+                self.proposal = self._timed_propose(self._live(self.batches[d]), record)  # pipeline fill
+                self.proposed_batch = d
+            except NoDraftAvailable:
+                self._step_without_draft(touched, record)
 
     def _timed_propose(self, ids: list[str], record: StepRecord) -> Proposal:
         updates = {rid: self.draft_updates.pop(rid, []) for rid in ids}
@@ -177,7 +195,7 @@ class Scheduler:
             req.num_accepted += n
             req.append(tokens)
             record.num_tokens += len(req.output_ids) - before
-            self.draft_updates[rid] = tokens
+            self.draft_updates.setdefault(rid, []).extend(tokens)
             touched[rid] = req
 
     def _retire(self) -> None:

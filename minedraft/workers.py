@@ -28,16 +28,15 @@ class Proposal:
     """k draft tokens for each request of a batch.
 
     tokens: [B, k] int64; probs: [B, k, V] float32, the draft's distributions q (None: one-hot q).
-    ref: the token-channel reference when the proposal travelled through a channel; the target
-    reads tokens/probs from it."""
+    parts: when the proposal travelled through token channels (remote workers), where it lies:
+    [(channel_id, block_ref, num_requests)] covering request_ids in order; the target reads them."""
 
     request_ids: list[str]
     k: int
     tokens: Any = None
     probs: Any = None
-    ref: Any = None
+    parts: list = dataclasses.field(default_factory=list)
     compute_s: float = 0.0  # time the draft spent in forward passes and sampling
-    channel_id: str = ""  # which draft's token channel holds it (remote workers)
 
 
 @dataclasses.dataclass
@@ -46,6 +45,10 @@ class Verdict:
     tokens: list[list[int]]  # per request: accepted draft tokens + one target token
     num_accepted: list[int]
     compute_s: float = 0.0
+
+
+class NoDraftAvailable(RuntimeError):
+    """No draft node can propose right now: the scheduler decodes target-only until one is back."""
 
 
 class DraftWorker(abc.ABC):

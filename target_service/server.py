@@ -8,7 +8,10 @@ import time
 
 from minedraft.channels import open_reader
 from minedraft.engine import MAX_SPECULATIVE_TOKENS
-from minedraft.grpc_common import log, spec_from_proto
+import torch
+import torch.nn.functional as F
+
+from minedraft.grpc_common import log, ref_from_proto, spec_from_proto
 from minedraft.local_workers import LocalTargetWorker
 from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from minedraft.worker_service import WorkerServicerBase, add_worker_arguments, load_runner, serve
@@ -46,19 +49,36 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
 
     def Verify(self, request, context):
         def run():
-            reader = self.readers.get(request.channel_id)
-            if reader is None:
-                raise KeyError(f"no channel {request.channel_id!r}: call OpenChannel first")
-            from minedraft.grpc_common import ref_from_proto
-
-            tokens, probs = reader.read(ref_from_proto(request.block), str(self.runner.device))
-            proposal = Proposal(list(request.request_ids), request.k, tokens.long(),
-                                None if probs is None else probs.float())
+            tokens, probs = self._read_parts(request)
+            proposal = Proposal(list(request.request_ids), request.k, tokens, probs)
             verdict = self.worker.verify(proposal)
             return worker_pb2.VerifyReply(tokens=[common_pb2.TokenList(tokens=t) for t in verdict.tokens],
                                           num_accepted=verdict.num_accepted, compute_s=verdict.compute_s)
 
         return self.guarded(context, run)
+
+    def _read_parts(self, request):
+        """Concatenate the parts (one per draft node) into tokens [B, k] and probs [B, k, V] or None."""
+        device = str(self.runner.device)
+        tokens, probs = [], []
+        for part in request.parts:
+            reader = self.readers.get(part.channel_id)
+            if reader is None:
+                raise KeyError(f"no channel {part.channel_id!r}: call OpenChannel first")
+            t, p = reader.read(ref_from_proto(part.block), device)
+            if t.shape[0] != part.num_requests:
+                raise ValueError(f"parts: block holds {t.shape[0]} rows, expected {part.num_requests}")
+            tokens.append(t.long())
+            probs.append(None if p is None else p.float())
+        if sum(t.shape[0] for t in tokens) != len(request.request_ids):
+            raise ValueError("parts: do not cover request_ids")
+        if all(p is None for p in probs):
+            return torch.cat(tokens), None
+        # A part without q holds only greedy requests, whose rows verification never reads q for:
+        # a one-hot of the draft token stands in for it.
+        vocab = next(p.shape[-1] for p in probs if p is not None)
+        filled = [p if p is not None else F.one_hot(t, vocab).float() for t, p in zip(tokens, probs)]
+        return torch.cat(tokens), torch.cat(filled)
 
     def Decode(self, request, context):
         def run():

@@ -172,17 +172,25 @@ class ProposeReply(_message.Message):
     compute_s: float
     def __init__(self, block: _Optional[_Union[BlockRef, _Mapping]] = ..., compute_s: _Optional[float] = ...) -> None: ...
 
-class VerifyRequest(_message.Message):
-    __slots__ = ("request_ids", "k", "channel_id", "block")
-    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
-    K_FIELD_NUMBER: _ClassVar[int]
+class ProposalPart(_message.Message):
+    __slots__ = ("channel_id", "block", "num_requests")
     CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
     BLOCK_FIELD_NUMBER: _ClassVar[int]
-    request_ids: _containers.RepeatedScalarFieldContainer[str]
-    k: int
+    NUM_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     channel_id: str
     block: BlockRef
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., channel_id: _Optional[str] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ...) -> None: ...
+    num_requests: int
+    def __init__(self, channel_id: _Optional[str] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ..., num_requests: _Optional[int] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("request_ids", "k", "parts")
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    k: int
+    parts: _containers.RepeatedCompositeFieldContainer[ProposalPart]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[ProposalPart, _Mapping]]] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
     __slots__ = ("tokens", "num_accepted", "compute_s")

@@ -1,0 +1,211 @@
+"""Several draft nodes behind one DraftWorker: the scheduler sees a single draft.
+
+- Endpoints are `host:port` entries; a DNS name that resolves to several addresses (compose's
+  `--scale draft=N`) counts as several nodes. `refresh()` re-resolves and connects new or restarted
+  nodes: each gets its own token channel (handshake with the draft, OpenChannel on the target).
+- Each request lives on one node (its KV cache is there); new requests go to the least-loaded node,
+  so a batch is split over the nodes, which draft their shares in parallel.
+- A node that fails a call is dropped; its requests are re-homed on the survivors by prefilling them
+  with every token committed so far (the pool keeps that record), and the call is retried. With no
+  node left, `propose` raises NoDraftAvailable and the scheduler decodes target-only until a node is
+  back. Output stays lossless throughout: drafts only ever change speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from minedraft.remote_workers import RemoteDraftWorker, RemoteTargetWorker
+from minedraft.sampling import SamplingParams
+from minedraft.workers import DraftWorker, NewRequest, NoDraftAvailable, Proposal
+
+log = logging.getLogger("minedraft.gateway")
+
+
+@dataclasses.dataclass
+class _Known:
+    tokens: list[int]  # every committed token (prompt included)
+    params: SamplingParams
+    seed: int
+    node: str | None = None  # address of the node holding it
+    pending: list[int] = dataclasses.field(default_factory=list)  # committed, not yet sent to the node
+
+
+def resolve_endpoints(endpoints: list[str]) -> list[str]:
+    """host:port entries -> one ip:port per address (literal IPs pass through)."""
+    out: list[str] = []
+    for ep in endpoints:
+        host, _, port = ep.rpartition(":")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (socket.gaierror, ValueError):
+            continue
+        addrs = sorted({info[4][0] for info in infos})
+        if len(addrs) <= 1:
+            out.append(ep)  # keep the name: stable channel id across restarts
+        else:
+            out.extend(f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addrs)
+    return list(dict.fromkeys(out))
+
+
+class DraftPool(DraftWorker):
+    def __init__(self, endpoints: list[str], target: RemoteTargetWorker, target_info, transport: str | None):
+        self.endpoints = endpoints
+        self.target, self.target_info, self.forced = target, target_info, transport
+        self.nodes: dict[str, RemoteDraftWorker] = {}
+        self.transports: dict[str, str] = {}
+        self.known: dict[str, _Known] = {}
+        self.lock = threading.RLock()
+        self._calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="minedraft-draft-call")
+        self._last_refresh = 0.0
+
+    # -- membership --------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Connect nodes that are new or back. Cheap when nothing changed."""
+        self._last_refresh = time.monotonic()
+        for address in resolve_endpoints(self.endpoints):
+            with self.lock:
+                if address in self.nodes:
+                    continue
+            node = RemoteDraftWorker(address)
+            try:
+                info = node.info(timeout=2.0)
+                if info.vocab_size != self.target_info.vocab_size:
+                    raise ValueError(f"vocabulary {info.vocab_size} != target's {self.target_info.vocab_size}")
+                if info.tokenizer_fingerprint != self.target_info.tokenizer_fingerprint:
+                    raise ValueError("tokenizer differs from the target's")
+                reply = node.handshake(self.target_info, self.forced)
+                transport = self.target.open_channel(node.channel_id, reply.spec)
+            except (grpc.RpcError, ValueError) as exc:
+                node.close()
+                if isinstance(exc, ValueError):
+                    log.error("gateway: draft %s rejected: %s", address, exc)
+                continue
+            with self.lock:
+                self.nodes[address] = node
+                self.transports[address] = transport
+            log.info("gateway: draft node %s joined (token channel %s); %d node(s) live",
+                     address, transport, len(self.nodes))
+
+    def _drop(self, address: str, exc: BaseException) -> None:
+        with self.lock:
+            node = self.nodes.pop(address, None)
+            self.transports.pop(address, None)
+            for known in self.known.values():
+                if known.node == address:
+                    known.node = None
+        if node is not None:
+            node.close()
+            log.warning("gateway: draft node %s dropped (%s); %d node(s) live", address,
+                        exc.code().name if isinstance(exc, grpc.RpcError) else exc, len(self.nodes))
+
+    @property
+    def live(self) -> list[str]:
+        with self.lock:
+            return list(self.nodes)
+
+    @property
+    def transport(self) -> str:
+        return ",".join(sorted(set(self.transports.values()))) or "none"
+
+    # -- placement -----------------------------------------------------------------------------------
+    def _home(self, request_ids: list[str]) -> None:
+        """Give every request a live node, prefilling the ones that have none (new or orphaned)."""
+        homeless = [rid for rid in request_ids if self.known[rid].node not in self.nodes]
+        if not homeless:
+            return
+        if not self.nodes and time.monotonic() - self._last_refresh > 1.0:
+            self.refresh()
+        while homeless:
+            if not self.nodes:
+                raise NoDraftAvailable("no draft node is reachable")
+            load = {a: 0 for a in self.nodes}
+            for k in self.known.values():
+                if k.node in load:
+                    load[k.node] += 1
+            groups: dict[str, list[str]] = {}
+            for rid in homeless:
+                address = min(load, key=load.get)
+                load[address] += 1
+                groups.setdefault(address, []).append(rid)
+            _, failed = self._parallel({a: (self._prefill, a, ids) for a, ids in groups.items()})
+            homeless = [rid for a in failed for rid in groups[a]]
+
+    def _prefill(self, address: str, ids: list[str]) -> None:
+        reqs = [NewRequest(rid, list(self.known[rid].tokens), self.known[rid].params, self.known[rid].seed)
+                for rid in ids]
+        self.nodes[address].add(reqs)
+        for rid in ids:
+            self.known[rid].node = address
+            self.known[rid].pending = []
+
+    def _parallel(self, calls: dict) -> tuple[dict, dict]:
+        """Run {address: (fn, *args)} on the nodes concurrently; drop the nodes whose call failed.
+        Returns ({address: result}, {address: error})."""
+        futures = {a: self._calls.submit(fn, *args) for a, (fn, *args) in calls.items()}
+        results, failed = {}, {}
+        for address, fut in futures.items():
+            try:
+                results[address] = fut.result()
+            except grpc.RpcError as exc:
+                self._drop(address, exc)
+                failed[address] = exc
+        return results, failed
+
+    # -- DraftWorker -----------------------------------------------------------------------------------
+    def add(self, requests: list[NewRequest]) -> None:
+        with self.lock:
+            for r in requests:
+                self.known[r.request_id] = _Known(list(r.prompt_ids), r.params, r.seed)
+            try:
+                self._home([r.request_id for r in requests])
+            except NoDraftAvailable:
+                pass  # they get a node when one is back
+
+    def propose(self, request_ids, k, updates):
+        with self.lock:
+            for rid, tokens in updates.items():
+                self.known[rid].tokens.extend(tokens)
+                self.known[rid].pending.extend(tokens)
+            while True:
+                self._home(request_ids)
+                groups: dict[str, list[str]] = {}
+                for rid in request_ids:
+                    groups.setdefault(self.known[rid].node, []).append(rid)
+                results, failed = self._parallel({a: (self._propose_on, a, ids, k) for a, ids in groups.items()})
+                if not failed:
+                    break
+            ordered, parts, compute = [], [], 0.0
+            for address, ids in groups.items():
+                proposal = results[address]
+                ordered.extend(ids)
+                parts.extend(proposal.parts)
+                compute = max(compute, proposal.compute_s)  # the nodes ran in parallel
+            return Proposal(ordered, k, parts=parts, compute_s=compute)
+
+    def _propose_on(self, address: str, ids: list[str], k: int) -> Proposal:
+        proposal = self.nodes[address].propose(ids, k, {rid: self.known[rid].pending for rid in ids})
+        for rid in ids:
+            self.known[rid].pending = []
+        return proposal
+
+    def release(self, request_ids) -> None:
+        with self.lock:
+            groups: dict[str, list[str]] = {}
+            for rid in request_ids:
+                known = self.known.pop(rid, None)
+                if known is not None and known.node in self.nodes:
+                    groups.setdefault(known.node, []).append(rid)
+            self._parallel({a: (self.nodes[a].release, ids) for a, ids in groups.items()})
+
+    def close(self) -> None:
+        for node in list(self.nodes.values()):
+            node.close()
+        self._calls.shutdown(wait=False)
