@@ -57,10 +57,13 @@ class LocalCluster:
             self.procs[name] = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
-    def wait_healthy(self, addresses: dict[str, str], timeout: float = 600.0, progress=print) -> None:
+    def wait_healthy(self, addresses: dict[str, str], timeout: float = 600.0, progress=print,
+                     should_stop=lambda: False) -> None:
         deadline = time.monotonic() + timeout
         pending = dict(addresses)
         while pending:
+            if should_stop():
+                raise RuntimeError("interrupted during start-up")
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with code {proc.returncode} during start-up")
@@ -107,7 +110,7 @@ def up(args) -> int:
     try:
         cluster.wait_healthy({"target": f"127.0.0.1:{args.target_port}", "draft": f"127.0.0.1:{args.draft_port}",
                               "gateway": f"127.0.0.1:{args.port}"}, timeout=args.startup_timeout,
-                             progress=lambda m: print(m, flush=True))
+                             progress=lambda m: print(m, flush=True), should_stop=lambda: stopping["flag"])
         print(f"MineDraft is up: gateway at {args.bind}:{args.port} (gRPC, minedraft.v1.Gateway)\n"
               f'  try: minedraft generate "def fibonacci(n):" --address 127.0.0.1:{args.port}\n'
               "  Ctrl-C stops all three.", flush=True)
