@@ -43,9 +43,14 @@ def resolve_endpoints(endpoints: list[str]) -> list[str]:
     out: list[str] = []
     for ep in endpoints:
         host, _, port = ep.rpartition(":")
-        try:
-            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-        except (socket.gaierror, ValueError):
+        try:  # IPv4 first: "localhost" would otherwise name one process twice (127.0.0.1 and ::1)
+            infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
+        except socket.gaierror:
+            try:
+                infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except socket.gaierror:
+                continue
+        except ValueError:
             continue
         addrs = sorted({info[4][0] for info in infos})
         if len(addrs) <= 1:
@@ -61,6 +66,7 @@ class DraftPool(DraftWorker):
         self.target, self.target_info, self.forced = target, target_info, transport
         self.nodes: dict[str, RemoteDraftWorker] = {}
         self.transports: dict[str, str] = {}
+        self.identities: dict[str, tuple] = {}  # address -> (host id, pid): one process, one node
         self.known: dict[str, _Known] = {}
         self.lock = threading.RLock()
         self._calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="minedraft-draft-call")
@@ -77,6 +83,11 @@ class DraftPool(DraftWorker):
             node = RemoteDraftWorker(address)
             try:
                 info = node.info(timeout=2.0)
+                identity = (info.hostname, info.pid)
+                with self.lock:
+                    if identity in self.identities.values():
+                        node.close()
+                        continue
                 if info.vocab_size != self.target_info.vocab_size:
                     raise ValueError(f"vocabulary {info.vocab_size} != target's {self.target_info.vocab_size}")
                 if info.tokenizer_fingerprint != self.target_info.tokenizer_fingerprint:
@@ -91,6 +102,7 @@ class DraftPool(DraftWorker):
             with self.lock:
                 self.nodes[address] = node
                 self.transports[address] = transport
+                self.identities[address] = identity
             log.info("gateway: draft node %s joined (token channel %s); %d node(s) live",
                      address, transport, len(self.nodes))
 
@@ -98,6 +110,7 @@ class DraftPool(DraftWorker):
         with self.lock:
             node = self.nodes.pop(address, None)
             self.transports.pop(address, None)
+            self.identities.pop(address, None)
             for known in self.known.values():
                 if known.node == address:
                     known.node = None

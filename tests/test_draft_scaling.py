@@ -36,7 +36,9 @@ def system(llama_pair, tmp_path_factory):
         "d1": draft_command(draft, p["d1"]),
         "d2": draft_command(draft, p["d2"]),
         "gateway": [sys.executable, "-m", "gateway", "--target", f"127.0.0.1:{p['target']}",
-                    "--draft", f"127.0.0.1:{p['d1']},127.0.0.1:{p['d2']}", "--port", str(p["gateway"]),
+                    # d1 listed twice under two names: one process must count as one node
+                    "--draft", f"127.0.0.1:{p['d1']},127.0.0.1:{p['d2']},localhost:{p['d1']}",
+                    "--port", str(p["gateway"]),
                     "--draft-refresh-s", "0.5", "-k", "3"],
     }, log_dir=logs)
     cluster.start()
@@ -113,3 +115,10 @@ def test_losing_and_regaining_draft_nodes(system):
         assert after.spec_decode_num_drafts > 0 and after.spec_decode_num_accepted_tokens > 0
     finally:
         revived.stop()
+
+
+def test_endpoints_resolve_once_per_address():
+    from gateway.draft_pool import resolve_endpoints
+
+    assert resolve_endpoints(["localhost:50053", "127.0.0.1:7", "127.0.0.1:7", "no-such-host.invalid:1"]) == [
+        "localhost:50053", "127.0.0.1:7"]
