@@ -28,7 +28,7 @@ import shlex
 import sys
 import sysconfig
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,7 +66,6 @@ class TrainSpec:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     eval_every_s: float = 0.0
-    log: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +392,7 @@ def save_checkpoint(model, fast_tok, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     model.to(torch.float32)
+    (folder / "model.safetensors").chmod(0o644)  # written 0600; the package must be world-readable
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg.pop("torch_dtype", None)
@@ -443,9 +443,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--draft-steps", type=int, default=None, help="fixed step count (overrides minutes)")
     p.add_argument("--threads", type=int, default=1, help="torch / tokenizers threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target-batch", type=int, default=8)
-    p.add_argument("--draft-batch", type=int, default=8)
-    p.add_argument("--target-lr", type=float, default=2e-3)
+    p.add_argument("--target-batch", type=int, default=4)
+    p.add_argument("--draft-batch", type=int, default=4)
+    p.add_argument("--target-lr", type=float, default=1.5e-3)
     p.add_argument("--draft-lr", type=float, default=3e-3)
     p.add_argument("--ce-weight", type=float, default=0.1, help="weight of data CE in the draft loss")
     p.add_argument("--eval-chunks", type=int, default=48, help="held-out windows of 256 tokens to score")
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                       "train_tokens": len(train_chunks) * SEQ_LEN, "train_windows": len(train_chunks),
                       "heldout_eval_tokens": eval_chunks.shape[0] * SEQ_LEN,
                       "train_bytes_per_token": round(record["train_bytes"] / (len(train_chunks) * SEQ_LEN), 3)}
-    print(f"[train-tiny] corpus: {record['train_files']} train files, {record['heldout_files']} held out; "
+    print(f"[train-tiny] data: {record['train_files']} train files, {record['heldout_files']} held out; "
           f"{tokenizer_info['train_tokens']} train tokens", flush=True)
     t = lap("encode", t)
 
