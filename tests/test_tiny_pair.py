@@ -86,3 +86,34 @@ def test_draft_agrees_with_target_greedy(pair):
         total += t_next.numel()
     # Chance is ~1/4096; the trained pair agrees far more often (the training log has the rate).
     assert agree / total > 0.3, agree / total
+
+
+@pytest.mark.parametrize("role", ["target", "draft"])
+def test_native_runner_matches_transformers_on_bundled_weights(role):
+    import torch
+
+    from minedraft.assets import default_draft_path, default_target_path
+    from minedraft.hf_adapter import reference_model
+    from minedraft.runner import ModelRunner
+
+    path = default_target_path() if role == "target" else default_draft_path()
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(path).encode(assets.load_heldout_prompts(1)[0])
+    runner = ModelRunner(path, max_rows=1)
+    logits = runner.forward([runner.allocate()], [ids], all_positions=True)[0]
+    with torch.no_grad():
+        expected = reference_model(path)(torch.tensor([ids])).logits[0]
+    assert (logits - expected).abs().max().item() < 1e-4
+
+
+def test_sd_and_psd_with_the_pair_equal_target_only_greedy():
+    from minedraft import Engine, SamplingParams
+
+    prompts = assets.load_heldout_prompts(6)
+    params = SamplingParams(max_tokens=32, ignore_eos=True)
+    expected = [r.token_ids for r in Engine(mode="ar").generate(prompts, params)]
+    for mode in ("sd", "psd"):
+        engine = Engine(mode=mode, num_speculative_tokens=4)
+        assert [r.token_ids for r in engine.generate(prompts, params)] == expected
+        assert engine.metrics.acceptance_rate > 0.3  # a trained pair agrees often
