@@ -1,0 +1,236 @@
+"""`minedraft bench`: how one round of one mode runs and what it records.
+
+Three kinds of rounds, all measured the same way from the caller's side (latency = request sent ->
+last token; TTFT = request sent -> first chunk carrying tokens; the round's wall time = first
+request sent -> last request done):
+
+* service rounds (`ar`, `sd`, `psd`): a thread per in-flight request streams from the gateway of
+  the running three-service cluster; the mode is switched with `Configure` before the round and the
+  gateway's counters and step breakdown are read (and zeroed) with `GetStats` after it;
+* in-process rounds (`sd-inproc`, `psd-inproc`, `sd-b1`): the same scheduler over in-process
+  workers, driven step by step from the calling thread (no gRPC);
+* Hugging Face rounds (`hf-assisted`, `hf-target`): `transformers` `generate`, one request at a
+  time (its assisted generation needs batch size 1), see :mod:`minedraft.bench_hf`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from minedraft.sampling import SamplingParams
+
+SERVICE_MODES = ("ar", "sd", "psd")
+INPROC_MODES = {"sd-inproc": "sd", "psd-inproc": "psd", "sd-b1": "sd"}  # bench mode -> scheduler mode
+HF_MODES = ("hf-assisted", "hf-target")
+ALL_MODES = SERVICE_MODES + tuple(INPROC_MODES) + HF_MODES
+BATCH1_MODES = ("sd-b1",) + HF_MODES  # serial, over the first --hf-requests prompts
+
+
+class BenchError(RuntimeError):
+    """The benchmark found something inconsistent; it stops rather than report wrong numbers."""
+
+
+@dataclasses.dataclass
+class RequestRecord:
+    index: int  # position in the workload
+    latency_s: float  # sent -> last token
+    ttft_s: float | None  # sent -> first token
+    num_tokens: int  # token ids actually returned to the caller
+    num_counted: int  # tokens the server says it generated for this request
+    num_drafted: int = 0
+    num_accepted: int = 0
+    finish_reason: str = ""
+    target_forwards: int = 0  # hf modes: target forward passes (verifications in assisted mode)
+
+
+@dataclasses.dataclass
+class RoundResult:
+    mode: str
+    round: int
+    wall_s: float
+    requests: list[RequestRecord]
+    counters: dict | None = None  # spec_decode_* counters (None where the mode has none)
+    steps: dict | None = None  # step-time breakdown sums (see breakdown_from_records)
+    step_tokens: int | None = None  # tokens committed by decode steps (in-process only)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(r.num_tokens for r in self.requests)
+
+
+@dataclasses.dataclass
+class Workload:
+    prompts: list[list[int]]  # token ids, one per request
+    arrivals: list[float]  # seconds after the round's start (all 0.0 when everything arrives at once)
+    concurrency: int
+    max_tokens: int
+    temperature: float
+    seed: int
+
+    def params(self, i: int) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, max_tokens=self.max_tokens, ignore_eos=True,
+                              seed=self.seed + i)
+
+
+def empty_breakdown() -> dict:
+    return dict(num_steps=0, wall_s=0.0, draft_compute_s=0.0, verify_compute_s=0.0, draft_call_s=0.0,
+                verify_call_s=0.0, draft_idle_s=0.0, target_idle_s=0.0, control_plane_s=0.0)
+
+
+def breakdown_from_records(steps) -> dict:
+    """Sum StepRecords the way the gateway's GetStats does (gateway.server.stats_to_proto)."""
+    b = empty_breakdown()
+    b["num_steps"] = len(steps)
+    for s in steps:
+        b["wall_s"] += s.wall_s
+        b["draft_compute_s"] += s.draft_s
+        b["verify_compute_s"] += s.verify_s
+        b["draft_call_s"] += s.draft_call_s
+        b["verify_call_s"] += s.verify_call_s
+        b["draft_idle_s"] += max(0.0, s.wall_s - s.draft_call_s)
+        b["target_idle_s"] += max(0.0, s.wall_s - s.verify_call_s)
+        b["control_plane_s"] += max(0.0, s.draft_call_s - s.draft_s) + max(0.0, s.verify_call_s - s.verify_s)
+    return b
+
+
+def breakdown_from_proto(steps) -> dict:
+    return {name: getattr(steps, name) for name in empty_breakdown()}
+
+
+def counters_from_metrics(m) -> dict:
+    return dict(num_drafts=int(m.spec_decode_num_drafts), num_draft_tokens=int(m.spec_decode_num_draft_tokens),
+                num_accepted_tokens=int(m.spec_decode_num_accepted_tokens),
+                num_accepted_tokens_per_pos=[int(x) for x in m.spec_decode_num_accepted_tokens_per_pos])
+
+
+def check_round(result: RoundResult, workload: Workload, num_requests: int) -> None:
+    """Tokens counted must equal tokens returned, and every request must get exactly max_tokens
+    (EOS is ignored in every mode); speculative counters must add up. Raises BenchError."""
+    where = f"{result.mode} round {result.round}"
+    if len(result.requests) != num_requests:
+        raise BenchError(f"{where}: {len(result.requests)} of {num_requests} requests completed")
+    for r in result.requests:
+        if r.num_tokens != r.num_counted:
+            raise BenchError(f"{where}: request {r.index}: {r.num_tokens} tokens returned but the server counted "
+                             f"{r.num_counted}")
+        if r.num_tokens != workload.max_tokens:
+            raise BenchError(f"{where}: request {r.index}: {r.num_tokens} tokens returned, expected exactly "
+                             f"{workload.max_tokens} (EOS is ignored); finish reason {r.finish_reason!r}")
+    expected = num_requests * workload.max_tokens
+    if result.num_tokens != expected:
+        raise BenchError(f"{where}: {result.num_tokens} tokens returned in all, expected {expected}")
+    if result.step_tokens is not None and result.step_tokens + num_requests != expected:
+        raise BenchError(f"{where}: decode steps committed {result.step_tokens} tokens (+{num_requests} from "
+                         f"prefill) but {expected} were returned")
+    c = result.counters
+    if c is not None and result.mode != "ar" and not result.mode.startswith("hf-"):
+        drafted = sum(r.num_drafted for r in result.requests)
+        accepted = sum(r.num_accepted for r in result.requests)
+        if drafted != c["num_draft_tokens"] or accepted != c["num_accepted_tokens"]:
+            raise BenchError(f"{where}: requests report {accepted}/{drafted} accepted/drafted tokens but the "
+                             f"counters say {c['num_accepted_tokens']}/{c['num_draft_tokens']}")
+        if c["num_drafts"] == 0:
+            raise BenchError(f"{where}: no draft was verified")
+
+
+# -- service rounds ---------------------------------------------------------------------------------
+def run_service_round(client, mode: str, k: int, workload: Workload, round_index: int,
+                      indices: list[int] | None = None) -> RoundResult:
+    """One round through the gateway: Configure(mode, k), zero the counters, send the workload with
+    a thread per in-flight request, read the counters and step breakdown."""
+    indices = list(range(len(workload.prompts))) if indices is None else indices
+    info = client.configure(mode=mode, num_speculative_tokens=k)
+    if info.mode != mode:
+        raise BenchError(f"gateway: asked for mode {mode!r}, it runs {info.mode!r}")
+    client.stats(reset=True)
+
+    def one(i: int) -> tuple[RequestRecord, float]:
+        sent = time.perf_counter()
+        ttft, ids, last = None, 0, None
+        for chunk in client.generate(workload.prompts[i], request_id=f"bench-{mode}-{round_index}-{i}",
+                                     **dataclasses.asdict(workload.params(i))):
+            if chunk.token_ids and ttft is None:
+                ttft = time.perf_counter() - sent
+            ids += len(chunk.token_ids)
+            last = chunk
+        done = time.perf_counter()
+        rec = RequestRecord(i, done - sent, ttft, ids, last.num_generated_tokens if last else 0,
+                            last.num_drafted if last else 0, last.num_accepted if last else 0,
+                            last.finish_reason if last else "")
+        return rec, done
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workload.concurrency, thread_name_prefix="bench-client") as pool:
+        futures = []
+        for i in indices:
+            _sleep_until(start + workload.arrivals[i])
+            futures.append(pool.submit(one, i))
+        outcomes = [f.result() for f in futures]
+    wall = max(done for _, done in outcomes) - start
+    stats = client.stats(reset=True)
+    counters = None
+    if mode != "ar":
+        counters = dict(num_drafts=stats.spec_decode_num_drafts, num_draft_tokens=stats.spec_decode_num_draft_tokens,
+                        num_accepted_tokens=stats.spec_decode_num_accepted_tokens,
+                        num_accepted_tokens_per_pos=list(stats.spec_decode_num_accepted_tokens_per_pos))
+    return RoundResult(mode, round_index, wall, [rec for rec, _ in outcomes], counters,
+                       breakdown_from_proto(stats.steps))
+
+
+def _sleep_until(t: float) -> None:
+    delay = t - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+# -- in-process rounds ------------------------------------------------------------------------------
+def run_inproc_round(engine, mode: str, k: int, workload: Workload, round_index: int,
+                     indices: list[int] | None = None, concurrency: int | None = None,
+                     at_once: bool = False) -> RoundResult:
+    """One round on the in-process engine, stepped from this thread. `at_once` ignores the arrival
+    times (batch-1 rounds send the next request when the previous one is done)."""
+    indices = list(range(len(workload.prompts))) if indices is None else indices
+    concurrency = concurrency or workload.concurrency
+    engine.scheduler.reconfigure(INPROC_MODES.get(mode, mode), k)
+    pending = collections.deque(indices)
+    sent: dict[str, float] = {}
+    first: dict[str, float] = {}
+    records: list[RequestRecord] = []
+    done: set[str] = set()
+    index_of: dict[str, int] = {}
+    start = time.perf_counter()
+    end = start
+    while pending or engine.has_unfinished():
+        now = time.perf_counter()
+        while pending and len(sent) - len(records) < concurrency and \
+                (at_once or start + workload.arrivals[pending[0]] <= now):
+            i = pending.popleft()
+            rid = engine.add_request(workload.prompts[i], workload.params(i),
+                                     request_id=f"bench-{mode}-{round_index}-{i}")
+            sent[rid], index_of[rid] = time.perf_counter(), i
+        if not engine.has_unfinished():
+            _sleep_until(start + workload.arrivals[pending[0]])
+            continue
+        touched = engine.step()
+        t = time.perf_counter()
+        for req in touched:
+            rid = req.request_id
+            if req.output_ids and rid not in first:
+                first[rid] = t
+            if req.finished and rid in sent and rid not in done:
+                done.add(rid)
+                n = len(req.output_ids)
+                records.append(RequestRecord(index_of[rid], t - sent[rid],
+                                             first[rid] - sent[rid] if rid in first else None, n, n,
+                                             req.num_drafted, req.num_accepted, req.finish_reason or ""))
+                end = t
+    m = engine.metrics
+    breakdown = breakdown_from_records(m.steps)
+    step_tokens = sum(s.num_tokens for s in m.steps)
+    counters = counters_from_metrics(m) if INPROC_MODES.get(mode, mode) != "ar" else None
+    records.sort(key=lambda r: r.index)
+    return RoundResult(mode, round_index, end - start, records, counters, breakdown, step_tokens)
+

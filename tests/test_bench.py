@@ -1,0 +1,155 @@
+"""`minedraft bench`: end to end on a tiny workload (every mode, real services), plus the pieces
+that decide what it reports (aggregation, ratios, consistency checks, prompt loading)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minedraft.bench_runners import (ALL_MODES, BenchError, RequestRecord, RoundResult, Workload, check_round)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_REQUESTS, MAX_TOKENS, HF_REQUESTS, K = 4, 8, 2, 4
+
+
+@pytest.fixture(scope="module")
+def bench_report(llama_pair, tmp_path_factory):
+    target, draft, _ = llama_pair
+    out = tmp_path_factory.mktemp("bench")
+    prompts = out / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt_ids": [1] + [3 + (7 * i + j) % 90 for j in range(5 + i)]}) + "\n"
+                               for i in range(6)))
+    cmd = [sys.executable, "-m", "minedraft", "bench", "--target", target, "--draft", draft, "--quick",
+           "--rounds", "2", "--num-requests", str(NUM_REQUESTS), "--max-tokens", str(MAX_TOKENS),
+           "--hf-requests", str(HF_REQUESTS), "-k", str(K), "--prompts", str(prompts),
+           "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"), "--log-dir", str(out / "logs")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    return json.loads((out / "bench.json").read_text()), proc.stdout, out
+
+
+def test_bench_json_schema_and_every_mode(bench_report):
+    report, stdout, out = bench_report
+    assert {"runs", "machine", "ratios", "theory", "config"} <= set(report)
+    modes = [r["mode"] for r in report["runs"]]
+    assert sorted(modes) == sorted(ALL_MODES)
+    for r in report["runs"]:
+        for key in ("throughput_tok_s", "latency_mean_s", "latency_p50_s", "latency_p99_s", "ttft_mean_s"):
+            assert r[key] > 0, (r["mode"], key)
+        assert r["latency_p50_s"] <= r["latency_p99_s"]
+        assert r["rounds"] == 2
+        requests = HF_REQUESTS if r["mode"] in ("sd-b1", "hf-assisted", "hf-target") else NUM_REQUESTS
+        # tokens counted equal tokens returned: every request ran exactly max_tokens (EOS ignored)
+        assert r["requests_per_round"] == requests
+        assert r["tokens_per_round"] == requests * MAX_TOKENS
+        assert len(r["latencies_s"]) == 2 * requests
+        if r["mode"] in ("ar", "hf-target"):
+            assert r["acceptance_rate"] is None
+        else:
+            assert 0.0 <= r["acceptance_rate"] <= 1.0
+            assert 1.0 <= r["mean_accepted_length"] == r["mean_accepted_len"] <= K + 1
+            c = r["counters"]
+            assert c["spec_decode_num_draft_tokens"] == K * c["spec_decode_num_drafts"] > 0
+            assert c["spec_decode_num_accepted_tokens"] <= c["spec_decode_num_draft_tokens"]
+            if r["mode"] != "hf-assisted":
+                assert len(r["acceptance_per_pos"]) == K
+                assert all(1.0 >= a >= b >= 0.0 for a, b in zip(r["acceptance_per_pos"], r["acceptance_per_pos"][1:]))
+        if r["kind"] in ("service", "inproc"):
+            f = r["step_breakdown"]["fractions"]
+            assert f["num_steps"] > 0 and f["mean_step_s"] > 0
+            for side in (("draft_compute", "draft_control_plane", "draft_idle"),
+                         ("verify_compute", "target_control_plane", "target_idle")):
+                assert sum(f[x] for x in side) == pytest.approx(1.0, abs=0.02)
+    # greedy: every speculative mode commits the target's own tokens, so acceptance agrees across them
+    by = {r["mode"]: r for r in report["runs"]}
+    for mode in ("psd", "sd-inproc", "psd-inproc"):
+        assert by[mode]["mean_accepted_length"] == pytest.approx(by["sd"]["mean_accepted_length"], rel=0.1)
+    for key in ("psd_over_sd_throughput", "sd_over_ar_throughput", "ours_over_hf_assisted_throughput",
+                "psd_over_sd_throughput_inproc", "control_plane_fraction_psd"):
+        assert report["ratios"][key] > 0
+    machine = report["machine"]
+    assert machine["torch"] and machine["cpu_model"] is not None and machine["device"] == "cpu"
+    assert "placement" in machine and "placement" in stdout
+    assert set(report["theory"]) == {"services", "inproc"}
+    assert report["theory"]["services"]["predicted"]["ideal"]["step_time_psd"] > 0
+    assert report["config"]["ignore_eos"] is True
+    assert (out / "bench.png").stat().st_size > 10_000
+    assert (out / "logs" / "gateway.log").exists()
+
+
+def test_bench_table_on_stdout(bench_report):
+    _, stdout, _ = bench_report
+    for word in ALL_MODES + ("psd_over_sd_throughput", "step-time breakdown", "theory vs measurement",
+                             "EOS ignored"):
+        assert word in stdout
+
+
+# -- the parts, without processes ------------------------------------------------------------------
+def _workload(max_tokens=4):
+    return Workload([[1, 2, 3]] * 2, [0.0, 0.0], 2, max_tokens, 0.0, 0)
+
+
+def _round(tokens=(4, 4), counted=(4, 4), drafted=(8, 8), accepted=(6, 5), counters=None, mode="sd"):
+    reqs = [RequestRecord(i, 0.1 * (i + 1), 0.01, t, c, d, a, "length")
+            for i, (t, c, d, a) in enumerate(zip(tokens, counted, drafted, accepted))]
+    counters = counters or dict(num_drafts=4, num_draft_tokens=16, num_accepted_tokens=11,
+                                num_accepted_tokens_per_pos=[4, 3, 2, 2])
+    return RoundResult(mode, 0, 0.5, reqs, counters)
+
+
+def test_check_round_accepts_consistent_round():
+    check_round(_round(), _workload(), 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(tokens=(4, 3), counted=(4, 4)), "returned but the server counted"),
+    (dict(tokens=(4, 3), counted=(4, 3)), "expected exactly"),
+    (dict(accepted=(6, 6)), "counters say"),
+])
+def test_check_round_fails_loudly(kwargs, message):
+    with pytest.raises(BenchError, match=message):
+        check_round(_round(**kwargs), _workload(), 2)
+
+
+def test_aggregate_and_ratios():
+    from minedraft.bench_report import aggregate, compute_ratios
+
+    sd = _round()
+    psd = _round(mode="psd")
+    psd.wall_s = 0.25
+    runs = aggregate([sd, psd], k=4)
+    by = {r["mode"]: r for r in runs}
+    assert by["sd"]["throughput_tok_s"] == pytest.approx(8 / 0.5)
+    assert by["sd"]["latency_mean_s"] == pytest.approx(0.15)
+    assert by["sd"]["latency_p50_s"] == pytest.approx(0.15)
+    assert by["sd"]["acceptance_rate"] == pytest.approx(11 / 16)
+    assert by["sd"]["mean_accepted_length"] == pytest.approx(1 + 11 / 4)
+    assert by["sd"]["acceptance_per_pos"] == [1.0, 0.75, 0.5, 0.5]
+    ratios = compute_ratios(runs)
+    assert ratios["psd_over_sd_throughput"] == pytest.approx(2.0)
+    assert ratios["psd_over_sd_latency_mean"] == pytest.approx(1.0)
+    assert "sd_over_ar_throughput" not in ratios
+
+
+def test_prompt_loading_fits_the_context(tmp_path, llama_pair):
+    from minedraft.bench import build_parser, load_prompts, resolve_args
+
+    target, draft, _ = llama_pair
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt_ids": list(range(3, 95))}) + "\n" + json.dumps({"prompt_ids": [5, 6]}) + "\n")
+    args = resolve_args(build_parser().parse_args(["--target", target, "--draft", draft, "--prompts", str(path),
+                                                   "--num-requests", "3", "--max-tokens", "16"]))
+    ids, source, cut = load_prompts(args)
+    assert len(ids) == 3 and ids[2] == ids[0] and ids[1] == [5, 6]
+    assert cut == 1 and len(ids[0]) == 96 - 16 - 4 - 2 and ids[0][-1] == 94
+    assert source == str(path)
+
+
+def test_bad_modes_rejected(llama_pair):
+    from minedraft.bench import build_parser, resolve_args
+
+    target, draft, _ = llama_pair
+    with pytest.raises(SystemExit, match="unknown"):
+        resolve_args(build_parser().parse_args(["--target", target, "--draft", draft, "--modes", "sd,fast"]))
