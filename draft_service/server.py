@@ -52,6 +52,7 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
 
     def Propose(self, request, context):
         def run():
+            t0 = time.perf_counter()
             if self.writer is None:
                 raise KeyError("no token channel: call Handshake first")
             if not 1 <= request.k <= self.capacity["max_k"]:
@@ -59,7 +60,8 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
             updates = {rid: list(tl.tokens) for rid, tl in request.updates.items()}
             proposal = self.worker.propose(list(request.request_ids), request.k, updates)
             ref = self.writer.write(proposal.tokens, proposal.probs)
-            return worker_pb2.ProposeReply(block=ref_to_proto(ref), compute_s=proposal.compute_s)
+            return worker_pb2.ProposeReply(block=ref_to_proto(ref), compute_s=proposal.compute_s,
+                                           service_s=time.perf_counter() - t0)
 
         return self.guarded(context, run)
 

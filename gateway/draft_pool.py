@@ -195,13 +195,14 @@ class DraftPool(DraftWorker):
                 results, failed = self._parallel({a: (self._propose_on, a, ids, k) for a, ids in groups.items()})
                 if not failed:
                     break
-            ordered, parts, compute = [], [], 0.0
+            ordered, parts, compute, service = [], [], 0.0, 0.0
             for address, ids in groups.items():
                 proposal = results[address]
                 ordered.extend(ids)
                 parts.extend(proposal.parts)
                 compute = max(compute, proposal.compute_s)  # the nodes ran in parallel
-            return Proposal(ordered, k, parts=parts, compute_s=compute)
+                service = max(service, proposal.service_s)
+            return Proposal(ordered, k, parts=parts, compute_s=compute, service_s=service)
 
     def _propose_on(self, address: str, ids: list[str], k: int) -> Proposal:
         proposal = self.nodes[address].propose(ids, k, {rid: self.known[rid].pending for rid in ids})

@@ -171,6 +171,8 @@ def stats_to_proto(m, mode: str) -> gateway_pb2.Stats:
         b.draft_idle_s += max(0.0, s.wall_s - s.draft_call_s)
         b.target_idle_s += max(0.0, s.wall_s - s.verify_call_s)
         b.control_plane_s += max(0.0, s.draft_call_s - s.draft_s) + max(0.0, s.verify_call_s - s.verify_s)
+        b.draft_service_s += s.draft_service_s
+        b.verify_service_s += s.verify_service_s
     return gateway_pb2.Stats(
         spec_decode_num_drafts=m.spec_decode_num_drafts, spec_decode_num_draft_tokens=m.spec_decode_num_draft_tokens,
         spec_decode_num_accepted_tokens=m.spec_decode_num_accepted_tokens,

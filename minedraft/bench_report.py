@@ -68,6 +68,12 @@ def breakdown_fractions(b: dict) -> dict:
         "draft_control_plane": max(0.0, b["draft_call_s"] - b["draft_compute_s"]) / wall,
         "target_control_plane": max(0.0, b["verify_call_s"] - b["verify_compute_s"]) / wall,
         "control_plane": b["control_plane_s"] / wall,
+        # the control plane split: inside the services (channel read/write, bookkeeping) and
+        # between them (gRPC, serialisation, the gateway's own work and scheduling delays)
+        "control_plane_in_services": (max(0.0, b["draft_service_s"] - b["draft_compute_s"])
+                                      + max(0.0, b["verify_service_s"] - b["verify_compute_s"])) / wall,
+        "control_plane_transport": (max(0.0, b["draft_call_s"] - b["draft_service_s"])
+                                    + max(0.0, b["verify_call_s"] - b["verify_service_s"])) / wall,
         "draft_idle": b["draft_idle_s"] / wall,
         "target_idle": b["target_idle_s"] / wall,
     }
@@ -272,12 +278,15 @@ def format_table(report: dict) -> str:
         lines += ["", "step-time breakdown (fractions of step wall time; each side: compute + control plane + idle "
                       "= 1; cp total = control plane of both sides)",
                   f"{'mode':<12}{'steps':>7}{'step ms':>9}{'draft cmp':>11}{'draft cp':>10}{'draft idle':>11}"
-                  f"{'verify cmp':>12}{'target cp':>11}{'target idle':>12}{'cp total':>10}"]
+                  f"{'verify cmp':>12}{'target cp':>11}{'target idle':>12}{'cp total':>10}{'in svc':>8}{'between':>9}"]
         for r in bd:
             f = r["step_breakdown"]["fractions"]
             lines.append(f"{r['mode']:<12}{f['num_steps']:>7}{1e3 * f['mean_step_s']:>9.2f}{f['draft_compute']:>11.1%}"
                          f"{f['draft_control_plane']:>10.1%}{f['draft_idle']:>11.1%}{f['verify_compute']:>12.1%}"
-                         f"{f['target_control_plane']:>11.1%}{f['target_idle']:>12.1%}{f['control_plane']:>10.1%}")
+                         f"{f['target_control_plane']:>11.1%}{f['target_idle']:>12.1%}{f['control_plane']:>10.1%}"
+                         f"{f['control_plane_in_services']:>8.1%}{f['control_plane_transport']:>9.1%}")
+        lines.append("(cp total = in svc (channel read/write and bookkeeping inside the services) + between (gRPC, "
+                     "(de)serialisation, gateway work, scheduling delays))")
     ratios = report["ratios"]
     lines += ["", "ratios (see JSON ratio_definitions)"]
     goals = {name: (goal, how) for name, goal, how in GOALS}

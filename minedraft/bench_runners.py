@@ -77,7 +77,8 @@ class Workload:
 
 def empty_breakdown() -> dict:
     return dict(num_steps=0, wall_s=0.0, draft_compute_s=0.0, verify_compute_s=0.0, draft_call_s=0.0,
-                verify_call_s=0.0, draft_idle_s=0.0, target_idle_s=0.0, control_plane_s=0.0)
+                verify_call_s=0.0, draft_idle_s=0.0, target_idle_s=0.0, control_plane_s=0.0,
+                draft_service_s=0.0, verify_service_s=0.0)
 
 
 def breakdown_from_records(steps) -> dict:
@@ -93,6 +94,8 @@ def breakdown_from_records(steps) -> dict:
         b["draft_idle_s"] += max(0.0, s.wall_s - s.draft_call_s)
         b["target_idle_s"] += max(0.0, s.wall_s - s.verify_call_s)
         b["control_plane_s"] += max(0.0, s.draft_call_s - s.draft_s) + max(0.0, s.verify_call_s - s.verify_s)
+        b["draft_service_s"] += s.draft_service_s
+        b["verify_service_s"] += s.verify_service_s
     return b
 
 

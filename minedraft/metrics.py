@@ -13,6 +13,8 @@ class StepRecord:
     verify_s: float = 0.0  # target compute (verify or decode)
     draft_call_s: float = 0.0  # wall time of the draft call as seen by the scheduler
     verify_call_s: float = 0.0
+    draft_service_s: float = 0.0  # remote workers: time inside the services' handlers
+    verify_service_s: float = 0.0
     num_verified: int = 0  # requests verified (or decoded) this step
     num_tokens: int = 0  # tokens committed this step
 

@@ -56,7 +56,7 @@ class RemoteDraftWorker(_Remote, DraftWorker):
             request_ids=list(request_ids), k=k,
             updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()}), timeout=CALL_TIMEOUT_S)
         return Proposal(list(request_ids), k, parts=[(self.channel_id, reply.block, len(request_ids))],
-                        compute_s=reply.compute_s)
+                        compute_s=reply.compute_s, service_s=reply.service_s)
 
 
 class RemoteTargetWorker(_Remote, TargetWorker):
@@ -78,7 +78,7 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         reply = self.stub.Verify(worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k,
                                                           parts=parts), timeout=CALL_TIMEOUT_S)
         return Verdict(list(proposal.request_ids), [list(t.tokens) for t in reply.tokens],
-                       list(reply.num_accepted), compute_s=reply.compute_s)
+                       list(reply.num_accepted), compute_s=reply.compute_s, service_s=reply.service_s)
 
     def decode(self, request_ids):
         return list(self.stub.Decode(worker_pb2.DecodeRequest(request_ids=list(request_ids)),

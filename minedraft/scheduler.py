@@ -118,7 +118,7 @@ class Scheduler:
             return
         t0 = time.perf_counter()
         tokens = self.target.decode(ids)
-        record.verify_call_s = record.verify_s = time.perf_counter() - t0
+        record.verify_call_s = record.verify_s = record.verify_service_s = time.perf_counter() - t0
         record.num_verified, record.num_tokens = len(ids), len(ids)
         for rid, tok in zip(ids, tokens):
             self.running[rid].append([tok])
@@ -179,6 +179,7 @@ class Scheduler:
         proposal = self.draft.propose(ids, self.k, updates)
         record.draft_call_s = time.perf_counter() - t0
         record.draft_s = proposal.compute_s
+        record.draft_service_s = proposal.service_s or proposal.compute_s
         return proposal
 
     def _verify_and_commit(self, proposal: Proposal, touched, record) -> None:
@@ -186,6 +187,7 @@ class Scheduler:
         verdict = self.target.verify(proposal)
         record.verify_call_s = time.perf_counter() - t0
         record.verify_s = verdict.compute_s
+        record.verify_service_s = verdict.service_s or verdict.compute_s
         record.num_verified = len(verdict.request_ids)
         self.metrics.observe(verdict.num_accepted, proposal.k)
         for rid, tokens, n in zip(verdict.request_ids, verdict.tokens, verdict.num_accepted):

@@ -37,6 +37,7 @@ class Proposal:
     probs: Any = None
     parts: list = dataclasses.field(default_factory=list)
     compute_s: float = 0.0  # time the draft spent in forward passes and sampling
+    service_s: float = 0.0  # remote: time inside the draft service's handler (compute + channel)
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class Verdict:
     tokens: list[list[int]]  # per request: accepted draft tokens + one target token
     num_accepted: list[int]
     compute_s: float = 0.0
+    service_s: float = 0.0  # remote: time inside the target service's handler (channel + compute)
 
 
 class NoDraftAvailable(RuntimeError):

@@ -49,11 +49,13 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
 
     def Verify(self, request, context):
         def run():
+            t0 = time.perf_counter()
             tokens, probs = self._read_parts(request)
             proposal = Proposal(list(request.request_ids), request.k, tokens, probs)
             verdict = self.worker.verify(proposal)
             return worker_pb2.VerifyReply(tokens=[common_pb2.TokenList(tokens=t) for t in verdict.tokens],
-                                          num_accepted=verdict.num_accepted, compute_s=verdict.compute_s)
+                                          num_accepted=verdict.num_accepted, compute_s=verdict.compute_s,
+                                          service_s=time.perf_counter() - t0)
 
         return self.guarded(context, run)
 

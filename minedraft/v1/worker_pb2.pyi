@@ -165,12 +165,14 @@ class ProposeRequest(_message.Message):
     def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., updates: _Optional[_Mapping[str, _common_pb2.TokenList]] = ...) -> None: ...
 
 class ProposeReply(_message.Message):
-    __slots__ = ("block", "compute_s")
+    __slots__ = ("block", "compute_s", "service_s")
     BLOCK_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_S_FIELD_NUMBER: _ClassVar[int]
     block: BlockRef
     compute_s: float
-    def __init__(self, block: _Optional[_Union[BlockRef, _Mapping]] = ..., compute_s: _Optional[float] = ...) -> None: ...
+    service_s: float
+    def __init__(self, block: _Optional[_Union[BlockRef, _Mapping]] = ..., compute_s: _Optional[float] = ..., service_s: _Optional[float] = ...) -> None: ...
 
 class ProposalPart(_message.Message):
     __slots__ = ("channel_id", "block", "num_requests")
@@ -193,14 +195,16 @@ class VerifyRequest(_message.Message):
     def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[ProposalPart, _Mapping]]] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
-    __slots__ = ("tokens", "num_accepted", "compute_s")
+    __slots__ = ("tokens", "num_accepted", "compute_s", "service_s")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_S_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenList]
     num_accepted: _containers.RepeatedScalarFieldContainer[int]
     compute_s: float
-    def __init__(self, tokens: _Optional[_Iterable[_Union[_common_pb2.TokenList, _Mapping]]] = ..., num_accepted: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ...) -> None: ...
+    service_s: float
+    def __init__(self, tokens: _Optional[_Iterable[_Union[_common_pb2.TokenList, _Mapping]]] = ..., num_accepted: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ..., service_s: _Optional[float] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
     __slots__ = ("request_ids",)
