@@ -10,6 +10,12 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
 START=$(date +%s)
 
+# The GPU image has grpcio but maybe not its health-checking/reflection add-ons: install the two small
+# pure-Python wheels carried in scripts/wheels (1.84.0, matching that image's grpcio), nothing else.
+python3 -c "import grpc_health, grpc_reflection" 2>/dev/null || \
+  python3 -m pip install --no-deps --no-index --find-links scripts/wheels grpcio-health-checking grpcio-reflection \
+    > "$OUT/pip_wheels.log" 2>&1
+
 {
   echo "== machine"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, grpc, google.protobuf, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'grpc', grpc.__version__, 'protobuf', google.protobuf.__version__, 'transformers', transformers.__version__)"
