@@ -130,3 +130,19 @@ def test_sampled_requests_run_and_are_reproducible(cluster):
         a = client.generate_ids([1, 4, 9], max_tokens=12, temperature=0.9, seed=7, ignore_eos=True)[0]
         b = client.generate_ids([1, 4, 9], max_tokens=12, temperature=0.9, seed=7, ignore_eos=True)[0]
     assert a == b and len(a) == 12
+
+
+def test_async_client_streams_the_same_tokens(cluster, expected):
+    import asyncio
+
+    from minedraft.client import AsyncMineDraftClient
+
+    async def run():
+        client = AsyncMineDraftClient(cluster.addresses["gateway"])
+        ids = []
+        async for chunk in client.generate(prompts()[2], max_tokens=MAX_TOKENS, ignore_eos=True):
+            ids.extend(chunk.token_ids)
+        await client.close()
+        return ids
+
+    assert asyncio.run(run()) == expected[2]
