@@ -133,12 +133,14 @@ class LocalTargetWorker(TargetWorker):
         return first
 
     def decode(self, request_ids):
+        t0 = time.perf_counter()
         states = self.book.get(request_ids)
         logits = self.runner.forward([s.row for s in states], [[s.tokens[-1]] for s in states])
         params = [s.params for s in states]
         out = sample(probs_from_logits(logits, params), params, [s.generator for s in states])
         for s, t in zip(states, out):
             s.tokens.append(t)
+        self.last_decode_compute_s = time.perf_counter() - t0
         return out
 
     def verify(self, proposal: Proposal) -> Verdict:

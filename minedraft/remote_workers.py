@@ -81,8 +81,9 @@ class RemoteTargetWorker(_Remote, TargetWorker):
                        list(reply.num_accepted), compute_s=reply.compute_s, service_s=reply.service_s)
 
     def decode(self, request_ids):
-        return list(self.stub.Decode(worker_pb2.DecodeRequest(request_ids=list(request_ids)),
-                                     timeout=CALL_TIMEOUT_S).tokens)
+        reply = self.stub.Decode(worker_pb2.DecodeRequest(request_ids=list(request_ids)), timeout=CALL_TIMEOUT_S)
+        self.last_decode_compute_s = reply.compute_s
+        return list(reply.tokens)
 
 
 def is_unavailable(exc: BaseException) -> bool:

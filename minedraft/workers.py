@@ -74,6 +74,7 @@ class DraftWorker(abc.ABC):
 class TargetWorker(abc.ABC):
     context_len: int
     vocab_size: int
+    last_decode_compute_s: float = 0.0  # compute time of the latest decode() (for the step breakdown)
 
     @abc.abstractmethod
     def add(self, requests: list[NewRequest]) -> list[int]:
