@@ -7,7 +7,7 @@ import argparse
 import time
 
 from minedraft.channels import choose_transport, host_id, make_writer
-from minedraft.engine import MAX_SPECULATIVE_TOKENS
+from minedraft.scheduler import MAX_SPECULATIVE_TOKENS
 from minedraft.grpc_common import log, ref_to_proto, spec_to_proto
 from minedraft.local_workers import LocalDraftWorker
 from minedraft.v1 import worker_pb2, worker_pb2_grpc

@@ -16,9 +16,10 @@ from minedraft import hf_adapter
 from minedraft.grpc_common import (add_health_and_reflection, log, make_server, params_from_proto, set_serving,
                                    setup_logging)
 from gateway.draft_pool import DraftPool
+from minedraft.metrics import sum_steps
 from minedraft.remote_workers import RemoteTargetWorker
 from minedraft.request import build_request
-from minedraft.scheduler import MODES, Scheduler
+from minedraft.scheduler import MODES, Scheduler, check_mode_and_k
 from minedraft.v1 import gateway_pb2, gateway_pb2_grpc
 
 SERVICE = "minedraft.v1.Gateway"
@@ -160,19 +161,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
 
 def stats_to_proto(m, mode: str) -> gateway_pb2.Stats:
-    steps = list(m.steps)
-    b = gateway_pb2.StepBreakdown(num_steps=len(steps))
-    for s in steps:
-        b.wall_s += s.wall_s
-        b.draft_compute_s += s.draft_s
-        b.verify_compute_s += s.verify_s
-        b.draft_call_s += s.draft_call_s
-        b.verify_call_s += s.verify_call_s
-        b.draft_idle_s += max(0.0, s.wall_s - s.draft_call_s)
-        b.target_idle_s += max(0.0, s.wall_s - s.verify_call_s)
-        b.control_plane_s += max(0.0, s.draft_call_s - s.draft_s) + max(0.0, s.verify_call_s - s.verify_s)
-        b.draft_service_s += s.draft_service_s
-        b.verify_service_s += s.verify_service_s
+    b = gateway_pb2.StepBreakdown(**sum_steps(list(m.steps)))
     return gateway_pb2.Stats(
         spec_decode_num_drafts=m.spec_decode_num_drafts, spec_decode_num_draft_tokens=m.spec_decode_num_draft_tokens,
         spec_decode_num_accepted_tokens=m.spec_decode_num_accepted_tokens,
@@ -204,8 +193,10 @@ def main(argv=None) -> int:
     setup_logging(args.log_level)
     if args.transport == "auto":
         args.transport = None
-    if not 1 <= args.k <= 16:
-        raise SystemExit("-k: must be in [1, 16]")
+    try:
+        check_mode_and_k(args.mode if args.draft else "ar", args.k, bool(args.draft))
+    except ValueError as exc:
+        raise SystemExit(f"gateway: {exc}")
     servicer = GatewayServicer(args)
     server = make_server(max_workers=256)  # one thread per open Generate stream
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)

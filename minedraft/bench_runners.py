@@ -20,6 +20,7 @@ import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from minedraft.metrics import BREAKDOWN_FIELDS, sum_steps
 from minedraft.sampling import SamplingParams
 
 SERVICE_MODES = ("ar", "sd", "psd")
@@ -53,7 +54,7 @@ class RoundResult:
     wall_s: float
     requests: list[RequestRecord]
     counters: dict | None = None  # spec_decode_* counters (None where the mode has none)
-    steps: dict | None = None  # step-time breakdown sums (see breakdown_from_records)
+    steps: dict | None = None  # step-time breakdown sums (see minedraft.metrics.sum_steps)
     step_tokens: int | None = None  # tokens committed by decode steps (in-process only)
 
     @property
@@ -75,32 +76,8 @@ class Workload:
                               seed=self.seed + i)
 
 
-def empty_breakdown() -> dict:
-    return dict(num_steps=0, wall_s=0.0, draft_compute_s=0.0, verify_compute_s=0.0, draft_call_s=0.0,
-                verify_call_s=0.0, draft_idle_s=0.0, target_idle_s=0.0, control_plane_s=0.0,
-                draft_service_s=0.0, verify_service_s=0.0)
-
-
-def breakdown_from_records(steps) -> dict:
-    """Sum StepRecords the way the gateway's GetStats does (gateway.server.stats_to_proto)."""
-    b = empty_breakdown()
-    b["num_steps"] = len(steps)
-    for s in steps:
-        b["wall_s"] += s.wall_s
-        b["draft_compute_s"] += s.draft_s
-        b["verify_compute_s"] += s.verify_s
-        b["draft_call_s"] += s.draft_call_s
-        b["verify_call_s"] += s.verify_call_s
-        b["draft_idle_s"] += max(0.0, s.wall_s - s.draft_call_s)
-        b["target_idle_s"] += max(0.0, s.wall_s - s.verify_call_s)
-        b["control_plane_s"] += max(0.0, s.draft_call_s - s.draft_s) + max(0.0, s.verify_call_s - s.verify_s)
-        b["draft_service_s"] += s.draft_service_s
-        b["verify_service_s"] += s.verify_service_s
-    return b
-
-
 def breakdown_from_proto(steps) -> dict:
-    return {name: getattr(steps, name) for name in empty_breakdown()}
+    return {name: getattr(steps, name) for name in BREAKDOWN_FIELDS}
 
 
 def counters_from_metrics(m) -> dict:
@@ -231,7 +208,7 @@ def run_inproc_round(engine, mode: str, k: int, workload: Workload, round_index:
                                              req.num_drafted, req.num_accepted, req.finish_reason or ""))
                 end = t
     m = engine.metrics
-    breakdown = breakdown_from_records(m.steps)
+    breakdown = sum_steps(m.steps)
     step_tokens = sum(s.num_tokens for s in m.steps)
     counters = counters_from_metrics(m) if INPROC_MODES.get(mode, mode) != "ar" else None
     records.sort(key=lambda r: r.index)

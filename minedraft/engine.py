@@ -11,9 +11,7 @@ from minedraft.local_workers import LocalDraftWorker, LocalTargetWorker
 from minedraft.request import Request, build_request
 from minedraft.runner import ModelRunner
 from minedraft.sampling import SamplingParams
-from minedraft.scheduler import MODES, Scheduler
-
-MAX_SPECULATIVE_TOKENS = 16
+from minedraft.scheduler import Scheduler, check_mode_and_k
 
 
 @dataclasses.dataclass
@@ -33,11 +31,6 @@ def default_model_paths() -> tuple[str, str]:
     return default_target_path(), default_draft_path()
 
 
-def validate_k(k) -> None:
-    if not isinstance(k, int) or not 1 <= k <= MAX_SPECULATIVE_TOKENS:
-        raise ValueError(f"num_speculative_tokens: must be an integer in [1, {MAX_SPECULATIVE_TOKENS}], got {k!r}")
-
-
 def check_pair(target_path: str, draft_path: str, target_vocab: int, draft_vocab: int) -> None:
     """Draft and target must share token ids: same vocabulary size and the same tokenizer."""
     if target_vocab != draft_vocab:
@@ -52,14 +45,10 @@ class Engine:
                  num_speculative_tokens: int = 4, device: str = "cpu", draft_device: str | None = None,
                  dtype: str | None = None, max_num_seqs: int = 64, max_model_len: int | None = None,
                  full_q: bool = True):
-        if mode not in MODES:
-            raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
-        validate_k(num_speculative_tokens)
         if target is None:
             target, default_draft = default_model_paths()
             draft = draft if draft is not None else default_draft
-        if mode != "ar" and draft is None:
-            raise ValueError(f"draft: mode {mode!r} needs a draft model")
+        check_mode_and_k(mode, num_speculative_tokens, draft is not None)  # before loading anything
         lookahead = num_speculative_tokens + 2
         self.target_runner = ModelRunner(target, device, dtype, max_num_seqs, max_model_len, lookahead)
         self.draft_runner = None

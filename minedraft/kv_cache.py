@@ -21,10 +21,6 @@ class KVCache:
         self.lengths = [0] * max_rows  # host-side: the scheduler reads them every step
         self._free = list(range(max_rows - 1, -1, -1))
 
-    @property
-    def num_free_rows(self) -> int:
-        return len(self._free)
-
     def allocate(self) -> int:
         if not self._free:
             raise RuntimeError(f"KV cache full: all {self.max_rows} rows in use")

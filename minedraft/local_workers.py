@@ -64,11 +64,9 @@ class LocalDraftWorker(DraftWorker):
     def add(self, requests: list[NewRequest]) -> None:
         states = [self.book.add(r) for r in requests]
         # The prompt's last token stays pending: propose() feeds it and gets the next logits.
-        if any(len(s.tokens) > 1 for s in states):
-            self.runner.forward([s.row for s in states], [s.tokens[:-1] or s.tokens[:1] for s in states])
-        for s in states:  # a one-token prompt had that token fed; drop it so it is fed again
-            if len(s.tokens) == 1:
-                self.runner.rollback(s.row, 0)
+        with_context = [s for s in states if len(s.tokens) > 1]
+        if with_context:
+            self.runner.forward([s.row for s in with_context], [s.tokens[:-1] for s in with_context])
 
     def _apply_update(self, state: _RowState, update: list[int]) -> None:
         """Roll the KV cache back to the longest prefix that still matches the committed tokens."""

@@ -10,6 +10,8 @@ from minedraft.sampling import SamplingParams
 
 def probs_from_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     """logits [B, ..., V] -> probs [B, ..., V] (fp32). Greedy rows get a one-hot on the argmax."""
+    if all(p.greedy for p in params):  # the common case on the hot path: skip softmax and filters
+        return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     logits = logits.float()
     b, v = logits.shape[0], logits.shape[-1]
     view = (b,) + (1,) * (logits.dim() - 1)
@@ -23,7 +25,7 @@ def probs_from_logits(logits: torch.Tensor, params: list[SamplingParams]) -> tor
         logits = _filter_top_k_top_p(logits, top_k, top_p, view)
     probs = torch.softmax(logits, dim=-1)
     if greedy.any():
-        one_hot = torch.zeros_like(probs).scatter_(-1, probs.argmax(-1, keepdim=True), 1.0)
+        one_hot = torch.zeros_like(probs).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
         probs = torch.where(greedy, one_hot, probs)
     return probs
 

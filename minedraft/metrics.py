@@ -19,6 +19,29 @@ class StepRecord:
     num_tokens: int = 0  # tokens committed this step
 
 
+BREAKDOWN_FIELDS = ("num_steps", "wall_s", "draft_compute_s", "verify_compute_s", "draft_call_s", "verify_call_s",
+                    "draft_idle_s", "target_idle_s", "control_plane_s", "draft_service_s", "verify_service_s")
+
+
+def sum_steps(steps: list[StepRecord]) -> dict:
+    """Step-time breakdown summed over steps (the fields of the StepBreakdown proto): compute and
+    call times of each side, idle = wall - call, control plane = call - compute on both sides."""
+    b = dict.fromkeys(BREAKDOWN_FIELDS, 0.0)
+    b["num_steps"] = len(steps)
+    for s in steps:
+        b["wall_s"] += s.wall_s
+        b["draft_compute_s"] += s.draft_s
+        b["verify_compute_s"] += s.verify_s
+        b["draft_call_s"] += s.draft_call_s
+        b["verify_call_s"] += s.verify_call_s
+        b["draft_idle_s"] += max(0.0, s.wall_s - s.draft_call_s)
+        b["target_idle_s"] += max(0.0, s.wall_s - s.verify_call_s)
+        b["control_plane_s"] += max(0.0, s.draft_call_s - s.draft_s) + max(0.0, s.verify_call_s - s.verify_s)
+        b["draft_service_s"] += s.draft_service_s
+        b["verify_service_s"] += s.verify_service_s
+    return b
+
+
 @dataclasses.dataclass
 class SpecDecodeMetrics:
     k: int

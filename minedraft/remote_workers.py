@@ -6,9 +6,7 @@ to the target."""
 
 from __future__ import annotations
 
-import grpc
-
-from minedraft.grpc_common import insecure_channel, params_to_proto, spec_to_proto
+from minedraft.grpc_common import insecure_channel, params_to_proto
 from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from minedraft.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
 
@@ -85,7 +83,3 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         self.last_decode_compute_s = reply.compute_s
         return list(reply.tokens)
 
-
-def is_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.RpcError) and exc.code() in (grpc.StatusCode.UNAVAILABLE,
-                                                             grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -18,17 +18,23 @@ from minedraft.request import Request
 from minedraft.workers import DraftWorker, NewRequest, NoDraftAvailable, Proposal, TargetWorker
 
 MODES = ("ar", "sd", "psd")
+MAX_SPECULATIVE_TOKENS = 16
+
+
+def check_mode_and_k(mode: str, k, has_draft: bool) -> None:
+    """The one validation of a schedule's mode and k (Engine, gateway and reconfigure use it)."""
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode != "ar" and not has_draft:
+        raise ValueError(f"mode: {mode!r} needs a draft model")
+    if not isinstance(k, int) or not 1 <= k <= MAX_SPECULATIVE_TOKENS:
+        raise ValueError(f"num_speculative_tokens: must be an integer in [1, {MAX_SPECULATIVE_TOKENS}], got {k!r}")
 
 
 class Scheduler:
     def __init__(self, target: TargetWorker, draft: DraftWorker | None, mode: str = "psd", k: int = 4,
                  max_num_seqs: int = 64):
-        if mode not in MODES:
-            raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode != "ar" and draft is None:
-            raise ValueError(f"mode: {mode!r} needs a draft model")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"num_speculative_tokens: must be an integer >= 1, got {k!r}")
+        check_mode_and_k(mode, k, draft is not None)
         self.target, self.draft, self.mode, self.k = target, draft, mode, k
         self.max_num_seqs = max_num_seqs
         self.waiting: collections.deque[Request] = collections.deque()
@@ -51,6 +57,11 @@ class Scheduler:
                 req.finish("abort")
         if request_id in self.running:
             self.running[request_id].finish("abort")
+
+    @property
+    def speculating(self) -> bool:
+        """Whether requests go through the draft (false in ar mode, even with a draft attached)."""
+        return self.mode != "ar" and self.draft is not None
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -90,7 +101,7 @@ class Scheduler:
         if not new:
             return
         reqs = [NewRequest(r.request_id, r.prompt_ids, r.params, r.seed) for r in new]
-        draft_job = self._pool.submit(self.draft.add, reqs) if self.draft is not None else None
+        draft_job = self._pool.submit(self.draft.add, reqs) if self.speculating else None
         first_tokens = self.target.add(reqs)
         if draft_job is not None:
             draft_job.result()
@@ -98,7 +109,8 @@ class Scheduler:
             self.running[req.request_id] = req
             req.append([token])
             touched[req.request_id] = req
-            self.draft_updates.setdefault(req.request_id, []).append(token)
+            if self.speculating:
+                self.draft_updates.setdefault(req.request_id, []).append(token)
             self._place(req.request_id)
 
     def _place(self, request_id: str) -> None:
@@ -124,7 +136,7 @@ class Scheduler:
         for rid, tok in zip(ids, tokens):
             self.running[rid].append([tok])
             touched[rid] = self.running[rid]
-            if self.draft is not None:  # the draft learns these when speculation (re)starts
+            if self.speculating:  # fallback: the draft learns these when a draft node is back
                 self.draft_updates.setdefault(rid, []).append(tok)
 
     def _step_without_draft(self, touched, record) -> None:
@@ -208,7 +220,7 @@ class Scheduler:
         if not done:
             return
         self.target.release(done)
-        if self.draft is not None:
+        if self.speculating:
             self.draft.release(done)
         for rid in done:
             del self.running[rid]
@@ -226,7 +238,7 @@ class Scheduler:
         for req in failed:
             req.finish("error")
         ids = list(self.running)
-        for worker in (self.target, self.draft):
+        for worker in (self.target, self.draft if self.speculating else None):
             if worker is not None and ids:
                 try:
                     worker.release(ids)
@@ -243,14 +255,7 @@ class Scheduler:
         """Switch mode or k between requests (the bench does so between rounds)."""
         if self.has_unfinished():
             raise ValueError("mode: cannot change while requests are running")
-        if mode:
-            if mode not in MODES:
-                raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
-            if mode != "ar" and self.draft is None:
-                raise ValueError(f"mode: {mode!r} needs a draft model")
-            self.mode = mode
-        if k:
-            if k < 1:
-                raise ValueError(f"num_speculative_tokens: must be >= 1, got {k}")
-            self.k = k
+        mode, k = mode or self.mode, k or self.k
+        check_mode_and_k(mode, k, self.draft is not None)
+        self.mode, self.k = mode, k
         self.metrics = SpecDecodeMetrics(self.k)

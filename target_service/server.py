@@ -7,7 +7,7 @@ import argparse
 import time
 
 from minedraft.channels import open_reader
-from minedraft.engine import MAX_SPECULATIVE_TOKENS
+from minedraft.scheduler import MAX_SPECULATIVE_TOKENS
 import torch
 import torch.nn.functional as F
 
@@ -74,6 +74,8 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             probs.append(None if p is None else p.float())
         if sum(t.shape[0] for t in tokens) != len(request.request_ids):
             raise ValueError("parts: do not cover request_ids")
+        if len(tokens) == 1:  # one draft node: no concatenation copy of the [B, k, V] block
+            return tokens[0], probs[0]
         if all(p is None for p in probs):
             return torch.cat(tokens), None
         # A part without q holds only greedy requests, whose rows verification never reads q for:
