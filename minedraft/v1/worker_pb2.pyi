@@ -12,7 +12,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("role", "model", "device", "device_uuid", "vocab_size", "context_len", "transports", "hostname", "pid", "tokenizer_fingerprint", "architecture", "num_active")
+    __slots__ = ("role", "model", "device", "device_uuid", "vocab_size", "context_len", "transports", "hostname", "pid", "tokenizer_fingerprint", "architecture", "num_active", "instance_id", "num_kv_blocks", "num_free_kv_blocks", "kv_block_size", "kv_cache_usage")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,11 @@ class WorkerInfo(_message.Message):
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     NUM_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    NUM_FREE_KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
     role: str
     model: str
     device: str
@@ -37,7 +42,12 @@ class WorkerInfo(_message.Message):
     tokenizer_fingerprint: str
     architecture: str
     num_active: int
-    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., architecture: _Optional[str] = ..., num_active: _Optional[int] = ...) -> None: ...
+    instance_id: str
+    num_kv_blocks: int
+    num_free_kv_blocks: int
+    kv_block_size: int
+    kv_cache_usage: float
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., architecture: _Optional[str] = ..., num_active: _Optional[int] = ..., instance_id: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ...) -> None: ...
 
 class ChannelSpec(_message.Message):
     __slots__ = ("transport", "name", "handle", "device", "num_slots", "slot_bytes", "pid", "hostname", "device_uuid")
