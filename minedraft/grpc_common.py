@@ -30,8 +30,9 @@ def setup_logging(level: str = "INFO") -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def make_server(max_workers: int = 16) -> grpc.Server:
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS)
+def make_server(max_workers: int = 16, interceptors=()) -> grpc.Server:
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS,
+                       interceptors=list(interceptors))
 
 
 def add_health_and_reflection(server: grpc.Server, service_full_names: list[str]) -> health.HealthServicer:
