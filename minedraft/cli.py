@@ -47,7 +47,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_health(args) -> int:
-    from minedraft.grpc_common import check_health
+    from minedraft.health import check_health  # grpc only: health checks must start fast
 
     ok = check_health(args.address, timeout=args.timeout)
     print("SERVING" if ok else "NOT_SERVING")

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from minedraft.channels import BlockRef, ChannelSpec
+from minedraft.health import check_health  # noqa: F401  (re-exported; light, see health.py)
 from minedraft.sampling import SamplingParams
 from minedraft.v1 import common_pb2, worker_pb2
 
@@ -54,16 +55,6 @@ def set_serving(servicer: health.HealthServicer, service_full_names: list[str], 
 
 def insecure_channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=GRPC_OPTIONS)
-
-
-def check_health(address: str, timeout: float = 2.0, service: str = "") -> bool:
-    with insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError:
-            return False
-        return reply.status == SERVING
 
 
 # -- conversions ------------------------------------------------------------------------------------
