@@ -405,11 +405,18 @@ def save_checkpoint(model, fast_tok, folder: Path) -> None:
     tok_cfg = json.loads(tok_cfg_path.read_text())
     tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     tok_cfg.pop("backend", None)
+    tok_cfg["chat_template"] = CHAT_TEMPLATE
     tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n")
     special = folder / "special_tokens_map.json"
     if not special.exists():  # newer transformers fold this into tokenizer_config.json
         bos, eos, pad = SPECIAL_TOKENS
         special.write_text(json.dumps({"bos_token": bos, "eos_token": eos, "pad_token": pad}, indent=2) + "\n")
+
+
+# The gateway's /v1/chat/completions renders messages with this. The pair knows only Python source,
+# so the conversation is laid out as comments, which it continues with code.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}# {{ m['role'] }}: {{ m['content'] | replace('\\n', '\\n# ') }}\n"
+                 "{% endfor %}{% if add_generation_prompt %}# assistant:\n{% endif %}")
 
 
 def load_checkpoint(folder: Path):
