@@ -45,8 +45,8 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
     def Add(self, request, context):
         def run():
             t0 = time.perf_counter()
-            self.worker.add(self._new_requests(request))
-            return worker_pb2.AddReply(compute_s=time.perf_counter() - t0)
+            admitted = self.worker.add(self._new_requests(request))
+            return worker_pb2.AddReply(num_admitted=admitted, compute_s=time.perf_counter() - t0)
 
         return self.guarded(context, run)
 

@@ -24,7 +24,7 @@ import grpc
 
 from minedraft.remote_workers import RemoteDraftWorker, RemoteTargetWorker
 from minedraft.sampling import SamplingParams
-from minedraft.workers import DraftWorker, NewRequest, NoDraftAvailable, Proposal
+from minedraft.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal
 
 log = logging.getLogger("minedraft.gateway")
 
@@ -88,8 +88,9 @@ class DraftPool(DraftWorker):
                     if identity in self.identities.values():
                         node.close()
                         continue
-                if info.vocab_size != self.target_info.vocab_size:
-                    raise ValueError(f"vocabulary {info.vocab_size} != target's {self.target_info.vocab_size}")
+                if info.vocab_size > self.target_info.vocab_size:  # a prefix of the target's is fine
+                    raise ValueError(f"vocabulary {info.vocab_size} is larger than the target's "
+                                     f"{self.target_info.vocab_size}")
                 if info.tokenizer_fingerprint != self.target_info.tokenizer_fingerprint:
                     raise ValueError("tokenizer differs from the target's")
                 reply = node.handshake(self.target_info, self.forced)
@@ -148,32 +149,43 @@ class DraftPool(DraftWorker):
                 address = min(load, key=load.get)
                 load[address] += 1
                 groups.setdefault(address, []).append(rid)
-            _, failed = self._parallel({a: (self._prefill, a, ids) for a, ids in groups.items()})
+            results, failed = self._parallel({a: (self._prefill, a, ids) for a, ids in groups.items()})
             homeless = [rid for a in failed for rid in groups[a]]
+            no_room = [rid for left in results.values() for rid in left]
+            if no_room:  # those nodes' caches are full: the scheduler preempts (or admits fewer)
+                raise NoRoom(message=f"no room: draft nodes could not take {len(no_room)} request(s)")
 
-    def _prefill(self, address: str, ids: list[str]) -> None:
-        reqs = [NewRequest(rid, list(self.known[rid].tokens), self.known[rid].params, self.known[rid].seed)
-                for rid in ids]
-        self.nodes[address].add(reqs)
-        for rid in ids:
+    def _prefill(self, address: str, ids: list[str]) -> list[str]:
+        """Prefill ids on a node; return those it had no room for."""
+        # resume=True: the node gets every committed token, the last one pending (draft add does so anyway).
+        reqs = [NewRequest(rid, list(self.known[rid].tokens), self.known[rid].params, self.known[rid].seed,
+                           resume=True) for rid in ids]
+        admitted = self.nodes[address].add(reqs)
+        for rid in ids[:admitted]:
             self.known[rid].node = address
             self.known[rid].pending = []
+        return ids[admitted:]
 
     def _parallel(self, calls: dict) -> tuple[dict, dict]:
         """Run {address: (fn, *args)} on the nodes concurrently; drop the nodes whose call failed.
         Returns ({address: result}, {address: error})."""
         futures = {a: self._calls.submit(fn, *args) for a, (fn, *args) in calls.items()}
-        results, failed = {}, {}
+        results, failed, other = {}, {}, None
         for address, fut in futures.items():
             try:
                 results[address] = fut.result()
             except grpc.RpcError as exc:
                 self._drop(address, exc)
                 failed[address] = exc
+            except Exception as exc:  # noqa: BLE001 - NoRoom and the like: raised once all calls are done
+                other = other or exc
+        if other is not None:
+            raise other
         return results, failed
 
     # -- DraftWorker -----------------------------------------------------------------------------------
-    def add(self, requests: list[NewRequest]) -> None:
+    def add(self, requests: list[NewRequest]) -> int:
+        """Admit the longest prefix of requests that the nodes have room for."""
         with self.lock:
             for r in requests:
                 self.known[r.request_id] = _Known(list(r.prompt_ids), r.params, r.seed)
@@ -181,6 +193,12 @@ class DraftPool(DraftWorker):
                 self._home([r.request_id for r in requests])
             except NoDraftAvailable:
                 pass  # they get a node when one is back
+            except NoRoom:
+                homed = [self.known[r.request_id].node in self.nodes for r in requests]
+                admitted = homed.index(False)
+                self.release([r.request_id for r in requests[admitted:]])
+                return admitted
+            return len(requests)
 
     def propose(self, request_ids, k, updates):
         with self.lock:
@@ -205,10 +223,17 @@ class DraftPool(DraftWorker):
             return Proposal(ordered, k, parts=parts, compute_s=compute, service_s=service)
 
     def _propose_on(self, address: str, ids: list[str], k: int) -> Proposal:
-        proposal = self.nodes[address].propose(ids, k, {rid: self.known[rid].pending for rid in ids})
+        try:
+            proposal = self.nodes[address].propose(ids, k, {rid: self.known[rid].pending for rid in ids})
+        except NoRoom:  # the node absorbed the updates all the same
+            self._sent(ids)
+            raise
+        self._sent(ids)
+        return proposal
+
+    def _sent(self, ids: list[str]) -> None:
         for rid in ids:
             self.known[rid].pending = []
-        return proposal
 
     def release(self, request_ids) -> None:
         with self.lock:

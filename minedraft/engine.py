@@ -32,36 +32,50 @@ def default_model_paths() -> tuple[str, str]:
 
 
 def check_pair(target_path: str, draft_path: str, target_vocab: int, draft_vocab: int) -> None:
-    """Draft and target must share token ids: same vocabulary size and the same tokenizer."""
-    if target_vocab != draft_vocab:
-        raise ValueError(f"draft: vocabulary size {draft_vocab} differs from the target's {target_vocab}")
+    """Draft and target must share token ids: the draft's vocabulary is the target's or a prefix of
+    it (Qwen2.5-0.5B's 151,936 ids against Qwen2.5-7B's 152,064: same tokenizer, embeddings padded
+    differently), and the two tokenizers agree on every id the draft has."""
+    if draft_vocab > target_vocab:
+        raise ValueError(f"draft: vocabulary size {draft_vocab} is larger than the target's {target_vocab}; "
+                         "a draft must use the target's vocabulary or a prefix of it")
     t_tok, d_tok = hf_adapter.load_tokenizer(target_path), hf_adapter.load_tokenizer(draft_path)
-    if hf_adapter.tokenizer_fingerprint(t_tok) != hf_adapter.tokenizer_fingerprint(d_tok) and d_tok is not None:
-        raise ValueError("draft: its tokenizer differs from the target's (token ids would not mean the same)")
+    if d_tok is None:
+        return
+    if hf_adapter.tokenizer_fingerprint(t_tok, draft_vocab) != hf_adapter.tokenizer_fingerprint(d_tok, draft_vocab):
+        raise ValueError("draft: its tokenizer differs from the target's on the ids they share "
+                         "(token ids would not mean the same)")
 
 
 class Engine:
     def __init__(self, target: str | None = None, draft: str | None = None, mode: str = "psd",
                  num_speculative_tokens: int = 4, device: str = "cpu", draft_device: str | None = None,
                  dtype: str | None = None, max_num_seqs: int = 64, max_model_len: int | None = None,
-                 full_q: bool = True):
+                 full_q: bool = True, kv_cache_memory: float | None = None, gpu_memory_utilization: float = 0.9,
+                 max_num_batched_tokens: int | None = None, block_size: int = 16,
+                 num_kv_blocks: int | None = None):
         if target is None:
             target, default_draft = default_model_paths()
             draft = draft if draft is not None else default_draft
         check_mode_and_k(mode, num_speculative_tokens, draft is not None)  # before loading anything
         lookahead = num_speculative_tokens + 2
-        self.target_runner = ModelRunner(target, device, dtype, max_num_seqs, max_model_len, lookahead)
+        # Target and draft each get the budget (kv_cache_memory / gpu_memory_utilization) on their device.
+        memory = dict(kv_cache_memory=kv_cache_memory, gpu_memory_utilization=gpu_memory_utilization,
+                      max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
+                      num_kv_blocks=num_kv_blocks)
+        self.target_runner = ModelRunner(target, device, dtype, max_num_seqs, max_model_len, lookahead,
+                                         role="target", **memory)
         self.draft_runner = None
         draft_worker = None
         if draft is not None and mode != "ar":
             self.draft_runner = ModelRunner(draft, draft_device or device, dtype, max_num_seqs,
-                                            self.target_runner.context_len, lookahead)
+                                            max_model_len, lookahead, role="draft", **memory)
             check_pair(target, draft, self.target_runner.vocab_size, self.draft_runner.vocab_size)
             draft_worker = LocalDraftWorker(self.draft_runner, full_q=full_q)
         self.tokenizer = hf_adapter.load_tokenizer(target)
         cfg = self.target_runner.cfg
         self.eos_token_ids = frozenset(cfg.eos_token_ids)
-        self.context_len = self.target_runner.context_len
+        # A request must fit both caches (a draft's budget may allow a shorter max_model_len).
+        self.context_len = min(r.context_len for r in (self.target_runner, self.draft_runner) if r is not None)
         self.vocab_size = cfg.vocab_size
         self.scheduler = Scheduler(LocalTargetWorker(self.target_runner), draft_worker, mode,
                                    num_speculative_tokens, max_num_seqs)

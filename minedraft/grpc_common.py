@@ -98,8 +98,11 @@ def spec_from_proto(msg: worker_pb2.ChannelSpec) -> ChannelSpec:
 
 def abort_with(context: grpc.ServicerContext, exc: Exception):
     """Map our exceptions to gRPC status codes (ValueError -> INVALID_ARGUMENT, ...)."""
+    from minedraft.block_manager import NoRoom
     from minedraft.channels import ChannelError
 
+    if isinstance(exc, NoRoom):  # the caller preempts and retries: not a failure of the service
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, ValueError):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, KeyError):

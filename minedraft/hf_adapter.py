@@ -151,11 +151,15 @@ def load_tokenizer(path: str | os.PathLike):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def tokenizer_fingerprint(tokenizer) -> tuple:
-    """What must agree between draft and target tokenizers for their token ids to mean the same."""
+def tokenizer_fingerprint(tokenizer, upto: int | None = None) -> tuple:
+    """What must agree between draft and target tokenizers for their token ids to mean the same:
+    the (token, id) pairs, those with id < upto only when given (a draft with a smaller vocabulary)."""
     if tokenizer is None:
         return ()
-    return (len(tokenizer), tuple(sorted(tokenizer.get_vocab().items())))
+    items = tokenizer.get_vocab().items()
+    if upto is not None:
+        items = [(t, i) for t, i in items if i < upto]
+    return tuple(sorted(items))
 
 
 def reference_model(path: str | os.PathLike, dtype=None):

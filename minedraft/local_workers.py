@@ -1,5 +1,12 @@
 """In-process DraftWorker and TargetWorker over a ModelRunner. The services wrap these same classes,
-so a step computes the same thing whether the scheduler calls it directly or over gRPC."""
+so a step computes the same thing whether the scheduler calls it directly or over gRPC.
+
+KV blocks: `add` admits the longest prefix of the requests whose prompts fit (keeping a block of
+headroom per running sequence, so that admitting does not force an immediate preemption); `propose`,
+`verify` and `decode` reserve what the whole step needs before computing anything and raise
+`NoRoom` (changing nothing but, for propose, the committed-token updates it absorbed) when it is not
+there. The scheduler answers NoRoom by preempting a request.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +15,20 @@ import time
 
 import torch
 
-from minedraft.logits_processing import make_generator, probs_from_logits, sample
+from minedraft.block_manager import NoRoom, blocks_for
+from minedraft.logits_processing import make_generator, probs_from_logits, sample, step_seed
 from minedraft.runner import ModelRunner
 from minedraft.sampling import SamplingParams
 from minedraft.verification import verify_batch
 from minedraft.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
 
-DRAFT_SEED_OFFSET = 0x5EED  # the draft's random stream differs from the target's but is fixed by the seed
+TARGET_STREAM, DRAFT_STREAM = 0, 0x5EED  # the draft's random stream differs from the target's
 
 
 @dataclasses.dataclass
 class _RowState:
-    row: int
+    row: int  # the runner's sequence handle
+    seed: int
     params: SamplingParams
     generator: torch.Generator
     tokens: list[int]  # every token of the sequence the worker knows to be committed
@@ -27,18 +36,32 @@ class _RowState:
 
 
 class _RowBook:
-    """request id -> cache row and per-request state, shared by both worker kinds."""
+    """request id -> sequence handle and per-request state, shared by both worker kinds."""
 
-    def __init__(self, runner: ModelRunner, seed_offset: int):
+    def __init__(self, runner: ModelRunner, stream: int):
         self.runner = runner
-        self.seed_offset = seed_offset
+        self.stream = stream
         self.states: dict[str, _RowState] = {}
 
+    def admit(self, requests: list[NewRequest]) -> list[NewRequest]:
+        """The longest prefix of requests whose prefill fits the free blocks, with one block of
+        headroom per running sequence; a request alone always gets its chance."""
+        blocks = self.runner.blocks
+        free = blocks.num_free
+        taken = 0
+        for i, req in enumerate(requests):
+            if req.request_id in self.states or any(r.request_id == req.request_id for r in requests[:i]):
+                raise ValueError(f"request_id: {req.request_id!r} is already running")
+            need = blocks_for(len(req.prompt_ids), blocks.block_size)
+            headroom = len(self.states) + i + 1 if (self.states or i) else 0
+            if taken + need + headroom > free:
+                return requests[:i]
+            taken += need
+        return requests
+
     def add(self, req: NewRequest) -> _RowState:
-        if req.request_id in self.states:
-            raise ValueError(f"request_id: {req.request_id!r} is already running")
-        gen = make_generator(req.seed + self.seed_offset, self.runner.device)
-        state = _RowState(self.runner.allocate(), req.params, gen, list(req.prompt_ids))
+        gen = make_generator(step_seed(req.seed, self.stream, len(req.prompt_ids)), self.runner.device)
+        state = _RowState(self.runner.allocate(), req.seed, req.params, gen, list(req.prompt_ids))
         self.states[req.request_id] = state
         return state
 
@@ -48,25 +71,39 @@ class _RowBook:
             raise KeyError(f"unknown request ids: {missing}")
         return [self.states[r] for r in request_ids]
 
+    def reseed(self, states: list[_RowState]) -> None:
+        """Seed each sampled row's generator from its committed length (see step_seed)."""
+        for s in states:
+            if not s.params.greedy:
+                s.generator.manual_seed(step_seed(s.seed, self.stream, len(s.tokens)))
+
     def release(self, request_ids: list[str]) -> None:
         for rid in request_ids:
             state = self.states.pop(rid, None)
             if state is not None:
                 self.runner.free(state.row)
 
+    def kv_usage(self) -> dict:
+        b = self.runner.blocks
+        return dict(num_kv_blocks=b.num_usable, num_free_kv_blocks=b.num_free, kv_block_size=b.block_size,
+                    kv_cache_usage=b.usage)
+
 
 class LocalDraftWorker(DraftWorker):
     def __init__(self, runner: ModelRunner, full_q: bool = True):
         self.runner = runner
         self.full_q = full_q  # send q for sampled requests (else draft greedily with one-hot q)
-        self.book = _RowBook(runner, DRAFT_SEED_OFFSET)
+        self.book = _RowBook(runner, DRAFT_STREAM)
+        self.context_len = runner.context_len
 
-    def add(self, requests: list[NewRequest]) -> None:
-        states = [self.book.add(r) for r in requests]
-        # The prompt's last token stays pending: propose() feeds it and gets the next logits.
+    def add(self, requests: list[NewRequest]) -> int:
+        admitted = self.book.admit(requests)
+        states = [self.book.add(r) for r in admitted]
+        # The last known token stays pending: propose() feeds it and gets the next logits.
         with_context = [s for s in states if len(s.tokens) > 1]
         if with_context:
             self.runner.forward([s.row for s in with_context], [s.tokens[:-1] for s in with_context])
+        return len(admitted)
 
     def _apply_update(self, state: _RowState, update: list[int]) -> None:
         """Roll the KV cache back to the longest prefix that still matches the committed tokens."""
@@ -85,10 +122,14 @@ class LocalDraftWorker(DraftWorker):
         states = self.book.get(request_ids)
         for rid, s in zip(request_ids, states):
             self._apply_update(s, updates.get(rid, []))
+        # The whole proposal's blocks up front: k - 1 drafted tokens plus what is pending get written.
+        self.runner.reserve({s.row: len(s.tokens) + k - 1 for s in states})
+        self.book.reseed(states)
         rows = [s.row for s in states]
         params = [s.params for s in states]
         gens = [s.generator for s in states]
-        want_q = self.full_q and not all(p.greedy for p in params)
+        sampled = [i for i, p in enumerate(params) if not p.greedy]
+        want_q = self.full_q and bool(sampled)
         if not self.full_q:  # one-hot q: the draft must be deterministic, so draft greedily
             params = [dataclasses.replace(p, temperature=0.0) for p in params]
         pending = [s.tokens[self.runner.length(s.row):] for s in states]
@@ -98,14 +139,14 @@ class LocalDraftWorker(DraftWorker):
             q = probs_from_logits(logits, params)
             chosen = sample(q, params, gens)
             tokens.append(chosen)
-            if want_q:
-                probs.append(q)
+            if want_q:  # q only for the rows that sample: greedy rows never read it
+                probs.append(q[sampled] if len(sampled) < len(rows) else q)
             pending = [[t] for t in chosen]
         # The last drafted token was never fed: its KV is written when the target accepts it.
         for s, row_tokens in zip(states, zip(*tokens)):
             s.drafted = list(row_tokens)
         token_tensor = torch.tensor(tokens, dtype=torch.long).T.contiguous()  # [B, k]
-        prob_tensor = torch.stack(probs, dim=1) if want_q else None  # [B, k, V]
+        prob_tensor = torch.stack(probs, dim=1) if want_q else None  # [S, k, V]
         if prob_tensor is not None and prob_tensor.is_cuda:
             torch.cuda.synchronize(prob_tensor.device)
         return Proposal(list(request_ids), k, token_tensor, prob_tensor, compute_s=time.perf_counter() - t0)
@@ -117,22 +158,35 @@ class LocalDraftWorker(DraftWorker):
 class LocalTargetWorker(TargetWorker):
     def __init__(self, runner: ModelRunner):
         self.runner = runner
-        self.book = _RowBook(runner, 0)
+        self.book = _RowBook(runner, TARGET_STREAM)
         self.context_len = runner.context_len
         self.vocab_size = runner.vocab_size
 
     def add(self, requests):
-        states = [self.book.add(r) for r in requests]
-        logits = self.runner.forward([s.row for s in states], [s.tokens for s in states])
-        first = sample(probs_from_logits(logits, [s.params for s in states]), [s.params for s in states],
-                       [s.generator for s in states])
-        for s, t in zip(states, first):
-            s.tokens.append(t)  # committed, but its KV is written by the next forward
-        return first
+        admitted = self.book.admit(requests)
+        states = [self.book.add(r) for r in admitted]
+        fresh = [(s, r) for s, r in zip(states, admitted) if not r.resume]
+        resumed = [s for s, r in zip(states, admitted) if r.resume]
+        # Resumed requests (preempted, or re-added after a restart) already committed their last
+        # token: it stays pending, exactly as it was before they left.
+        if resumed and any(len(s.tokens) > 1 for s in resumed):
+            ctx = [s for s in resumed if len(s.tokens) > 1]
+            self.runner.forward([s.row for s in ctx], [s.tokens[:-1] for s in ctx])
+        first = {}
+        if fresh:
+            new_states = [s for s, _ in fresh]
+            logits = self.runner.forward([s.row for s in new_states], [s.tokens for s in new_states])
+            params = [s.params for s in new_states]
+            tokens = sample(probs_from_logits(logits, params), params, [s.generator for s in new_states])
+            for s, t in zip(new_states, tokens):
+                s.tokens.append(t)  # committed, but its KV is written by the next forward
+                first[id(s)] = t
+        return [first.get(id(s)) for s in states]
 
     def decode(self, request_ids):
         t0 = time.perf_counter()
         states = self.book.get(request_ids)
+        self.book.reseed(states)
         logits = self.runner.forward([s.row for s in states], [[s.tokens[-1]] for s in states])
         params = [s.params for s in states]
         out = sample(probs_from_logits(logits, params), params, [s.generator for s in states])
@@ -147,8 +201,9 @@ class LocalTargetWorker(TargetWorker):
         drafts = proposal.tokens.tolist()
         rows = [s.row for s in states]
         kv_before = [self.runner.length(r) for r in rows]
+        self.book.reseed(states)
         logits = self.runner.forward(rows, [[s.tokens[-1]] + d for s, d in zip(states, drafts)],
-                                     all_positions=True)  # [B, k+1, V]
+                                     all_positions=True)  # [B, k+1, V]; NoRoom before any compute
         params = [s.params for s in states]
         p = probs_from_logits(logits, params)
         verdicts = verify_batch(p, proposal.tokens, proposal.probs, params, [s.generator for s in states])
@@ -161,3 +216,6 @@ class LocalTargetWorker(TargetWorker):
 
     def release(self, request_ids):
         self.book.release(request_ids)
+
+
+__all__ = ["LocalDraftWorker", "LocalTargetWorker", "NoRoom"]

@@ -49,6 +49,7 @@ class SpecDecodeMetrics:
     spec_decode_num_draft_tokens: int = 0
     spec_decode_num_accepted_tokens: int = 0
     spec_decode_num_accepted_tokens_per_pos: list = None
+    num_preemptions: int = 0  # requests that left the KV cache to make room (vLLM: num_preemptions)
     steps: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):

@@ -1,8 +1,9 @@
 """Native PyTorch implementation of the Llama / Mistral / Qwen2 / Qwen3 decoder family.
 
 Module and parameter names follow the Hugging Face checkpoints so that safetensors load as they are.
-Every forward runs Q new tokens for each of B cache rows at per-row positions, which covers prefill,
-one-token decode, draft steps and (k+1)-token verification alike.
+Every forward runs a packed stream of new tokens of several sequences at their own positions (see
+attention.py), which covers ragged prefill, one-token decode, draft steps and (k+1)-token
+verification alike.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from minedraft.hf_adapter import ModelConfig
-from minedraft.kv_cache import KVCache
+from minedraft.attention import ForwardBatch
+from minedraft.kv_cache import PagedKVCache
 
 
 class RMSNorm(nn.Module):
@@ -74,22 +76,17 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos, sin, batch: "BatchInfo", cache: KVCache):
-        b, q_len, _ = x.shape
-        q = self.q_proj(x).view(b, q_len, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, q_len, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, q_len, self.num_kv_heads, self.head_dim)
+    def forward(self, x, cos, sin, batch: ForwardBatch, cache: PagedKVCache):
+        n = x.shape[0]
+        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q = (q * cos) + (rotate_half(q) * sin)
         k = (k * cos) + (rotate_half(k) * sin)
-        cache.write(self.layer, batch.rows, batch.positions, k, v)
-        keys, values = cache.read(self.layer, batch.rows, batch.key_len, batch.contiguous_from)
-        mask = batch.mask if self.window is None else batch.window_mask(self.window)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                             enable_gqa=self.num_heads != self.num_kv_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(b, q_len, -1))
+        cache.write(self.layer, batch.write_slots, k, v)
+        return self.o_proj(batch.attend(self.layer, q, k, v, cache, self.window))
 
 
 class MLP(nn.Module):
@@ -116,24 +113,6 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class BatchInfo:
-    """Where the Q new tokens of each row go: positions [B, Q] and the causal mask over the cache."""
-
-    def __init__(self, rows: list[int], starts: list[int], q_len: int, device):
-        self.rows = torch.tensor(rows, dtype=torch.long, device=device)
-        starts_t = torch.tensor(starts, dtype=torch.long, device=device)
-        self.positions = starts_t[:, None] + torch.arange(q_len, device=device)[None, :]
-        self.key_len = max(starts) + q_len
-        contiguous = rows == list(range(rows[0], rows[0] + len(rows)))
-        self.contiguous_from = rows[0] if contiguous else None
-        key_pos = torch.arange(self.key_len, device=device)
-        self._delta = self.positions[:, None, :, None] - key_pos[None, None, None, :]  # [B,1,Q,T]
-        self.mask = self._delta >= 0
-
-    def window_mask(self, window: int) -> torch.Tensor:
-        return self.mask & (self._delta < window)
-
-
 class Model(nn.Module):
     """The causal LM. `model.*` and `lm_head` match the Hugging Face parameter names."""
 
@@ -150,19 +129,16 @@ class Model(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
     def _rope(self, positions: torch.Tensor, dtype):
-        freqs = positions[..., None].float() * self.inv_freq.float()  # [B, Q, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, Q, D]
+        freqs = positions[:, None].float() * self.inv_freq.float()  # [N, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [N, 1, D]: broadcast over heads
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, batch: BatchInfo, cache: KVCache,
-                logits_index: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids [B, Q] -> logits [B, Q, V] (or [B, n, V] at logits_index [B, n])."""
-        x = self.model.embed_tokens(input_ids)
+    def forward(self, batch: ForwardBatch, cache: PagedKVCache) -> torch.Tensor:
+        """The packed tokens of `batch` -> logits [M, V] (fp32) at batch.logits_index [M]."""
+        x = self.model.embed_tokens(batch.input_ids)  # [N, hidden]
         cos, sin = self._rope(batch.positions, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin, batch, cache)
-        x = self.model.norm(x)
-        if logits_index is not None:
-            x = torch.gather(x, 1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
+        x = self.model.norm(x[batch.logits_index])  # per-token norm: only the rows whose logits we need
         return self.lm_head(x).float()

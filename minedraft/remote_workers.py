@@ -6,17 +6,35 @@ to the target."""
 
 from __future__ import annotations
 
+import functools
+
+import grpc
+
 from minedraft.grpc_common import insecure_channel, params_to_proto
 from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from minedraft.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
+from minedraft.workers import DraftWorker, NewRequest, NoRoom, Proposal, TargetWorker, Verdict
 
-CALL_TIMEOUT_S = 120.0
+CALL_TIMEOUT_S = 600.0  # a long prompt's prefill on CPU takes minutes
 
 
 def _new_requests_proto(requests: list[NewRequest]) -> worker_pb2.AddRequest:
     return worker_pb2.AddRequest(requests=[
         worker_pb2.NewRequest(request_id=r.request_id, prompt_ids=r.prompt_ids, params=params_to_proto(r.params),
-                              seed=r.seed) for r in requests])
+                              seed=r.seed, resume=r.resume) for r in requests])
+
+
+def _no_room_as_exception(method):
+    """A worker out of KV blocks answers RESOURCE_EXHAUSTED "no room: ..."; give the scheduler the
+    same NoRoom an in-process worker raises."""
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (exc.details() or "").startswith("no room"):
+                raise NoRoom(message=exc.details()) from exc
+            raise
+    return call
 
 
 class _Remote:
@@ -47,8 +65,9 @@ class RemoteDraftWorker(_Remote, DraftWorker):
             timeout=30.0)
 
     def add(self, requests):
-        self.stub.Add(_new_requests_proto(requests), timeout=CALL_TIMEOUT_S)
+        return self.stub.Add(_new_requests_proto(requests), timeout=CALL_TIMEOUT_S).num_admitted
 
+    @_no_room_as_exception
     def propose(self, request_ids, k, updates):
         reply = self.stub.Propose(worker_pb2.ProposeRequest(
             request_ids=list(request_ids), k=k,
@@ -69,8 +88,10 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         return reply.transport
 
     def add(self, requests):
-        return list(self.stub.Add(_new_requests_proto(requests), timeout=CALL_TIMEOUT_S).first_tokens)
+        reply = self.stub.Add(_new_requests_proto(requests), timeout=CALL_TIMEOUT_S)
+        return [None if t < 0 else t for t in reply.first_tokens[:reply.num_admitted]]
 
+    @_no_room_as_exception
     def verify(self, proposal: Proposal) -> Verdict:
         parts = [worker_pb2.ProposalPart(channel_id=cid, block=ref, num_requests=n) for cid, ref, n in proposal.parts]
         reply = self.stub.Verify(worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k,
@@ -78,6 +99,7 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         return Verdict(list(proposal.request_ids), [list(t.tokens) for t in reply.tokens],
                        list(reply.num_accepted), compute_s=reply.compute_s, service_s=reply.service_s)
 
+    @_no_room_as_exception
     def decode(self, request_ids):
         reply = self.stub.Decode(worker_pb2.DecodeRequest(request_ids=list(request_ids)), timeout=CALL_TIMEOUT_S)
         self.last_decode_compute_s = reply.compute_s

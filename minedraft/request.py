@@ -17,7 +17,9 @@ class Request:
     max_new_tokens: int  # min(params.max_tokens, room left in the context)
     stop_ids: frozenset
     output_ids: list[int] = dataclasses.field(default_factory=list)
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
+    error: str | None = None  # why, when finish_reason is "error"
+    num_preemptions: int = 0  # times it left the KV cache to make room (and was re-prefilled)
     num_drafted: int = 0
     num_accepted: int = 0
     arrival_s: float = dataclasses.field(default_factory=time.perf_counter)
@@ -43,9 +45,10 @@ class Request:
             elif len(self.output_ids) >= self.max_new_tokens:
                 self.finish("length")
 
-    def finish(self, reason: str) -> None:
+    def finish(self, reason: str, error: str | None = None) -> None:
         if self.finish_reason is None:
             self.finish_reason = reason
+            self.error = error
             self.finish_s = time.perf_counter()
 
     def take_new_tokens(self) -> list[int]:

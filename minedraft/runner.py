@@ -1,18 +1,28 @@
-"""ModelRunner: a model plus its ragged KV cache, addressed by cache row.
+"""ModelRunner: a model plus its paged KV cache, addressed by sequence handle.
 
-It knows nothing about requests or sampling: feed it per-row token lists, get logits back.
+It knows nothing about requests or sampling: feed it per-sequence token lists, get logits back.
+Every forward first reserves the blocks its tokens need, all or nothing (`NoRoom` changes nothing),
+and packs the tokens of all sequences into one stream, in chunks of at most
+`max_num_batched_tokens` so that a long prompt's activations and attention stay bounded.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from minedraft.attention import ForwardBatch, SeqSlice
+from minedraft.block_manager import BlockManager
 from minedraft.checkpoint import load_model
-from minedraft.kv_cache import KVCache
-from minedraft.model import BatchInfo
+from minedraft.kv_cache import PagedKVCache
+from minedraft.memory_budget import plan_kv_cache
+
+log = logging.getLogger("minedraft")
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DEFAULT_BLOCK_SIZE = 16
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
@@ -25,49 +35,131 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def default_max_num_batched_tokens(device: torch.device) -> int:
+    # CPU: a 512-token chunk already keeps the matmuls efficient; GPU: larger chunks fill the device.
+    return 8192 if device.type == "cuda" else 512
+
+
 class ModelRunner:
-    def __init__(self, path: str, device: str = "cpu", dtype=None, max_rows: int = 64,
-                 max_model_len: int | None = None, lookahead: int = 16):
+    def __init__(self, path: str, device: str = "cpu", dtype=None, max_num_seqs: int = 64,
+                 max_model_len: int | None = None, lookahead: int = 16, *, kv_cache_memory: float | None = None,
+                 gpu_memory_utilization: float = 0.9, block_size: int = DEFAULT_BLOCK_SIZE,
+                 max_num_batched_tokens: int | None = None, num_kv_blocks: int | None = None, role: str = "model"):
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, device)
         self.model, self.cfg = load_model(path, device=str(self.device), dtype=self.dtype)
-        # A sequence never grows past context_len; `lookahead` slack lets a verify pass of k+1
-        # speculative positions run at the very end of the context without a bounds check.
-        self.context_len = min(self.cfg.max_position_embeddings, max_model_len or 1 << 30)
-        self.cache = KVCache(self.cfg.num_layers, max_rows, self.context_len + lookahead,
-                             self.cfg.num_kv_heads, self.cfg.head_dim, self.dtype, self.device)
         self.vocab_size = self.cfg.vocab_size
+        self.max_num_batched_tokens = max_num_batched_tokens or default_max_num_batched_tokens(self.device)
+        if not isinstance(self.max_num_batched_tokens, int) or self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens: must be an integer >= 1, got {max_num_batched_tokens!r}")
+        non_kv = self._profile_non_kv_bytes(block_size) if self.device.type == "cuda" else 0
+        self.plan = plan_kv_cache(self.cfg, self.dtype, self.device, max_num_seqs=max_num_seqs,
+                                  max_model_len=max_model_len, lookahead=lookahead, block_size=block_size,
+                                  kv_cache_memory=kv_cache_memory, gpu_memory_utilization=gpu_memory_utilization,
+                                  non_kv_bytes=non_kv, num_kv_blocks=num_kv_blocks, role=role)
+        # A sequence never grows past context_len; `lookahead` more positions let a verify pass of k+1
+        # speculative tokens run at the very end of the context.
+        self.context_len = self.plan.max_model_len
+        self.blocks = BlockManager(self.plan.num_blocks, block_size)
+        self.cache = self._new_cache(self.plan.num_blocks, block_size)
+        log.info("%s", self.plan.summary(role, lookahead))
 
-    # -- rows -------------------------------------------------------------------------------------
+    def _new_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
+        cfg = self.cfg
+        return PagedKVCache(cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype,
+                            self.device)
+
+    def _profile_non_kv_bytes(self, block_size: int) -> int:
+        """GPU: weights plus the activation peak of one forward at the largest token count we run."""
+        n = min(self.max_num_batched_tokens, self.cfg.max_position_embeddings)
+        num_blocks = 2 + -(-n // block_size)
+        self.blocks, self.cache = BlockManager(num_blocks, block_size), self._new_cache(num_blocks, block_size)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        seq = self.allocate()
+        self.forward([seq], [[0] * n])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - self.cache.nbytes
+        self.blocks = self.cache = None
+        torch.cuda.empty_cache()
+        return peak
+
+    # -- sequences ----------------------------------------------------------------------------------
     def allocate(self) -> int:
-        return self.cache.allocate()
+        return self.blocks.new_sequence()
 
-    def free(self, row: int) -> None:
-        self.cache.free(row)
+    def free(self, seq: int) -> None:
+        self.blocks.free(seq)
 
-    def length(self, row: int) -> int:
-        return self.cache.lengths[row]
+    def length(self, seq: int) -> int:
+        return self.blocks.lengths[seq]
 
-    def rollback(self, row: int, length: int) -> None:
-        self.cache.rollback(row, length)
+    def rollback(self, seq: int, length: int) -> None:
+        """Forget positions >= length; whole blocks past it return to the pool."""
+        self.blocks.truncate(seq, length)
 
-    # -- compute ----------------------------------------------------------------------------------
-    def forward(self, rows: list[int], tokens: list[list[int]], all_positions: bool = False) -> torch.Tensor:
-        """Append tokens[i] to row rows[i]; return logits of each row's last token [B, V], or of
-        every position [B, Q, V] (rows shorter than Q are padded; their padded logits are junk)."""
+    def reserve(self, growth: dict[int, int]) -> None:
+        """Make each seq able to hold growth[seq] positions (raises NoRoom, changing nothing)."""
+        self.blocks.reserve(growth)
+
+    def extra_blocks(self, seq: int, new_length: int) -> int:
+        return self.blocks.extra_blocks(seq, new_length)
+
+    # -- compute --------------------------------------------------------------------------------------
+    def forward(self, seqs: list[int], tokens: list[list[int]], all_positions: bool = False) -> torch.Tensor:
+        """Append tokens[i] to seqs[i]; return the logits of each sequence's last token [B, V], or of
+        every position [B, Q, V] (rows shorter than Q are zero-padded)."""
         counts = [len(t) for t in tokens]
-        q_len = max(counts)
-        starts = [self.cache.lengths[r] for r in rows]
-        if max(starts) + q_len > self.cache.max_len:
-            raise ValueError(f"sequence would exceed the KV cache ({self.cache.max_len} positions)")
-        padded = [t + [0] * (q_len - len(t)) for t in tokens]
-        input_ids = torch.tensor(padded, dtype=torch.long, device=self.device)
-        batch = BatchInfo(rows, starts, q_len, self.device)
-        if all_positions:
-            logits = self.model(input_ids, batch, self.cache)
-        else:
-            last = torch.tensor([[c - 1] for c in counts], dtype=torch.long, device=self.device)
-            logits = self.model(input_ids, batch, self.cache, logits_index=last)[:, 0]
-        for r, c in zip(rows, counts):
-            self.cache.lengths[r] += c
-        return logits
+        starts = [self.blocks.lengths[s] for s in seqs]
+        self.reserve({s: st + c for s, st, c in zip(seqs, starts, counts)})
+        pieces: list[list[torch.Tensor]] = [[] for _ in seqs]
+        for chunk in self._chunks(seqs, starts, tokens, all_positions):
+            logits = self._run_chunk(chunk, all_positions)
+            at = 0
+            for i, sl, want in chunk:
+                if want:
+                    pieces[i].append(logits[at:at + want])
+                    at += want
+        for s, c in zip(seqs, counts):
+            self.blocks.lengths[s] += c
+        if not all_positions:
+            return torch.cat([p[-1][-1:] for p in pieces])
+        q = max(counts)
+        out = torch.zeros(len(seqs), q, self.vocab_size, device=self.device)
+        for i, p in enumerate(pieces):
+            rows = torch.cat(p)
+            out[i, :rows.shape[0]] = rows
+        return out
+
+    def _chunks(self, seqs, starts, tokens, all_positions):
+        """Split the work into passes of at most max_num_batched_tokens tokens. Each item is
+        (index into seqs, SeqSlice with its tokens, how many logits rows to keep)."""
+        budget = self.max_num_batched_tokens
+        chunk, used = [], 0
+        for i, (seq, start, toks) in enumerate(zip(seqs, starts, tokens)):
+            done = 0
+            while done < len(toks):
+                take = min(len(toks) - done, budget - used)
+                last = done + take == len(toks)
+                want = take if all_positions else (1 if last else 0)
+                sl = SeqSlice(seq, start + done, take)
+                sl.tokens = toks[done:done + take]
+                chunk.append((i, sl, want))
+                used += take
+                done += take
+                if used == budget:
+                    yield chunk
+                    chunk, used = [], 0
+        if chunk:
+            yield chunk
+
+    def _run_chunk(self, chunk, all_positions: bool) -> torch.Tensor:
+        slices = [sl for _, sl, _ in chunk]
+        flat = [t for sl in slices for t in sl.tokens]
+        index, at = [], 0
+        for _, sl, want in chunk:
+            index.extend(range(at + sl.q_len - want, at + sl.q_len))
+            at += sl.q_len
+        tables = [self.blocks.tables[sl.seq] for sl in slices]
+        batch = ForwardBatch(slices, flat, tables, self.blocks.block_size, index, self.device)
+        return self.model(batch, self.cache)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from minedraft.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.request import Request
-from minedraft.workers import DraftWorker, NewRequest, NoDraftAvailable, Proposal, TargetWorker
+from minedraft.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal, TargetWorker
 
 MODES = ("ar", "sd", "psd")
 MAX_SPECULATIVE_TOKENS = 16
@@ -100,18 +100,67 @@ class Scheduler:
             new.append(self.waiting.popleft())
         if not new:
             return
-        reqs = [NewRequest(r.request_id, r.prompt_ids, r.params, r.seed) for r in new]
+        reqs = [self._worker_request(r) for r in new]
         draft_job = self._pool.submit(self.draft.add, reqs) if self.speculating else None
-        first_tokens = self.target.add(reqs)
-        if draft_job is not None:
-            draft_job.result()
-        for req, token in zip(new, first_tokens):
-            self.running[req.request_id] = req
-            req.append([token])
+        try:
+            first_tokens = self.target.add(reqs)  # the prefix that fits the target's KV cache
+        finally:
+            num_draft = draft_job.result() if draft_job is not None else None
+        n = len(first_tokens) if num_draft is None else min(len(first_tokens), num_draft)
+        self._undo_partial_admission(reqs, n, len(first_tokens), num_draft)
+        self.waiting.extendleft(reversed(new[n:]))  # back to the front, in order
+        if n == 0 and not self.running:  # alone and still no room: it can never run
+            req = self.waiting.popleft()
+            req.finish("error", "the KV cache cannot hold this request even alone; raise --kv-cache-memory")
             touched[req.request_id] = req
-            if self.speculating:
-                self.draft_updates.setdefault(req.request_id, []).append(token)
+        for req, token in zip(new[:n], first_tokens[:n]):
+            self.running[req.request_id] = req
+            if token is not None:  # None: a resumed request, its tokens are already committed
+                req.append([token])
+                if self.speculating:
+                    self.draft_updates.setdefault(req.request_id, []).append(token)
+            touched[req.request_id] = req
             self._place(req.request_id)
+
+    @staticmethod
+    def _worker_request(req: Request) -> NewRequest:
+        if req.output_ids:  # preempted: re-prefill from the prompt and every committed token
+            return NewRequest(req.request_id, req.prompt_ids + req.output_ids, req.params, req.seed, resume=True)
+        return NewRequest(req.request_id, req.prompt_ids, req.params, req.seed)
+
+    def _undo_partial_admission(self, reqs, n: int, num_target: int, num_draft: int | None) -> None:
+        """Each worker admitted a prefix; keep the shorter one and give back the rest."""
+        if num_target > n:
+            self.target.release([r.request_id for r in reqs[n:num_target]])
+        if num_draft is not None and num_draft > n:
+            self.draft.release([r.request_id for r in reqs[n:num_draft]])
+
+    # -- KV room ------------------------------------------------------------------------------------------
+    def _preempt_one(self, exc: NoRoom, touched) -> None:
+        """A worker has no KV block for this step: the most recently admitted request leaves (its
+        blocks freed on both workers) and waits at the front of the queue, to be re-prefilled
+        from its prompt and committed tokens. Seeding per committed length (step_seed) makes its
+        output exactly what it would have been."""
+        candidates = [r for r in reversed(self.running.values()) if not r.finished]
+        if len(candidates) <= 1:  # nobody else to make room: the one request cannot grow
+            for req in candidates:
+                req.finish("error", f"KV cache too small for this request ({exc}); raise --kv-cache-memory")
+                touched[req.request_id] = req
+            self.proposal, self.proposed_batch = None, None
+            return
+        victim = candidates[0]
+        rid = victim.request_id
+        self.target.release([rid])
+        if self.speculating:
+            self.draft.release([rid])
+        del self.running[rid]
+        self.draft_updates.pop(rid, None)
+        self.batches = [[r for r in b if r != rid] for b in self.batches]
+        if self.proposal is not None and rid in self.proposal.request_ids:
+            self.proposal, self.proposed_batch = None, None  # re-drafted next step, identically
+        victim.num_preemptions += 1
+        self.metrics.num_preemptions += 1
+        self.waiting.appendleft(victim)
 
     def _place(self, request_id: str) -> None:
         if self.mode != "psd":
@@ -129,7 +178,11 @@ class Scheduler:
         if not ids:
             return
         t0 = time.perf_counter()
-        tokens = self.target.decode(ids)
+        try:
+            tokens = self.target.decode(ids)
+        except NoRoom as exc:
+            self._preempt_one(exc, touched)
+            return
         record.verify_call_s = time.perf_counter() - t0
         record.verify_s = record.verify_service_s = self.target.last_decode_compute_s or record.verify_call_s
         record.num_verified, record.num_tokens = len(ids), len(ids)
@@ -151,10 +204,11 @@ class Scheduler:
             return
         try:
             proposal = self._timed_propose(ids, record)
+            self._verify_and_commit(proposal, touched, record)
         except NoDraftAvailable:
             self._step_without_draft(touched, record)
-            return
-        self._verify_and_commit(proposal, touched, record)
+        except NoRoom as exc:  # nothing was committed; the draft rolls back at its next proposal
+            self._preempt_one(exc, touched)
 
     def _step_psd(self, touched, record) -> None:
         pb = self.proposed_batch
@@ -162,13 +216,24 @@ class Scheduler:
         if pb is not None and to_draft:  # the PSD step: verify one batch while drafting the other
             d = to_draft[0]
             job = self._pool.submit(self._timed_propose, self._live(self.batches[d]), record)
-            self._verify_and_commit(self.proposal, touched, record)
+            no_room = None
+            try:
+                self._verify_and_commit(self.proposal, touched, record)
+            except NoRoom as exc:  # batch pb is drafted again; its drafts roll back
+                no_room = exc
             try:
                 self.proposal, self.proposed_batch = job.result(), d
             except NoDraftAvailable:  # batch d is drafted again once a draft node is back
                 self.proposal, self.proposed_batch = None, None
+            except NoRoom as exc:
+                self.proposal, self.proposed_batch, no_room = None, None, exc
+            if no_room is not None:
+                self._preempt_one(no_room, touched)
         elif pb is not None:  # nothing to draft: verify alone
-            self._verify_and_commit(self.proposal, touched, record)
+            try:
+                self._verify_and_commit(self.proposal, touched, record)
+            except NoRoom as exc:
+                self._preempt_one(exc, touched)
             self.proposal, self.proposed_batch = None, None
         elif to_draft:
             if len(to_draft) == 1:
@@ -185,8 +250,11 @@ class Scheduler:
                 self.proposed_batch = d
             except NoDraftAvailable:
                 self._step_without_draft(touched, record)
+            except NoRoom as exc:
+                self._preempt_one(exc, touched)
 
     def _timed_propose(self, ids: list[str], record: StepRecord) -> Proposal:
+        # The draft absorbs the updates even when it answers NoRoom, so they are not kept here.
         updates = {rid: self.draft_updates.pop(rid, []) for rid in ids}
         t0 = time.perf_counter()
         proposal = self.draft.propose(ids, self.k, updates)

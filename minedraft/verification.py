@@ -25,8 +25,13 @@ class RowVerdict:
 def verify_batch(target_probs: torch.Tensor, draft_tokens: torch.Tensor, draft_probs: torch.Tensor | None,
                  params: list[SamplingParams], generators: list[torch.Generator]) -> list[RowVerdict]:
     """target_probs [B, k+1, V] (already temperature/top-k/top-p processed; one-hot for greedy rows),
-    draft_tokens [B, k], draft_probs [B, k, V] or None (one-hot draft)."""
+    draft_tokens [B, k], draft_probs [S, k, V'] for the S sampled (non-greedy) rows in batch order,
+    or None (one-hot draft). A draft vocabulary V' smaller than the target's V (a prefix of it) is
+    padded with q = 0: the ids the draft lacks are never proposed, and the residual max(0, p - q)
+    keeps their full target mass, so verification stays exact."""
     k = draft_tokens.shape[1]
+    if draft_probs is not None and draft_probs.shape[-1] < target_probs.shape[-1]:
+        draft_probs = torch.nn.functional.pad(draft_probs, (0, target_probs.shape[-1] - draft_probs.shape[-1]))
     draft_tokens = draft_tokens.to(target_probs.device)
     verdicts = []
     greedy_rows = [i for i, p in enumerate(params) if p.greedy]
@@ -39,11 +44,13 @@ def verify_batch(target_probs: torch.Tensor, draft_tokens: torch.Tensor, draft_p
         while n < k and drafts[j][n] == argmax[j][n]:
             n += 1
         greedy_out[row] = RowVerdict(drafts[j][:n] + [argmax[j][n]], n)
+    sampled = 0
     for row, p in enumerate(params):
         if p.greedy:
             verdicts.append(greedy_out[row])
         else:
-            q = None if draft_probs is None else draft_probs[row].to(target_probs.device)
+            q = None if draft_probs is None else draft_probs[sampled].to(target_probs.device)
+            sampled += 1
             verdicts.append(_verify_sampled_row(target_probs[row], draft_tokens[row], q, generators[row]))
     return verdicts
 

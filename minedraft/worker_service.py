@@ -22,6 +22,8 @@ from minedraft.workers import NewRequest
 
 
 def tokenizer_digest(path: str) -> str:
+    # The tokenizer's own (token, id) pairs, not the model's embedding size: a draft whose vocabulary
+    # is a prefix of the target's (Qwen2.5-0.5B vs 7B) has the same tokenizer and the same digest.
     fingerprint = hf_adapter.tokenizer_fingerprint(hf_adapter.load_tokenizer(path))
     return hashlib.sha1(repr(fingerprint).encode()).hexdigest() if fingerprint else ""
 
@@ -50,6 +52,8 @@ class WorkerServicerBase:
         reply = worker_pb2.WorkerInfo()
         reply.CopyFrom(self.info)
         reply.num_active = len(self.worker.book.states)
+        for name, value in self.worker.book.kv_usage().items():
+            setattr(reply, name, value)
         return reply
 
     def _new_requests(self, request) -> list[NewRequest]:
@@ -60,9 +64,9 @@ class WorkerServicerBase:
                 raise ValueError(f"prompt_ids: request {r.request_id!r} has an empty prompt")
             if any(not 0 <= t < self.runner.vocab_size for t in ids):
                 raise ValueError(f"prompt_ids: token id outside the vocabulary [0, {self.runner.vocab_size})")
-            if len(ids) >= self.runner.context_len:
+            if len(ids) >= self.runner.context_len + (1 if r.resume else 0):
                 raise ValueError(f"prompt_ids: {len(ids)} tokens leave no room in the context")
-            out.append(NewRequest(r.request_id, ids, params_from_proto(r.params), r.seed))
+            out.append(NewRequest(r.request_id, ids, params_from_proto(r.params), r.seed, resume=r.resume))
         return out
 
     def Release(self, request, context):
@@ -86,11 +90,33 @@ def add_worker_arguments(parser: argparse.ArgumentParser, default_port: int) -> 
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (0.0.0.0 in containers)")
     parser.add_argument("--port", type=int, default=default_port)
-    parser.add_argument("--max-num-seqs", type=int, default=64, help="cache rows (concurrent requests)")
-    parser.add_argument("--max-model-len", type=int, default=None)
+    add_memory_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cpu-cores", default=None, help="pin to these CPU cores, e.g. '0' or '0,1'")
     parser.add_argument("--log-level", default="INFO")
+
+
+def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """The KV cache's flags, shared by `serve target|draft` and `up` (same names as Engine's keywords)."""
+    parser.add_argument("--max-num-seqs", type=int, default=64, help="concurrent requests (default 64)")
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help="longest sequence (default: the checkpoint's, lowered with a warning when the "
+                             "KV budget cannot hold one such sequence)")
+    parser.add_argument("--kv-cache-memory", type=float, default=None, metavar="GIB",
+                        help="CPU: GiB for the KV cache (default: 25%% of the memory available at start)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                        help="GPU: share of the device this process may use in all (default 0.9)")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None,
+                        help="prefill chunk: most tokens in one forward (default 512 on CPU, 8192 on GPU)")
+    parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
+    parser.add_argument("--num-kv-blocks", type=int, default=None,
+                        help="force the number of KV blocks (tests; overrides the memory budget)")
+
+
+def memory_kwargs(args) -> dict:
+    return dict(kv_cache_memory=args.kv_cache_memory, gpu_memory_utilization=args.gpu_memory_utilization,
+                max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
+                num_kv_blocks=args.num_kv_blocks)
 
 
 def apply_cpu_placement(threads: int | None, cpu_cores: str | None) -> None:
@@ -133,5 +159,5 @@ def load_runner(args, role: str, lookahead: int) -> tuple[ModelRunner, str]:
         path = assets.default_target_path() if role == "target" else assets.default_draft_path()
     log.info("%s: loading %s on %s", role, path, args.device)
     runner = ModelRunner(path, args.device, None if args.dtype == "auto" else args.dtype,
-                         args.max_num_seqs, args.max_model_len, lookahead)
+                         args.max_num_seqs, args.max_model_len, lookahead, role=role, **memory_kwargs(args))
     return runner, path

@@ -1,9 +1,10 @@
 """The two interfaces the scheduler talks to. In-process implementations live in
 `local_workers.py`; gRPC client implementations (for the services) in `minedraft/remote_workers.py`.
 
-Protocol per request: `add` once (prefill), then, for speculation, `propose` -> `verify` repeatedly;
+Protocol per request: `add` once (prefill; admits what fits), then, for speculation, `propose` -> `verify` repeatedly;
 the tokens the target committed reach the draft with its next `propose` (`updates`), which saves a
-round trip per step. `release` when the request is done or aborted.
+round trip per step. `release` when the request is done or aborted. A step that needs KV blocks the
+worker does not have raises `NoRoom` and changes nothing; the scheduler then preempts a request.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import abc
 import dataclasses
 from typing import Any
 
+from minedraft.block_manager import NoRoom  # noqa: F401 - part of the worker contract
 from minedraft.sampling import SamplingParams
 
 
@@ -21,13 +23,17 @@ class NewRequest:
     prompt_ids: list[int]
     params: SamplingParams
     seed: int  # resolved by the scheduler, so draft and target agree on it
+    # True: prompt_ids holds the prompt plus every token generated so far (a preempted or re-added
+    # request); the last one is already committed, so nothing is sampled at admission.
+    resume: bool = False
 
 
 @dataclasses.dataclass
 class Proposal:
     """k draft tokens for each request of a batch.
 
-    tokens: [B, k] int64; probs: [B, k, V] float32, the draft's distributions q (None: one-hot q).
+    tokens: [B, k] int64; probs: [S, k, V] float32, the draft's distributions q of the S sampled
+    (non-greedy) requests in batch order (None: one-hot q).
     parts: when the proposal travelled through token channels (remote workers), where it lies:
     [(channel_id, block_ref, num_requests)] covering request_ids in order; the target reads them."""
 
@@ -55,8 +61,8 @@ class NoDraftAvailable(RuntimeError):
 
 class DraftWorker(abc.ABC):
     @abc.abstractmethod
-    def add(self, requests: list[NewRequest]) -> None:
-        """Prefill the prompts."""
+    def add(self, requests: list[NewRequest]) -> int:
+        """Prefill the longest prefix of requests that fits the KV cache; return its length."""
 
     @abc.abstractmethod
     def propose(self, request_ids: list[str], k: int, updates: dict[str, list[int]]) -> Proposal:
@@ -77,8 +83,9 @@ class TargetWorker(abc.ABC):
     last_decode_compute_s: float = 0.0  # compute time of the latest decode() (for the step breakdown)
 
     @abc.abstractmethod
-    def add(self, requests: list[NewRequest]) -> list[int]:
-        """Prefill the prompts; return the first generated token of each."""
+    def add(self, requests: list[NewRequest]) -> list[int | None]:
+        """Prefill the longest prefix of requests that fits the KV cache; return the first generated
+        token of each admitted one (None for resumed requests)."""
 
     @abc.abstractmethod
     def verify(self, proposal: Proposal) -> Verdict:

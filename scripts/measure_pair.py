@@ -16,7 +16,7 @@ from minedraft.runner import ModelRunner
 
 
 def forward_ms(path: str, batch: int, repeats: int = 20) -> float:
-    runner = ModelRunner(path, max_rows=batch)
+    runner = ModelRunner(path, max_num_seqs=batch)
     rows = [runner.allocate() for _ in range(batch)]
     runner.forward(rows, [[5] * 100] * batch)
     times = []

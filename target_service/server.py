@@ -43,7 +43,8 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
         def run():
             t0 = time.perf_counter()
             first = self.worker.add(self._new_requests(request))
-            return worker_pb2.AddReply(first_tokens=first, compute_s=time.perf_counter() - t0)
+            return worker_pb2.AddReply(first_tokens=[-1 if t is None else t for t in first], num_admitted=len(first),
+                                       compute_s=time.perf_counter() - t0)
 
         return self.guarded(context, run)
 

@@ -76,7 +76,7 @@ def test_runner_matches_transformers_on_gpu(tmp_path):
     from model_factory import family_config
 
     ref = save_random_model(family_config("qwen3"), tmp_path, seed=5).to("cuda:0")
-    runner = ModelRunner(str(tmp_path), device="cuda:0", dtype="float32", max_rows=2)
+    runner = ModelRunner(str(tmp_path), device="cuda:0", dtype="float32", max_num_seqs=2)
     ids = list(range(3, 40))
     logits = runner.forward([runner.allocate()], [ids], all_positions=True)[0]
     with torch.no_grad():

@@ -15,10 +15,14 @@ def reference_logits(ref, ids):
         return ref(torch.tensor([ids])).logits[0]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_logits_match_transformers(tmp_path, family):
+@pytest.mark.parametrize("family,block_size,chunk", [(f, 16, None) for f in FAMILIES]
+                         + [("llama", 4, 7), ("mistral", 5, 16)])
+def test_logits_match_transformers(tmp_path, family, block_size, chunk):
+    """Ragged prefill (packed, and in chunks of `chunk` tokens when set), decode, verify and
+    rollback over paged blocks of `block_size` tokens."""
     ref = save_random_model(family_config(family), tmp_path, seed=3)
-    runner = ModelRunner(str(tmp_path), max_rows=4, lookahead=8)
+    runner = ModelRunner(str(tmp_path), max_num_seqs=4, lookahead=8, block_size=block_size,
+                         max_num_batched_tokens=chunk)
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, 101, (n,), generator=g).tolist() for n in (30, 11, 19)]  # ragged rows
     rows = [runner.allocate() for _ in seqs]
@@ -55,7 +59,7 @@ def test_logits_match_transformers(tmp_path, family):
 
 def test_freed_row_is_reused_without_touching_others(tmp_path):
     ref = save_random_model(family_config("llama"), tmp_path, seed=4)
-    runner = ModelRunner(str(tmp_path), max_rows=2, lookahead=4)
+    runner = ModelRunner(str(tmp_path), max_num_seqs=2, lookahead=4, block_size=4)
     a, b = runner.allocate(), runner.allocate()
     runner.forward([a, b], [[5, 6, 7], [8, 9]])
     runner.free(a)

@@ -100,7 +100,7 @@ def test_native_runner_matches_transformers_on_bundled_weights(role):
     from transformers import AutoTokenizer
 
     ids = AutoTokenizer.from_pretrained(path).encode(assets.load_heldout_prompts(1)[0])
-    runner = ModelRunner(path, max_rows=1)
+    runner = ModelRunner(path, max_num_seqs=1)
     logits = runner.forward([runner.allocate()], [ids], all_positions=True)[0]
     with torch.no_grad():
         expected = reference_model(path)(torch.tensor([ids])).logits[0]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from minedraft.v1 import common_pb2 as minedraft_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19minedraft/v1/worker.proto\x12\x0cminedraft.v1\x1a\x19minedraft/v1/common.proto\"\r\n\x0bInfoRequest\"\xea\x02\n\nWorkerInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65vice_uuid\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\x05\x12\x13\n\x0b\x63ontext_len\x18\x06 \x01(\x05\x12\x12\n\ntransports\x18\x07 \x03(\t\x12\x10\n\x08hostname\x18\x08 \x01(\t\x12\x0b\n\x03pid\x18\t \x01(\x03\x12\x1d\n\x15tokenizer_fingerprint\x18\n \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x0b \x01(\t\x12\x12\n\nnum_active\x18\x0c \x01(\x05\x12\x13\n\x0binstance_id\x18\r \x01(\t\x12\x15\n\rnum_kv_blocks\x18\x0e \x01(\x05\x12\x1a\n\x12num_free_kv_blocks\x18\x0f \x01(\x05\x12\x15\n\rkv_block_size\x18\x10 \x01(\x05\x12\x16\n\x0ekv_cache_usage\x18\x11 \x01(\x01\"\xa9\x01\n\x0b\x43hannelSpec\x12\x11\n\ttransport\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06handle\x18\x03 \x01(\x0c\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x11\n\tnum_slots\x18\x05 \x01(\x05\x12\x12\n\nslot_bytes\x18\x06 \x01(\x03\x12\x0b\n\x03pid\x18\x07 \x01(\x03\x12\x10\n\x08hostname\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65vice_uuid\x18\t \x01(\t\"\xac\x01\n\x08\x42lockRef\x12\x11\n\ttransport\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0e\n\x06nbytes\x18\x04 \x01(\x03\x12\x12\n\ngeneration\x18\x05 \x01(\x03\x12\r\n\x05\x62\x61tch\x18\x06 \x01(\x05\x12\t\n\x01k\x18\x07 \x01(\x05\x12\r\n\x05vocab\x18\x08 \x01(\x05\x12\x11\n\thas_probs\x18\t \x01(\x08\x12\x0f\n\x07payload\x18\n \x01(\x0c\"\x8b\x01\n\x10HandshakeRequest\x12\x19\n\x11reader_transports\x18\x01 \x03(\t\x12\x17\n\x0freader_hostname\x18\x02 \x01(\t\x12\x15\n\rreader_device\x18\x03 \x01(\t\x12\x18\n\x10\x66orced_transport\x18\x04 \x01(\t\x12\x12\n\nchannel_id\x18\x05 \x01(\t\"L\n\x0eHandshakeReply\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.minedraft.v1.ChannelSpec\x12\x11\n\ttransport\x18\x02 \x01(\t\"Q\n\x12OpenChannelRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.minedraft.v1.ChannelSpec\"%\n\x10OpenChannelReply\x12\x11\n\ttransport\x18\x01 \x01(\t\"p\n\nNewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.minedraft.v1.SamplingParams\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"8\n\nAddRequest\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.minedraft.v1.NewRequest\"3\n\x08\x41\x64\x64Reply\x12\x14\n\x0c\x66irst_tokens\x18\x01 \x03(\x05\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\"\xb5\x01\n\x0eProposeRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12:\n\x07updates\x18\x03 \x03(\x0b\x32).minedraft.v1.ProposeRequest.UpdatesEntry\x1aG\n\x0cUpdatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.minedraft.v1.TokenList:\x02\x38\x01\"[\n\x0cProposeReply\x12%\n\x05\x62lock\x18\x01 \x01(\x0b\x32\x16.minedraft.v1.BlockRef\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\x12\x11\n\tservice_s\x18\x03 \x01(\x01\"_\n\x0cProposalPart\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12%\n\x05\x62lock\x18\x02 \x01(\x0b\x32\x16.minedraft.v1.BlockRef\x12\x14\n\x0cnum_requests\x18\x03 \x01(\x05\"Z\n\rVerifyRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x05parts\x18\x03 \x03(\x0b\x32\x1a.minedraft.v1.ProposalPart\"r\n\x0bVerifyReply\x12\'\n\x06tokens\x18\x01 \x03(\x0b\x32\x17.minedraft.v1.TokenList\x12\x14\n\x0cnum_accepted\x18\x02 \x03(\x05\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x11\n\tservice_s\x18\x04 \x01(\x01\"$\n\rDecodeRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"0\n\x0b\x44\x65\x63odeReply\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\"%\n\x0eReleaseRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"$\n\x0cReleaseReply\x12\x14\n\x0cnum_released\x18\x01 \x01(\x05\x32\xd8\x02\n\x0b\x44raftWorker\x12;\n\x04Info\x12\x19.minedraft.v1.InfoRequest\x1a\x18.minedraft.v1.WorkerInfo\x12I\n\tHandshake\x12\x1e.minedraft.v1.HandshakeRequest\x1a\x1c.minedraft.v1.HandshakeReply\x12\x37\n\x03\x41\x64\x64\x12\x18.minedraft.v1.AddRequest\x1a\x16.minedraft.v1.AddReply\x12\x43\n\x07Propose\x12\x1c.minedraft.v1.ProposeRequest\x1a\x1a.minedraft.v1.ProposeReply\x12\x43\n\x07Release\x12\x1c.minedraft.v1.ReleaseRequest\x1a\x1a.minedraft.v1.ReleaseReply2\x9e\x03\n\x0cTargetWorker\x12;\n\x04Info\x12\x19.minedraft.v1.InfoRequest\x1a\x18.minedraft.v1.WorkerInfo\x12O\n\x0bOpenChannel\x12 .minedraft.v1.OpenChannelRequest\x1a\x1e.minedraft.v1.OpenChannelReply\x12\x37\n\x03\x41\x64\x64\x12\x18.minedraft.v1.AddRequest\x1a\x16.minedraft.v1.AddReply\x12@\n\x06Verify\x12\x1b.minedraft.v1.VerifyRequest\x1a\x19.minedraft.v1.VerifyReply\x12@\n\x06\x44\x65\x63ode\x12\x1b.minedraft.v1.DecodeRequest\x1a\x19.minedraft.v1.DecodeReply\x12\x43\n\x07Release\x12\x1c.minedraft.v1.ReleaseRequest\x1a\x1a.minedraft.v1.ReleaseReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19minedraft/v1/worker.proto\x12\x0cminedraft.v1\x1a\x19minedraft/v1/common.proto\"\r\n\x0bInfoRequest\"\xea\x02\n\nWorkerInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65vice_uuid\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\x05\x12\x13\n\x0b\x63ontext_len\x18\x06 \x01(\x05\x12\x12\n\ntransports\x18\x07 \x03(\t\x12\x10\n\x08hostname\x18\x08 \x01(\t\x12\x0b\n\x03pid\x18\t \x01(\x03\x12\x1d\n\x15tokenizer_fingerprint\x18\n \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x0b \x01(\t\x12\x12\n\nnum_active\x18\x0c \x01(\x05\x12\x13\n\x0binstance_id\x18\r \x01(\t\x12\x15\n\rnum_kv_blocks\x18\x0e \x01(\x05\x12\x1a\n\x12num_free_kv_blocks\x18\x0f \x01(\x05\x12\x15\n\rkv_block_size\x18\x10 \x01(\x05\x12\x16\n\x0ekv_cache_usage\x18\x11 \x01(\x01\"\xa9\x01\n\x0b\x43hannelSpec\x12\x11\n\ttransport\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06handle\x18\x03 \x01(\x0c\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x11\n\tnum_slots\x18\x05 \x01(\x05\x12\x12\n\nslot_bytes\x18\x06 \x01(\x03\x12\x0b\n\x03pid\x18\x07 \x01(\x03\x12\x10\n\x08hostname\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65vice_uuid\x18\t \x01(\t\"\xac\x01\n\x08\x42lockRef\x12\x11\n\ttransport\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0e\n\x06nbytes\x18\x04 \x01(\x03\x12\x12\n\ngeneration\x18\x05 \x01(\x03\x12\r\n\x05\x62\x61tch\x18\x06 \x01(\x05\x12\t\n\x01k\x18\x07 \x01(\x05\x12\r\n\x05vocab\x18\x08 \x01(\x05\x12\x11\n\thas_probs\x18\t \x01(\x08\x12\x0f\n\x07payload\x18\n \x01(\x0c\"\x8b\x01\n\x10HandshakeRequest\x12\x19\n\x11reader_transports\x18\x01 \x03(\t\x12\x17\n\x0freader_hostname\x18\x02 \x01(\t\x12\x15\n\rreader_device\x18\x03 \x01(\t\x12\x18\n\x10\x66orced_transport\x18\x04 \x01(\t\x12\x12\n\nchannel_id\x18\x05 \x01(\t\"L\n\x0eHandshakeReply\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.minedraft.v1.ChannelSpec\x12\x11\n\ttransport\x18\x02 \x01(\t\"Q\n\x12OpenChannelRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\'\n\x04spec\x18\x02 \x01(\x0b\x32\x19.minedraft.v1.ChannelSpec\"%\n\x10OpenChannelReply\x12\x11\n\ttransport\x18\x01 \x01(\t\"\x80\x01\n\nNewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.minedraft.v1.SamplingParams\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0e\n\x06resume\x18\x05 \x01(\x08\"8\n\nAddRequest\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.minedraft.v1.NewRequest\"I\n\x08\x41\x64\x64Reply\x12\x14\n\x0c\x66irst_tokens\x18\x01 \x03(\x05\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\x12\x14\n\x0cnum_admitted\x18\x03 \x01(\x05\"\xb5\x01\n\x0eProposeRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12:\n\x07updates\x18\x03 \x03(\x0b\x32).minedraft.v1.ProposeRequest.UpdatesEntry\x1aG\n\x0cUpdatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.minedraft.v1.TokenList:\x02\x38\x01\"[\n\x0cProposeReply\x12%\n\x05\x62lock\x18\x01 \x01(\x0b\x32\x16.minedraft.v1.BlockRef\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\x12\x11\n\tservice_s\x18\x03 \x01(\x01\"_\n\x0cProposalPart\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12%\n\x05\x62lock\x18\x02 \x01(\x0b\x32\x16.minedraft.v1.BlockRef\x12\x14\n\x0cnum_requests\x18\x03 \x01(\x05\"Z\n\rVerifyRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x05parts\x18\x03 \x03(\x0b\x32\x1a.minedraft.v1.ProposalPart\"r\n\x0bVerifyReply\x12\'\n\x06tokens\x18\x01 \x03(\x0b\x32\x17.minedraft.v1.TokenList\x12\x14\n\x0cnum_accepted\x18\x02 \x03(\x05\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x11\n\tservice_s\x18\x04 \x01(\x01\"$\n\rDecodeRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"0\n\x0b\x44\x65\x63odeReply\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\"%\n\x0eReleaseRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"$\n\x0cReleaseReply\x12\x14\n\x0cnum_released\x18\x01 \x01(\x05\x32\xd8\x02\n\x0b\x44raftWorker\x12;\n\x04Info\x12\x19.minedraft.v1.InfoRequest\x1a\x18.minedraft.v1.WorkerInfo\x12I\n\tHandshake\x12\x1e.minedraft.v1.HandshakeRequest\x1a\x1c.minedraft.v1.HandshakeReply\x12\x37\n\x03\x41\x64\x64\x12\x18.minedraft.v1.AddRequest\x1a\x16.minedraft.v1.AddReply\x12\x43\n\x07Propose\x12\x1c.minedraft.v1.ProposeRequest\x1a\x1a.minedraft.v1.ProposeReply\x12\x43\n\x07Release\x12\x1c.minedraft.v1.ReleaseRequest\x1a\x1a.minedraft.v1.ReleaseReply2\x9e\x03\n\x0cTargetWorker\x12;\n\x04Info\x12\x19.minedraft.v1.InfoRequest\x1a\x18.minedraft.v1.WorkerInfo\x12O\n\x0bOpenChannel\x12 .minedraft.v1.OpenChannelRequest\x1a\x1e.minedraft.v1.OpenChannelReply\x12\x37\n\x03\x41\x64\x64\x12\x18.minedraft.v1.AddRequest\x1a\x16.minedraft.v1.AddReply\x12@\n\x06Verify\x12\x1b.minedraft.v1.VerifyRequest\x1a\x19.minedraft.v1.VerifyReply\x12@\n\x06\x44\x65\x63ode\x12\x1b.minedraft.v1.DecodeRequest\x1a\x19.minedraft.v1.DecodeReply\x12\x43\n\x07Release\x12\x1c.minedraft.v1.ReleaseRequest\x1a\x1a.minedraft.v1.ReleaseReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,34 +50,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENCHANNELREQUEST']._serialized_end=1098
   _globals['_OPENCHANNELREPLY']._serialized_start=1100
   _globals['_OPENCHANNELREPLY']._serialized_end=1137
-  _globals['_NEWREQUEST']._serialized_start=1139
-  _globals['_NEWREQUEST']._serialized_end=1251
-  _globals['_ADDREQUEST']._serialized_start=1253
-  _globals['_ADDREQUEST']._serialized_end=1309
-  _globals['_ADDREPLY']._serialized_start=1311
-  _globals['_ADDREPLY']._serialized_end=1362
-  _globals['_PROPOSEREQUEST']._serialized_start=1365
-  _globals['_PROPOSEREQUEST']._serialized_end=1546
-  _globals['_PROPOSEREQUEST_UPDATESENTRY']._serialized_start=1475
-  _globals['_PROPOSEREQUEST_UPDATESENTRY']._serialized_end=1546
-  _globals['_PROPOSEREPLY']._serialized_start=1548
-  _globals['_PROPOSEREPLY']._serialized_end=1639
-  _globals['_PROPOSALPART']._serialized_start=1641
-  _globals['_PROPOSALPART']._serialized_end=1736
-  _globals['_VERIFYREQUEST']._serialized_start=1738
-  _globals['_VERIFYREQUEST']._serialized_end=1828
-  _globals['_VERIFYREPLY']._serialized_start=1830
-  _globals['_VERIFYREPLY']._serialized_end=1944
-  _globals['_DECODEREQUEST']._serialized_start=1946
-  _globals['_DECODEREQUEST']._serialized_end=1982
-  _globals['_DECODEREPLY']._serialized_start=1984
-  _globals['_DECODEREPLY']._serialized_end=2032
-  _globals['_RELEASEREQUEST']._serialized_start=2034
-  _globals['_RELEASEREQUEST']._serialized_end=2071
-  _globals['_RELEASEREPLY']._serialized_start=2073
-  _globals['_RELEASEREPLY']._serialized_end=2109
-  _globals['_DRAFTWORKER']._serialized_start=2112
-  _globals['_DRAFTWORKER']._serialized_end=2456
-  _globals['_TARGETWORKER']._serialized_start=2459
-  _globals['_TARGETWORKER']._serialized_end=2873
+  _globals['_NEWREQUEST']._serialized_start=1140
+  _globals['_NEWREQUEST']._serialized_end=1268
+  _globals['_ADDREQUEST']._serialized_start=1270
+  _globals['_ADDREQUEST']._serialized_end=1326
+  _globals['_ADDREPLY']._serialized_start=1328
+  _globals['_ADDREPLY']._serialized_end=1401
+  _globals['_PROPOSEREQUEST']._serialized_start=1404
+  _globals['_PROPOSEREQUEST']._serialized_end=1585
+  _globals['_PROPOSEREQUEST_UPDATESENTRY']._serialized_start=1514
+  _globals['_PROPOSEREQUEST_UPDATESENTRY']._serialized_end=1585
+  _globals['_PROPOSEREPLY']._serialized_start=1587
+  _globals['_PROPOSEREPLY']._serialized_end=1678
+  _globals['_PROPOSALPART']._serialized_start=1680
+  _globals['_PROPOSALPART']._serialized_end=1775
+  _globals['_VERIFYREQUEST']._serialized_start=1777
+  _globals['_VERIFYREQUEST']._serialized_end=1867
+  _globals['_VERIFYREPLY']._serialized_start=1869
+  _globals['_VERIFYREPLY']._serialized_end=1983
+  _globals['_DECODEREQUEST']._serialized_start=1985
+  _globals['_DECODEREQUEST']._serialized_end=2021
+  _globals['_DECODEREPLY']._serialized_start=2023
+  _globals['_DECODEREPLY']._serialized_end=2071
+  _globals['_RELEASEREQUEST']._serialized_start=2073
+  _globals['_RELEASEREQUEST']._serialized_end=2110
+  _globals['_RELEASEREPLY']._serialized_start=2112
+  _globals['_RELEASEREPLY']._serialized_end=2148
+  _globals['_DRAFTWORKER']._serialized_start=2151
+  _globals['_DRAFTWORKER']._serialized_end=2495
+  _globals['_TARGETWORKER']._serialized_start=2498
+  _globals['_TARGETWORKER']._serialized_end=2912
 # @@protoc_insertion_point(module_scope)

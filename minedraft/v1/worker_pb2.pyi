@@ -132,16 +132,18 @@ class OpenChannelReply(_message.Message):
     def __init__(self, transport: _Optional[str] = ...) -> None: ...
 
 class NewRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_ids", "params", "seed")
+    __slots__ = ("request_id", "prompt_ids", "params", "seed", "resume")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
     params: _common_pb2.SamplingParams
     seed: int
-    def __init__(self, request_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    resume: bool
+    def __init__(self, request_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., resume: _Optional[bool] = ...) -> None: ...
 
 class AddRequest(_message.Message):
     __slots__ = ("requests",)
@@ -150,12 +152,14 @@ class AddRequest(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ...) -> None: ...
 
 class AddReply(_message.Message):
-    __slots__ = ("first_tokens", "compute_s")
+    __slots__ = ("first_tokens", "compute_s", "num_admitted")
     FIRST_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    NUM_ADMITTED_FIELD_NUMBER: _ClassVar[int]
     first_tokens: _containers.RepeatedScalarFieldContainer[int]
     compute_s: float
-    def __init__(self, first_tokens: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ...) -> None: ...
+    num_admitted: int
+    def __init__(self, first_tokens: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ..., num_admitted: _Optional[int] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
     __slots__ = ("request_ids", "k", "updates")
