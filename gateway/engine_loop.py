@@ -26,9 +26,15 @@ class Event:
     error: str | None = None
 
 
+class QueueFull(Exception):
+    """Admission limit reached: gRPC answers RESOURCE_EXHAUSTED, HTTP 429."""
+
+
 class EngineLoop:
-    def __init__(self, scheduler: Scheduler):
+    def __init__(self, scheduler: Scheduler, max_waiting: int | None = None, observer=None):
         self.scheduler = scheduler
+        self.max_waiting = max_waiting  # None: unbounded
+        self.observer = observer  # on_step(metrics) under the step lock, on_emit(req, n_new, error)
         self.commands: queue.Queue = queue.Queue()
         self.streams: dict[str, queue.Queue] = {}
         self.ids_lock = threading.Lock()
@@ -38,11 +44,17 @@ class EngineLoop:
         self.thread.start()
 
     # -- called from gRPC handler threads ---------------------------------------------------------
-    def submit(self, request: Request) -> queue.Queue:
-        events: queue.Queue = queue.Queue()
+    def submit(self, request: Request, events=None):
+        """Queue a request; its Events go to `events` (anything with .put(), called on the loop
+        thread; a queue.Queue when None) and the same object is returned."""
+        events = queue.Queue() if events is None else events
         with self.ids_lock:
             if request.request_id in self.streams:
                 raise ValueError(f"request_id: {request.request_id!r} is already running")
+            limit = None if self.max_waiting is None else self.scheduler.max_num_seqs + self.max_waiting
+            if limit is not None and len(self.streams) >= limit:
+                raise QueueFull(f"queue full: {len(self.streams)} requests in flight (limit {limit}: "
+                                f"{self.scheduler.max_num_seqs} running + {self.max_waiting} waiting); retry later")
             self.streams[request.request_id] = events
         self.commands.put(("add", request))
         return events
@@ -84,6 +96,8 @@ class EngineLoop:
             try:
                 with self.step_lock:
                     touched = self.scheduler.step()
+                    if self.observer is not None:  # under the lock: GetStats(reset) cannot slip in between
+                        self.observer.on_step(self.scheduler.metrics)
             except Exception as exc:  # noqa: BLE001 - a worker failed: fail what is in flight, go on
                 self._fail_all(exc)
                 continue
@@ -119,6 +133,8 @@ class EngineLoop:
             events = self.streams.get(req.request_id)
             if req.finished:
                 self.streams.pop(req.request_id, None)
+        if self.observer is not None and (new or req.finished):
+            self.observer.on_emit(req, len(new))
         if events is not None and (new or req.finished):
             events.put(Event(new, req.finished, req.finish_reason, len(req.output_ids), req.num_drafted,
                              req.num_accepted))
@@ -129,6 +145,8 @@ class EngineLoop:
         for req in failed:
             with self.ids_lock:
                 events = self.streams.pop(req.request_id, None)
+            if self.observer is not None:
+                self.observer.on_emit(req, 0, error=True)
             if events is not None:
                 events.put(Event([], True, "error", len(req.output_ids), req.num_drafted, req.num_accepted,
                                  error=f"{type(exc).__name__}: {exc}"))

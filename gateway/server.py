@@ -4,6 +4,8 @@ scheduler against gRPC clients of one target service and a draft service."""
 from __future__ import annotations
 
 import argparse
+import os
+import queue
 import signal
 import threading
 import time
@@ -11,7 +13,9 @@ import time
 import grpc
 
 from gateway.detokenizer import IncrementalDetokenizer
-from gateway.engine_loop import EngineLoop
+from gateway.engine_loop import EngineLoop, QueueFull
+from gateway.prometheus_metrics import GatewayMetrics
+from minedraft.auth import ENV_VAR as API_KEY_ENV, ApiKeyInterceptor, load_keys
 from minedraft import hf_adapter
 from minedraft.grpc_common import (add_health_and_reflection, log, make_server, params_from_proto, set_serving,
                                    setup_logging)
@@ -51,6 +55,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.tokenizer = None
         self.eos_ids: tuple = ()
         self.ready = threading.Event()
+        self.metrics = GatewayMetrics()
         self.draft_endpoints = [e.strip() for e in (args.draft or "").split(",") if e.strip()]
 
     # -- start-up ----------------------------------------------------------------------------------
@@ -79,7 +84,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             log.warning("gateway: no tokenizer at %s (%s): token-id prompts only", tokenizer_path, exc)
         mode = self.args.mode if workers.draft is not None else "ar"
         scheduler = Scheduler(workers.target, workers.draft, mode, self.args.k, self.args.max_num_seqs)
-        self.loop = EngineLoop(scheduler)
+        self.metrics.bind(scheduler, workers.target, workers.draft)
+        self.loop = EngineLoop(scheduler, max_waiting=self.args.max_waiting, observer=self.metrics)
         if workers.draft is not None:
             threading.Thread(target=self._watch_drafts, args=(stop,), daemon=True).start()
         self.ready.set()
@@ -99,23 +105,32 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if not self.ready.is_set():
             context.abort(grpc.StatusCode.UNAVAILABLE, "gateway: draft/target workers are not ready yet")
 
+    def submit(self, prompt: str | list[int], params, rid: str, events=None) -> list[int]:
+        """Tokenise, validate and queue one request (gRPC and HTTP alike); events go to `events`.
+        Returns the prompt's token ids. Raises ValueError naming the field, or QueueFull."""
+        prompt_ids = list(prompt) if not isinstance(prompt, str) else []
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt: must not be empty (give prompt or prompt_ids)")
+            if self.tokenizer is None:
+                raise ValueError("prompt: this gateway has no tokenizer; send prompt_ids")
+            prompt_ids = self.tokenizer.encode(prompt)
+        ti = self.workers.target_info
+        req = build_request(rid, prompt_ids, params, ti.vocab_size, ti.context_len, self.eos_ids)
+        self.loop.submit(req, events)
+        return prompt_ids
+
     def Generate(self, request, context):
         self._require_ready(context)
+        events = queue.Queue()
         try:
             params = params_from_proto(request.params)
-            prompt_ids = list(request.prompt_ids)
-            if not prompt_ids:
-                if not request.prompt:
-                    raise ValueError("prompt: must not be empty (give prompt or prompt_ids)")
-                if self.tokenizer is None:
-                    raise ValueError("prompt: this gateway has no tokenizer; send prompt_ids")
-                prompt_ids = self.tokenizer.encode(request.prompt)
             rid = request.request_id or f"gw-{time.monotonic_ns()}"
-            ti = self.workers.target_info
-            req = build_request(rid, prompt_ids, params, ti.vocab_size, ti.context_len, self.eos_ids)
-            events = self.loop.submit(req)
+            prompt_ids = self.submit(list(request.prompt_ids) or request.prompt, params, rid, events)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except QueueFull as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         context.add_callback(lambda: self.loop.abort(rid))  # client gone: free its rows
         detok = IncrementalDetokenizer(self.tokenizer)
         while True:
@@ -182,10 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="force the token channel's transport (default: best both ends support)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the target's model folder)")
     parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--max-waiting", type=int, default=1024,
+                        help="requests queued beyond --max-num-seqs; past it gRPC answers RESOURCE_EXHAUSTED, HTTP 429")
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051)
+    add_front_door_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     return parser
+
+
+def add_front_door_arguments(parser: argparse.ArgumentParser) -> None:
+    """HTTP and API-key flags (`minedraft up` has its own copy: the CLI must not import the gateway)."""
+    parser.add_argument("--http-port", type=int, default=int(os.environ.get("MINEDRAFT_HTTP_PORT", "8000")),
+                        help="OpenAI-compatible HTTP API on --bind (default 8000, or MINEDRAFT_HTTP_PORT; 0: off)")
+    parser.add_argument("--served-model-name", default=None,
+                        help="the model name of the HTTP API (default: the target folder's name)")
+    parser.add_argument("--api-key", action="append", default=None,
+                        help=f"require this key on HTTP and gRPC (repeat or comma-separate for several; "
+                             f"default: ${API_KEY_ENV}); health checks and /metrics stay open")
 
 
 def main(argv=None) -> int:
@@ -198,14 +227,26 @@ def main(argv=None) -> int:
     except ValueError as exc:
         raise SystemExit(f"gateway: {exc}")
     servicer = GatewayServicer(args)
-    server = make_server(max_workers=256)  # one thread per open Generate stream
+    keys = load_keys(args.api_key)
+    # One thread per open Generate stream.
+    server = make_server(max_workers=256, interceptors=[ApiKeyInterceptor(keys)] if keys else [])
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE])
     address = f"{args.bind}:{args.port}"
     if server.add_insecure_port(address) == 0:
         raise SystemExit(f"gateway: cannot listen on {address}")
+    http = None
+    if args.http_port:
+        from gateway.http_api import HttpFrontend, HttpServer
+
+        http = HttpServer(HttpFrontend(servicer, keys, args.served_model_name).app(), args.bind, args.http_port)
     server.start()
     log.info("gateway listening on %s (NOT_SERVING until the workers answer)", address)
+    if http is not None:
+        http.start()
+        log.info("gateway: OpenAI-compatible HTTP API on http://%s (/v1/completions, /v1/chat/completions, "
+                 "/v1/models, /health, /metrics)", http.address)
+    log.info("gateway: %s", f"API key required on gRPC and HTTP ({len(keys)} key(s))" if keys else "no API key set")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -213,6 +254,8 @@ def main(argv=None) -> int:
     while not stop.is_set():
         time.sleep(0.2)
     set_serving(health, [SERVICE], False)
+    if http is not None:
+        http.stop()
     server.stop(grace=2).wait()
     if servicer.loop is not None:
         servicer.loop.stop()

@@ -27,7 +27,7 @@ def _cmd_generate(args) -> int:
     from minedraft.client import MineDraftClient
 
     try:
-        with MineDraftClient(args.address) as client:
+        with MineDraftClient(args.address, api_key=args.api_key) as client:
             last = None
             for chunk in client.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
                                          top_p=args.top_p, top_k=args.top_k, seed=args.seed):
@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="on CPU, do not pin target and draft to cores 0 and 1 with one thread each")
     up.add_argument("--log-dir", default=None, help="write each service's log there instead of the terminal")
     up.add_argument("--startup-timeout", type=float, default=600.0)
+    up.add_argument("--http-port", type=int, default=int(os.environ.get("MINEDRAFT_HTTP_PORT", "8000")),
+                    help="gateway's OpenAI-compatible HTTP API, on --bind (default 8000; 0: off)")
+    up.add_argument("--served-model-name", default=None, help="HTTP API model name (default: target folder's)")
+    up.add_argument("--api-key", action="append", default=None,
+                    help="require this key on the gateway's HTTP and gRPC (repeatable; default: $MINEDRAFT_API_KEY)")
+    up.add_argument("--max-waiting", type=int, default=None, help="gateway's queue limit (see serve gateway --help)")
+    up.add_argument("--target-metrics-port", type=int, default=0, help="target's Prometheus /metrics port (0: off)")
+    up.add_argument("--draft-metrics-port", type=int, default=0, help="draft's Prometheus /metrics port (0: off)")
 
     sub.add_parser("serve", help="run one service: minedraft serve {target,draft,gateway} --help",
                    add_help=False)
@@ -88,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("-v", "--verbose", action="store_true", help="print finish reason and counts")
+    gen.add_argument("--api-key", default=None, help="the gateway's API key (default: $MINEDRAFT_API_KEY)")
 
     health = sub.add_parser("health", help="exit 0 when a service reports SERVING (grpc.health.v1)")
     health.add_argument("address")

@@ -12,6 +12,7 @@ from typing import AsyncIterator, Iterator
 
 import grpc
 
+from minedraft.auth import auth_metadata, client_key
 from minedraft.grpc_common import GRPC_OPTIONS, params_to_proto
 from minedraft.sampling import SamplingParams
 from minedraft.v1 import gateway_pb2, gateway_pb2_grpc
@@ -27,15 +28,19 @@ def _request(prompt, params: SamplingParams, request_id: str) -> gateway_pb2.Gen
 
 
 class MineDraftClient:
-    def __init__(self, address: str = "127.0.0.1:50051"):
+    """api_key: sent as `authorization: Bearer KEY` on every call (default: $MINEDRAFT_API_KEY)."""
+
+    def __init__(self, address: str = "127.0.0.1:50051", api_key: str | None = None):
         self.address = address
         self.channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
+        self.metadata = auth_metadata(client_key(api_key))
 
     def generate(self, prompt: str | list[int], request_id: str = "", timeout: float | None = None,
                  **params) -> Iterator[gateway_pb2.GenerateResponse]:
         """Stream the response chunks; params are SamplingParams fields (validated here first)."""
-        call = self.stub.Generate(_request(prompt, SamplingParams(**params), request_id), timeout=timeout)
+        call = self.stub.Generate(_request(prompt, SamplingParams(**params), request_id), timeout=timeout,
+                                  metadata=self.metadata)
         return call
 
     def generate_text(self, prompt: str | list[int], **params) -> str:
@@ -50,17 +55,18 @@ class MineDraftClient:
         return ids, last
 
     def abort(self, request_id: str) -> bool:
-        return self.stub.Abort(gateway_pb2.AbortRequest(request_id=request_id)).found
+        return self.stub.Abort(gateway_pb2.AbortRequest(request_id=request_id), metadata=self.metadata).found
 
     def model_info(self) -> gateway_pb2.ModelInfo:
-        return self.stub.GetModelInfo(gateway_pb2.ModelInfoRequest())
+        return self.stub.GetModelInfo(gateway_pb2.ModelInfoRequest(), metadata=self.metadata)
 
     def configure(self, mode: str = "", num_speculative_tokens: int = 0) -> gateway_pb2.ModelInfo:
         return self.stub.Configure(gateway_pb2.ConfigureRequest(mode=mode,
-                                                                num_speculative_tokens=num_speculative_tokens))
+                                                                num_speculative_tokens=num_speculative_tokens),
+                                   metadata=self.metadata)
 
     def stats(self, reset: bool = False) -> gateway_pb2.Stats:
-        return self.stub.GetStats(gateway_pb2.StatsRequest(reset=reset))
+        return self.stub.GetStats(gateway_pb2.StatsRequest(reset=reset), metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()
@@ -75,18 +81,20 @@ class MineDraftClient:
 class AsyncMineDraftClient:
     """The same over grpc.aio, for asyncio programs."""
 
-    def __init__(self, address: str = "127.0.0.1:50051"):
+    def __init__(self, address: str = "127.0.0.1:50051", api_key: str | None = None):
         self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
+        self.metadata = auth_metadata(client_key(api_key))
 
     async def generate(self, prompt, request_id: str = "", **params) -> AsyncIterator[gateway_pb2.GenerateResponse]:
-        async for chunk in self.stub.Generate(_request(prompt, SamplingParams(**params), request_id)):
+        async for chunk in self.stub.Generate(_request(prompt, SamplingParams(**params), request_id),
+                                              metadata=self.metadata):
             yield chunk
 
     async def close(self) -> None:
         await self.channel.close()
 
 
-def generate_text(address: str, prompt: str | list[int], **params) -> str:
-    with MineDraftClient(address) as client:
+def generate_text(address: str, prompt: str | list[int], api_key: str | None = None, **params) -> str:
+    with MineDraftClient(address, api_key=api_key) as client:
         return client.generate_text(prompt, **params)

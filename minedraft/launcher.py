@@ -28,7 +28,16 @@ def service_commands(args) -> dict[str, list[str]]:
     host = "127.0.0.1"
     gateway = py + ["gateway", "--port", str(args.port), "--bind", args.bind,
                     "--target", f"{host}:{args.target_port}", "--draft", f"{host}:{args.draft_port}",
-                    "--mode", args.mode, "-k", str(args.k), "--transport", args.transport]
+                    "--mode", args.mode, "-k", str(args.k), "--transport", args.transport,
+                    "--http-port", str(getattr(args, "http_port", 0))]
+    if getattr(args, "served_model_name", None):
+        gateway += ["--served-model-name", args.served_model_name]
+    if getattr(args, "max_waiting", None) is not None:
+        gateway += ["--max-waiting", str(args.max_waiting)]
+    if getattr(args, "target_metrics_port", 0):
+        target += ["--metrics-port", str(args.target_metrics_port)]
+    if getattr(args, "draft_metrics_port", 0):
+        draft += ["--metrics-port", str(args.draft_metrics_port)]
     return {"target": target, "draft": draft, "gateway": gateway}
 
 
@@ -96,6 +105,10 @@ class LocalCluster:
 
 def up(args) -> int:
     commands = service_commands(args)
+    if args.api_key:  # through the environment, not argv: `ps` shows argv to every user
+        from minedraft.auth import ENV_VAR, parse_keys
+
+        os.environ[ENV_VAR] = ",".join(parse_keys(args.api_key))
     cluster = LocalCluster(commands, log_dir=args.log_dir)
     stopping = {"flag": False}
 
@@ -112,6 +125,8 @@ def up(args) -> int:
                               "gateway": f"127.0.0.1:{args.port}"}, timeout=args.startup_timeout,
                              progress=lambda m: print(m, flush=True), should_stop=lambda: stopping["flag"])
         print(f"MineDraft is up: gateway at {args.bind}:{args.port} (gRPC, minedraft.v1.Gateway)\n"
+              + (f"  OpenAI-compatible HTTP API at http://{args.bind}:{args.http_port}/v1 (/health, /metrics)\n"
+                 if args.http_port else "") +
               f'  try: minedraft generate "def fibonacci(n):" --address 127.0.0.1:{args.port}\n'
               "  Ctrl-C stops all three.", flush=True)
         while not stopping["flag"]:

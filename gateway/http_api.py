@@ -1,0 +1,249 @@
+"""OpenAI-compatible HTTP API in the gateway process (Starlette app served by uvicorn on its own thread).
+
+Requests go to the same engine loop as gRPC. The loop thread hands each request's events to an
+asyncio.Queue through call_soon_threadsafe, so waiting for tokens costs no thread and no polling.
+A client that disconnects (stream or not) has its request aborted, which frees its rows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import threading
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.chat_template import render_chat
+from gateway.detokenizer import IncrementalDetokenizer
+from gateway.engine_loop import QueueFull
+from gateway.openai_protocol import (ApiError, error_body, full_response, model_list, new_id, parse_request,
+                                     stream_chunk, usage_chunk)
+from gateway.stop_strings import StopStringMatcher
+from minedraft.auth import authorized
+
+log = logging.getLogger("minedraft.gateway.http")
+
+
+class _LoopSink:
+    """What the engine loop .put()s events into: forwards them to an asyncio.Queue on its loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.queue = loop, asyncio.Queue()
+
+    def put(self, event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the HTTP server's loop is closed (shutdown): nobody is listening
+            pass
+
+
+class EngineFailed(Exception):
+    pass
+
+
+class HttpFrontend:
+    """The routes. `gateway` is the GatewayServicer: ready flag, tokenizer, submit(), loop, metrics."""
+
+    def __init__(self, gateway, keys: tuple[str, ...], served_model_name: str | None):
+        self.gw, self.keys, self._name = gateway, keys, served_model_name
+
+    @property
+    def model_name(self) -> str:
+        if self._name:
+            return self._name
+        return os.path.basename(os.path.normpath(self.gw.workers.target_info.model)) or "minedraft"
+
+    def app(self) -> Starlette:
+        routes = [Route("/health", self.health), Route("/metrics", self.metrics),
+                  Route("/v1/models", self.models),
+                  Route("/v1/completions", self.completions, methods=["POST"]),
+                  Route("/v1/chat/completions", self.chat_completions, methods=["POST"])]
+        return Starlette(routes=routes)
+
+    # -- open endpoints -----------------------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        ok = self.gw.ready.is_set()
+        return JSONResponse({"status": "ok" if ok else "not ready"}, status_code=200 if ok else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        body, content_type = self.gw.metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    # -- API ----------------------------------------------------------------------------------------
+    def _guard(self, request: Request) -> None:
+        if not authorized(request.headers.get("authorization"), self.keys):
+            raise ApiError(401, "missing or invalid API key (send the header 'Authorization: Bearer KEY')",
+                           code="invalid_api_key")
+        if not self.gw.ready.is_set():
+            raise ApiError(503, "the gateway is not ready: draft/target workers are not connected yet",
+                           type_="service_unavailable")
+
+    async def models(self, request: Request) -> Response:
+        try:
+            self._guard(request)
+        except ApiError as exc:
+            return _error(exc)
+        return JSONResponse(model_list(self.model_name, self.gw.workers.target_info.context_len))
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=False)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=True)
+
+    async def _generate(self, request: Request, chat: bool) -> Response:
+        try:
+            self._guard(request)
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ApiError(400, f"the request body is not valid JSON: {exc}")
+            req = parse_request(body, chat, self.gw.workers.target_info.context_len)
+            if req.model != self.model_name:
+                raise ApiError(404, f"model: {req.model!r} does not exist; this server serves {self.model_name!r}",
+                               "model", code="model_not_found")
+            prompt = render_chat(self.gw.tokenizer, req.messages) if chat else req.prompt
+            rid = new_id(chat)
+            sink = _LoopSink(asyncio.get_running_loop())
+            prompt_ids = self.gw.submit(prompt, req.params, rid, sink)
+        except ApiError as exc:
+            return _error(exc)
+        except QueueFull as exc:
+            return _error(ApiError(429, str(exc), type_="rate_limit_error", code="queue_full"))
+        except ValueError as exc:  # SamplingParams / prompt checks: their messages start with the field
+            message = str(exc)
+            return _error(ApiError(400, message, message.split(":", 1)[0] if ":" in message else None))
+        pieces = self._pieces(rid, sink, req.stop_strings)
+        if req.stream:
+            return _SSEResponse(self._sse(pieces, rid, chat, len(prompt_ids), req.include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return await self._collect(request, pieces, rid, chat, len(prompt_ids))
+
+    async def _pieces(self, rid: str, sink: _LoopSink, stop_strings: list[str]):
+        """(text, finish_reason or None, tokens generated so far) as the engine commits tokens;
+        aborts the request when it leaves early (stop string, client gone, error)."""
+        detok = IncrementalDetokenizer(self.gw.tokenizer)
+        stops = StopStringMatcher(stop_strings)
+        done = False
+        try:
+            while True:
+                event = await sink.queue.get()
+                if event.error:
+                    done = True
+                    raise EngineFailed(event.error)
+                text, hit = stops.push(detok.push(event.new_tokens, event.finished), final=event.finished)
+                if hit:
+                    yield text, "stop", event.num_generated
+                    return
+                if event.finished:
+                    done = True
+                    yield text, event.finish_reason, event.num_generated
+                    return
+                if text:
+                    yield text, None, event.num_generated
+        finally:
+            if not done:  # stop string, disconnect or cancellation: free the rows now
+                self.gw.loop.abort(rid)
+
+    async def _collect(self, request: Request, pieces, rid: str, chat: bool, num_prompt: int) -> Response:
+        async def gather():
+            texts, reason, n = [], None, 0
+            async for text, reason, n in pieces:
+                texts.append(text)
+            return "".join(texts), reason, n
+
+        work = asyncio.ensure_future(gather())
+        gone = asyncio.ensure_future(_wait_disconnect(request))
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():  # the client left: cancelling runs _pieces' finally, which aborts
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            await pieces.aclose()
+            return Response(status_code=499)
+        gone.cancel()
+        try:
+            text, reason, n = work.result()
+        except EngineFailed as exc:
+            return _error(ApiError(503, f"request failed: {exc}", type_="service_unavailable"))
+        return JSONResponse(full_response(rid, self.model_name, chat, text, reason, num_prompt, n))
+
+    async def _sse(self, pieces, rid: str, chat: bool, num_prompt: int, include_usage: bool):
+        model, n = self.model_name, 0
+        try:
+            if chat:  # OpenAI opens a chat stream with the role
+                yield _sse(stream_chunk(rid, model, chat, "", first=True, include_usage=include_usage))
+            async for text, reason, n in pieces:
+                if text or reason:
+                    yield _sse(stream_chunk(rid, model, chat, text, reason, include_usage=include_usage))
+            if include_usage:
+                yield _sse(usage_chunk(rid, model, chat, num_prompt, n))
+        except EngineFailed as exc:
+            yield _sse(error_body(f"request failed: {exc}", "service_unavailable"))
+        finally:
+            await pieces.aclose()
+        yield "data: [DONE]\n\n"
+
+
+class _SSEResponse(StreamingResponse):
+    """Always watch for the client leaving while streaming. (Starlette skips that under ASGI spec
+    >= 2.4 servers and relies on a failed send, which may be long in coming while a request waits.)"""
+
+    async def __call__(self, scope, receive, send) -> None:
+        async with anyio.create_task_group() as group:
+            async def stream():
+                await self.stream_response(send)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    """Once the body is read, the ASGI receive() only returns when the client disconnects."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class HttpServer:
+    """uvicorn on a thread of its own. The socket is bound here, in the caller's thread, so that a
+    port in use fails start-up with a clear message instead of a dead thread."""
+
+    def __init__(self, app, bind: str, port: int, log_level: str = "warning"):
+        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((bind, port))
+        except OSError as exc:
+            self.sock.close()
+            raise SystemExit(f"gateway: cannot listen for HTTP on {bind}:{port}: {exc}")
+        self.address = f"{bind}:{self.sock.getsockname()[1]}"
+        # A short graceful shutdown: SIGTERM must not wait on clients that keep streams open.
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2, access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="minedraft-http", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.sock.close()
