@@ -17,6 +17,7 @@ from minedraft.channels import host_id, local_capabilities
 from minedraft.grpc_common import (abort_with, add_health_and_reflection, log, make_server, params_from_proto,
                                    set_serving, setup_logging)
 from minedraft.runner import ModelRunner
+from minedraft.service_metrics import add_metrics_argument, start_service_metrics
 from minedraft.v1 import worker_pb2
 from minedraft.workers import NewRequest
 
@@ -94,6 +95,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser, default_port: int) -> 
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cpu-cores", default=None, help="pin to these CPU cores, e.g. '0' or '0,1'")
     parser.add_argument("--log-level", default="INFO")
+    add_metrics_argument(parser)
 
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +131,7 @@ def apply_cpu_placement(threads: int | None, cpu_cores: str | None) -> None:
 def serve(servicer, add_to_server, service_full_name: str, args) -> None:
     """Start the server, mark it SERVING, and run until SIGTERM/SIGINT."""
     server = make_server()
+    start_service_metrics(servicer, args)  # before registering: it wraps the step RPCs to time them
     add_to_server(servicer, server)
     health = add_health_and_reflection(server, [service_full_name])
     address = f"{args.bind}:{args.port}"
