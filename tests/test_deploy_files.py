@@ -1,19 +1,15 @@
 """Deployment files (issue 6): docker-compose.yml, Dockerfile, .env, .dockerignore.
 
-No Docker engine on CI: the files are parsed and checked against the deployment rules here; the
-compose file is also validated by `docker compose config` where the compose plugin exists, and
-the CPU profile is brought up for real (build, up, one Generate, down) where an engine is reachable.
+The files are parsed and checked against the deployment rules here, and the compose file is also
+validated by `docker compose config` where the compose plugin exists. The real stack (offline build,
+up, scale, failover, down) runs in tests/test_compose_stack.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import socket
 import subprocess
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -251,6 +247,8 @@ def test_health_checks_everywhere(compose):
         assert cmd[2] == f"127.0.0.1:{PORTS[role(name)]}", name
         for key in ("interval", "timeout", "start_period"):
             assert re.fullmatch(r"\d+(ms|s|m|h)", str(hc[key])), (name, key)
+        # `minedraft health` takes ~0.3 s; a loaded 2-core host once needed 7 s to import torch.
+        assert re.fullmatch(r"\d+s", str(hc["timeout"])) and int(hc["timeout"][:-1]) >= 10, (name, hc["timeout"])
         assert int(hc["retries"]) >= 1
 
 
@@ -266,7 +264,7 @@ def test_gateway_waits_for_healthy_target_and_draft(compose):
 def test_only_gateways_publish_ports(compose):
     for name, svc in services(compose).items():
         if role(name) == "gateway":
-            assert svc.get("ports") == ["50051:50051"], name
+            assert svc.get("ports") == ["0.0.0.0:50051:50051"], name
         else:
             assert "ports" not in svc, f"{name} must not publish a host port"
             assert svc.get("expose") == [str(PORTS[role(name)])], name
@@ -418,10 +416,26 @@ def test_dockerfile_base_image(dockerfile):
     assert re.search(r"(nvidia/cuda:12|pytorch/pytorch:.*cuda12).*runtime", base), base
 
 
-def test_dockerfile_installs_gpu_extra(dockerfile):
+def test_dockerfile_installs_extras_default_gpu(dockerfile):
+    """EXTRAS defaults to gpu (CuPy); `--build-arg EXTRAS=` installs the bare package (CPU image)."""
+    after_from = dockerfile[[ins for ins, _ in dockerfile].index("FROM"):]
+    assert ("ARG", "EXTRAS=gpu") in after_from, "ARG EXTRAS=gpu after FROM (so RUN sees it)"
     runs = " ".join(arg for ins, arg in dockerfile if ins == "RUN")
-    assert re.search(r"pip install [^&;]*['\"]?\.\[gpu\]['\"]?", runs), runs
+    m = re.search(r"pip install [^&;]*?\"(\.\$\{EXTRAS:\+\[\$\{EXTRAS\}\]\})\"", runs)
+    assert m, runs
+    expand = lambda extras: subprocess.run(["sh", "-c", f'echo "{m.group(1)}"'], env={"EXTRAS": extras},
+                                           capture_output=True, text=True).stdout.strip()
+    assert expand("gpu") == ".[gpu]" and expand("") == "."
     assert any(ins in ("COPY", "ADD") for ins, _ in dockerfile)
+
+
+def test_dockerfile_builds_offline(dockerfile):
+    """No remote frontend (`# syntax=` pulls one from Docker Hub); no isolated build env to download."""
+    head = DOCKERFILE.read_text().lstrip().splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", head, re.I), head
+    assert ("ARG", "BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime") in dockerfile
+    runs = " ".join(arg for ins, arg in dockerfile if ins == "RUN")
+    assert "--no-build-isolation" in runs
 
 
 def test_dockerfile_non_root_user(dockerfile):
@@ -442,75 +456,9 @@ def test_dockerfile_entrypoint_and_cmd(dockerfile):
 def test_dockerfile_healthcheck(dockerfile):
     hc = _last(dockerfile, "HEALTHCHECK")
     assert "CMD" in hc and "minedraft health" in hc, hc
+    assert int(re.search(r"--timeout=(\d+)s", hc).group(1)) >= 10, hc
     assert re.search(r"127\.0\.0\.1:\$\{?PORT\}?", hc), hc
     envs = " ".join(arg for ins, arg in dockerfile if ins == "ENV")
     assert re.search(r"\bPORT=50051\b", envs)
     exposed = " ".join(arg for ins, arg in dockerfile if ins == "EXPOSE").split()
     assert {"50051", "50052", "50053"} <= set(exposed)
-
-
-# --- integration: build the image, bring the CPU profile up, one Generate ---------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_cpu_profile_end_to_end(tmp_path):
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # no socket, no permission, daemon down...
-        reason = f"no Docker engine reachable: {type(exc).__name__}: {exc}"
-        print(reason)
-        pytest.skip(reason)
-    cli = _compose_cli()
-    if cli is None:
-        pytest.skip("Docker engine reachable but no docker compose plugin")
-    client_mod = pytest.importorskip("minedraft.client")
-
-    tag = f"minedraft:test-{uuid.uuid4().hex[:8]}"
-    project = f"minedraft-test-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
-    env = dict(os.environ)
-    env.update(
-        COMPOSE_PROJECT_NAME=project,
-        MINEDRAFT_IMAGE=tag,
-        MINEDRAFT_PORT=str(port),
-        MINEDRAFT_MODELS=str(tmp_path),  # empty folder: the bundled pair is used
-        MINEDRAFT_TARGET_MODEL="",
-        MINEDRAFT_DRAFT_MODEL="",
-    )
-    client.images.build(path=str(ROOT), tag=tag, rm=True)
-    base = cli + ["-f", str(COMPOSE), "-p", project, "--profile", "cpu"]
-    try:
-        up = subprocess.run(
-            base + ["up", "-d", "--wait", "--wait-timeout", "600"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-        )
-        if up.returncode != 0:
-            logs = subprocess.run(base + ["logs", "--no-color"], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, timeout=120)
-            pytest.fail(f"compose up failed:\n{up.stderr}\n{logs.stdout[-5000:]}")
-        deadline, last_exc = time.monotonic() + 120, None
-        while time.monotonic() < deadline:
-            try:
-                text = client_mod.generate_text(f"127.0.0.1:{port}", "Hello, my name is", max_tokens=8)
-                break
-            except Exception as exc:  # gateway may still be settling
-                last_exc = exc
-                time.sleep(2)
-        else:
-            raise AssertionError(f"Generate through the gateway failed: {last_exc!r}")
-        assert isinstance(text, str) and text
-    finally:
-        subprocess.run(base + ["down", "-v", "--remove-orphans"], cwd=ROOT, env=env,
-                       capture_output=True, timeout=300)
-        try:
-            client.images.remove(tag, force=True)
-        except Exception:
-            pass
