@@ -53,10 +53,11 @@ def resolve_endpoints(endpoints: list[str]) -> list[str]:
         except ValueError:
             continue
         addrs = sorted({info[4][0] for info in infos})
-        if len(addrs) <= 1:
-            out.append(ep)  # keep the name: stable channel id across restarts
-        else:
-            out.extend(f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addrs)
+        # Always pin a node to an address, even when the name has one: a gRPC channel to a name
+        # follows DNS, so when that replica dies it silently reconnects to another one, whose token
+        # channel the target never opened under this id (StaleBlockError after killing one of two
+        # compose drafts, tests/test_compose_stack.py).
+        out.extend(f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addrs)
     return list(dict.fromkeys(out))
 
 
