@@ -394,6 +394,49 @@ def test_service_metrics_ports(up):
     assert ("minedraft:kv_cache_usage_perc", frozenset()) in target
 
 
+# -- a gateway on its own ------------------------------------------------------------------------------
+def gateway_without_workers(http_port: int) -> subprocess.Popen:
+    dead = free_port()
+    return subprocess.Popen([sys.executable, "-m", "gateway", "--target", f"127.0.0.1:{dead}", "--draft",
+                             f"127.0.0.1:{dead}", "--port", str(free_port()), "--http-port", str(http_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_not_ready_is_503_and_sigterm_exits():
+    port = free_port()
+    proc = gateway_without_workers(port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def answers():
+            try:
+                urllib.request.urlopen(base + "/health", timeout=1)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except OSError:
+                return None
+            return 200
+
+        assert wait_until(lambda: answers() is not None, 60)
+        assert answers() == 503
+        status, reply = post({"base": base}, "/v1/completions", {"model": MODEL, "prompt": "x"}, key=None)
+        assert status == 503 and reply["error"]["type"] == "service_unavailable"
+        assert urllib.request.urlopen(base + "/metrics", timeout=5).status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, out
+
+
+def test_http_port_in_use_fails_start_up_clearly():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        proc = gateway_without_workers(busy.getsockname()[1])
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "cannot listen for HTTP" in out
+
+
 # -- last: it stops the cluster -------------------------------------------------------------------------
 def test_sigterm_with_a_stream_open_stops_everything_promptly(up):
     proc = up["proc"]
