@@ -84,6 +84,7 @@ def stack(tmp_path_factory):
     port = _free_port()
     env = dict(os.environ, COMPOSE_PROJECT_NAME=project, MINEDRAFT_IMAGE=f"minedraft:{project}",
                MINEDRAFT_PORT=str(port), MINEDRAFT_PUBLISH_IP="127.0.0.1",
+               MINEDRAFT_HTTP_HOST_PORT=str(_free_port()),  # the HTTP API's host port: 8000 may be taken
                MINEDRAFT_MODELS=str(tmp_path_factory.mktemp("models")),  # empty: the bundled pair
                MINEDRAFT_TARGET_MODEL="", MINEDRAFT_DRAFT_MODEL="", MINEDRAFT_MODE="psd")
     env.pop("COMPOSE_PROFILES", None)

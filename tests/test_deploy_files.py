@@ -25,6 +25,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 GPU_SERVICES = ("target", "draft", "gateway")
 CPU_SERVICES = ("target-cpu", "draft-cpu", "gateway-cpu")
 PORTS = {"gateway": 50051, "target": 50052, "draft": 50053}
+METRICS_PORTS = {"gateway": 8000, "target": 9101, "draft": 9102}  # gateway: /metrics on its HTTP port
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -88,6 +89,11 @@ def services(compose: dict) -> dict:
     return compose["services"]
 
 
+def minedraft_services(compose: dict) -> dict:
+    """The gpu and cpu stacks (not the optional monitoring services)."""
+    return {n: s for n, s in compose["services"].items() if n in GPU_SERVICES + CPU_SERVICES}
+
+
 def gpu_devices(svc: dict) -> list[dict]:
     return (
         svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", []) or []
@@ -133,13 +139,13 @@ def test_profiles_make_gpu_default_and_cpu_opt_in(compose):
 
 
 def test_image_and_build(compose):
-    for name, svc in services(compose).items():
+    for name, svc in minedraft_services(compose).items():
         assert svc["image"] == "minedraft:latest", name
         assert svc["build"]["context"] == "."
 
 
 def test_commands_match_roles_and_ports(compose):
-    for name, svc in services(compose).items():
+    for name, svc in minedraft_services(compose).items():
         cmd = svc["command"]
         assert isinstance(cmd, list), "exec form, so values with spaces/empties survive"
         assert cmd[:2] == ["serve", role(name)], name
@@ -237,7 +243,7 @@ def test_cpu_profile_has_no_gpu(compose):
 
 
 def test_health_checks_everywhere(compose):
-    for name, svc in services(compose).items():
+    for name, svc in minedraft_services(compose).items():
         hc = svc.get("healthcheck")
         assert hc and not hc.get("disable"), name
         test = hc["test"]
@@ -262,18 +268,39 @@ def test_gateway_waits_for_healthy_target_and_draft(compose):
 
 
 def test_only_gateways_publish_ports(compose):
-    for name, svc in services(compose).items():
-        if role(name) == "gateway":
-            assert svc.get("ports") == ["0.0.0.0:50051:50051"], name
+    for name, svc in minedraft_services(compose).items():
+        if role(name) == "gateway":  # gRPC, and the HTTP API on loopback only
+            assert svc.get("ports") == ["0.0.0.0:50051:50051", "127.0.0.1:8000:8000"], name
         else:
             assert "ports" not in svc, f"{name} must not publish a host port"
-            assert svc.get("expose") == [str(PORTS[role(name)])], name
+            assert svc.get("expose") == [str(PORTS[role(name)]), str(METRICS_PORTS[role(name)])], name
+    for name in ("prometheus", "grafana"):
+        assert all(p.startswith("127.0.0.1:") for p in services(compose)[name]["ports"]), name
+
+
+def test_monitoring_profile(compose):
+    """Prometheus and Grafana only with --profile monitoring; the ports they scrape are the ones served."""
+    prom, graf = services(compose)["prometheus"], services(compose)["grafana"]
+    assert prom["profiles"] == graf["profiles"] == ["monitoring"]
+    for svc in (prom, graf):
+        for volume in svc["volumes"]:
+            assert (ROOT / volume.split(":")[0]).exists(), volume
+    assert "backend" in prom["networks"], "Prometheus must reach the services on the internal network"
+    scrape = {j["job_name"]: j["dns_sd_configs"][0] for j in
+              yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())["scrape_configs"]}
+    for name, svc in minedraft_services(compose).items():
+        cfg = scrape[f"minedraft-{role(name)}"]
+        assert name in cfg["names"], name
+        port_flag = "--http-port" if role(name) == "gateway" else "--metrics-port"
+        assert flag(svc["command"], port_flag) == str(cfg["port"]) == str(METRICS_PORTS[role(name)]), name
+    for name in ("gateway", "gateway-cpu"):
+        assert "MINEDRAFT_API_KEY" in services(compose)[name]["environment"]
 
 
 def test_internal_network(compose):
     nets = compose["networks"]
     assert nets["backend"].get("internal") is True
-    for name, svc in services(compose).items():
+    for name, svc in minedraft_services(compose).items():
         assert "backend" in svc["networks"], name
         if role(name) == "gateway":
             assert "frontend" in svc["networks"], f"{name} needs a non-internal network to publish"
@@ -294,7 +321,7 @@ def test_draft_is_scalable(compose):
 
 
 def test_models_mounted_read_only_and_selected_by_env(raw_compose, compose):
-    for name, svc in services(compose).items():
+    for name, svc in minedraft_services(compose).items():
         mounts = [v for v in svc["volumes"] if v.split(":")[1] == "/models"]
         assert len(mounts) == 1, name
         assert mounts[0].endswith(":ro"), f"{name}: models must be mounted read-only"
