@@ -102,8 +102,16 @@ class LocalDraftWorker(DraftWorker):
         # The last known token stays pending: propose() feeds it and gets the next logits.
         with_context = [s for s in states if len(s.tokens) > 1]
         if with_context:
-            self.runner.forward([s.row for s in with_context], [s.tokens[:-1] for s in with_context])
+            self._forward([s.row for s in with_context], [s.tokens[:-1] for s in with_context])
         return len(admitted)
+
+    def _forward(self, rows, tokens):
+        """A draft whose vocabulary is a prefix of the target's still reads every committed token:
+        ids it lacks (never real tokens in practice: padding rows of the target's embedding) are
+        read as id 0. That can only lower acceptance, never change the output."""
+        v = self.runner.vocab_size
+        tokens = [[t if t < v else 0 for t in row] for row in tokens]
+        return self.runner.forward(rows, tokens)
 
     def _apply_update(self, state: _RowState, update: list[int]) -> None:
         """Roll the KV cache back to the longest prefix that still matches the committed tokens."""
@@ -113,7 +121,9 @@ class LocalDraftWorker(DraftWorker):
         same = 0
         while same < min(len(update), max(in_kv_drafts, 0)) and update[same] == state.drafted[same]:
             same += 1
-        self.runner.rollback(state.row, min(kv_len, committed + same))
+        # At least the last committed token stays pending (fed by the next step): after a discarded
+        # proposal (NoRoom, draft failover) no update arrives and the drafts just roll back.
+        self.runner.rollback(state.row, min(kv_len, committed + same, committed + len(update) - 1))
         state.tokens.extend(update)
         state.drafted = []
 
@@ -135,7 +145,7 @@ class LocalDraftWorker(DraftWorker):
         pending = [s.tokens[self.runner.length(s.row):] for s in states]
         tokens, probs = [], []
         for step in range(k):
-            logits = self.runner.forward(rows, pending)
+            logits = self._forward(rows, pending)
             q = probs_from_logits(logits, params)
             chosen = sample(q, params, gens)
             tokens.append(chosen)

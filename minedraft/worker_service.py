@@ -41,6 +41,9 @@ class WorkerServicerBase:
 
     def __init__(self, runner: ModelRunner, model_path: str, worker):
         self.runner = runner
+        # The target checks ids against its vocabulary; a draft also reads the ids of a larger target
+        # vocabulary (it has a prefix of it; see LocalDraftWorker._forward).
+        self.accepts_ids_below = runner.vocab_size if self.role == "target" else 1 << 31
         self.worker = worker
         self.lock = threading.Lock()
         self.info = worker_pb2.WorkerInfo(
@@ -63,8 +66,8 @@ class WorkerServicerBase:
             ids = list(r.prompt_ids)
             if not ids:
                 raise ValueError(f"prompt_ids: request {r.request_id!r} has an empty prompt")
-            if any(not 0 <= t < self.runner.vocab_size for t in ids):
-                raise ValueError(f"prompt_ids: token id outside the vocabulary [0, {self.runner.vocab_size})")
+            if any(not 0 <= t < self.accepts_ids_below for t in ids):
+                raise ValueError(f"prompt_ids: token id outside the vocabulary [0, {self.accepts_ids_below})")
             if len(ids) >= self.runner.context_len + (1 if r.resume else 0):
                 raise ValueError(f"prompt_ids: {len(ids)} tokens leave no room in the context")
             out.append(NewRequest(r.request_id, ids, params_from_proto(r.params), r.seed, resume=r.resume))
