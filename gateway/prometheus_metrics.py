@@ -64,6 +64,7 @@ class GatewayMetrics:
                               "GetStats breakdown)", ["part", "mode"], buckets=STEP_BUCKETS, registry=r)
         self._seen_metrics = None  # the scheduler's SpecDecodeMetrics object last looked at ...
         self._seen = (0, 0, 0, [], 0)  # ... and its counters then: drafts, draft tokens, accepted, per pos, steps
+        self._step_children: dict[str, dict] = {}
         self._last_emit: dict[str, float] = {}  # request id -> time of its previous tokens (ITL)
         self._kv_lock = threading.Lock()
         self._kv_polled = 0.0
@@ -100,8 +101,12 @@ class GatewayMetrics:
             if n != before:
                 self.accepted_per_pos.labels(position=str(pos)).inc(n - before)
         for record in m.steps[nsteps:]:
+            children = self._step_children.get(record.mode)
+            if children is None:  # labels() costs a lock and a dict lookup: once per mode, not per step
+                children = self._step_children[record.mode] = {
+                    part: self.step.labels(part=part, mode=record.mode) for part in STEP_PARTS}
             for part, seconds in step_parts(record).items():
-                self.step.labels(part=part, mode=record.mode).observe(seconds)
+                children[part].observe(seconds)
         self._seen = (m.spec_decode_num_drafts, m.spec_decode_num_draft_tokens, m.spec_decode_num_accepted_tokens,
                       list(m.spec_decode_num_accepted_tokens_per_pos), len(m.steps))
 
