@@ -48,6 +48,15 @@ class EngineFailed(Exception):
     pass
 
 
+def default_model_name(path: str) -> str:
+    """The target folder's name; for a Hugging Face cache snapshot
+    (.../models--Qwen--Qwen2.5-7B/snapshots/<rev>) the repository id, Qwen/Qwen2.5-7B."""
+    parts = os.path.normpath(path).split(os.sep)
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3][len("models--"):].replace("--", "/")
+    return parts[-1] or "minedraft"
+
+
 class HttpFrontend:
     """The routes. `gateway` is the GatewayServicer: ready flag, tokenizer, submit(), loop, metrics."""
 
@@ -56,9 +65,7 @@ class HttpFrontend:
 
     @property
     def model_name(self) -> str:
-        if self._name:
-            return self._name
-        return os.path.basename(os.path.normpath(self.gw.workers.target_info.model)) or "minedraft"
+        return self._name or default_model_name(self.gw.workers.target_info.model)
 
     def app(self) -> Starlette:
         routes = [Route("/health", self.health), Route("/metrics", self.metrics),

@@ -84,6 +84,14 @@ def test_bad_values_name_the_field(field, value):
     assert exc.value.status == 400 and exc.value.param == field and exc.value.message.startswith(field)
 
 
+def test_default_model_name():
+    from gateway.http_api import default_model_name
+
+    assert default_model_name("/x/minedraft/assets/tiny-target/") == "tiny-target"
+    assert default_model_name("/models/hub/models--Qwen--Qwen2.5-7B-Instruct/snapshots/abc123") == \
+        "Qwen/Qwen2.5-7B-Instruct"
+
+
 # -- deploy/: monitoring files ----------------------------------------------------------------------------
 def exported_names() -> set[str]:
     """Every sample name the gateway and the services can export (with _total/_bucket/... suffixes)."""
