@@ -55,6 +55,8 @@ def _cmd_health(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from minedraft.memory_flags import add_memory_arguments
+
     parser = argparse.ArgumentParser(prog="minedraft", description="Batch-parallel speculative decoding (PSD).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--mode", choices=["psd", "sd", "ar"], default="psd")
     up.add_argument("-k", type=int, default=4)
     up.add_argument("--transport", default="auto", choices=["auto", "cuda_ipc", "shm", "inline"])
+    add_memory_arguments(up)  # KV cache budget and sizes, passed to target and draft alike
     up.add_argument("--port", type=int, default=50051, help="gateway port")
     up.add_argument("--target-port", type=int, default=50052)
     up.add_argument("--draft-port", type=int, default=50053)

@@ -10,6 +10,7 @@ import sys
 import time
 
 from minedraft.grpc_common import check_health
+from minedraft.memory_flags import memory_argv
 
 
 def service_commands(args) -> dict[str, list[str]]:
@@ -18,6 +19,8 @@ def service_commands(args) -> dict[str, list[str]]:
                    "--bind", args.bind_workers]
     draft = py + ["draft_service", "--port", str(args.draft_port), "--device", args.draft_device or args.device,
                   "--bind", args.bind_workers]
+    target += memory_argv(args)
+    draft += memory_argv(args)
     if args.target:
         target += ["--model", args.target]
     if args.draft:
@@ -29,6 +32,7 @@ def service_commands(args) -> dict[str, list[str]]:
     gateway = py + ["gateway", "--port", str(args.port), "--bind", args.bind,
                     "--target", f"{host}:{args.target_port}", "--draft", f"{host}:{args.draft_port}",
                     "--mode", args.mode, "-k", str(args.k), "--transport", args.transport,
+                    "--max-num-seqs", str(args.max_num_seqs),
                     "--http-port", str(getattr(args, "http_port", 0))]
     if getattr(args, "served_model_name", None):
         gateway += ["--served-model-name", args.served_model_name]

@@ -14,6 +14,7 @@ import torch
 
 from minedraft import hf_adapter
 from minedraft.channels import host_id, local_capabilities
+from minedraft.memory_flags import add_memory_arguments, memory_kwargs
 from minedraft.grpc_common import (abort_with, add_health_and_reflection, log, make_server, params_from_proto,
                                    set_serving, setup_logging)
 from minedraft.runner import ModelRunner
@@ -99,29 +100,6 @@ def add_worker_arguments(parser: argparse.ArgumentParser, default_port: int) -> 
     parser.add_argument("--cpu-cores", default=None, help="pin to these CPU cores, e.g. '0' or '0,1'")
     parser.add_argument("--log-level", default="INFO")
     add_metrics_argument(parser)
-
-
-def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
-    """The KV cache's flags, shared by `serve target|draft` and `up` (same names as Engine's keywords)."""
-    parser.add_argument("--max-num-seqs", type=int, default=64, help="concurrent requests (default 64)")
-    parser.add_argument("--max-model-len", type=int, default=None,
-                        help="longest sequence (default: the checkpoint's, lowered with a warning when the "
-                             "KV budget cannot hold one such sequence)")
-    parser.add_argument("--kv-cache-memory", type=float, default=None, metavar="GIB",
-                        help="CPU: GiB for the KV cache (default: 25%% of the memory available at start)")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9,
-                        help="GPU: share of the device this process may use in all (default 0.9)")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=None,
-                        help="prefill chunk: most tokens in one forward (default 512 on CPU, 8192 on GPU)")
-    parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
-    parser.add_argument("--num-kv-blocks", type=int, default=None,
-                        help="force the number of KV blocks (tests; overrides the memory budget)")
-
-
-def memory_kwargs(args) -> dict:
-    return dict(kv_cache_memory=args.kv_cache_memory, gpu_memory_utilization=args.gpu_memory_utilization,
-                max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
-                num_kv_blocks=args.num_kv_blocks)
 
 
 def apply_cpu_placement(threads: int | None, cpu_cores: str | None) -> None:

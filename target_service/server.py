@@ -61,9 +61,12 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
         return self.guarded(context, run)
 
     def _read_parts(self, request):
-        """Concatenate the parts (one per draft node) into tokens [B, k] and probs [B, k, V] or None."""
+        """Concatenate the parts (one per draft node) into tokens [B, k] and the q of the sampled
+        rows [S, k, V] in batch order (None: every part drafted one-hot or no row samples)."""
         device = str(self.runner.device)
-        tokens, probs = [], []
+        vocab = self.runner.vocab_size
+        states = self.worker.book.states
+        tokens, parts, at = [], [], 0
         for part in request.parts:
             reader = self.readers.get(part.channel_id)
             if reader is None:
@@ -71,19 +74,24 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             t, p = reader.read(ref_from_proto(part.block), device)
             if t.shape[0] != part.num_requests:
                 raise ValueError(f"parts: block holds {t.shape[0]} rows, expected {part.num_requests}")
+            ids = request.request_ids[at:at + part.num_requests]
+            at += part.num_requests
+            sampled = [i for i, rid in enumerate(ids) if rid in states and not states[rid].params.greedy]
             tokens.append(t.long())
-            probs.append(None if p is None else p.float())
-        if sum(t.shape[0] for t in tokens) != len(request.request_ids):
+            parts.append((t.long(), p, sampled))
+        if at != len(request.request_ids):
             raise ValueError("parts: do not cover request_ids")
-        if len(tokens) == 1:  # one draft node: no concatenation copy of the [B, k, V] block
-            return tokens[0], probs[0]
-        if all(p is None for p in probs):
-            return torch.cat(tokens), None
-        # A part without q holds only greedy requests, whose rows verification never reads q for:
-        # a one-hot of the draft token stands in for it.
-        vocab = next(p.shape[-1] for p in probs if p is not None)
-        filled = [p if p is not None else F.one_hot(t, vocab).float() for t, p in zip(tokens, probs)]
-        return torch.cat(tokens), torch.cat(filled)
+        tokens = tokens[0] if len(tokens) == 1 else torch.cat(tokens)
+        if all(p is None for _, p, _ in parts):
+            return tokens, None  # one-hot drafts (or no sampled row): verification needs no q
+        probs = []
+        for t, p, sampled in parts:
+            if p is None and sampled:  # a one-hot draft node beside others: its q is a one-hot
+                p = F.one_hot(t[sampled], vocab)
+            if p is not None:  # a smaller draft vocabulary is padded with q = 0 (see verification.py)
+                p = p.float()
+                probs.append(F.pad(p, (0, vocab - p.shape[-1])) if p.shape[-1] < vocab else p)
+        return tokens, probs[0] if len(probs) == 1 else torch.cat(probs)
 
     def Decode(self, request, context):
         def run():

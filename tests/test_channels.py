@@ -117,12 +117,25 @@ def test_block_too_large(channel):
     writer.write(*_block(5, b=8, k=1, v=10))  # only bytes count, not each dimension
 
 
+def test_probs_of_the_sampled_rows_only(channel):
+    """Greedy rows send no q: a block of 4 token rows can carry q for 2 of them, and costs less."""
+    writer, reader = channel
+    tokens, probs = _block(2)
+    full = writer.write(tokens, probs)
+    ref = writer.write(tokens, probs[[1, 3]])
+    assert ref.nbytes < full.nbytes
+    out_t, out_p = reader.read(_wire(ref))
+    assert torch.equal(out_t, tokens) and out_p.shape == (2, 3, 50) and torch.equal(out_p, probs[[1, 3]])
+
+
 def test_bad_shapes_raise(channel):
     writer, _ = channel
     with pytest.raises(ChannelError):
         writer.write(torch.zeros(3, dtype=torch.int64))
     with pytest.raises(ChannelError):
         writer.write(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 4, 5))
+    with pytest.raises(ChannelError):  # more q rows than token rows
+        writer.write(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(3, 3, 5))
 
 
 def test_default_capacity_fits_b64_k8_v8192():

@@ -28,9 +28,9 @@ from minedraft.channels.base import (
 HEADER_BYTES = 64
 ALIGN = 64  # keeps every section aligned for any dtype view (and for DMA)
 MAGIC = 0x4D444348  # "MDCH"
-VERSION = 1
-# magic, version, flags (bit0: has probs), generation, batch, k, vocab, token dtype, probs dtype
-_HEADER = struct.Struct("<IHHQIIIBB")
+VERSION = 2
+# magic, version, flags (bit0: has probs), generation, batch, k, vocab, token dtype, probs dtype, probs rows
+_HEADER = struct.Struct("<IHHQIIIBBI")
 _GEN = slice(8, 16)  # where the generation lives inside the header
 _DTYPES = {1: torch.int64, 2: torch.int32, 3: torch.float32, 4: torch.float16, 5: torch.bfloat16}
 _CODES = {v: c for c, v in _DTYPES.items()}
@@ -49,6 +49,11 @@ class Layout:
     vocab: int  # 0: no probs
     tok_dtype: torch.dtype = torch.int64
     prob_dtype: torch.dtype = torch.float32
+    prob_rows: int = -1  # rows of q: only the sampled requests send one (-1: batch)
+
+    @property
+    def q_rows(self) -> int:
+        return self.batch if self.prob_rows < 0 else self.prob_rows
 
     @property
     def tok_bytes(self) -> int:
@@ -62,7 +67,7 @@ class Layout:
     def nbytes(self) -> int:
         if not self.vocab:
             return HEADER_BYTES + self.tok_bytes
-        return self.probs_offset + self.batch * self.k * self.vocab * self.prob_dtype.itemsize
+        return self.probs_offset + self.q_rows * self.k * self.vocab * self.prob_dtype.itemsize
 
 
 def slot_bytes_for(max_batch=64, max_k=8, vocab=8192, probs_dtype=torch.float32, slot_bytes=None) -> int:
@@ -78,27 +83,27 @@ def layout_of(tokens: torch.Tensor, probs: torch.Tensor | None) -> Layout:
     b, k = tokens.shape
     if probs is None:
         return Layout(b, k, 0, tokens.dtype)
-    if probs.dim() != 3 or tuple(probs.shape[:2]) != (b, k) or probs.shape[2] == 0:
-        raise ChannelError(f"probs must be [B={b}, k={k}, V>0], got {tuple(probs.shape)}")
+    if probs.dim() != 3 or probs.shape[0] > b or probs.shape[1] != k or probs.shape[2] == 0:
+        raise ChannelError(f"probs must be [S<={b}, k={k}, V>0] (the sampled rows), got {tuple(probs.shape)}")
     if probs.dtype not in _CODES or not probs.dtype.is_floating_point:
         raise ChannelError(f"probs dtype {probs.dtype} not supported (float32/float16/bfloat16)")
-    return Layout(b, k, probs.shape[2], tokens.dtype, probs.dtype)
+    return Layout(b, k, probs.shape[2], tokens.dtype, probs.dtype, probs.shape[0])
 
 
 def pack_header(layout: Layout, generation: int) -> torch.Tensor:
     raw = _HEADER.pack(MAGIC, VERSION, 1 if layout.vocab else 0, generation, layout.batch, layout.k,
-                       layout.vocab, _CODES[layout.tok_dtype], _CODES[layout.prob_dtype])
+                       layout.vocab, _CODES[layout.tok_dtype], _CODES[layout.prob_dtype], layout.q_rows)
     return torch.frombuffer(bytearray(raw.ljust(HEADER_BYTES, b"\0")), dtype=torch.uint8)
 
 
 def unpack_header(raw: bytes) -> tuple[int, Layout | None]:
     """(generation, layout); layout is None when the slot holds no published block."""
-    magic, version, flags, gen, b, k, v, tc, pc = _HEADER.unpack_from(raw)
+    magic, version, flags, gen, b, k, v, tc, pc, rows = _HEADER.unpack_from(raw)
     if magic != MAGIC or gen == 0:
         return gen if magic == MAGIC else 0, None
     if version != VERSION or tc not in _DTYPES or pc not in _DTYPES:
         raise ChannelError(f"unsupported block header (version {version}, dtype codes {tc}/{pc})")
-    return gen, Layout(b, k, v if flags & 1 else 0, _DTYPES[tc], _DTYPES[pc])
+    return gen, Layout(b, k, v if flags & 1 else 0, _DTYPES[tc], _DTYPES[pc], rows if flags & 1 else -1)
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -120,7 +125,7 @@ def decode(blk: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tenso
     tokens = blk[HEADER_BYTES:HEADER_BYTES + layout.tok_bytes].view(layout.tok_dtype).view(b, k)
     if not v:
         return tokens, None
-    return tokens, blk[layout.probs_offset:layout.nbytes].view(layout.prob_dtype).view(b, k, v)
+    return tokens, blk[layout.probs_offset:layout.nbytes].view(layout.prob_dtype).view(layout.q_rows, k, v)
 
 
 def check_layout(ref: BlockRef, gen: int, layout: Layout | None) -> Layout:
