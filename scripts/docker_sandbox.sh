@@ -53,7 +53,8 @@ engine_up() { timeout 20 docker info >/dev/null 2>&1; }
 stop_engine() {
     [[ -f $STARTED_MARK ]] || { log "no dockerd started by this script"; return 0; }
     local pid; pid=$(cat "$STARTED_MARK")
-    if kill -0 "$pid" 2>/dev/null; then
+    # The mark may be stale (a reboot, a killed run): only ever signal a dockerd.
+    if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == dockerd ]]; then
         log "stopping dockerd (pid $pid)"
         kill -TERM "$pid"
         for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
@@ -153,7 +154,7 @@ make_base_image() {
     if ! docker image inspect "$tag" >/dev/null 2>&1; then
         wh=$CACHE/wheelhouse/$key
         if [[ ! -f $wh/.complete ]]; then
-            log "pip download into $wh: $(echo $reqs)"
+            log "pip download into $wh: ${reqs//$'\n'/ }"
             rm -rf "$wh"; mkdir -p "$wh"
             printf '%s\n' "$reqs" >"$wh/requirements.txt"
             local plats=(--platform manylinux2014_x86_64) m
@@ -176,6 +177,10 @@ make_base_image() {
             -c 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
             "$cid" "$tag" >/dev/null
         docker rm "$cid" >/dev/null
+        # Older bases and wheelhouses (dependencies changed since) only take disk space.
+        docker images --format '{{.Repository}}:{{.Tag}}' minedraft-sandbox-base | grep -vx "$tag" \
+            | xargs -r docker rmi >/dev/null 2>&1 || true
+        find "$CACHE/wheelhouse" -mindepth 1 -maxdepth 1 ! -name "$key" -exec rm -rf {} +
     fi
     echo "$tag"
 }
