@@ -214,14 +214,15 @@ class DraftPool(DraftWorker):
                 results, failed = self._parallel({a: (self._propose_on, a, ids, k) for a, ids in groups.items()})
                 if not failed:
                     break
-            ordered, parts, compute, service = [], [], 0.0, 0.0
+            ordered, parts, compute, service, nbytes = [], [], 0.0, 0.0, 0
             for address, ids in groups.items():
                 proposal = results[address]
                 ordered.extend(ids)
                 parts.extend(proposal.parts)
                 compute = max(compute, proposal.compute_s)  # the nodes ran in parallel
                 service = max(service, proposal.service_s)
-            return Proposal(ordered, k, parts=parts, compute_s=compute, service_s=service)
+                nbytes += proposal.channel_bytes
+            return Proposal(ordered, k, parts=parts, compute_s=compute, service_s=service, channel_bytes=nbytes)
 
     def _propose_on(self, address: str, ids: list[str], k: int) -> Proposal:
         try:

@@ -32,7 +32,7 @@ def service_commands(args) -> dict[str, list[str]]:
     gateway = py + ["gateway", "--port", str(args.port), "--bind", args.bind,
                     "--target", f"{host}:{args.target_port}", "--draft", f"{host}:{args.draft_port}",
                     "--mode", args.mode, "-k", str(args.k), "--transport", args.transport,
-                    "--max-num-seqs", str(args.max_num_seqs),
+                    "--max-num-seqs", str(getattr(args, "max_num_seqs", 64)),
                     "--http-port", str(getattr(args, "http_port", 0))]
     if getattr(args, "served_model_name", None):
         gateway += ["--served-model-name", args.served_model_name]

@@ -159,7 +159,9 @@ class LocalDraftWorker(DraftWorker):
         prob_tensor = torch.stack(probs, dim=1) if want_q else None  # [S, k, V]
         if prob_tensor is not None and prob_tensor.is_cuda:
             torch.cuda.synchronize(prob_tensor.device)
-        return Proposal(list(request_ids), k, token_tensor, prob_tensor, compute_s=time.perf_counter() - t0)
+        nbytes = token_tensor.nbytes + (prob_tensor.nbytes if prob_tensor is not None else 0)
+        return Proposal(list(request_ids), k, token_tensor, prob_tensor, compute_s=time.perf_counter() - t0,
+                        channel_bytes=nbytes)
 
     def release(self, request_ids):
         self.book.release(request_ids)

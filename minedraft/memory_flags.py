@@ -30,12 +30,11 @@ def memory_kwargs(args) -> dict:
 
 
 def memory_argv(args) -> list[str]:
-    """The flags again, as a worker's command line (what `up` passes to target and draft)."""
-    out = ["--max-num-seqs", str(args.max_num_seqs)]
-    if args.max_model_len is not None:
-        out += ["--max-model-len", str(args.max_model_len)]
-    for name in MEMORY_FLAGS:
-        value = getattr(args, name)
+    """The flags again, as a worker's command line (what `up` passes to target and draft); flags
+    absent from args (callers that build their own namespace) keep the workers' defaults."""
+    out = []
+    for name in ("max_num_seqs", "max_model_len") + MEMORY_FLAGS:
+        value = getattr(args, name, None)
         if value is not None:
             out += ["--" + name.replace("_", "-"), str(value)]
     return out

@@ -17,10 +17,12 @@ class StepRecord:
     verify_service_s: float = 0.0
     num_verified: int = 0  # requests verified (or decoded) this step
     num_tokens: int = 0  # tokens committed this step
+    channel_bytes: int = 0  # what the draft wrote into the token channel (tokens + q of sampled rows)
 
 
 BREAKDOWN_FIELDS = ("num_steps", "wall_s", "draft_compute_s", "verify_compute_s", "draft_call_s", "verify_call_s",
-                    "draft_idle_s", "target_idle_s", "control_plane_s", "draft_service_s", "verify_service_s")
+                    "draft_idle_s", "target_idle_s", "control_plane_s", "draft_service_s", "verify_service_s",
+                    "channel_bytes")
 
 
 def sum_steps(steps: list[StepRecord]) -> dict:
@@ -39,6 +41,7 @@ def sum_steps(steps: list[StepRecord]) -> dict:
         b["control_plane_s"] += max(0.0, s.draft_call_s - s.draft_s) + max(0.0, s.verify_call_s - s.verify_s)
         b["draft_service_s"] += s.draft_service_s
         b["verify_service_s"] += s.verify_service_s
+        b["channel_bytes"] += s.channel_bytes
     return b
 
 

@@ -73,7 +73,7 @@ class RemoteDraftWorker(_Remote, DraftWorker):
             request_ids=list(request_ids), k=k,
             updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()}), timeout=CALL_TIMEOUT_S)
         return Proposal(list(request_ids), k, parts=[(self.channel_id, reply.block, len(request_ids))],
-                        compute_s=reply.compute_s, service_s=reply.service_s)
+                        compute_s=reply.compute_s, service_s=reply.service_s, channel_bytes=reply.block.nbytes)
 
 
 class RemoteTargetWorker(_Remote, TargetWorker):

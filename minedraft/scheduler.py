@@ -261,6 +261,7 @@ class Scheduler:
         record.draft_call_s = time.perf_counter() - t0
         record.draft_s = proposal.compute_s
         record.draft_service_s = proposal.service_s or proposal.compute_s
+        record.channel_bytes = proposal.channel_bytes
         return proposal
 
     def _verify_and_commit(self, proposal: Proposal, touched, record) -> None:

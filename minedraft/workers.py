@@ -44,6 +44,7 @@ class Proposal:
     parts: list = dataclasses.field(default_factory=list)
     compute_s: float = 0.0  # time the draft spent in forward passes and sampling
     service_s: float = 0.0  # remote: time inside the draft service's handler (compute + channel)
+    channel_bytes: int = 0  # bytes of tokens and q this proposal puts through the token channel
 
 
 @dataclasses.dataclass
