@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 
 @dataclasses.dataclass
@@ -18,21 +19,41 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self):
-        self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+        try:
+            self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"stop_token_ids: must be a list of token ids, got {self.stop_token_ids!r}") from None
         self.validate()
 
     def validate(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens: must be an integer >= 1, got {self.max_tokens!r}")
-        if self.temperature is None or self.temperature < 0:
-            raise ValueError(f"temperature: must be >= 0, got {self.temperature!r}")
-        if not (0.0 < self.top_p <= 1.0):
+        if not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= INT32_MAX:
+            raise ValueError(f"max_tokens: must be an integer in [1, {INT32_MAX}], got {self.max_tokens!r}")
+        if not _is_number(self.temperature) or not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature: must be a finite number in [0, {MAX_TEMPERATURE:g}], "
+                             f"got {self.temperature!r}")
+        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k: must be an integer >= 0, got {self.top_k!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"seed: must be an integer or None, got {self.seed!r}")
+        if not _is_int(self.top_k) or not 0 <= self.top_k <= INT32_MAX:
+            raise ValueError(f"top_k: must be an integer in [0, {INT32_MAX}], got {self.top_k!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 1 << 64):
+            raise ValueError(f"seed: must be an integer in [0, 2**64) or None, got {self.seed!r}")
+        if any(not 0 <= t <= INT32_MAX for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids: must be token ids >= 0, got {list(self.stop_token_ids)!r}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # As vLLM: a temperature this small is greedy (dividing logits by it would overflow).
+        return self.temperature < GREEDY_BELOW
+
+
+INT32_MAX = 2**31 - 1
+MAX_TEMPERATURE = 1e4
+GREEDY_BELOW = 1e-5
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -103,9 +103,15 @@ class Scheduler:
         reqs = [self._worker_request(r) for r in new]
         draft_job = self._pool.submit(self.draft.add, reqs) if self.speculating else None
         try:
-            first_tokens = self.target.add(reqs)  # the prefix that fits the target's KV cache
-        finally:
-            num_draft = draft_job.result() if draft_job is not None else None
+            try:
+                first_tokens = self.target.add(reqs)  # the prefix that fits the target's KV cache
+            finally:
+                num_draft = draft_job.result() if draft_job is not None else None
+        except Exception:
+            # A worker failed: the requests wait again (at the front, in order), so that whoever
+            # handles the failure (reset_after_failure, or a recovery that resumes) finds them.
+            self.waiting.extendleft(reversed(new))
+            raise
         n = len(first_tokens) if num_draft is None else min(len(first_tokens), num_draft)
         self._undo_partial_admission(reqs, n, len(first_tokens), num_draft)
         self.waiting.extendleft(reversed(new[n:]))  # back to the front, in order
@@ -319,6 +325,20 @@ class Scheduler:
         self.proposal, self.proposed_batch = None, None
         self.draft_updates.clear()
         return failed
+
+    def requeue_all_for_resume(self) -> int:
+        """A worker restarted (its KV cache is gone): every running request goes back to the front of
+        the queue, to be re-prefilled from its prompt and committed tokens on the new worker. The
+        output stays exactly what an uninterrupted run gives (see _preempt_one). Returns how many."""
+        live = [r for r in self.running.values() if not r.finished]
+        done = [r for r in self.running.values() if r.finished]
+        self.waiting.extendleft(reversed(live))
+        self.waiting.extend(done)  # finished ones leave through the waiting queue's abort path
+        self.running.clear()
+        self.batches = [[], []]
+        self.proposal, self.proposed_batch = None, None
+        self.draft_updates.clear()
+        return len(live)
 
     def reconfigure(self, mode: str | None, k: int | None) -> None:
         """Switch mode or k between requests (the bench does so between rounds)."""
