@@ -100,7 +100,7 @@ install_compose() {
         local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/parts"
                     -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache"
                     -o "Dir::State::status=/dev/null" -o "Debug::NoLocking=1")
-        retry 3 timeout 600 apt-get "${opts[@]}" -qq update || die "apt-get update (trixie) failed"
+        retry 3 timeout 600 apt-get "${opts[@]}" --error-on=any -qq update || die "apt-get update (trixie) failed"
         (cd "$apt/debs" && retry 3 timeout 600 apt-get "${opts[@]}" -qq download docker-compose) \
             || die "apt-get download docker-compose failed"
         rm -rf "$CACHE/compose.tmp"
