@@ -15,6 +15,9 @@ def render_chat(tokenizer, messages: list[dict]) -> list[int]:
         raise NoChatTemplate("messages: this gateway has no tokenizer; use /v1/completions with token ids")
     if not getattr(tokenizer, "chat_template", None):
         raise NoChatTemplate("messages: this model's tokenizer has no chat template; use /v1/completions")
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # noqa: BLE001 - templates raise on input they reject (e.g. roles not alternating)
+        raise NoChatTemplate(f"messages: the model's chat template rejected them: {exc}") from exc
     # The template writes the special tokens (BOS) itself: do not add them twice.
     return tokenizer.encode(text, add_special_tokens=False)

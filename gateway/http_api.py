@@ -16,6 +16,7 @@ import threading
 import anyio
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -72,7 +73,7 @@ class HttpFrontend:
                   Route("/v1/models", self.models),
                   Route("/v1/completions", self.completions, methods=["POST"]),
                   Route("/v1/chat/completions", self.chat_completions, methods=["POST"])]
-        return Starlette(routes=routes)
+        return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _internal_error})
 
     # -- open endpoints -----------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
@@ -219,6 +220,16 @@ def _sse(obj: dict) -> str:
 
 def _error(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """Unknown path, wrong method: still OpenAI's error shape."""
+    return JSONResponse(error_body(f"{request.method} {request.url.path}: {exc.detail}"), status_code=exc.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("HTTP %s %s failed", request.method, request.url.path)
+    return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "internal_error"), status_code=500)
 
 
 async def _wait_disconnect(request: Request) -> None:

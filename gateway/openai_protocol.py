@@ -203,7 +203,7 @@ def parse_request(body, chat: bool, context_len: int) -> GenerationRequest:
     if options is not None:
         if not stream:
             raise bad("stream_options", "only allowed when stream is true")
-        if not isinstance(options, dict) or set(options) - {"include_usage", "continuous_usage_stats"}:
+        if not isinstance(options, dict) or set(options) - {"include_usage"}:
             raise bad("stream_options", "must be an object with include_usage")
         include_usage = _bool(options, "include_usage", False)
     return GenerationRequest(model, prompt, messages, params, strings, stream, include_usage)

@@ -249,6 +249,8 @@ def test_bad_chat_input_and_unknown_model(up):
     assert status == 404 and reply["error"]["code"] == "model_not_found"
     status, reply = post(up, "/v1/completions", b"{not json")
     assert status == 400 and "JSON" in reply["error"]["message"]
+    status, reply = post(up, "/v1/embeddings", {"model": MODEL, "input": "x"})
+    assert status == 404 and "/v1/embeddings" in reply["error"]["message"]
 
 
 def wait_until(predicate, timeout: float = 20.0) -> bool:
