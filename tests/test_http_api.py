@@ -302,6 +302,8 @@ def test_queue_full_gets_429_and_resource_exhausted(up):
     try:
         assert wait_until(lambda: len(statuses) == 70, 60), statuses
         assert statuses.count(429) >= 6 and statuses.count(200) <= 64
+        # 64 requests hold KV blocks: the gauge (polled from the target's Info) shows it
+        assert wait_until(lambda: value(scrape(up["base"] + "/metrics"), "minedraft:kv_cache_usage_perc") > 0, 10)
         status, reply = post(up, "/v1/completions", {**body, "stream": False})
         assert status == 429 and reply["error"]["code"] == "queue_full"
         with MineDraftClient(f"127.0.0.1:{up['grpc']}", api_key=KEYS[0]) as client:
