@@ -41,8 +41,9 @@ ENV HOME=/home/minedraft \
     HF_HOME=/home/minedraft/.cache/huggingface
 
 # gateway 50051, target 50052, draft 50053 (set PORT to the one the container serves so the
-# health check below asks the right port; compose also defines its own per-service checks).
-EXPOSE 50051 50052 50053
+# health check below asks the right port; compose also defines its own per-service checks);
+# the gateway's HTTP API 8000, target and draft /metrics 9101 and 9102.
+EXPOSE 50051 50052 50053 8000 9101 9102
 
 # Shell form on purpose: ${PORT} is expanded when the check runs. `minedraft health` exits 0 only
 # when grpc.health.v1 reports SERVING; it imports only grpc (~0.3 s), the timeout leaves a wide margin.
