@@ -67,7 +67,7 @@ class DraftPool(DraftWorker):
         self.target, self.target_info, self.forced = target, target_info, transport
         self.nodes: dict[str, RemoteDraftWorker] = {}
         self.transports: dict[str, str] = {}
-        self.identities: dict[str, tuple] = {}  # address -> (host id, pid): one process, one node
+        self.identities: dict[str, tuple] = {}  # address -> (host id, pid, instance): one process, one node
         self.known: dict[str, _Known] = {}
         self.lock = threading.RLock()
         self._calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="minedraft-draft-call")
@@ -80,11 +80,13 @@ class DraftPool(DraftWorker):
         for address in resolve_endpoints(self.endpoints):
             with self.lock:
                 if address in self.nodes:
-                    continue
+                    if self._same_process(address):
+                        continue
+                    self._drop(address, RuntimeError("restarted"))  # joined again below, new channel
             node = RemoteDraftWorker(address)
             try:
                 info = node.info(timeout=2.0)
-                identity = (info.hostname, info.pid)
+                identity = (info.hostname, info.pid, info.instance_id)
                 with self.lock:
                     if identity in self.identities.values():
                         node.close()
@@ -108,6 +110,15 @@ class DraftPool(DraftWorker):
             log.info("gateway: draft node %s joined (token channel %s); %d node(s) live",
                      address, transport, len(self.nodes))
 
+    def _same_process(self, address: str) -> bool:
+        """Whether the node at address is still the process we joined (a restart between requests
+        would otherwise keep a token channel nobody writes anymore)."""
+        try:
+            info = self.nodes[address].info(timeout=2.0)
+        except grpc.RpcError:
+            return True  # unreachable: a failed call drops it; nothing to re-handshake yet
+        return (info.hostname, info.pid, info.instance_id) == self.identities.get(address)
+
     def _drop(self, address: str, exc: BaseException) -> None:
         with self.lock:
             node = self.nodes.pop(address, None)
@@ -120,6 +131,26 @@ class DraftPool(DraftWorker):
             node.close()
             log.warning("gateway: draft node %s dropped (%s); %d node(s) live", address,
                         exc.code().name if isinstance(exc, grpc.RpcError) else exc, len(self.nodes))
+
+    def rebind(self, target: RemoteTargetWorker, target_info) -> None:
+        """The target restarted (or was reconnected): forget every request (the scheduler re-adds
+        them all), drop every node and join them again, each with a fresh token channel that the new
+        target opens."""
+        with self.lock:
+            for address, node in list(self.nodes.items()):
+                ids = [rid for rid, k in self.known.items() if k.node == address]
+                try:
+                    if ids:
+                        node.release(ids)
+                except grpc.RpcError:
+                    pass  # a node that is gone has nothing to free
+                node.close()
+            self.nodes.clear()
+            self.transports.clear()
+            self.identities.clear()
+            self.known.clear()
+            self.target, self.target_info = target, target_info
+        self.refresh()
 
     @property
     def live(self) -> list[str]:

@@ -8,6 +8,7 @@ import logging
 import queue
 import threading
 
+from gateway.recovery import describe
 from minedraft.metrics import SpecDecodeMetrics
 from minedraft.request import Request
 from minedraft.scheduler import Scheduler
@@ -31,9 +32,17 @@ class QueueFull(Exception):
 
 
 class EngineLoop:
-    def __init__(self, scheduler: Scheduler, max_waiting: int | None = None, observer=None):
+    # A step that keeps failing right after recoveries (a request no worker can run) fails everything
+    # rather than loop forever.
+    MAX_RECOVERIES_WITHOUT_PROGRESS = 3
+
+    def __init__(self, scheduler: Scheduler, max_waiting: int | None = None, observer=None, recover=None):
         self.scheduler = scheduler
         self.max_waiting = max_waiting  # None: unbounded
+        # recover(scheduler, exc) -> bool, on this thread after a failed step: True when the running
+        # requests were queued again for resumption on reconnected workers (gateway/recovery.py).
+        self.recover = recover
+        self._recoveries = 0
         self.observer = observer  # on_step(metrics) under the step lock, on_emit(req, n_new, error)
         self.commands: queue.Queue = queue.Queue()
         self.streams: dict[str, queue.Queue] = {}
@@ -98,9 +107,15 @@ class EngineLoop:
                     touched = self.scheduler.step()
                     if self.observer is not None:  # under the lock: GetStats(reset) cannot slip in between
                         self.observer.on_step(self.scheduler.metrics)
-            except Exception as exc:  # noqa: BLE001 - a worker failed: fail what is in flight, go on
-                self._fail_all(exc)
+            except Exception as exc:  # noqa: BLE001 - a worker failed: resume what is in flight, or fail it
+                if (self.recover is not None and self._recoveries < self.MAX_RECOVERIES_WITHOUT_PROGRESS
+                        and self.recover(self.scheduler, exc)):
+                    self._recoveries += 1
+                else:
+                    self._fail_all(exc)
                 continue
+            if any(r.output_ids for r in touched):
+                self._recoveries = 0
             for req in touched:
                 self._emit(req)
 
@@ -121,6 +136,10 @@ class EngineLoop:
             self.scheduler.add(cmd[1])
         elif cmd[0] == "abort":
             self.scheduler.abort(cmd[1])
+        elif cmd[0] == "fail":
+            self._recoveries = 0
+            self._fail_all(RuntimeError(cmd[1]))
+            cmd[2].set()
         elif cmd[0] == "call":
             try:
                 cmd[2].put((True, cmd[1](self.scheduler)))
@@ -137,10 +156,16 @@ class EngineLoop:
             self.observer.on_emit(req, len(new))
         if events is not None and (new or req.finished):
             events.put(Event(new, req.finished, req.finish_reason, len(req.output_ids), req.num_drafted,
-                             req.num_accepted))
+                             req.num_accepted, error=req.error if req.finish_reason == "error" else None))
+
+    def fail_all_now(self, reason: str, timeout: float = 2.0) -> None:
+        """End every request in flight with an error (shutdown); waits up to `timeout` for the loop."""
+        done = threading.Event()
+        self.commands.put(("fail", reason, done))
+        done.wait(timeout)
 
     def _fail_all(self, exc: Exception) -> None:
-        log.error("step failed, failing %d running requests: %s", len(self.streams), exc)
+        log.error("failing %d request(s): %s", len(self.streams), describe(exc))
         failed = self.scheduler.reset_after_failure()
         for req in failed:
             with self.ids_lock:
@@ -149,4 +174,4 @@ class EngineLoop:
                 self.observer.on_emit(req, 0, error=True)
             if events is not None:
                 events.put(Event([], True, "error", len(req.output_ids), req.num_drafted, req.num_accepted,
-                                 error=f"{type(exc).__name__}: {exc}"))
+                                 error=describe(exc)))

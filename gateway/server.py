@@ -15,13 +15,14 @@ import grpc
 from gateway.detokenizer import IncrementalDetokenizer
 from gateway.engine_loop import EngineLoop, QueueFull
 from gateway.prometheus_metrics import GatewayMetrics
+from gateway.recovery import TargetRecovery
 from minedraft.auth import ENV_VAR as API_KEY_ENV, ApiKeyInterceptor, load_keys
 from minedraft import hf_adapter
-from minedraft.grpc_common import (add_health_and_reflection, log, make_server, params_from_proto, set_serving,
-                                   setup_logging)
+from minedraft.grpc_common import (add_health_and_reflection, exit_after, log, make_server, params_from_proto,
+                                   set_serving, setup_logging)
 from gateway.draft_pool import DraftPool
 from minedraft.metrics import sum_steps
-from minedraft.remote_workers import RemoteTargetWorker
+from minedraft.remote_workers import TIMEOUTS, RemoteTargetWorker
 from minedraft.request import build_request
 from minedraft.scheduler import MODES, Scheduler, check_mode_and_k
 from minedraft.v1 import gateway_pb2, gateway_pb2_grpc
@@ -85,20 +86,29 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         mode = self.args.mode if workers.draft is not None else "ar"
         scheduler = Scheduler(workers.target, workers.draft, mode, self.args.k, self.args.max_num_seqs)
         self.metrics.bind(scheduler, workers.target, workers.draft)
-        self.loop = EngineLoop(scheduler, max_waiting=self.args.max_waiting, observer=self.metrics)
-        if workers.draft is not None:
-            threading.Thread(target=self._watch_drafts, args=(stop,), daemon=True).start()
+        self.recovery = TargetRecovery(self, health, [SERVICE], self.args.recovery_timeout_s, stop)
+        self.loop = EngineLoop(scheduler, max_waiting=self.args.max_waiting, observer=self.metrics,
+                               recover=self.recovery.recover)
+        threading.Thread(target=self._watch_workers, args=(stop,), daemon=True).start()
         self.ready.set()
         set_serving(health, [SERVICE], True)
         log.info("gateway: ready (mode %s, k %d, transport %s)", mode, self.args.k, workers.transport)
 
-    def _watch_drafts(self, stop: threading.Event) -> None:
-        """Join draft nodes that appear (scale-up, DNS) or come back after a failure."""
+    def _watch_workers(self, stop: threading.Event) -> None:
+        """Join draft nodes that appear (scale-up, DNS) or come back after a failure; notice a target
+        that is unreachable (NOT_SERVING) or restarted while idle, and recover on the engine loop."""
         while not stop.wait(self.args.draft_refresh_s):
             try:
-                self.workers.draft.refresh()
+                if self.workers.draft is not None:
+                    self.workers.draft.refresh()
+                target = self.workers.target_info.instance_id
+                info = self.workers.target.info(timeout=2.0)
+                if not self.ready.is_set() or info.instance_id != target:
+                    self.loop.call(self.recovery.recover_if_needed)
+            except grpc.RpcError:
+                self.recovery.mark_unreachable()
             except Exception as exc:  # noqa: BLE001 - keep watching whatever happens
-                log.warning("gateway: draft refresh failed: %s", exc)
+                log.warning("gateway: worker watch failed: %s", exc)
 
     # -- API --------------------------------------------------------------------------------------
     def _require_ready(self, context):
@@ -201,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests queued beyond --max-num-seqs; past it gRPC answers RESOURCE_EXHAUSTED, HTTP 429")
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--recovery-timeout-s", type=float, default=60.0,
+                        help="how long running requests wait for a failed or restarted target to come back "
+                             "before they end with UNAVAILABLE")
+    parser.add_argument("--worker-timeout-s", type=float, default=60.0,
+                        help="deadline of a worker step call; a worker that does not answer is treated as dead")
+    parser.add_argument("--prefill-timeout-s", type=float, default=600.0, help="deadline of a worker's prefill call")
+    parser.add_argument("--drain-s", type=float, default=5.0,
+                        help="on SIGTERM, how long in-flight requests may finish before they end with UNAVAILABLE "
+                             "(the process exits within drain + 5 s)")
     add_front_door_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     return parser
@@ -226,6 +245,7 @@ def main(argv=None) -> int:
         check_mode_and_k(args.mode if args.draft else "ar", args.k, bool(args.draft))
     except ValueError as exc:
         raise SystemExit(f"gateway: {exc}")
+    TIMEOUTS.step_s, TIMEOUTS.prefill_s = args.worker_timeout_s, args.prefill_timeout_s
     servicer = GatewayServicer(args)
     keys = load_keys(args.api_key)
     # One thread per open Generate stream.
@@ -253,11 +273,28 @@ def main(argv=None) -> int:
     threading.Thread(target=servicer.connect_forever, args=(health, stop), daemon=True).start()
     while not stop.is_set():
         time.sleep(0.2)
+    drain(servicer, health, http, server, args.drain_s)
+    return 0
+
+
+def drain(servicer, health, http, server, drain_s: float) -> None:
+    """SIGTERM: refuse new requests (NOT_SERVING, UNAVAILABLE), let those in flight finish for
+    drain_s, end the rest with UNAVAILABLE, exit; within drain + 5 s whatever happens."""
+    exit_after(drain_s + 4.0, "gateway")
+    servicer.ready.clear()
     set_serving(health, [SERVICE], False)
+    loop = servicer.loop
+    in_flight = len(loop.streams) if loop is not None else 0
+    log.info("gateway: stopping; %d request(s) in flight get up to %.0f s to finish", in_flight, drain_s)
+    deadline = time.monotonic() + drain_s
+    while loop is not None and loop.streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if loop is not None and loop.streams:
+        loop.fail_all_now("gateway shutting down (drain time over)")
+        time.sleep(0.2)  # let the handlers send their status
     if http is not None:
         http.stop()
-    server.stop(grace=2).wait()
-    if servicer.loop is not None:
-        servicer.loop.stop()
+    server.stop(grace=1.0).wait(2.0)
+    if loop is not None:
+        loop.stop()
     log.info("gateway stopped")
-    return 0

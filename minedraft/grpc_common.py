@@ -4,6 +4,7 @@ limits), proto <-> Python conversions, and error mapping."""
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent import futures
 
 import grpc
@@ -53,8 +54,32 @@ def set_serving(servicer: health.HealthServicer, service_full_names: list[str], 
         servicer.set(name, SERVING if serving else NOT_SERVING)
 
 
+# A restarted worker must be found again within a second or two, not after gRPC's default reconnect
+# backoff (up to two minutes).
+CLIENT_OPTIONS = GRPC_OPTIONS + [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 def insecure_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=GRPC_OPTIONS)
+    return grpc.insecure_channel(address, options=CLIENT_OPTIONS)
+
+
+def exit_after(seconds: float, what: str) -> None:
+    """Shutdown's hard bound: whatever still runs (a long forward pass, a stuck thread) after
+    `seconds`, the process exits."""
+    import os
+
+    def bail():
+        log.warning("%s: still running %.0f s after the shutdown began; exiting now", what, seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, bail)
+    timer.daemon = True
+    timer.start()
 
 
 # -- conversions ------------------------------------------------------------------------------------

@@ -14,7 +14,15 @@ from minedraft.grpc_common import insecure_channel, params_to_proto
 from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from minedraft.workers import DraftWorker, NewRequest, NoRoom, Proposal, TargetWorker, Verdict
 
-CALL_TIMEOUT_S = 600.0  # a long prompt's prefill on CPU takes minutes
+class CallTimeouts:
+    """Deadlines of worker calls: a worker that does not answer in time (hung, SIGSTOPped, its host
+    gone) is treated as dead. The gateway sets them from --worker-timeout-s / --prefill-timeout-s."""
+
+    step_s = 60.0  # propose, verify, decode, release
+    prefill_s = 600.0  # add: a long prompt's prefill on CPU takes minutes
+
+
+TIMEOUTS = CallTimeouts()
 
 
 def _new_requests_proto(requests: list[NewRequest]) -> worker_pb2.AddRequest:
@@ -47,7 +55,7 @@ class _Remote:
         return self.stub.Info(worker_pb2.InfoRequest(), timeout=timeout)
 
     def release(self, request_ids):
-        self.stub.Release(worker_pb2.ReleaseRequest(request_ids=list(request_ids)), timeout=CALL_TIMEOUT_S)
+        self.stub.Release(worker_pb2.ReleaseRequest(request_ids=list(request_ids)), timeout=TIMEOUTS.step_s)
 
     def close(self):
         self.channel.close()
@@ -65,13 +73,13 @@ class RemoteDraftWorker(_Remote, DraftWorker):
             timeout=30.0)
 
     def add(self, requests):
-        return self.stub.Add(_new_requests_proto(requests), timeout=CALL_TIMEOUT_S).num_admitted
+        return self.stub.Add(_new_requests_proto(requests), timeout=TIMEOUTS.prefill_s).num_admitted
 
     @_no_room_as_exception
     def propose(self, request_ids, k, updates):
         reply = self.stub.Propose(worker_pb2.ProposeRequest(
             request_ids=list(request_ids), k=k,
-            updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()}), timeout=CALL_TIMEOUT_S)
+            updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()}), timeout=TIMEOUTS.step_s)
         return Proposal(list(request_ids), k, parts=[(self.channel_id, reply.block, len(request_ids))],
                         compute_s=reply.compute_s, service_s=reply.service_s, channel_bytes=reply.block.nbytes)
 
@@ -88,20 +96,20 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         return reply.transport
 
     def add(self, requests):
-        reply = self.stub.Add(_new_requests_proto(requests), timeout=CALL_TIMEOUT_S)
+        reply = self.stub.Add(_new_requests_proto(requests), timeout=TIMEOUTS.prefill_s)
         return [None if t < 0 else t for t in reply.first_tokens[:reply.num_admitted]]
 
     @_no_room_as_exception
     def verify(self, proposal: Proposal) -> Verdict:
         parts = [worker_pb2.ProposalPart(channel_id=cid, block=ref, num_requests=n) for cid, ref, n in proposal.parts]
         reply = self.stub.Verify(worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k,
-                                                          parts=parts), timeout=CALL_TIMEOUT_S)
+                                                          parts=parts), timeout=TIMEOUTS.step_s)
         return Verdict(list(proposal.request_ids), [list(t.tokens) for t in reply.tokens],
                        list(reply.num_accepted), compute_s=reply.compute_s, service_s=reply.service_s)
 
     @_no_room_as_exception
     def decode(self, request_ids):
-        reply = self.stub.Decode(worker_pb2.DecodeRequest(request_ids=list(request_ids)), timeout=CALL_TIMEOUT_S)
+        reply = self.stub.Decode(worker_pb2.DecodeRequest(request_ids=list(request_ids)), timeout=TIMEOUTS.step_s)
         self.last_decode_compute_s = reply.compute_s
         return list(reply.tokens)
 

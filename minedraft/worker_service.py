@@ -9,13 +9,14 @@ import os
 import signal
 import threading
 import time
+import uuid
 
 import torch
 
 from minedraft import hf_adapter
 from minedraft.channels import host_id, local_capabilities
 from minedraft.memory_flags import add_memory_arguments, memory_kwargs
-from minedraft.grpc_common import (abort_with, add_health_and_reflection, log, make_server, params_from_proto,
+from minedraft.grpc_common import (abort_with, exit_after, add_health_and_reflection, log, make_server, params_from_proto,
                                    set_serving, setup_logging)
 from minedraft.runner import ModelRunner
 from minedraft.service_metrics import add_metrics_argument, start_service_metrics
@@ -51,7 +52,8 @@ class WorkerServicerBase:
             role=self.role, model=model_path, device=str(runner.device), device_uuid=device_uuid(str(runner.device)),
             vocab_size=runner.vocab_size, context_len=runner.context_len,
             transports=local_capabilities(str(runner.device)), hostname=host_id(), pid=os.getpid(),
-            tokenizer_fingerprint=tokenizer_digest(model_path), architecture=runner.cfg.architecture)
+            tokenizer_fingerprint=tokenizer_digest(model_path), architecture=runner.cfg.architecture,
+            instance_id=uuid.uuid4().hex)  # new at every start: the gateway sees a restart by it
 
     def Info(self, request, context):
         reply = worker_pb2.WorkerInfo()
@@ -100,6 +102,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser, default_port: int) -> 
     parser.add_argument("--cpu-cores", default=None, help="pin to these CPU cores, e.g. '0' or '0,1'")
     parser.add_argument("--log-level", default="INFO")
     add_metrics_argument(parser)
+    parser.add_argument("--drain-s", type=float, default=5.0,
+                        help="on SIGTERM, how long in-flight calls may finish (the process exits within drain + 5 s)")
 
 
 def apply_cpu_placement(threads: int | None, cpu_cores: str | None) -> None:
@@ -127,8 +131,12 @@ def serve(servicer, add_to_server, service_full_name: str, args) -> None:
         signal.signal(sig, lambda *_: stop.set())
     while not stop.is_set():
         time.sleep(0.2)
+    # Drain: NOT_SERVING at once, in-flight calls get --drain-s to finish, and the process is gone
+    # within drain + 5 s whatever happens.
+    log.info("%s: stopping (draining up to %.0f s)", servicer.role, args.drain_s)
+    exit_after(args.drain_s + 4.0, servicer.role)
     set_serving(health, [service_full_name], False)
-    server.stop(grace=2).wait()
+    server.stop(grace=args.drain_s).wait(args.drain_s + 1.0)
     servicer.close()
     log.info("%s stopped", servicer.role)
 
