@@ -131,7 +131,7 @@ class HttpFrontend:
         pieces = self._pieces(rid, sink, req.stop_strings)
         if req.stream:
             return _SSEResponse(self._sse(pieces, rid, chat, len(prompt_ids), req.include_usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+                                media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return await self._collect(request, pieces, rid, chat, len(prompt_ids))
 
     async def _pieces(self, rid: str, sink: _LoopSink, stop_strings: list[str]):
