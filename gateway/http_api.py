@@ -242,7 +242,8 @@ class HttpServer:
     """uvicorn on a thread of its own. The socket is bound here, in the caller's thread, so that a
     port in use fails start-up with a clear message instead of a dead thread."""
 
-    def __init__(self, app, bind: str, port: int, log_level: str = "warning"):
+    def __init__(self, app, bind: str, port: int, log_level: str = "warning", tls_cert: str | None = None,
+                 tls_key: str | None = None):
         family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -253,7 +254,8 @@ class HttpServer:
             raise SystemExit(f"gateway: cannot listen for HTTP on {bind}:{port}: {exc}")
         self.address = f"{bind}:{self.sock.getsockname()[1]}"
         # A short graceful shutdown: SIGTERM must not wait on clients that keep streams open.
-        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2, access_log=False)
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2, access_log=False,
+                                ssl_certfile=tls_cert, ssl_keyfile=tls_key)  # HTTPS with --tls-cert
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name="minedraft-http", daemon=True)

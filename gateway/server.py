@@ -56,6 +56,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.tokenizer = None
         self.eos_ids: tuple = ()
         self.ready = threading.Event()
+        self.operator_allowed = True  # see _require_operator; main() decides
         self.metrics = GatewayMetrics()
         self.draft_endpoints = [e.strip() for e in (args.draft or "").split(",") if e.strip()]
 
@@ -171,8 +172,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._require_ready(context)
         return self._model_info()
 
+    def _require_operator(self, context, what: str):
+        """Configure and GetStats(reset) change the service for everyone. With an API key they need it
+        (the interceptor checks every call); without one, only a gateway bound to loopback takes them."""
+        if not self.operator_allowed:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"{what} is an operator call: set --api-key (or bind the gateway to loopback) to use it")
+
     def Configure(self, request, context):
         self._require_ready(context)
+        self._require_operator(context, "Configure")
         try:
             self.loop.call(lambda s: s.reconfigure(request.mode or None, request.num_speculative_tokens or None))
         except ValueError as exc:
@@ -181,6 +190,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def GetStats(self, request, context):
         self._require_ready(context)
+        if request.reset:
+            self._require_operator(context, "GetStats with reset")
         m = self.loop.stats(request.reset)
         return stats_to_proto(m, self.loop.scheduler.mode)
 
@@ -211,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests queued beyond --max-num-seqs; past it gRPC answers RESOURCE_EXHAUSTED, HTTP 429")
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--tls-cert", default=None, help="PEM certificate: serve gRPC and HTTP over TLS")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     parser.add_argument("--recovery-timeout-s", type=float, default=60.0,
                         help="how long running requests wait for a failed or restarted target to come back "
                              "before they end with UNAVAILABLE")
@@ -248,18 +261,20 @@ def main(argv=None) -> int:
     TIMEOUTS.step_s, TIMEOUTS.prefill_s = args.worker_timeout_s, args.prefill_timeout_s
     servicer = GatewayServicer(args)
     keys = load_keys(args.api_key)
+    servicer.operator_allowed = bool(keys) or args.bind in ("127.0.0.1", "localhost", "::1")
     # One thread per open Generate stream.
     server = make_server(max_workers=256, interceptors=[ApiKeyInterceptor(keys)] if keys else [])
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE])
     address = f"{args.bind}:{args.port}"
-    if server.add_insecure_port(address) == 0:
+    if server_port(server, address, args.tls_cert, args.tls_key) == 0:
         raise SystemExit(f"gateway: cannot listen on {address}")
     http = None
     if args.http_port:
         from gateway.http_api import HttpFrontend, HttpServer
 
-        http = HttpServer(HttpFrontend(servicer, keys, args.served_model_name).app(), args.bind, args.http_port)
+        http = HttpServer(HttpFrontend(servicer, keys, args.served_model_name).app(), args.bind, args.http_port,
+                          tls_cert=args.tls_cert, tls_key=args.tls_key)
     server.start()
     log.info("gateway listening on %s (NOT_SERVING until the workers answer)", address)
     if http is not None:
@@ -275,6 +290,17 @@ def main(argv=None) -> int:
         time.sleep(0.2)
     drain(servicer, health, http, server, args.drain_s)
     return 0
+
+
+def server_port(server, address: str, tls_cert: str | None, tls_key: str | None) -> int:
+    """The public port: TLS when --tls-cert/--tls-key are given, else plaintext (loopback by default)."""
+    if bool(tls_cert) != bool(tls_key):
+        raise SystemExit("gateway: --tls-cert and --tls-key go together")
+    if not tls_cert:
+        return server.add_insecure_port(address)
+    with open(tls_key, "rb") as k, open(tls_cert, "rb") as c:
+        creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+    return server.add_secure_port(address, creds)
 
 
 def drain(servicer, health, http, server, drain_s: float) -> None:

@@ -27,7 +27,7 @@ def _cmd_generate(args) -> int:
     from minedraft.client import MineDraftClient
 
     try:
-        with MineDraftClient(args.address, api_key=args.api_key) as client:
+        with MineDraftClient(args.address, api_key=args.api_key, tls_ca=args.tls_ca) as client:
             last = None
             for chunk in client.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
                                          top_p=args.top_p, top_k=args.top_k, seed=args.seed):
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("-v", "--verbose", action="store_true", help="print finish reason and counts")
     gen.add_argument("--api-key", default=None, help="the gateway's API key (default: $MINEDRAFT_API_KEY)")
+    gen.add_argument("--tls-ca", default=None,
+                     help="CA certificate to reach a gateway started with --tls-cert (default: $MINEDRAFT_TLS_CA)")
 
     health = sub.add_parser("health", help="exit 0 when a service reports SERVING (grpc.health.v1)")
     health.add_argument("address")

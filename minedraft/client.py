@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import AsyncIterator, Iterator
 
+import os
+
 import grpc
 
 from minedraft.auth import auth_metadata, client_key
@@ -27,12 +29,22 @@ def _request(prompt, params: SamplingParams, request_id: str) -> gateway_pb2.Gen
     return msg
 
 
+def _channel(api, address: str, tls_ca: str | None):
+    """TLS when a CA file is given (or $MINEDRAFT_TLS_CA): the gateway's --tls-cert must chain to it."""
+    tls_ca = tls_ca or os.environ.get("MINEDRAFT_TLS_CA")
+    if not tls_ca:
+        return api.insecure_channel(address, options=GRPC_OPTIONS)
+    with open(tls_ca, "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return api.secure_channel(address, creds, options=GRPC_OPTIONS)
+
+
 class MineDraftClient:
     """api_key: sent as `authorization: Bearer KEY` on every call (default: $MINEDRAFT_API_KEY)."""
 
-    def __init__(self, address: str = "127.0.0.1:50051", api_key: str | None = None):
+    def __init__(self, address: str = "127.0.0.1:50051", api_key: str | None = None, tls_ca: str | None = None):
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        self.channel = _channel(grpc, address, tls_ca)
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
         self.metadata = auth_metadata(client_key(api_key))
 
@@ -81,8 +93,8 @@ class MineDraftClient:
 class AsyncMineDraftClient:
     """The same over grpc.aio, for asyncio programs."""
 
-    def __init__(self, address: str = "127.0.0.1:50051", api_key: str | None = None):
-        self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+    def __init__(self, address: str = "127.0.0.1:50051", api_key: str | None = None, tls_ca: str | None = None):
+        self.channel = _channel(grpc.aio, address, tls_ca)
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
         self.metadata = auth_metadata(client_key(api_key))
 

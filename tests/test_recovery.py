@@ -27,7 +27,7 @@ PROMPTS = load_heldout_prompts(6)
 class Stack:
     """Target, draft and gateway as separate processes, each restartable on its own port."""
 
-    def __init__(self, tmp_path, gateway_flags=()):
+    def __init__(self, tmp_path, gateway_flags=(), wait=("target", "draft", "gateway")):
         self.ports = {name: free_port() for name in ("target", "draft", "gateway")}
         self.addr = {name: f"127.0.0.1:{p}" for name, p in self.ports.items()}
         self.logs = tmp_path
@@ -42,7 +42,7 @@ class Stack:
         self.procs = {}
         for name in self.commands:
             self.start(name)
-        for name in self.commands:
+        for name in wait:
             self.wait_healthy(name)
 
     def start(self, name):
