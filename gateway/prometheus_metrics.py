@@ -100,7 +100,8 @@ class GatewayMetrics:
             before = per_pos[pos] if pos < len(per_pos) else 0
             if n != before:
                 self.accepted_per_pos.labels(position=str(pos)).inc(n - before)
-        for record in m.steps[nsteps:]:
+        new = m.total_steps - nsteps
+        for record in (m.steps[len(m.steps) - min(new, len(m.steps)):] if new > 0 else ()):
             children = self._step_children.get(record.mode)
             if children is None:  # labels() costs a lock and a dict lookup: once per mode, not per step
                 children = self._step_children[record.mode] = {
@@ -108,7 +109,7 @@ class GatewayMetrics:
             for part, seconds in step_parts(record).items():
                 children[part].observe(seconds)
         self._seen = (m.spec_decode_num_drafts, m.spec_decode_num_draft_tokens, m.spec_decode_num_accepted_tokens,
-                      list(m.spec_decode_num_accepted_tokens_per_pos), len(m.steps))
+                      list(m.spec_decode_num_accepted_tokens_per_pos), m.total_steps)
 
     def on_emit(self, req, num_new: int, error: bool = False) -> None:
         now = time.perf_counter()

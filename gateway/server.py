@@ -21,7 +21,6 @@ from minedraft import hf_adapter
 from minedraft.grpc_common import (add_health_and_reflection, exit_after, log, make_server, params_from_proto,
                                    set_serving, setup_logging)
 from gateway.draft_pool import DraftPool
-from minedraft.metrics import sum_steps
 from minedraft.remote_workers import TIMEOUTS, RemoteTargetWorker
 from minedraft.request import build_request
 from minedraft.scheduler import MODES, Scheduler, check_mode_and_k
@@ -197,7 +196,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
 
 def stats_to_proto(m, mode: str) -> gateway_pb2.Stats:
-    b = gateway_pb2.StepBreakdown(**sum_steps(list(m.steps)))
+    b = gateway_pb2.StepBreakdown(**m.breakdown())
     return gateway_pb2.Stats(
         spec_decode_num_drafts=m.spec_decode_num_drafts, spec_decode_num_draft_tokens=m.spec_decode_num_draft_tokens,
         spec_decode_num_accepted_tokens=m.spec_decode_num_accepted_tokens,

@@ -53,7 +53,30 @@ class SpecDecodeMetrics:
     spec_decode_num_accepted_tokens: int = 0
     spec_decode_num_accepted_tokens_per_pos: list = None
     num_preemptions: int = 0  # requests that left the KV cache to make room (vLLM: num_preemptions)
-    steps: list = dataclasses.field(default_factory=list)
+    steps: list = dataclasses.field(default_factory=list)  # the most recent StepRecords (see add_step)
+    folded: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(BREAKDOWN_FIELDS, 0.0))
+    num_folded: int = 0  # older steps, kept only as sums in `folded`
+
+    MAX_KEPT_STEPS = 20_000  # a long-running gateway must not keep every step it ever ran
+
+    def add_step(self, record: StepRecord) -> None:
+        self.steps.append(record)
+        if len(self.steps) > self.MAX_KEPT_STEPS:
+            old, self.steps = self.steps[:len(self.steps) // 2], self.steps[len(self.steps) // 2:]
+            for name, value in sum_steps(old).items():
+                self.folded[name] += value
+            self.num_folded += len(old)
+
+    @property
+    def total_steps(self) -> int:
+        return self.num_folded + len(self.steps)
+
+    def breakdown(self) -> dict:
+        """sum_steps over every step since the metrics were made, folded ones included."""
+        recent = sum_steps(self.steps)
+        total = {name: recent[name] + self.folded[name] for name in BREAKDOWN_FIELDS}
+        total["num_steps"] = int(total["num_steps"])
+        return total
 
     def __post_init__(self):
         if self.spec_decode_num_accepted_tokens_per_pos is None:

@@ -82,7 +82,7 @@ class Scheduler:
             self._step_psd(touched, record)
         record.wall_s = time.perf_counter() - start
         if record.num_verified:
-            self.metrics.steps.append(record)
+            self.metrics.add_step(record)
         for req in list(self.running.values()):
             if req.finished:
                 touched[req.request_id] = req
