@@ -16,8 +16,8 @@ import torch
 from minedraft import hf_adapter
 from minedraft.channels import host_id, local_capabilities
 from minedraft.memory_flags import add_memory_arguments, memory_kwargs
-from minedraft.grpc_common import (abort_with, exit_after, add_health_and_reflection, log, make_server, params_from_proto,
-                                   set_serving, setup_logging)
+from minedraft.grpc_common import (abort_with, add_health_and_reflection, exit_after, log, make_server,
+                                   params_from_proto, set_serving, setup_logging)
 from minedraft.runner import ModelRunner
 from minedraft.service_metrics import add_metrics_argument, start_service_metrics
 from minedraft.v1 import worker_pb2
