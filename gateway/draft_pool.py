@@ -68,6 +68,7 @@ class DraftPool(DraftWorker):
         self.nodes: dict[str, RemoteDraftWorker] = {}
         self.transports: dict[str, str] = {}
         self.identities: dict[str, tuple] = {}  # address -> (host id, pid, instance): one process, one node
+        self.context_lens: dict[str, int] = {}  # address -> longest sequence its KV budget holds
         self.known: dict[str, _Known] = {}
         self.lock = threading.RLock()
         self._calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="minedraft-draft-call")
@@ -107,6 +108,7 @@ class DraftPool(DraftWorker):
                 self.nodes[address] = node
                 self.transports[address] = transport
                 self.identities[address] = identity
+                self.context_lens[address] = info.context_len
             log.info("gateway: draft node %s joined (token channel %s); %d node(s) live",
                      address, transport, len(self.nodes))
 
@@ -124,6 +126,7 @@ class DraftPool(DraftWorker):
             node = self.nodes.pop(address, None)
             self.transports.pop(address, None)
             self.identities.pop(address, None)
+            self.context_lens.pop(address, None)
             for known in self.known.values():
                 if known.node == address:
                     known.node = None
@@ -148,9 +151,18 @@ class DraftPool(DraftWorker):
             self.nodes.clear()
             self.transports.clear()
             self.identities.clear()
+            self.context_lens.clear()
             self.known.clear()
             self.target, self.target_info = target, target_info
         self.refresh()
+
+    @property
+    def context_len(self) -> int | None:
+        """The shortest context of the live nodes (a draft's memory budget may allow less than the
+        target's): longer requests could not be drafted."""
+        with self.lock:
+            lens = [self.context_lens[a] for a in self.nodes if a in self.context_lens]
+        return min(lens) if lens else None
 
     @property
     def live(self) -> list[str]:
@@ -233,36 +245,26 @@ class DraftPool(DraftWorker):
             return len(requests)
 
     def propose(self, request_ids, k, updates):
+        return self.start_propose(request_ids, k, updates).result()
+
+    def start_propose(self, request_ids, k, updates, pool=None) -> "_PendingPoolProposal":
+        """Send each node its share now (grpc futures, no thread per node); collect with .result()."""
         with self.lock:
             for rid, tokens in updates.items():
                 self.known[rid].tokens.extend(tokens)
                 self.known[rid].pending.extend(tokens)
-            while True:
-                self._home(request_ids)
-                groups: dict[str, list[str]] = {}
-                for rid in request_ids:
-                    groups.setdefault(self.known[rid].node, []).append(rid)
-                results, failed = self._parallel({a: (self._propose_on, a, ids, k) for a, ids in groups.items()})
-                if not failed:
-                    break
-            ordered, parts, compute, service, nbytes = [], [], 0.0, 0.0, 0
+            self._home(request_ids)
+            groups: dict[str, list[str]] = {}
+            for rid in request_ids:
+                groups.setdefault(self.known[rid].node, []).append(rid)
+            calls = {}
             for address, ids in groups.items():
-                proposal = results[address]
-                ordered.extend(ids)
-                parts.extend(proposal.parts)
-                compute = max(compute, proposal.compute_s)  # the nodes ran in parallel
-                service = max(service, proposal.service_s)
-                nbytes += proposal.channel_bytes
-            return Proposal(ordered, k, parts=parts, compute_s=compute, service_s=service, channel_bytes=nbytes)
-
-    def _propose_on(self, address: str, ids: list[str], k: int) -> Proposal:
-        try:
-            proposal = self.nodes[address].propose(ids, k, {rid: self.known[rid].pending for rid in ids})
-        except NoRoom:  # the node absorbed the updates all the same
-            self._sent(ids)
-            raise
-        self._sent(ids)
-        return proposal
+                node = self.nodes[address]
+                calls[address] = (node, ids, node.start_propose(ids, k, {rid: self.known[rid].pending for rid in ids}))
+                # Sent: a node absorbs them even when it answers NoRoom, and a failed node's requests
+                # are re-homed from every committed token (which resets pending).
+                self._sent(ids)
+        return _PendingPoolProposal(self, list(request_ids), k, calls)
 
     def _sent(self, ids: list[str]) -> None:
         for rid in ids:
@@ -281,3 +283,41 @@ class DraftPool(DraftWorker):
         for node in list(self.nodes.values()):
             node.close()
         self._calls.shutdown(wait=False)
+
+
+class _PendingPoolProposal:
+    """The nodes' Propose calls in flight. result() merges their parts; a node that failed (or was
+    replaced meanwhile by refresh) is dropped and the whole batch is drafted again on the survivors."""
+
+    def __init__(self, pool: DraftPool, request_ids: list[str], k: int, calls: dict):
+        self.pool, self.request_ids, self.k, self.calls = pool, request_ids, k, calls
+
+    def result(self) -> Proposal:
+        pool, results, failed, other = self.pool, {}, False, None
+        for address, (node, _ids, pending) in self.calls.items():
+            try:
+                results[address] = pending.result()
+            except grpc.RpcError as exc:
+                with pool.lock:
+                    if pool.nodes.get(address) is node:
+                        pool._drop(address, exc)
+                failed = True
+            except Exception as exc:  # noqa: BLE001 - NoRoom and the like: raised once all calls are done
+                other = other or exc
+        if other is not None:
+            raise other
+        with pool.lock:
+            failed = failed or any(pool.nodes.get(a) is not node for a, (node, _, _) in self.calls.items())
+        if failed:
+            return pool.propose(self.request_ids, self.k, {})
+        ordered, parts, compute, service, nbytes, done_at = [], [], 0.0, 0.0, 0, 0.0
+        for address, (_node, ids, _pending) in self.calls.items():
+            proposal = results[address]
+            ordered.extend(ids)
+            parts.extend(proposal.parts)
+            compute = max(compute, proposal.compute_s)  # the nodes ran in parallel
+            service = max(service, proposal.service_s)
+            nbytes += proposal.channel_bytes
+            done_at = max(done_at, proposal.done_at)
+        return Proposal(ordered, self.k, parts=parts, compute_s=compute, service_s=service, channel_bytes=nbytes,
+                        done_at=done_at)

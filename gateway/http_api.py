@@ -98,7 +98,7 @@ class HttpFrontend:
             self._guard(request)
         except ApiError as exc:
             return _error(exc)
-        return JSONResponse(model_list(self.model_name, self.gw.workers.target_info.context_len))
+        return JSONResponse(model_list(self.model_name, self.gw.workers.context_len))
 
     async def completions(self, request: Request) -> Response:
         return await self._generate(request, chat=False)
@@ -113,7 +113,7 @@ class HttpFrontend:
                 body = await request.json()
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ApiError(400, f"the request body is not valid JSON: {exc}")
-            req = parse_request(body, chat, self.gw.workers.target_info.context_len)
+            req = parse_request(body, chat, self.gw.workers.context_len)
             if req.model != self.model_name:
                 raise ApiError(404, f"model: {req.model!r} does not exist; this server serves {self.model_name!r}",
                                "model", code="model_not_found")

@@ -46,6 +46,12 @@ class Workers:
     def transport(self) -> str:
         return self.draft.transport if self.draft is not None else "none"
 
+    @property
+    def context_len(self) -> int:
+        """What a request may use: the target's context, or a live draft's when that is shorter."""
+        draft = self.draft.context_len if self.draft is not None else None
+        return min(self.target_info.context_len, draft or self.target_info.context_len)
+
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, args):
@@ -126,7 +132,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 raise ValueError("prompt: this gateway has no tokenizer; send prompt_ids")
             prompt_ids = self.tokenizer.encode(prompt)
         ti = self.workers.target_info
-        req = build_request(rid, prompt_ids, params, ti.vocab_size, ti.context_len, self.eos_ids)
+        req = build_request(rid, prompt_ids, params, ti.vocab_size, self.workers.context_len, self.eos_ids)
         self.loop.submit(req, events)
         return prompt_ids
 
@@ -164,7 +170,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return gateway_pb2.ModelInfo(
             target_model=w.target_info.model, draft_model=",".join(self.draft_endpoints),
             mode=s.mode, num_speculative_tokens=s.k, vocab_size=w.target_info.vocab_size,
-            context_len=w.target_info.context_len, transport=w.transport,
+            context_len=w.context_len, transport=w.transport,
             draft_endpoints=w.draft.live if w.draft is not None else [], target_endpoint=self.args.target)
 
     def GetModelInfo(self, request, context):
