@@ -52,16 +52,17 @@ class Engine:
                  dtype: str | None = None, max_num_seqs: int = 64, max_model_len: int | None = None,
                  full_q: bool = True, kv_cache_memory: float | None = None, gpu_memory_utilization: float = 0.9,
                  max_num_batched_tokens: int | None = None, block_size: int = 16,
-                 num_kv_blocks: int | None = None):
+                 num_kv_blocks: int | None = None, cuda_graphs: bool | None = None):
         if target is None:
             target, default_draft = default_model_paths()
             draft = draft if draft is not None else default_draft
         check_mode_and_k(mode, num_speculative_tokens, draft is not None)  # before loading anything
         lookahead = num_speculative_tokens + 2
         # Target and draft each get the budget (kv_cache_memory / gpu_memory_utilization) on their device.
+        # cuda_graphs: None = runner.CUDA_GRAPHS_DEFAULT (off until a GPU run has exercised them).
         memory = dict(kv_cache_memory=kv_cache_memory, gpu_memory_utilization=gpu_memory_utilization,
                       max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
-                      num_kv_blocks=num_kv_blocks)
+                      num_kv_blocks=num_kv_blocks, cuda_graphs=cuda_graphs)
         self.target_runner = ModelRunner(target, device, dtype, max_num_seqs, max_model_len, lookahead,
                                          role="target", **memory)
         self.draft_runner = None

@@ -1,12 +1,13 @@
-"""The KV cache's command-line flags, shared by `serve target|draft` and `up` (same names as
-Engine's keywords). No torch here: the CLI imports it."""
+"""The KV cache's command-line flags (and --cuda-graphs), shared by `serve target|draft` and `up`
+(same names as Engine's keywords). No torch here: the CLI imports it."""
 
 from __future__ import annotations
 
 import argparse
 
 # flag attribute -> Engine / ModelRunner keyword (the same name)
-MEMORY_FLAGS = ("kv_cache_memory", "gpu_memory_utilization", "max_num_batched_tokens", "block_size", "num_kv_blocks")
+MEMORY_FLAGS = ("kv_cache_memory", "gpu_memory_utilization", "max_num_batched_tokens", "block_size", "num_kv_blocks",
+                "cuda_graphs")
 
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,9 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
     parser.add_argument("--num-kv-blocks", type=int, default=None,
                         help="force the number of KV blocks (tests; overrides the memory budget)")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="CUDA graphs for decode, draft and verify steps (default: off until a GPU run "
+                             "has exercised them; see the README's GPU section)")
 
 
 def memory_kwargs(args) -> dict:
@@ -35,6 +39,8 @@ def memory_argv(args) -> list[str]:
     out = []
     for name in ("max_num_seqs", "max_model_len") + MEMORY_FLAGS:
         value = getattr(args, name, None)
-        if value is not None:
+        if isinstance(value, bool):  # BooleanOptionalAction: --flag / --no-flag
+            out.append(("--" if value else "--no-") + name.replace("_", "-"))
+        elif value is not None:
             out += ["--" + name.replace("_", "-"), str(value)]
     return out

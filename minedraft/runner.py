@@ -13,7 +13,8 @@ import logging
 import torch
 
 from minedraft.attention import ForwardBatch, SeqSlice
-from minedraft.block_manager import BlockManager
+from minedraft.block_manager import BlockManager, blocks_for
+from minedraft.cuda_graphs import GraphRunner
 from minedraft.checkpoint import load_model
 from minedraft.kv_cache import PagedKVCache
 from minedraft.memory_budget import plan_kv_cache
@@ -23,6 +24,8 @@ log = logging.getLogger("minedraft")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 DEFAULT_BLOCK_SIZE = 16
+# Off until a GPU run has exercised the captured path (issue 14; scripts/gpu_check.sh measures both).
+CUDA_GRAPHS_DEFAULT = False
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
@@ -44,8 +47,10 @@ class ModelRunner:
     def __init__(self, path: str, device: str = "cpu", dtype=None, max_num_seqs: int = 64,
                  max_model_len: int | None = None, lookahead: int = 16, *, kv_cache_memory: float | None = None,
                  gpu_memory_utilization: float = 0.9, block_size: int = DEFAULT_BLOCK_SIZE,
-                 max_num_batched_tokens: int | None = None, num_kv_blocks: int | None = None, role: str = "model"):
+                 max_num_batched_tokens: int | None = None, num_kv_blocks: int | None = None, role: str = "model",
+                 cuda_graphs: bool | None = None):
         self.device = torch.device(device)
+        self.graphs: GraphRunner | None = None  # set once the cache exists (the profile runs eagerly)
         self.dtype = resolve_dtype(dtype, device)
         self.model, self.cfg = load_model(path, device=str(self.device), dtype=self.dtype)
         self.vocab_size = self.cfg.vocab_size
@@ -63,6 +68,19 @@ class ModelRunner:
         self.blocks = BlockManager(self.plan.num_blocks, block_size)
         self.cache = self._new_cache(self.plan.num_blocks, block_size)
         log.info("%s", self.plan.summary(role, lookahead))
+        self.graphs = self._graph_runner(cuda_graphs, lookahead, role)
+
+    def _graph_runner(self, cuda_graphs: bool | None, lookahead: int, role: str) -> GraphRunner | None:
+        """Static-shape uniform steps: captured as CUDA graphs on a GPU; on CPU (tests) the same
+        static buffers and padding run as plain calls."""
+        if not (CUDA_GRAPHS_DEFAULT if cuda_graphs is None else cuda_graphs):
+            return None
+        if self.device.type != "cuda":
+            log.info("%s: cuda_graphs on a %s device: static buffers and buckets, no capture", role,
+                     self.device.type)
+        return GraphRunner(self.model, self.cache, self.blocks.block_size,
+                           blocks_for(self.context_len + lookahead, self.blocks.block_size), self.device,
+                           max_q=lookahead, max_tokens=self.max_num_batched_tokens)
 
     def _new_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
         cfg = self.cfg
@@ -112,6 +130,12 @@ class ModelRunner:
         counts = [len(t) for t in tokens]
         starts = [self.blocks.lengths[s] for s in seqs]
         self.reserve({s: st + c for s, st, c in zip(seqs, starts, counts)})
+        shape = self._graph_shape(counts, starts, all_positions)
+        if shape is not None:
+            logits = self.graphs.run(shape, tokens, starts, [self.blocks.tables[s] for s in seqs])
+            for s, c in zip(seqs, counts):
+                self.blocks.lengths[s] += c
+            return logits if all_positions else logits[:, -1]
         pieces: list[list[torch.Tensor]] = [[] for _ in seqs]
         for chunk in self._chunks(seqs, starts, tokens, all_positions):
             logits = self._run_chunk(chunk, all_positions)
@@ -130,6 +154,15 @@ class ModelRunner:
             rows = torch.cat(p)
             out[i, :rows.shape[0]] = rows
         return out
+
+    def _graph_shape(self, counts, starts, all_positions):
+        """The graph bucket of a uniform step (decode: 1 token per row; verify: k+1 with every
+        position's logits), or None to run eagerly."""
+        if self.graphs is None or not counts or any(c != counts[0] for c in counts):
+            return None
+        if counts[0] != 1 and not all_positions:
+            return None
+        return self.graphs.shape_for(len(counts), counts[0], max(starts) + counts[0])
 
     def _chunks(self, seqs, starts, tokens, all_positions):
         """Split the work into passes of at most max_num_batched_tokens tokens. Each item is
@@ -155,7 +188,10 @@ class ModelRunner:
 
     def _run_chunk(self, chunk, all_positions: bool) -> torch.Tensor:
         slices = [sl for _, sl, _ in chunk]
-        flat = [t for sl in slices for t in sl.tokens]
+        if torch.is_tensor(slices[0].tokens):  # a draft step's tokens, still on the device
+            flat = torch.cat([sl.tokens for sl in slices])
+        else:
+            flat = [t for sl in slices for t in sl.tokens]
         index, at = [], 0
         for _, sl, want in chunk:
             index.extend(range(at + sl.q_len - want, at + sl.q_len))
