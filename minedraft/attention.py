@@ -20,17 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from minedraft.kv_cache import PagedKVCache
+from minedraft.transfer import host_tensor
 
 UNIFORM_MAX_Q = 32  # decode/verify/draft steps; longer uniform chunks take the varlen path
-
-
-def host_tensor(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A host list as a tensor on `device`. On CUDA through pinned memory and a non-blocking copy:
-    a pageable copy would synchronise the stream (torch waits for it), i.e. a host sync per input.
-    The caching host allocator keeps the pinned block until the copy has run."""
-    if device.type != "cuda":
-        return torch.tensor(data, dtype=dtype, device=device)
-    return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
 def attend_uniform(q: torch.Tensor, cache: PagedKVCache, layer: int, key_slots: torch.Tensor,

@@ -23,8 +23,9 @@ import logging
 
 import torch
 
-from minedraft.attention import attend_uniform, host_tensor, window_mask
+from minedraft.attention import attend_uniform, window_mask
 from minedraft.block_manager import NULL_BLOCK
+from minedraft.transfer import host_tensor
 
 log = logging.getLogger("minedraft")
 

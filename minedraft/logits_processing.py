@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from minedraft.sampling import SamplingParams
+from minedraft.transfer import host_tensor
 
 
 def probs_from_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -16,15 +17,15 @@ def probs_from_logits(logits: torch.Tensor, params: list[SamplingParams]) -> tor
     b, v = logits.shape[0], logits.shape[-1]
     view = (b,) + (1,) * (logits.dim() - 1)
     device = logits.device
-    greedy = torch.tensor([p.greedy for p in params], device=device).view(view)
-    temp = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device).view(view)
+    greedy = host_tensor([p.greedy for p in params], torch.bool, device).view(view)
+    temp = host_tensor([p.temperature if not p.greedy else 1.0 for p in params], torch.float32, device).view(view)
     logits = logits / temp
     top_k = [p.top_k for p in params]
     top_p = [p.top_p for p in params]
     if any(0 < k < v for k in top_k) or any(p < 1.0 for p in top_p):
         logits = _filter_top_k_top_p(logits, top_k, top_p, view)
     probs = torch.softmax(logits, dim=-1)
-    if greedy.any():
+    if any(p.greedy for p in params):  # decided on the host: greedy.any() would sync the device
         one_hot = torch.zeros_like(probs).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
         probs = torch.where(greedy, one_hot, probs)
     return probs
@@ -35,11 +36,11 @@ def _filter_top_k_top_p(logits, top_k, top_p, view):
     device = logits.device
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(v, device=device)
-    k = torch.tensor([kk if 0 < kk < v else v for kk in top_k], device=device).view(view)
+    k = host_tensor([kk if 0 < kk < v else v for kk in top_k], torch.long, device).view(view)
     remove = ranks >= k  # beyond the top-k
     sorted_probs = torch.softmax(sorted_logits.masked_fill(remove, float("-inf")), dim=-1)
     mass_before = sorted_probs.cumsum(-1) - sorted_probs
-    p = torch.tensor(top_p, device=device, dtype=sorted_probs.dtype).view(view)
+    p = host_tensor(top_p, sorted_probs.dtype, device).view(view)
     remove = remove | (mass_before >= p)  # keep the smallest prefix whose mass reaches top_p
     remove[..., 0] = False
     sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
@@ -47,13 +48,18 @@ def _filter_top_k_top_p(logits, top_k, top_p, view):
 
 
 def sample(probs: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:
-    """One token per row from probs [B, V]: argmax for greedy rows, else the row's own generator."""
-    out = []
+    """One token per row from probs [B, V] as host ints (one read-back for the batch)."""
+    return sample_tensor(probs, params, generators).tolist()
+
+
+def sample_tensor(probs: torch.Tensor, params: list[SamplingParams],
+                  generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row [B] (long, on probs' device, nothing read back): argmax for greedy rows,
+    else one draw from the row's own generator, so a row's draw never depends on its batch."""
+    out = probs.argmax(-1)
     for row, (p, g) in enumerate(zip(params, generators)):
-        if p.greedy:
-            out.append(int(probs[row].argmax()))
-        else:
-            out.append(int(torch.multinomial(probs[row], 1, generator=g)))
+        if not p.greedy:
+            out[row:row + 1] = torch.multinomial(probs[row], 1, generator=g)
     return out
 
 

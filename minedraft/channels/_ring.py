@@ -111,12 +111,15 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
 
 
 def encode_into(dst: torch.Tensor, layout: Layout, generation: int, tokens, probs) -> None:
-    """Write one block into the uint8 tensor `dst` (host or device), header last (seqlock)."""
+    """Write one block into the uint8 tensor `dst` (host or device), header last (seqlock).
+    non_blocking: into a device ring, a host source is staged by the driver at once (safe to free
+    after the call) instead of torch waiting for the stream after each copy; the writer publishes
+    once all are queued. A host ring ignores it."""
     dst[_GEN].zero_()
-    dst[HEADER_BYTES:HEADER_BYTES + layout.tok_bytes].copy_(_as_bytes(tokens))
+    dst[HEADER_BYTES:HEADER_BYTES + layout.tok_bytes].copy_(_as_bytes(tokens), non_blocking=True)
     if probs is not None:
-        dst[layout.probs_offset:layout.nbytes].copy_(_as_bytes(probs))
-    dst[:HEADER_BYTES].copy_(pack_header(layout, generation))
+        dst[layout.probs_offset:layout.nbytes].copy_(_as_bytes(probs), non_blocking=True)
+    dst[:HEADER_BYTES].copy_(pack_header(layout, generation), non_blocking=True)
 
 
 def decode(blk: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -3,8 +3,9 @@
 The ring is allocated with a plain cudaMalloc through CuPy (not a caching pool), so the handle's
 base is the ring itself (offset 0); torch sees it through DLPack. The consumer opens the handle once
 per process (cached, ref-counted) on the device that holds it, and copies each block out with
-`.to(device)` (peer copy when devices differ). Ordering: the writer synchronises its stream before
-returning the ref, and the ref only reaches the reader after the producer's gRPC reply.
+`.to(device)` (peer copy when devices differ). Ordering: the writer waits for an event recorded on
+its own stream after the block's copies (never a device-wide sync: other streams keep running)
+before returning the ref, and the ref only reaches the reader after the producer's gRPC reply.
 CuPy is imported lazily: this module imports without it."""
 
 from __future__ import annotations
@@ -68,8 +69,11 @@ class CudaIpcWriter(_ring.RingWriter):
 
     def _publish(self) -> None:
         # The copies into the ring were queued on this device's current stream (cross-device
-        # copies join it); the ref must not leave before they land.
-        torch.cuda.current_stream(self._index).synchronize()
+        # copies join it); the ref must not leave before they land. An event waits for exactly
+        # that work, not for what other streams of the device run meanwhile.
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self._index))
+        done.synchronize()
 
     def spec(self) -> ChannelSpec:
         return ChannelSpec("cuda_ipc", handle=self._handle, device=f"cuda:{self._index}",
