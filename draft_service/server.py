@@ -20,11 +20,14 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
     role = "draft"
 
     def __init__(self, runner, model_path, max_k: int, max_num_seqs: int, full_q: bool = True,
-                 transport: str = "auto"):
-        super().__init__(runner, model_path, LocalDraftWorker(runner, full_q=full_q))
+                 q_dtype: str = "float32", transport: str = "auto"):
+        worker = LocalDraftWorker(runner, full_q=full_q, q_dtype=q_dtype)
+        super().__init__(runner, model_path, worker)
         self.forced_transport = None if transport in ("", "auto") else transport
         self.writer = None
-        self.capacity = dict(max_batch=max_num_seqs, max_k=max_k, vocab=runner.vocab_size)
+        # The ring holds the largest block this draft can write: every row sampling, at max_k.
+        self.capacity = dict(max_batch=max_num_seqs, max_k=max_k, vocab=runner.vocab_size,
+                             probs_dtype=worker.q_dtype)
 
     def Handshake(self, request, context):
         def run():
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-k", type=int, default=8, help="largest k the token channel is sized for")
     parser.add_argument("--transport", default="auto", choices=["auto", "cuda_ipc", "shm", "inline"],
                         help="force the token channel's transport unless the gateway forces one")
+    parser.add_argument("--q-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="dtype of the q sent for sampled requests (bfloat16: half the bytes, still exact)")
     parser.add_argument("--one-hot-q", action="store_true",
                         help="for sampled requests, draft greedily and send no distributions")
     return parser
@@ -87,6 +92,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--max-k: must be in [1, {MAX_SPECULATIVE_TOKENS}]")
     runner, path = load_runner(args, "draft", lookahead=MAX_SPECULATIVE_TOKENS + 2)
     servicer = DraftServicer(runner, path, args.max_k, args.max_num_seqs, full_q=not args.one_hot_q,
+                             q_dtype=args.q_dtype,
                              transport=args.transport)
     serve(servicer, worker_pb2_grpc.add_DraftWorkerServicer_to_server, SERVICE, args)
     return 0

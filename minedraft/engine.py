@@ -50,7 +50,7 @@ class Engine:
     def __init__(self, target: str | None = None, draft: str | None = None, mode: str = "psd",
                  num_speculative_tokens: int = 4, device: str = "cpu", draft_device: str | None = None,
                  dtype: str | None = None, max_num_seqs: int = 64, max_model_len: int | None = None,
-                 full_q: bool = True, kv_cache_memory: float | None = None, gpu_memory_utilization: float = 0.9,
+                 full_q: bool = True, q_dtype: str = "float32", kv_cache_memory: float | None = None, gpu_memory_utilization: float = 0.9,
                  max_num_batched_tokens: int | None = None, block_size: int = 16,
                  num_kv_blocks: int | None = None, cuda_graphs: bool | None = None):
         if target is None:
@@ -71,7 +71,7 @@ class Engine:
             self.draft_runner = ModelRunner(draft, draft_device or device, dtype, max_num_seqs,
                                             max_model_len, lookahead, role="draft", **memory)
             check_pair(target, draft, self.target_runner.vocab_size, self.draft_runner.vocab_size)
-            draft_worker = LocalDraftWorker(self.draft_runner, full_q=full_q)
+            draft_worker = LocalDraftWorker(self.draft_runner, full_q=full_q, q_dtype=q_dtype)
         self.tokenizer = hf_adapter.load_tokenizer(target)
         cfg = self.target_runner.cfg
         self.eos_token_ids = frozenset(cfg.eos_token_ids)

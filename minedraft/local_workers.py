@@ -16,13 +16,15 @@ import time
 import torch
 
 from minedraft.block_manager import NoRoom, blocks_for
-from minedraft.logits_processing import make_generator, probs_from_logits, sample, step_seed
+from minedraft.logits_processing import make_generator, probs_from_logits, sample, sample_tensor, step_seed
 from minedraft.runner import ModelRunner
 from minedraft.sampling import SamplingParams
+from minedraft.transfer import host_tensor
 from minedraft.verification import verify_batch
 from minedraft.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
 
 TARGET_STREAM, DRAFT_STREAM = 0, 0x5EED  # the draft's random stream differs from the target's
+Q_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclasses.dataclass
@@ -89,10 +91,24 @@ class _RowBook:
                     kv_cache_usage=b.usage)
 
 
+def normalised_q(q: torch.Tensor | None) -> torch.Tensor | None:
+    """q exactly as the draft sampled from it: multinomial draws proportionally to the values it was
+    given, which for a bfloat16 q are rounded and do not sum to 1."""
+    if q is None:
+        return None
+    q = q.float()
+    return q / q.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
 class LocalDraftWorker(DraftWorker):
-    def __init__(self, runner: ModelRunner, full_q: bool = True):
+    def __init__(self, runner: ModelRunner, full_q: bool = True, q_dtype: str = "float32"):
         self.runner = runner
         self.full_q = full_q  # send q for sampled requests (else draft greedily with one-hot q)
+        # bfloat16: q crosses the channel at half the bytes. Exactness holds because the draft samples
+        # from that very rounded q (multinomial normalises it) and verification normalises it too.
+        if q_dtype not in Q_DTYPES:
+            raise ValueError(f"q_dtype: must be one of {', '.join(Q_DTYPES)}, got {q_dtype!r}")
+        self.q_dtype = Q_DTYPES[q_dtype]
         self.book = _RowBook(runner, DRAFT_STREAM)
         self.context_len = runner.context_len
 
@@ -109,6 +125,8 @@ class LocalDraftWorker(DraftWorker):
         """A draft whose vocabulary is a prefix of the target's still reads every committed token:
         ids it lacks (never real tokens in practice: padding rows of the target's embedding) are
         read as id 0. That can only lower acceptance, never change the output."""
+        if torch.is_tensor(tokens):  # the draft's own samples: always inside its vocabulary
+            return self.runner.forward(rows, tokens)
         v = self.runner.vocab_size
         tokens = [[t if t < v else 0 for t in row] for row in tokens]
         return self.runner.forward(rows, tokens)
@@ -147,18 +165,21 @@ class LocalDraftWorker(DraftWorker):
         for step in range(k):
             logits = self._forward(rows, pending)
             q = probs_from_logits(logits, params)
-            chosen = sample(q, params, gens)
+            if want_q and self.q_dtype != torch.float32:
+                q = q.to(self.q_dtype)  # what is sent is what is sampled from
+            # [B] on the device: fed back into the next step without a host sync
+            chosen = sample_tensor(q.float() if q.dtype != torch.float32 else q, params, gens)
             tokens.append(chosen)
             if want_q:  # q only for the rows that sample: greedy rows never read it
                 probs.append(q[sampled] if len(sampled) < len(rows) else q)
-            pending = [[t] for t in chosen]
+            pending = chosen[:, None]
+        drafted = torch.stack(tokens, 1).tolist()  # [B, k]: the proposal's one host sync
         # The last drafted token was never fed: its KV is written when the target accepts it.
-        for s, row_tokens in zip(states, zip(*tokens)):
-            s.drafted = list(row_tokens)
-        token_tensor = torch.tensor(tokens, dtype=torch.long).T.contiguous()  # [B, k]
-        prob_tensor = torch.stack(probs, dim=1) if want_q else None  # [S, k, V]
-        if prob_tensor is not None and prob_tensor.is_cuda:
-            torch.cuda.synchronize(prob_tensor.device)
+        for s, row_tokens in zip(states, drafted):
+            s.drafted = row_tokens
+        token_tensor = torch.tensor(drafted, dtype=torch.long)  # [B, k] on the host (the channel's contract)
+        # [S, k, V] stays on the device: the channel's writer orders its own copies (no device-wide sync)
+        prob_tensor = torch.stack(probs, dim=1) if want_q else None
         nbytes = token_tensor.nbytes + (prob_tensor.nbytes if prob_tensor is not None else 0)
         return Proposal(list(request_ids), k, token_tensor, prob_tensor, compute_s=time.perf_counter() - t0,
                         channel_bytes=nbytes)
@@ -210,15 +231,18 @@ class LocalTargetWorker(TargetWorker):
     def verify(self, proposal: Proposal) -> Verdict:
         t0 = time.perf_counter()
         states = self.book.get(proposal.request_ids)
-        drafts = proposal.tokens.tolist()
         rows = [s.row for s in states]
         kv_before = [self.runner.length(r) for r in rows]
         self.book.reseed(states)
-        logits = self.runner.forward(rows, [[s.tokens[-1]] + d for s, d in zip(states, drafts)],
-                                     all_positions=True)  # [B, k+1, V]; NoRoom before any compute
+        # The verify input [B, k+1] is built on the device: the drafts are not read back to the host.
+        device = self.runner.device
+        last = host_tensor([[s.tokens[-1]] for s in states], torch.long, device)
+        tokens = torch.cat([last, proposal.tokens.to(device, torch.long)], 1)
+        logits = self.runner.forward(rows, tokens, all_positions=True)  # [B, k+1, V]; NoRoom before any compute
         params = [s.params for s in states]
         p = probs_from_logits(logits, params)
-        verdicts = verify_batch(p, proposal.tokens, proposal.probs, params, [s.generator for s in states])
+        verdicts = verify_batch(p, proposal.tokens, normalised_q(proposal.probs), params,
+                                [s.generator for s in states])
         for s, row, before, v in zip(states, rows, kv_before, verdicts):
             # Keep the pending token and the accepted drafts; the new last token stays pending.
             self.runner.rollback(row, before + 1 + v.num_accepted)

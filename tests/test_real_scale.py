@@ -183,3 +183,33 @@ def test_smaller_draft_vocabulary_sampling_follows_target(one_hot_q):
     print(f"smaller draft vocabulary, one_hot_q={one_hot_q}: chi-square p-values first={p1:.3f} second={p2:.3f}")
     assert p1 > SIGNIFICANCE and p2 > SIGNIFICANCE
     assert (firsts >= V - 3).any()  # ids outside the draft's vocabulary are emitted too
+
+
+@pytest.mark.parametrize("rounding", ["bfloat16"])
+def test_bf16_q_sampled_from_is_exact(rounding):
+    """The compact q: the draft samples from q rounded to bfloat16 and sends that; verification
+    normalises it. Emitted tokens still follow p (chi-square)."""
+    from minedraft.local_workers import normalised_q
+    from test_sampling_exact import K, SIGNIFICANCE, chi_square_p, emitted_first_two, random_dists
+
+    g = torch.Generator().manual_seed(6)
+    torch.manual_seed(16)
+    p = random_dists(g, K + 2)
+    q = random_dists(g, K + 2).to(getattr(torch, rounding)).float()  # sums to 1 only roughly
+    firsts, seconds = emitted_first_two(p, normalised_q(q), False, seed=23)
+    p1, p2 = chi_square_p(firsts, p[0]), chi_square_p(seconds, p[1])
+    print(f"bf16 q: chi-square p-values first={p1:.3f} second={p2:.3f}")
+    assert p1 > SIGNIFICANCE and p2 > SIGNIFICANCE
+
+
+def test_bf16_q_through_the_engine_halves_what_crosses_the_channel(llama_pair):
+    target, draft, _ = llama_pair
+    params = SamplingParams(temperature=0.8, max_tokens=12, seed=4, ignore_eos=True)
+    prompts = [[1, 5, 9], [1, 7, 7, 8]]
+    full = Engine(target, draft, mode="sd", num_speculative_tokens=3)
+    half = Engine(target, draft, mode="sd", num_speculative_tokens=3, q_dtype="bfloat16")
+    for e in (full, half):
+        assert all(len(r.token_ids) == 12 for r in e.generate(prompts, params))
+    bytes_full = sum(s.channel_bytes for s in full.metrics.steps) / len(full.metrics.steps)
+    bytes_half = sum(s.channel_bytes for s in half.metrics.steps) / len(half.metrics.steps)
+    assert bytes_half < 0.6 * bytes_full
