@@ -24,6 +24,7 @@ from minedraft.verification import verify_batch
 from minedraft.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
 
 TARGET_STREAM, DRAFT_STREAM = 0, 0x5EED  # the draft's random stream differs from the target's
+Q_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclasses.dataclass
@@ -90,10 +91,24 @@ class _RowBook:
                     kv_cache_usage=b.usage)
 
 
+def normalised_q(q: torch.Tensor | None) -> torch.Tensor | None:
+    """q exactly as the draft sampled from it: multinomial draws proportionally to the values it was
+    given, which for a bfloat16 q are rounded and do not sum to 1."""
+    if q is None:
+        return None
+    q = q.float()
+    return q / q.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
 class LocalDraftWorker(DraftWorker):
-    def __init__(self, runner: ModelRunner, full_q: bool = True):
+    def __init__(self, runner: ModelRunner, full_q: bool = True, q_dtype: str = "float32"):
         self.runner = runner
         self.full_q = full_q  # send q for sampled requests (else draft greedily with one-hot q)
+        # bfloat16: q crosses the channel at half the bytes. Exactness holds because the draft samples
+        # from that very rounded q (multinomial normalises it) and verification normalises it too.
+        if q_dtype not in Q_DTYPES:
+            raise ValueError(f"q_dtype: must be one of {', '.join(Q_DTYPES)}, got {q_dtype!r}")
+        self.q_dtype = Q_DTYPES[q_dtype]
         self.book = _RowBook(runner, DRAFT_STREAM)
         self.context_len = runner.context_len
 
@@ -150,8 +165,10 @@ class LocalDraftWorker(DraftWorker):
         for step in range(k):
             logits = self._forward(rows, pending)
             q = probs_from_logits(logits, params)
+            if want_q and self.q_dtype != torch.float32:
+                q = q.to(self.q_dtype)  # what is sent is what is sampled from
             # [B] on the device: fed back into the next step without a host sync
-            chosen = sample_tensor(q, params, gens)
+            chosen = sample_tensor(q.float() if q.dtype != torch.float32 else q, params, gens)
             tokens.append(chosen)
             if want_q:  # q only for the rows that sample: greedy rows never read it
                 probs.append(q[sampled] if len(sampled) < len(rows) else q)
@@ -224,7 +241,8 @@ class LocalTargetWorker(TargetWorker):
         logits = self.runner.forward(rows, tokens, all_positions=True)  # [B, k+1, V]; NoRoom before any compute
         params = [s.params for s in states]
         p = probs_from_logits(logits, params)
-        verdicts = verify_batch(p, proposal.tokens, proposal.probs, params, [s.generator for s in states])
+        verdicts = verify_batch(p, proposal.tokens, normalised_q(proposal.probs), params,
+                                [s.generator for s in states])
         for s, row, before, v in zip(states, rows, kv_before, verdicts):
             # Keep the pending token and the accepted drafts; the new last token stays pending.
             self.runner.rollback(row, before + 1 + v.num_accepted)
