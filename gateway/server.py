@@ -171,7 +171,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             target_model=w.target_info.model, draft_model=",".join(self.draft_endpoints),
             mode=s.mode, num_speculative_tokens=s.k, vocab_size=w.target_info.vocab_size,
             context_len=w.context_len, transport=w.transport,
-            draft_endpoints=w.draft.live if w.draft is not None else [], target_endpoint=self.args.target)
+            draft_endpoints=w.draft.live if w.draft is not None else [], target_endpoint=self.args.target,
+            max_num_seqs=s.max_num_seqs)
 
     def GetModelInfo(self, request, context):
         self._require_ready(context)
@@ -188,7 +189,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._require_ready(context)
         self._require_operator(context, "Configure")
         try:
-            self.loop.call(lambda s: s.reconfigure(request.mode or None, request.num_speculative_tokens or None))
+            self.loop.call(lambda s: s.reconfigure(request.mode or None, request.num_speculative_tokens or None,
+                                                   request.max_num_seqs or None))
         except ValueError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return self._model_info()

@@ -7,6 +7,7 @@ to the target."""
 from __future__ import annotations
 
 import functools
+import time
 
 import grpc
 
@@ -31,18 +32,55 @@ def _new_requests_proto(requests: list[NewRequest]) -> worker_pb2.AddRequest:
                               seed=r.seed, resume=r.resume) for r in requests])
 
 
-def _no_room_as_exception(method):
+def _raise_no_room(exc: grpc.RpcError) -> None:
     """A worker out of KV blocks answers RESOURCE_EXHAUSTED "no room: ..."; give the scheduler the
     same NoRoom an in-process worker raises."""
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (exc.details() or "").startswith("no room"):
+        raise NoRoom(message=exc.details()) from exc
+
+
+def _no_room_as_exception(method):
     @functools.wraps(method)
     def call(*args, **kwargs):
         try:
             return method(*args, **kwargs)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (exc.details() or "").startswith("no room"):
-                raise NoRoom(message=exc.details()) from exc
+            _raise_no_room(exc)
             raise
     return call
+
+
+class PendingProposal:
+    """A Propose call in flight (grpc's own future: no Python thread carries it). The reply's arrival
+    time is taken in grpc's completion callback, so the step breakdown sees the call's true end even
+    when the caller collects it later."""
+
+    def __init__(self, future, request_ids: list[str], k: int, channel_id: str):
+        self.future, self.request_ids, self.k, self.channel_id = future, request_ids, k, channel_id
+        self.done_at = 0.0
+        future.add_done_callback(self._stamp)
+
+    def _stamp(self, _future) -> None:
+        self.done_at = time.perf_counter()
+
+    def result(self) -> Proposal:
+        try:
+            reply = self.future.result()
+        except grpc.RpcError as exc:
+            _raise_no_room(exc)
+            raise
+        return _proposal(reply, self.request_ids, self.k, self.channel_id, self.done_at or time.perf_counter())
+
+
+def _proposal(reply: worker_pb2.ProposeReply, request_ids: list[str], k: int, channel_id: str,
+              done_at: float) -> Proposal:
+    return Proposal(request_ids, k, parts=[(channel_id, reply.block, len(request_ids))], compute_s=reply.compute_s,
+                    service_s=reply.service_s, channel_bytes=reply.block.nbytes, done_at=done_at)
+
+
+def _propose_request(request_ids, k: int, updates) -> worker_pb2.ProposeRequest:
+    return worker_pb2.ProposeRequest(request_ids=request_ids, k=k,
+                                     updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()})
 
 
 class _Remote:
@@ -77,11 +115,13 @@ class RemoteDraftWorker(_Remote, DraftWorker):
 
     @_no_room_as_exception
     def propose(self, request_ids, k, updates):
-        reply = self.stub.Propose(worker_pb2.ProposeRequest(
-            request_ids=list(request_ids), k=k,
-            updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()}), timeout=TIMEOUTS.step_s)
-        return Proposal(list(request_ids), k, parts=[(self.channel_id, reply.block, len(request_ids))],
-                        compute_s=reply.compute_s, service_s=reply.service_s, channel_bytes=reply.block.nbytes)
+        # blocking: this thread waits on the call itself (sd); start_propose when there is other work
+        reply = self.stub.Propose(_propose_request(request_ids, k, updates), timeout=TIMEOUTS.step_s)
+        return _proposal(reply, list(request_ids), k, self.channel_id, time.perf_counter())
+
+    def start_propose(self, request_ids, k, updates, pool=None) -> PendingProposal:
+        future = self.stub.Propose.future(_propose_request(request_ids, k, updates), timeout=TIMEOUTS.step_s)
+        return PendingProposal(future, list(request_ids), k, self.channel_id)
 
 
 class RemoteTargetWorker(_Remote, TargetWorker):

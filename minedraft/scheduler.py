@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from minedraft.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.request import Request
@@ -221,14 +221,14 @@ class Scheduler:
         to_draft = [i for i in (0, 1) if i != pb and self._live(self.batches[i])]
         if pb is not None and to_draft:  # the PSD step: verify one batch while drafting the other
             d = to_draft[0]
-            job = self._pool.submit(self._timed_propose, self._live(self.batches[d]), record)
+            job = self._start_propose(self._live(self.batches[d]), record)
             no_room = None
             try:
                 self._verify_and_commit(self.proposal, touched, record)
             except NoRoom as exc:  # batch pb is drafted again; its drafts roll back
                 no_room = exc
             try:
-                self.proposal, self.proposed_batch = job.result(), d
+                self.proposal, self.proposed_batch = self._finish_propose(job, record), d
             except NoDraftAvailable:  # batch d is drafted again once a draft node is back
                 self.proposal, self.proposed_batch = None, None
             except NoRoom as exc:
@@ -265,6 +265,27 @@ class Scheduler:
         t0 = time.perf_counter()
         proposal = self.draft.propose(ids, self.k, updates)
         record.draft_call_s = time.perf_counter() - t0
+        return self._record_proposal(proposal, record)
+
+    def _start_propose(self, ids: list[str], record: StepRecord):
+        """PSD: the draft call goes out now and is collected after the verify (_finish_propose)."""
+        updates = {rid: self.draft_updates.pop(rid, []) for rid in ids}
+        t0 = time.perf_counter()
+        try:
+            return self.draft.start_propose(ids, self.k, updates, self._pool), t0
+        except Exception as exc:  # noqa: BLE001 - raised by _finish_propose, after the verify, as before
+            failed = Future()
+            failed.set_exception(exc)
+            return failed, t0
+
+    def _finish_propose(self, job, record: StepRecord) -> Proposal:
+        future, t0 = job
+        proposal = future.result()
+        record.draft_call_s = (proposal.done_at or time.perf_counter()) - t0
+        return self._record_proposal(proposal, record)
+
+    @staticmethod
+    def _record_proposal(proposal: Proposal, record: StepRecord) -> Proposal:
         record.draft_s = proposal.compute_s
         record.draft_service_s = proposal.service_s or proposal.compute_s
         record.channel_bytes = proposal.channel_bytes
@@ -340,11 +361,14 @@ class Scheduler:
         self.draft_updates.clear()
         return len(live)
 
-    def reconfigure(self, mode: str | None, k: int | None) -> None:
-        """Switch mode or k between requests (the bench does so between rounds)."""
+    def reconfigure(self, mode: str | None, k: int | None, max_num_seqs: int | None = None) -> None:
+        """Switch mode, k or the running-request limit between requests (the bench does so between rounds)."""
         if self.has_unfinished():
             raise ValueError("mode: cannot change while requests are running")
         mode, k = mode or self.mode, k or self.k
         check_mode_and_k(mode, k, self.draft is not None)
-        self.mode, self.k = mode, k
+        max_num_seqs = max_num_seqs or self.max_num_seqs
+        if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs: must be an integer >= 1, got {max_num_seqs!r}")
+        self.mode, self.k, self.max_num_seqs = mode, k, max_num_seqs
         self.metrics = SpecDecodeMetrics(self.k)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import time
 from typing import Any
 
 from minedraft.block_manager import NoRoom  # noqa: F401 - part of the worker contract
@@ -45,6 +46,7 @@ class Proposal:
     compute_s: float = 0.0  # time the draft spent in forward passes and sampling
     service_s: float = 0.0  # remote: time inside the draft service's handler (compute + channel)
     channel_bytes: int = 0  # bytes of tokens and q this proposal puts through the token channel
+    done_at: float = 0.0  # perf_counter() when the reply was in (start_propose): the call's true end
 
 
 @dataclasses.dataclass
@@ -69,6 +71,17 @@ class DraftWorker(abc.ABC):
     def propose(self, request_ids: list[str], k: int, updates: dict[str, list[int]]) -> Proposal:
         """First append `updates` (tokens committed since this request's last proposal), then
         draft k tokens for every request."""
+
+    def start_propose(self, request_ids: list[str], k: int, updates: dict[str, list[int]], pool):
+        """Begin `propose` and return a future of its Proposal, so that the caller can verify the other
+        batch meanwhile (PSD). Here: on a thread of `pool`; gRPC workers override it with the call
+        itself in flight, which saves the thread hand-offs on the step's critical path."""
+        def run():
+            proposal = self.propose(request_ids, k, updates)
+            proposal.done_at = time.perf_counter()
+            return proposal
+
+        return pool.submit(run)
 
     @abc.abstractmethod
     def release(self, request_ids: list[str]) -> None:

@@ -58,7 +58,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("target_model", "draft_model", "mode", "num_speculative_tokens", "vocab_size", "context_len", "transport", "draft_endpoints", "target_endpoint")
+    __slots__ = ("target_model", "draft_model", "mode", "num_speculative_tokens", "vocab_size", "context_len", "transport", "draft_endpoints", "target_endpoint", "max_num_seqs")
     TARGET_MODEL_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MODEL_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class ModelInfo(_message.Message):
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     DRAFT_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     TARGET_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
     target_model: str
     draft_model: str
     mode: str
@@ -77,15 +78,18 @@ class ModelInfo(_message.Message):
     transport: str
     draft_endpoints: _containers.RepeatedScalarFieldContainer[str]
     target_endpoint: str
-    def __init__(self, target_model: _Optional[str] = ..., draft_model: _Optional[str] = ..., mode: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transport: _Optional[str] = ..., draft_endpoints: _Optional[_Iterable[str]] = ..., target_endpoint: _Optional[str] = ...) -> None: ...
+    max_num_seqs: int
+    def __init__(self, target_model: _Optional[str] = ..., draft_model: _Optional[str] = ..., mode: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transport: _Optional[str] = ..., draft_endpoints: _Optional[_Iterable[str]] = ..., target_endpoint: _Optional[str] = ..., max_num_seqs: _Optional[int] = ...) -> None: ...
 
 class ConfigureRequest(_message.Message):
-    __slots__ = ("mode", "num_speculative_tokens")
+    __slots__ = ("mode", "num_speculative_tokens", "max_num_seqs")
     MODE_FIELD_NUMBER: _ClassVar[int]
     NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
     mode: str
     num_speculative_tokens: int
-    def __init__(self, mode: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ...) -> None: ...
+    max_num_seqs: int
+    def __init__(self, mode: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., max_num_seqs: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ("reset",)
