@@ -9,6 +9,9 @@ mode alike.
 Modes (``--modes``, comma list; default all):
   ar, sd, psd            the three services (target, draft, gateway processes), one cluster; the mode
                          is switched with Configure between rounds
+  sd-paper, psd-paper    the paper's protocol through the same services: SD runs up to N requests
+                         (--paper-batch, 16), PSD two batches of up to N each, 4N queued at once;
+                         throughput = tokens / makespan, latency from submission (queueing included)
   sd-inproc, psd-inproc  the same scheduler over in-process workers (no gRPC): the control plane's cost
   sd-b1                  in-process sd, one request at a time over the --hf-requests prompts: "ours"
                          in the ours/HF ratio
@@ -41,11 +44,12 @@ import tempfile
 import time
 import types
 
-from minedraft.bench_runners import (ALL_MODES, BATCH1_MODES, HF_MODES, INPROC_MODES, SERVICE_MODES, BenchError,
-                                     Workload, check_round, run_inproc_round, run_service_round)
+from minedraft.bench_runners import (ALL_MODES, BATCH1_MODES, HF_MODES, INPROC_MODES, PAPER_MODES, PAPER_QUEUE_FACTOR,
+                                     SERVICE_MODES, BenchError, Workload, check_round, run_inproc_round,
+                                     run_service_round)
 
-QUICK = dict(num_requests=4, max_tokens=8, rounds=2, hf_requests=2)
-DEFAULTS = dict(num_requests=16, max_tokens=64, rounds=3, hf_requests=4)
+QUICK = dict(num_requests=4, max_tokens=8, rounds=2, hf_requests=2, paper_batch=2)
+DEFAULTS = dict(num_requests=16, max_tokens=64, rounds=3, hf_requests=4, paper_batch=16)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma list of: {', '.join(ALL_MODES)}")
     p.add_argument("--hf-requests", type=int, default=None,
                    help=f"prompts for the serial batch-1 modes sd-b1, hf-* (default {DEFAULTS['hf_requests']})")
+    p.add_argument("--paper-batch", type=int, default=None, metavar="N",
+                   help=f"the paper's protocol (sd-paper, psd-paper): SD runs up to N requests, PSD two batches "
+                        f"of up to N, {PAPER_QUEUE_FACTOR}N queued at once (default {DEFAULTS['paper_batch']})")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (GPU: both services share it, no CPU pinning)")
     p.add_argument("--no-pin", dest="pin", action="store_false",
                    help="on CPU, do not pin the services (see CPU placement below)")
@@ -99,7 +106,7 @@ def resolve_args(args) -> argparse.Namespace:
     if bad or not modes:
         raise SystemExit(f"minedraft bench: --modes: unknown {bad or modes}; choose from {', '.join(ALL_MODES)}")
     args.modes = list(dict.fromkeys(modes))
-    for name in ("num_requests", "max_tokens", "rounds", "hf_requests"):
+    for name in ("num_requests", "max_tokens", "rounds", "hf_requests", "paper_batch"):
         if getattr(args, name) < 1:
             raise SystemExit(f"minedraft bench: --{name.replace('_', '-')} must be >= 1")
     args.hf_requests = min(args.hf_requests, args.num_requests)
@@ -129,8 +136,10 @@ def resolve_args(args) -> argparse.Namespace:
 
 
 # -- workload ---------------------------------------------------------------------------------------
-def load_prompts(args) -> tuple[list[list[int]], str, int]:
-    """Token-id prompts for every request, where they came from, and how many were cut to fit."""
+def load_prompts(args, count: int | None = None) -> tuple[list[list[int]], str, int]:
+    """Token-id prompts for `count` requests (default --num-requests; the list cycles), where they came
+    from, and how many were cut to fit."""
+    count = count or args.num_requests
     from minedraft import hf_adapter
 
     cfg = hf_adapter.load_model_config(args.target)
@@ -156,7 +165,7 @@ def load_prompts(args) -> tuple[list[list[int]], str, int]:
         else:  # a checkpoint without tokenizer: fixed random token ids
             rng = random.Random(args.seed)
             items = [[rng.randrange(3, cfg.vocab_size) for _ in range(rng.randint(6, 16))]
-                     for _ in range(args.num_requests)]
+                     for _ in range(count)]
             source = "synthetic token ids (no tokenizer / prompt file)"
     if not items:
         raise SystemExit("minedraft bench: no prompts")
@@ -170,11 +179,18 @@ def load_prompts(args) -> tuple[list[list[int]], str, int]:
                          f"target's context of {cfg.max_position_embeddings}")
     cut = sum(len(x) > room for x in ids)
     ids = [x[-room:] for x in ids]  # keep the end of an over-long prompt (where generation continues)
-    ids = [ids[i % len(ids)] for i in range(args.num_requests)]
+    ids = [ids[i % len(ids)] for i in range(count)]
     return ids, source, cut
 
 
+def paper_workload(args, prompts: list[list[int]]) -> Workload:
+    """The paper's protocol: 4N requests queued at once, all sent (the gateway runs N or 2N of them)."""
+    n = PAPER_QUEUE_FACTOR * args.paper_batch
+    return Workload(prompts[:n], [0.0] * n, n, args.max_tokens, args.temperature, args.seed)
+
+
 def make_workload(args, prompts: list[list[int]]) -> Workload:
+    prompts = prompts[:args.num_requests]
     if args.rate:
         rng, t, arrivals = random.Random(args.seed + 1), 0.0, []
         for _ in prompts:
@@ -241,6 +257,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def service_max_num_seqs(args) -> int:
+    """What the workers (and the gateway, between paper rounds) are started with: room for every protocol."""
+    return max(64, args.concurrency, PAPER_MODES["psd-paper"][1] * args.paper_batch)
+
+
 def start_cluster(args, log_dir: str):
     """Start the three services (not waiting for them: the caller loads its own models meanwhile)."""
     from minedraft.launcher import LocalCluster, service_commands
@@ -248,7 +269,7 @@ def start_cluster(args, log_dir: str):
     ns = types.SimpleNamespace(target=args.target, draft=args.draft, device=args.device, draft_device=None,
                                bind_workers="127.0.0.1", target_port=free_port(), draft_port=free_port(),
                                port=free_port(), bind="127.0.0.1", mode="sd", k=args.k, transport=args.transport,
-                               pin=args.pin)
+                               pin=args.pin, max_num_seqs=service_max_num_seqs(args))
     cluster = LocalCluster(service_commands(ns), log_dir=log_dir)
     cluster.start()
     cluster.addresses = {"target": f"127.0.0.1:{ns.target_port}", "draft": f"127.0.0.1:{ns.draft_port}",
@@ -265,7 +286,7 @@ class Bench:
 
     def setup(self, log_dir: str) -> str:
         args = self.args
-        if any(m in SERVICE_MODES for m in args.modes):
+        if any(m in SERVICE_MODES or m in PAPER_MODES for m in args.modes):
             self.cluster = start_cluster(args, log_dir)
         with bench_process_placement(args.pin):  # load our models while the services start
             if args.pin:
@@ -292,7 +313,11 @@ class Bench:
     def run_round(self, mode: str, workload: Workload, round_index: int, hf_indices: list[int]):
         args = self.args
         if mode in SERVICE_MODES:
-            return run_service_round(self.client, mode, args.k, workload, round_index)
+            return run_service_round(self.client, mode, args.k, workload, round_index,
+                                     max_num_seqs=service_max_num_seqs(args))
+        if mode in PAPER_MODES:
+            return run_service_round(self.client, mode, args.k, workload, round_index,
+                                     max_num_seqs=PAPER_MODES[mode][1] * args.paper_batch)
         with bench_process_placement(args.pin):
             if mode == "sd-b1":
                 return run_inproc_round(self.engine, mode, args.k, workload, round_index, indices=hf_indices,
@@ -317,8 +342,9 @@ def run(args) -> dict:
 
     from minedraft import bench_report
 
-    prompts, source, cut = load_prompts(args)
-    workload = make_workload(args, prompts)
+    prompts, source, cut = load_prompts(args, max(args.num_requests, PAPER_QUEUE_FACTOR * args.paper_batch))
+    workload, paper = make_workload(args, prompts), paper_workload(args, prompts)
+    prompts = prompts[:args.num_requests]
     hf_indices = list(range(args.hf_requests))
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="minedraft-bench-")
     os.makedirs(log_dir, exist_ok=True)
@@ -342,8 +368,9 @@ def run(args) -> dict:
             shift = r % len(args.modes)  # rotate the order too, so no mode always runs first or last
             for mode in args.modes[shift:] + args.modes[:shift]:
                 bar.set_postfix_str(f"round {r + 1} {mode}")
-                result = bench.run_round(mode, workload, r, hf_indices)
-                check_round(result, workload, args.hf_requests if mode in BATCH1_MODES else args.num_requests)
+                w = paper if mode in PAPER_MODES else workload
+                result = bench.run_round(mode, w, r, hf_indices)
+                check_round(result, w, args.hf_requests if mode in BATCH1_MODES else len(w.prompts))
                 results.append(result)
                 bar.update(1)
         bar.close()
@@ -354,9 +381,12 @@ def run(args) -> dict:
     runs = bench_report.aggregate(results, args.k)
     for r in runs:
         r["concurrency"] = 1 if r["mode"] in BATCH1_MODES else args.concurrency
+        if r["mode"] in PAPER_MODES:  # running at once; the rest of the 4N wait in the gateway's queue
+            r["concurrency"] = PAPER_MODES[r["mode"]][1] * args.paper_batch
+            r["requests_queued"] = len(paper.prompts)
     config = {key: getattr(args, key) for key in ("target", "draft", "num_requests", "concurrency", "rate", "k",
                                                   "temperature", "max_tokens", "rounds", "modes", "hf_requests",
-                                                  "device", "pin", "seed", "warmup", "quick")}
+                                                  "paper_batch", "device", "pin", "seed", "warmup", "quick")}
     config.update(prompt_source=source, prompts_truncated=cut, ignore_eos=True, transport=transport,
                   log_dir=log_dir, arrivals=f"Poisson {args.rate:g} req/s" if args.rate else "all at once",
                   mode_order="each round rotates the mode list by one; modes interleaved within every round",
@@ -368,10 +398,18 @@ def run(args) -> dict:
                          "sd-b1, hf-assisted, hf-target: one request at a time over the first hf_requests prompts",
                          "hf-assisted acceptance is estimated from the target's forward count",
                          "theory: batch size = concurrency, batches assumed full (exact for all-at-once arrivals "
-                         "until the tail; with --rate the running batch is smaller)"])
-    return {"runs": runs, "ratios": bench_report.compute_ratios(runs),
+                         "until the tail; with --rate the running batch is smaller); 'simulated' runs the "
+                         "scheduler's policy with round tails, all requests queued at once",
+                         f"paper protocol (sd-paper, psd-paper): {PAPER_QUEUE_FACTOR}N requests queued at once, "
+                         f"SD runs up to N = {args.paper_batch}, PSD two batches of up to N; throughput = tokens / "
+                         "makespan, latency from submission (queueing included)"])
+    theory = bench_report.compute_theory(runs, args.k, args.concurrency, args.max_tokens, args.paper_batch,
+                                         args.num_requests)
+    ratios = bench_report.compute_ratios(runs)
+    ratios.update(bench_report.model_ratios(theory))
+    return {"runs": runs, "ratios": ratios,
             "ratio_definitions": bench_report.RATIO_DEFINITIONS,
-            "theory": bench_report.compute_theory(runs, args.k, args.concurrency, args.max_tokens),
+            "theory": theory,
             "machine": machine_info(args), "config": config,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

@@ -8,7 +8,7 @@ import statistics
 import textwrap
 
 from minedraft import theory
-from minedraft.bench_runners import HF_MODES, INPROC_MODES, SERVICE_MODES, RoundResult
+from minedraft.bench_runners import HF_MODES, INPROC_MODES, PAPER_MODES, SERVICE_MODES, RoundResult
 
 RATIO_DEFINITIONS = {
     "psd_over_sd_throughput": "services: psd throughput / sd throughput (same cluster, same workload)",
@@ -25,16 +25,28 @@ RATIO_DEFINITIONS = {
     "hf_assisted_over_hf_target_throughput": "transformers assisted / target-only generate, batch 1",
     "control_plane_fraction_psd": "psd services: control plane (gRPC + channel, both sides) / step wall time",
     "control_plane_fraction_sd": "sd services: control plane / step wall time",
+    "paper_psd_over_sd_throughput": "the paper's protocol (services): psd-paper / sd-paper throughput; SD runs up to N "
+                                    "requests, PSD two batches of up to N, 4N queued at once; tokens / makespan",
+    "paper_psd_over_sd_latency_mean": "the paper's protocol: psd-paper / sd-paper mean latency from submission "
+                                      "(queueing included)",
+    "overlap_efficiency": "equal concurrency: measured psd/sd throughput / the simulated model's zero-overhead "
+                          "prediction (minedraft.theory.simulate: the scheduler's policy, round tails, cost curve)",
+    "overlap_efficiency_closed_form": "equal concurrency: measured psd/sd throughput / theory.predict's ideal "
+                                      "(full balanced batches for ever)",
+    "paper_overlap_efficiency": "paper protocol: measured psd/sd throughput / the simulated zero-overhead prediction",
 }
 
 # The issue's goals (2-core CPU, bundled pair, 16 concurrent requests, k=4, greedy); shown beside the
 # measurement, never asserted. (ratio, goal, "ge" | "le")
 GOALS = [("psd_over_sd_throughput", 1.6, "ge"), ("psd_over_sd_latency_mean", 0.65, "le"),
          ("control_plane_fraction_psd", 0.05, "le"), ("sd_over_ar_throughput", 2.0, "ge"),
-         ("ours_over_hf_assisted_throughput", 1.5, "ge")]
+         ("ours_over_hf_assisted_throughput", 1.5, "ge"), ("paper_psd_over_sd_throughput", 1.75, "ge"),
+         ("paper_psd_over_sd_latency_mean", 0.61, "le"), ("overlap_efficiency", 0.95, "ge")]
 
 
 def kind_of(mode: str) -> str:
+    if mode in PAPER_MODES:
+        return "paper"
     return "service" if mode in SERVICE_MODES else "inproc" if mode in INPROC_MODES else "hf"
 
 
@@ -163,12 +175,15 @@ def compute_ratios(runs: list[dict]) -> dict:
         "hf_assisted_over_hf_target_throughput": _ratio(thr("hf-assisted"), thr("hf-target")),
         "control_plane_fraction_psd": cp("psd"),
         "control_plane_fraction_sd": cp("sd"),
+        "paper_psd_over_sd_throughput": _ratio(thr("psd-paper"), thr("sd-paper")),
+        "paper_psd_over_sd_latency_mean": _ratio(lat("psd-paper"), lat("sd-paper")),
     }
     # Paired per-round ratios: both modes ran in the same round, so drift cancels within a pair.
     per_round = {}
     for name, a, b in (("psd_over_sd_throughput", "psd", "sd"), ("sd_over_ar_throughput", "sd", "ar"),
                        ("psd_over_sd_throughput_inproc", "psd-inproc", "sd-inproc"),
-                       ("ours_over_hf_assisted_throughput", "sd-b1", "hf-assisted")):
+                       ("ours_over_hf_assisted_throughput", "sd-b1", "hf-assisted"),
+                       ("paper_psd_over_sd_throughput", "psd-paper", "sd-paper")):
         if a in m and b in m:
             per_round[name] = [x / y for x, y in zip(m[a]["throughput_tok_s_rounds"], m[b]["throughput_tok_s_rounds"])]
     ratios["per_round"] = per_round
@@ -181,7 +196,8 @@ def _per_step(run: dict, key: str) -> float:
     return s[key] / max(1, s["num_steps"])
 
 
-def compute_theory(runs: list[dict], k: int, batch_size: int, max_tokens: int) -> dict:
+def compute_theory(runs: list[dict], k: int, batch_size: int, max_tokens: int, paper_batch: int | None = None,
+                   num_requests: int | None = None) -> dict:
     """Feed minedraft.theory with times measured in this run and set its prediction beside the
     measurement, for the services (ar, sd, psd) and in-process (sd-inproc, psd-inproc).
 
@@ -190,9 +206,13 @@ def compute_theory(runs: list[dict], k: int, batch_size: int, max_tokens: int) -
     compute per step (falls back to t_verify without an AR round); alpha fitted to SD's mean
     accepted length. Two predictions: `ideal` (no per-step overhead) and `with_overhead`, where SD's
     measured non-compute time per step (wall - k t_draft - t_verify: gRPC, channel, scheduling) is
-    added to both the SD and the PSD step (a PSD step still makes both calls, in parallel)."""
+    added to both the SD and the PSD step (a PSD step still makes both calls, in parallel).
+
+    `simulated`: theory.simulate, the scheduler's own policy step by step (round tails, PSD's lone
+    batches at the end, admission) on a cost curve through the full- and half-batch times; `paper`:
+    the same for the paper's protocol (sd-paper, psd-paper)."""
     m = {r["mode"]: r for r in runs}
-    out = {}
+    out, services_cost = {}, None
     for label, sd, psd, ar in (("services", "sd", "psd", "ar"), ("inproc", "sd-inproc", "psd-inproc", None)):
         if sd not in m or psd not in m or "step_breakdown" not in m[sd] or "step_breakdown" not in m[psd]:
             continue
@@ -237,9 +257,117 @@ def compute_theory(runs: list[dict], k: int, batch_size: int, max_tokens: int) -
             d["relative_error"] = {key: (d[key] - v) / v for key, v in measured.items()
                                    if v and key in d and d[key] is not None and math.isfinite(d[key])}
             preds[name] = d
+        cost = theory.CostModel.through(batch_size, t_d, t_v, max(1, batch_size // 2), t_d_half, t_v_half)
         out[label] = {"modes": [x for x in (ar, sd, psd) if x and x in m], "inputs": inputs, "measured": measured,
-                      "predicted": preds}
+                      "predicted": preds,
+                      "simulated": _simulate_pair(cost, overhead, alpha, k, num_requests or batch_size, batch_size,
+                                                  batch_size, max_tokens, measured)}
+        if label == "services":
+            services_cost = cost
+    paper = _paper_theory(m, k, paper_batch, max_tokens, services_cost) if paper_batch else None
+    if paper:
+        out["paper"] = paper
     return out
+
+
+def _simulate_pair(cost, overhead: float, alpha: float, k: int, num_requests: int, sd_running: int,
+                   psd_running: int, max_tokens: int, measured: dict) -> dict:
+    """theory.simulate for SD and PSD, ideal (no overhead) and with the measured per-step overhead,
+    beside the measurement."""
+    out = {}
+    for name, oh in (("ideal", 0.0), ("with_overhead", overhead)):
+        c = dataclasses.replace(cost, overhead=oh)
+        sd = theory.simulate("sd", num_requests, sd_running, max_tokens, k, alpha, c)
+        psd = theory.simulate("psd", num_requests, psd_running, max_tokens, k, alpha, c)
+        d = {"psd_over_sd_throughput": psd.throughput_tok_s / sd.throughput_tok_s,
+             "psd_over_sd_latency": psd.latency_mean_s / sd.latency_mean_s,
+             "steps_per_round_sd": sd.steps, "steps_per_round_psd": psd.steps,
+             "makespan_sd_s": sd.makespan_s, "makespan_psd_s": psd.makespan_s,
+             "latency_sd_s": sd.latency_mean_s, "latency_psd_s": psd.latency_mean_s}
+        d["relative_error"] = {key: (d[key] - v) / v for key, v in measured.items() if v and key in d}
+        out[name] = d
+    out["cost_model"] = dataclasses.asdict(cost)
+    return out
+
+
+def _paper_theory(m: dict, k: int, n: int, max_tokens: int, cost) -> dict | None:
+    """The paper's protocol: SD with N running, PSD with two batches of N, 4N queued. Step costs: the
+    equal-concurrency runs' cost curve (its shape), scaled to sd-paper's own times at N (its level: 4N
+    prompts, longer contexts); without that curve, sd-paper's times flat in the batch size."""
+    from minedraft.bench_runners import PAPER_QUEUE_FACTOR
+
+    sd_run, psd_run = m.get("sd-paper"), m.get("psd-paper")
+    if not sd_run or not psd_run or "step_breakdown" not in sd_run or "step_breakdown" not in psd_run:
+        return None
+    t_d = _per_step(sd_run, "draft_compute_s") / k
+    t_v = _per_step(sd_run, "verify_compute_s")
+    if cost is None:
+        cost = theory.CostModel.through(n, t_d, t_v, n, t_d, t_v)
+    else:
+        fd, fv = _ratio(t_d, cost.draft(n)) or 1.0, _ratio(t_v, cost.verify(n)) or 1.0
+        cost = theory.CostModel(cost.draft_fixed * fd, cost.draft_per_row * fd, cost.verify_fixed * fv,
+                                cost.verify_per_row * fv)
+    alpha = theory.alpha_from_mean_accepted_length(min(k + 1.0, max(1.0, sd_run["mean_accepted_length"])), k)
+    overhead = max(0.0, _per_step(sd_run, "wall_s") - k * t_d - t_v)
+    measured = {
+        "psd_over_sd_throughput": _ratio(psd_run["throughput_tok_s"], sd_run["throughput_tok_s"]),
+        "psd_over_sd_latency": _ratio(psd_run["latency_mean_s"], sd_run["latency_mean_s"]),
+        "steps_per_round_sd": sd_run["step_breakdown"]["sums_s"]["num_steps"] / sd_run["rounds"],
+        "steps_per_round_psd": psd_run["step_breakdown"]["sums_s"]["num_steps"] / psd_run["rounds"],
+        "makespan_sd_s": statistics.fmean(sd_run["wall_s_rounds"]),
+        "makespan_psd_s": statistics.fmean(psd_run["wall_s_rounds"]),
+        "latency_sd_s": sd_run["latency_mean_s"], "latency_psd_s": psd_run["latency_mean_s"],
+        "step_time_sd": _per_step(sd_run, "wall_s"), "step_time_psd": _per_step(psd_run, "wall_s"),
+    }
+    q = PAPER_QUEUE_FACTOR * n
+    steady = (k * cost.draft(n) + cost.verify(n)) / max(k * cost.draft(n), cost.verify(n))
+    return {"modes": ["sd-paper", "psd-paper"],
+            "inputs": {"alpha": alpha, "k": k, "batch_size": n, "requests_queued": q, "t_draft": t_d, "t_verify": t_v,
+                       "overhead_sd": overhead},
+            "measured": measured,
+            # full batches for ever: (k t_draft(N) + t_verify(N)) / max(k t_draft(N), t_verify(N))
+            "steady_state_psd_over_sd_throughput": steady,
+            "simulated": _simulate_pair(cost, overhead, alpha, k, q, n, 2 * n, max_tokens, measured)}
+
+
+def model_ratios(theory_report: dict) -> dict:
+    """Measured psd/sd throughput over the model's zero-overhead prediction (the overlap efficiency)."""
+    out = {}
+    services, paper = theory_report.get("services"), theory_report.get("paper")
+    if services:
+        measured = services["measured"]["psd_over_sd_throughput"]
+        out["overlap_efficiency"] = _ratio(measured, services["simulated"]["ideal"]["psd_over_sd_throughput"])
+        out["overlap_efficiency_closed_form"] = _ratio(measured, services["predicted"]["ideal"]["psd_over_sd_throughput"])
+    if paper:
+        out["paper_overlap_efficiency"] = _ratio(paper["measured"]["psd_over_sd_throughput"],
+                                                 paper["simulated"]["ideal"]["psd_over_sd_throughput"])
+    return {key: value for key, value in out.items() if value is not None}
+
+
+def _protocol_lines(report: dict) -> list[str]:
+    """Both protocols side by side: measured ratios and the simulated model's, ideal and with overhead."""
+    t, cfg = report.get("theory", {}), report["config"]
+    rows = []
+    if "services" in t:
+        rows.append((f"equal concurrency ({cfg['concurrency']} running)", t["services"]))
+    if "paper" in t:
+        n = t["paper"]["inputs"]["batch_size"]
+        rows.append((f"paper (SD {n}, PSD 2x{n}; {t['paper']['inputs']['requests_queued']} queued)", t["paper"]))
+    if not rows:
+        return []
+    lines = ["", "protocols side by side (services; model = theory.simulate, ideal = no control plane, +oh = with "
+                 "SD's measured per-step overhead)",
+             f"  {'protocol':<38}{'psd/sd thr':>11}{'ideal':>8}{'+oh':>7}{'eff':>7}{'psd/sd lat':>12}{'ideal':>8}"
+             f"{'+oh':>7}"]
+    for name, x in rows:
+        meas, ideal, oh = x["measured"], x["simulated"]["ideal"], x["simulated"]["with_overhead"]
+        thr = meas["psd_over_sd_throughput"]
+        lines.append(f"  {name:<38}{_f(thr):>11}{_f(ideal['psd_over_sd_throughput']):>8}"
+                     f"{_f(oh['psd_over_sd_throughput']):>7}{_f(_ratio(thr, ideal['psd_over_sd_throughput'])):>7}"
+                     f"{_f(meas['psd_over_sd_latency']):>12}{_f(ideal['psd_over_sd_latency']):>8}"
+                     f"{_f(oh['psd_over_sd_latency']):>7}")
+    lines.append("  (eff = measured psd/sd throughput / the ideal model's: the overlap efficiency)")
+    return lines
 
 
 # -- table ------------------------------------------------------------------------------------------
@@ -302,7 +430,11 @@ def format_table(report: dict) -> str:
                 met = ratios[name] >= g if how == "ge" else ratios[name] <= g
                 goal = f"   goal {'>=' if how == 'ge' else '<='} {g:g}: {'met' if met else 'NOT met'}"
             lines.append(f"  {name:<40}{ratios[name]:>8.3f}{goal}")
+    lines += _protocol_lines(report)
     for label, t in report.get("theory", {}).items():
+        if label == "paper":
+            lines += _paper_lines(t)
+            continue
         i = t["inputs"]
         lines += ["", f"theory vs measurement ({label}: {', '.join(t['modes'])}): alpha {i['alpha']:.3f} "
                       f"(from SD's mean accepted length), B={i['batch_size']}, k={i['k']}",
@@ -321,7 +453,36 @@ def format_table(report: dict) -> str:
             err = loaded["relative_error"].get(key)
             lines.append(f"  {key + unit:<26}{scale * ideal[key]:>10.3f}{scale * loaded[key]:>11.3f}"
                          f"{scale * t['measured'][key]:>10.3f}{_f(err, '{:+.0%}'):>10}")
+        if "simulated" in t:
+            lines += _simulated_lines(t)
     return "\n".join(lines)
+
+
+def _simulated_lines(t: dict) -> list[str]:
+    ideal, loaded = t["simulated"]["ideal"], t["simulated"]["with_overhead"]
+    lines = ["  simulated (the scheduler's policy on the cost curve, round tails included):"]
+    for key in ("steps_per_round_sd", "steps_per_round_psd", "latency_sd_s", "latency_psd_s",
+                "psd_over_sd_throughput", "psd_over_sd_latency"):
+        if key in t["measured"] and t["measured"][key] is not None:
+            err = loaded["relative_error"].get(key)
+            lines.append(f"  {key:<26}{ideal[key]:>10.3f}{loaded[key]:>11.3f}{t['measured'][key]:>10.3f}"
+                         f"{_f(err, '{:+.0%}'):>10}")
+    return lines
+
+
+def _paper_lines(t: dict) -> list[str]:
+    i = t["inputs"]
+    lines = ["", f"theory vs measurement (paper protocol: sd-paper, psd-paper): alpha {i['alpha']:.3f}, N={i['batch_size']}, "
+                 f"{i['requests_queued']} queued, k={i['k']}",
+             f"  inputs: t_draft {1e3 * i['t_draft']:.2f} ms, t_verify {1e3 * i['t_verify']:.2f} ms at N (sd-paper), "
+             f"overhead {1e3 * i['overhead_sd']:.2f} ms/step; full batches for ever would give psd/sd throughput "
+             f"{t['steady_state_psd_over_sd_throughput']:.3f}",
+             f"  {'quantity':<26}{'ideal':>10}{'+overhead':>11}{'measured':>10}{'err(+oh)':>10}"]
+    return lines + _simulated_lines(t)[1:] + [
+        f"  {'makespan_sd_s':<26}{t['simulated']['ideal']['makespan_sd_s']:>10.3f}"
+        f"{t['simulated']['with_overhead']['makespan_sd_s']:>11.3f}{t['measured']['makespan_sd_s']:>10.3f}",
+        f"  {'makespan_psd_s':<26}{t['simulated']['ideal']['makespan_psd_s']:>10.3f}"
+        f"{t['simulated']['with_overhead']['makespan_psd_s']:>11.3f}{t['measured']['makespan_psd_s']:>10.3f}"]
 
 
 # -- plot -------------------------------------------------------------------------------------------
@@ -335,7 +496,7 @@ def write_plot(report: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
     ax = axes[0]
     modes = [r["mode"] for r in runs]
-    colors = {"service": "tab:blue", "inproc": "tab:green", "hf": "tab:orange"}
+    colors = {"service": "tab:blue", "inproc": "tab:green", "hf": "tab:orange", "paper": "tab:purple"}
     ax.bar(modes, [r["throughput_tok_s"] for r in runs], yerr=[r["throughput_tok_s_std"] for r in runs],
            color=[colors[r["kind"]] for r in runs], capsize=3)
     ax.set_ylabel("generated tokens / s")

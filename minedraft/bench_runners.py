@@ -24,9 +24,13 @@ from minedraft.metrics import BREAKDOWN_FIELDS, sum_steps
 from minedraft.sampling import SamplingParams
 
 SERVICE_MODES = ("ar", "sd", "psd")
+# The paper's protocol through the same services: bench mode -> (scheduler mode, running requests in
+# units of N). SD runs one batch of up to N, PSD two batches of up to N each; 4N requests are queued.
+PAPER_MODES = {"sd-paper": ("sd", 1), "psd-paper": ("psd", 2)}
+PAPER_QUEUE_FACTOR = 4
 INPROC_MODES = {"sd-inproc": "sd", "psd-inproc": "psd", "sd-b1": "sd"}  # bench mode -> scheduler mode
 HF_MODES = ("hf-assisted", "hf-target")
-ALL_MODES = SERVICE_MODES + tuple(INPROC_MODES) + HF_MODES
+ALL_MODES = SERVICE_MODES + tuple(PAPER_MODES) + tuple(INPROC_MODES) + HF_MODES
 BATCH1_MODES = ("sd-b1",) + HF_MODES  # serial, over the first --hf-requests prompts
 
 
@@ -118,13 +122,16 @@ def check_round(result: RoundResult, workload: Workload, num_requests: int) -> N
 
 # -- service rounds ---------------------------------------------------------------------------------
 def run_service_round(client, mode: str, k: int, workload: Workload, round_index: int,
-                      indices: list[int] | None = None) -> RoundResult:
-    """One round through the gateway: Configure(mode, k), zero the counters, send the workload with
-    a thread per in-flight request, read the counters and step breakdown."""
+                      indices: list[int] | None = None, max_num_seqs: int = 0) -> RoundResult:
+    """One round through the gateway: Configure(mode, k, max_num_seqs), zero the counters, send the
+    workload with a thread per in-flight request, read the counters and step breakdown. `mode` may be
+    a paper mode (sd-paper, psd-paper): the gateway then runs its scheduler mode."""
     indices = list(range(len(workload.prompts))) if indices is None else indices
-    info = client.configure(mode=mode, num_speculative_tokens=k)
-    if info.mode != mode:
-        raise BenchError(f"gateway: asked for mode {mode!r}, it runs {info.mode!r}")
+    sched_mode = PAPER_MODES[mode][0] if mode in PAPER_MODES else mode
+    info = client.configure(mode=sched_mode, num_speculative_tokens=k, max_num_seqs=max_num_seqs)
+    if info.mode != sched_mode or (max_num_seqs and info.max_num_seqs != max_num_seqs):
+        raise BenchError(f"gateway: asked for mode {sched_mode!r} with max_num_seqs {max_num_seqs}, it runs "
+                         f"{info.mode!r} with {info.max_num_seqs}")
     client.stats(reset=True)
 
     def one(i: int) -> tuple[RequestRecord, float]:
@@ -152,7 +159,7 @@ def run_service_round(client, mode: str, k: int, workload: Workload, round_index
     wall = max(done for _, done in outcomes) - start
     stats = client.stats(reset=True)
     counters = None
-    if mode != "ar":
+    if sched_mode != "ar":
         counters = dict(num_drafts=stats.spec_decode_num_drafts, num_draft_tokens=stats.spec_decode_num_draft_tokens,
                         num_accepted_tokens=stats.spec_decode_num_accepted_tokens,
                         num_accepted_tokens_per_pos=list(stats.spec_decode_num_accepted_tokens_per_pos))

@@ -38,11 +38,14 @@ __all__ = [
     "Prediction",
     "acceptance_from_counts",
     "alpha_from_mean_accepted_length",
+    "CostModel",
+    "Simulation",
     "ar_step_time",
     "expected_tokens_per_step",
     "predict",
     "psd_step_time",
     "sd_step_time",
+    "simulate",
     "simulate_tokens_per_step",
 ]
 
@@ -326,3 +329,160 @@ def simulate_tokens_per_step(
             accepted += 1
         total += accepted + 1
     return total / steps
+
+
+# -- the scheduler, simulated ------------------------------------------------------------------------
+# `predict` assumes full, balanced batches for ever. A real round also has a tail: it lasts until its
+# slowest request is done (acceptance varies), and PSD's last steps run one batch alone, without
+# overlap. And a forward's cost is neither constant nor proportional in the batch size. The simulation
+# below runs the scheduler's own policy (minedraft/scheduler.py) step by step on a cost curve.
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds per step part as a function of the rows ``b`` in the batch: ``fixed + per_row * b``
+    (linear through two measured points, e.g. SD's full batch and PSD's half batch; on CPU half a
+    batch costs about 0.7 of a full one, neither 0.5 nor 1). ``overhead`` is added to every step."""
+
+    draft_fixed: float
+    draft_per_row: float
+    verify_fixed: float
+    verify_per_row: float
+    overhead: float = 0.0
+
+    @classmethod
+    def through(cls, b_full: int, t_draft_full: float, t_verify_full: float, b_half: int, t_draft_half: float,
+                t_verify_half: float, overhead: float = 0.0) -> "CostModel":
+        """The line through (b_half, t_half) and (b_full, t_full) for the draft forward and the verify;
+        a constant cost when both points have the same batch size. ``t_draft_*`` is ONE draft forward."""
+        _check_times(t_draft_full=t_draft_full, t_verify_full=t_verify_full, t_draft_half=t_draft_half,
+                     t_verify_half=t_verify_half, overhead=overhead)
+
+        def line(t_full, t_half):
+            if b_full == b_half:
+                return t_full, 0.0
+            slope = max(0.0, (t_full - t_half) / (b_full - b_half))
+            return max(0.0, t_full - slope * b_full), slope
+
+        (df, dr), (vf, vr) = line(t_draft_full, t_draft_half), line(t_verify_full, t_verify_half)
+        return cls(df, dr, vf, vr, overhead)
+
+    def draft(self, rows: int) -> float:
+        return self.draft_fixed + self.draft_per_row * rows if rows else 0.0
+
+    def verify(self, rows: int) -> float:
+        return self.verify_fixed + self.verify_per_row * rows if rows else 0.0
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """Means over trials of one simulated round (all requests queued at time 0)."""
+
+    mode: str
+    num_requests: int
+    max_running: int
+    makespan_s: float
+    latency_mean_s: float  # from submission to the last token, queueing included
+    steps: float  # decode steps in the round
+    throughput_tok_s: float  # generated tokens / makespan
+
+
+def _draw_gain(alpha: float, k: int, draw) -> int:
+    accepted = 0
+    while accepted < k and draw() < alpha:
+        accepted += 1
+    return accepted + 1
+
+
+def _simulate_once(mode: str, num_requests: int, max_running: int, max_tokens: int, k: int, alpha: float,
+                   cost: CostModel, draw) -> tuple[float, list[float], int]:
+    """One round of the scheduler's policy: admission up to max_running (the first token comes from
+    prefill, whose time is not modelled), SD steps, or PSD's two batches: verify one while drafting
+    the other, new requests join the batch about to be drafted, a lone batch is split, a lone request
+    runs as SD, and a batch with nothing left to overlap with is verified (or drafted) alone."""
+    left = [max_tokens] * num_requests
+    finish = [0.0] * num_requests
+    queue = list(range(num_requests - 1, -1, -1))
+    batches: list[list[int]] = [[], []]
+    proposed = None
+    now, steps = 0.0, 0
+
+    def admit():
+        running = len(batches[0]) + len(batches[1])
+        while queue and running < max_running:
+            r = queue.pop()
+            left[r] -= 1  # prefill's token
+            running += 1
+            if left[r] <= 0:
+                finish[r] = now
+                running -= 1
+                continue
+            if mode == "sd":
+                batches[0].append(r)
+            elif proposed is None:
+                min(batches, key=len).append(r)
+            else:  # the batch about to be drafted
+                batches[1 - proposed].append(r)
+
+    def verify(b):
+        for r in batches[b]:
+            left[r] -= _draw_gain(alpha, k, draw)
+            if left[r] <= 0:
+                finish[r] = now
+        batches[b] = [r for r in batches[b] if left[r] > 0]
+
+    while queue or batches[0] or batches[1]:
+        admit()
+        steps += 1
+        if mode == "sd":
+            now += k * cost.draft(len(batches[0])) + cost.verify(len(batches[0])) + cost.overhead
+            verify(0)
+            continue
+        to_draft = [i for i in (0, 1) if i != proposed and batches[i]]
+        if proposed is not None and to_draft:
+            d = to_draft[0]
+            now += max(cost.verify(len(batches[proposed])), k * cost.draft(len(batches[d]))) + cost.overhead
+            verify(proposed)
+            proposed = d
+        elif proposed is not None:
+            now += cost.verify(len(batches[proposed])) + cost.overhead
+            verify(proposed)
+            proposed = None
+        elif to_draft:
+            if len(to_draft) == 1:
+                only = batches[to_draft[0]]
+                if len(only) == 1:
+                    now += k * cost.draft(1) + cost.verify(1) + cost.overhead
+                    verify(to_draft[0])
+                    continue
+                batches = [only[:len(only) // 2], only[len(only) // 2:]]
+                to_draft = [0, 1]
+            d = max(to_draft, key=lambda i: len(batches[i]))
+            now += k * cost.draft(len(batches[d])) + cost.overhead  # pipeline fill: nothing to verify yet
+            steps -= 1  # not a verification step (the bench counts steps that verified)
+            proposed = d
+    return now, finish, steps
+
+
+def simulate(mode: str, num_requests: int, max_running: int, max_tokens: int, k: int, alpha: float,
+             cost: CostModel, trials: int = 200, seed: int = 0) -> Simulation:
+    """Simulate ``trials`` rounds of ``num_requests`` requests, all queued at time 0, of ``max_tokens``
+    tokens each, with at most ``max_running`` running at once (SD: one batch; PSD: two batches that
+    share it), acceptance i.i.d. with ``alpha``; step costs from ``cost``. Deterministic for a seed."""
+    if mode not in ("sd", "psd"):
+        raise ValueError(f"mode must be 'sd' or 'psd', got {mode!r}")
+    _check_alpha_k(alpha, k)
+    for name, value in (("num_requests", num_requests), ("max_running", max_running), ("max_tokens", max_tokens),
+                        ("trials", trials)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    draw = random.Random(seed).random
+    makespan = latency = steps = 0.0
+    for _ in range(trials):
+        t, finish, n = _simulate_once(mode, num_requests, max_running, max_tokens, int(k), alpha, cost, draw)
+        makespan += t
+        latency += sum(finish) / num_requests
+        steps += n
+    makespan, latency, steps = makespan / trials, latency / trials, steps / trials
+    return Simulation(mode, num_requests, max_running, makespan, latency, steps,
+                      _rate(num_requests * max_tokens, makespan))

@@ -12,6 +12,7 @@ from minedraft.bench_runners import (ALL_MODES, BenchError, RequestRecord, Round
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_REQUESTS, MAX_TOKENS, HF_REQUESTS, K = 4, 8, 2, 4
+PAPER_N = 2  # --quick: SD runs 2, PSD 2 x 2, 8 queued
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,9 @@ def test_bench_json_schema_and_every_mode(bench_report):
         assert r["latency_p50_s"] <= r["latency_p99_s"]
         assert r["rounds"] == 2
         requests = HF_REQUESTS if r["mode"] in ("sd-b1", "hf-assisted", "hf-target") else NUM_REQUESTS
+        if r["mode"] in ("sd-paper", "psd-paper"):
+            requests = 4 * PAPER_N
+            assert r["requests_queued"] == requests and r["concurrency"] == PAPER_N * (2 if r["mode"] == "psd-paper" else 1)
         # tokens counted equal tokens returned: every request ran exactly max_tokens (EOS ignored)
         assert r["requests_per_round"] == requests
         assert r["tokens_per_round"] == requests * MAX_TOKENS
@@ -64,15 +68,24 @@ def test_bench_json_schema_and_every_mode(bench_report):
                 assert sum(f[x] for x in side) == pytest.approx(1.0, abs=0.02)
     # greedy: every speculative mode commits the target's own tokens, so acceptance agrees across them
     by = {r["mode"]: r for r in report["runs"]}
-    for mode in ("psd", "sd-inproc", "psd-inproc"):
+    for mode in ("psd", "sd-inproc", "psd-inproc", "sd-paper", "psd-paper"):
         assert by[mode]["mean_accepted_length"] == pytest.approx(by["sd"]["mean_accepted_length"], rel=0.1)
     for key in ("psd_over_sd_throughput", "sd_over_ar_throughput", "ours_over_hf_assisted_throughput",
-                "psd_over_sd_throughput_inproc", "control_plane_fraction_psd"):
+                "psd_over_sd_throughput_inproc", "control_plane_fraction_psd", "paper_psd_over_sd_throughput",
+                "paper_psd_over_sd_latency_mean", "overlap_efficiency", "paper_overlap_efficiency"):
         assert report["ratios"][key] > 0
+    # the paper ratios are the paper runs' own figures
+    assert report["ratios"]["paper_psd_over_sd_throughput"] == pytest.approx(
+        by["psd-paper"]["throughput_tok_s"] / by["sd-paper"]["throughput_tok_s"])
     machine = report["machine"]
     assert machine["torch"] and machine["cpu_model"] is not None and machine["device"] == "cpu"
     assert "placement" in machine and "placement" in stdout
-    assert set(report["theory"]) == {"services", "inproc"}
+    assert set(report["theory"]) == {"services", "inproc", "paper"}
+    paper = report["theory"]["paper"]
+    assert paper["inputs"]["batch_size"] == PAPER_N and paper["inputs"]["requests_queued"] == 4 * PAPER_N
+    for protocol in ("services", "paper"):
+        sim = report["theory"][protocol]["simulated"]["ideal"]
+        assert sim["psd_over_sd_throughput"] > 0 and sim["steps_per_round_sd"] > 0
     assert report["theory"]["services"]["predicted"]["ideal"]["step_time_psd"] > 0
     assert report["config"]["ignore_eos"] is True
     assert (out / "bench.png").stat().st_size > 10_000
@@ -82,7 +95,7 @@ def test_bench_json_schema_and_every_mode(bench_report):
 def test_bench_table_on_stdout(bench_report):
     _, stdout, _ = bench_report
     for word in ALL_MODES + ("psd_over_sd_throughput", "step-time breakdown", "theory vs measurement",
-                             "EOS ignored"):
+                             "EOS ignored", "protocols side by side", "paper_psd_over_sd_latency_mean"):
         assert word in stdout
 
 

@@ -229,3 +229,57 @@ def test_monte_carlo_edges_and_seed():
     assert a == b
     with pytest.raises(ValueError):
         simulate_tokens_per_step(0.5, 3, steps=0)
+
+
+# --- the scheduler, simulated --------------------------------------------------------------------
+from minedraft.theory import CostModel, simulate  # noqa: E402
+
+
+def test_cost_model_through_two_points():
+    c = CostModel.through(16, 4.0, 20.0, 8, 3.0, 14.0)
+    assert c.draft(16) == pytest.approx(4.0) and c.draft(8) == pytest.approx(3.0)
+    assert c.verify(16) == pytest.approx(20.0) and c.verify(8) == pytest.approx(14.0)
+    assert c.draft(0) == 0.0 and c.verify(0) == 0.0
+    flat = CostModel.through(8, 2.0, 5.0, 8, 2.0, 5.0)
+    assert flat.verify(1) == flat.verify(64) == 5.0
+
+
+def test_simulate_alpha_one_is_exact():
+    # Every draft accepted: k + 1 tokens per verification, no tail. 16 requests of 1 + 5*3 tokens:
+    # SD needs 3 steps of k*t_d + t_v; PSD verifies each half 3 times, overlapped after one fill.
+    c = CostModel(0.0, 0.0, 2.0, 0.0)  # verify 2 s, draft free
+    sd = simulate("sd", 16, 16, 16, 4, 1.0, c, trials=3)
+    assert sd.steps == 3 and sd.makespan_s == pytest.approx(6.0) and sd.latency_mean_s == pytest.approx(6.0)
+    psd = simulate("psd", 16, 16, 16, 4, 1.0, c, trials=3)
+    assert psd.steps == 6 and psd.makespan_s == pytest.approx(12.0)  # a free draft hides nothing
+
+
+def test_simulate_psd_hides_the_draft_when_balanced():
+    # k * t_draft == t_verify and flat costs: PSD's step is max(...) = half of SD's step for the same
+    # requests per half batch, so the paper protocol (PSD runs 2N) doubles the throughput in steady state.
+    c = CostModel(1.0, 0.0, 4.0, 0.0)
+    sd = simulate("sd", 64, 16, 33, 4, 1.0, c, trials=2)
+    psd = simulate("psd", 64, 32, 33, 4, 1.0, c, trials=2)
+    assert psd.throughput_tok_s / sd.throughput_tok_s == pytest.approx(2.0, rel=0.15)
+    assert psd.latency_mean_s < sd.latency_mean_s
+
+
+def test_simulate_tail_costs_steps():
+    # With acceptance < 1 a round lasts until its slowest request: more steps than the mean predicts,
+    # and more so for a larger batch.
+    mean_steps = (64 - 1) / expected_tokens_per_step(0.8, 4)
+    c = CostModel(0.0, 0.0, 1.0, 0.0)
+    one = simulate("sd", 1, 1, 64, 4, 0.8, c, trials=300, seed=1)
+    many = simulate("sd", 32, 32, 64, 4, 0.8, c, trials=100, seed=1)
+    assert one.steps == pytest.approx(mean_steps, rel=0.08)
+    assert many.steps > one.steps * 1.15
+
+
+def test_simulate_is_seeded_and_checks_inputs():
+    c = CostModel(0.001, 0.0001, 0.01, 0.001, overhead=0.002)
+    assert simulate("psd", 8, 8, 20, 4, 0.7, c, trials=20, seed=3) == simulate("psd", 8, 8, 20, 4, 0.7, c, trials=20,
+                                                                              seed=3)
+    with pytest.raises(ValueError, match="mode"):
+        simulate("ar", 8, 8, 20, 4, 0.7, c)
+    with pytest.raises(ValueError, match="max_running"):
+        simulate("sd", 8, 0, 20, 4, 0.7, c)
