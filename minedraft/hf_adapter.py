@@ -186,6 +186,50 @@ def save_random_model(hf_config, folder: str | os.PathLike, seed: int = 0):
     return model.eval()
 
 
+def random_model(hf_config, device, dtype, seed: int = 0):
+    """transformers' model for a config, random weights, made directly on the device in dtype
+    (an 8B model never exists in fp32 or on the host)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(hf_config)
+    finally:
+        torch.set_default_dtype(default)
+    return model.to(dtype).eval()
+
+
+def new_kv_cache(model):
+    """An empty transformers KV cache for `model` (DynamicCache takes the config in newer releases)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:
+        return DynamicCache()
+
+
+def forward_with_cache(module, input_ids, cache):
+    """module(input_ids) appending to `cache`: the keyword is `cache` in newer releases,
+    `past_key_values` (deprecated there) in older ones."""
+    import inspect
+
+    key = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+    return module(input_ids=input_ids, use_cache=True, **{key: cache})
+
+
+def crop_kv_cache(cache, length: int) -> None:
+    """Drop cached positions >= length. A negative argument (tokens to remove) is what every release
+    accepts: newer ones refuse a positive one."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
 def greedy_generate(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """Target-only greedy decoding by transformers: the lossless reference."""
     import torch

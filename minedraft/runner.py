@@ -9,6 +9,7 @@ and packs the tokens of all sequences into one stream, in chunks of at most
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -25,7 +26,9 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 DEFAULT_BLOCK_SIZE = 16
 # Off until a GPU run has exercised the captured path (issue 14; scripts/gpu_check.sh measures both).
-CUDA_GRAPHS_DEFAULT = False
+# MINEDRAFT_CUDA_GRAPHS=1 turns the default on for every runner of a process tree (the GPU check's
+# bench starts its services that way); Engine(cuda_graphs=) and --cuda-graphs/--no-cuda-graphs win.
+CUDA_GRAPHS_DEFAULT = os.environ.get("MINEDRAFT_CUDA_GRAPHS", "0") == "1"
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
@@ -48,11 +51,12 @@ class ModelRunner:
                  max_model_len: int | None = None, lookahead: int = 16, *, kv_cache_memory: float | None = None,
                  gpu_memory_utilization: float = 0.9, block_size: int = DEFAULT_BLOCK_SIZE,
                  max_num_batched_tokens: int | None = None, num_kv_blocks: int | None = None, role: str = "model",
-                 cuda_graphs: bool | None = None):
+                 cuda_graphs: bool | None = None, preloaded=None):
         self.device = torch.device(device)
         self.graphs: GraphRunner | None = None  # set once the cache exists (the profile runs eagerly)
         self.dtype = resolve_dtype(dtype, device)
-        self.model, self.cfg = load_model(path, device=str(self.device), dtype=self.dtype)
+        # preloaded: (Model, ModelConfig) already on the device (step_times shares transformers' weights)
+        self.model, self.cfg = preloaded or load_model(path, device=str(self.device), dtype=self.dtype)
         self.vocab_size = self.cfg.vocab_size
         self.max_num_batched_tokens = max_num_batched_tokens or default_max_num_batched_tokens(self.device)
         if not isinstance(self.max_num_batched_tokens, int) or self.max_num_batched_tokens < 1:
