@@ -19,7 +19,7 @@ from minedraft.block_manager import NoRoom, blocks_for
 from minedraft.logits_processing import make_generator, probs_from_logits, sample, sample_tensor, step_seed
 from minedraft.runner import ModelRunner
 from minedraft.sampling import SamplingParams
-from minedraft.transfer import host_tensor
+from minedraft.transfer import host_tensor, to_device
 from minedraft.verification import verify_batch
 from minedraft.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
 
@@ -237,11 +237,12 @@ class LocalTargetWorker(TargetWorker):
         # The verify input [B, k+1] is built on the device: the drafts are not read back to the host.
         device = self.runner.device
         last = host_tensor([[s.tokens[-1]] for s in states], torch.long, device)
-        tokens = torch.cat([last, proposal.tokens.to(device, torch.long)], 1)
+        drafts = to_device(proposal.tokens.long(), device)  # [B, k]
+        tokens = torch.cat([last, drafts], 1)
         logits = self.runner.forward(rows, tokens, all_positions=True)  # [B, k+1, V]; NoRoom before any compute
         params = [s.params for s in states]
         p = probs_from_logits(logits, params)
-        verdicts = verify_batch(p, proposal.tokens, normalised_q(proposal.probs), params,
+        verdicts = verify_batch(p, drafts, normalised_q(proposal.probs), params,
                                 [s.generator for s in states])
         for s, row, before, v in zip(states, rows, kv_before, verdicts):
             # Keep the pending token and the accepted drafts; the new last token stays pending.

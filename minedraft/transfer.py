@@ -16,3 +16,11 @@ def host_tensor(data, dtype: torch.dtype, device: torch.device | str) -> torch.T
     if device.type != "cuda":
         return torch.tensor(data, dtype=dtype, device=device)
     return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A tensor on `device`; a host tensor goes to a GPU through pinned memory, without a host sync."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

@@ -28,8 +28,8 @@ def _cupy_ok() -> bool:
         return False
 
 
-@pytest.mark.parametrize("transport", ["cuda_ipc", "shm"])
-def test_services_on_gpu_are_lossless(llama_pair, tmp_path, transport):
+@pytest.mark.parametrize("transport,graphs", [("cuda_ipc", False), ("shm", False), ("cuda_ipc", True)])
+def test_services_on_gpu_are_lossless(llama_pair, tmp_path, transport, graphs):
     if transport == "cuda_ipc" and not _cupy_ok():
         pytest.skip("CuPy not installed")
     target, draft, _ = llama_pair
@@ -38,11 +38,12 @@ def test_services_on_gpu_are_lossless(llama_pair, tmp_path, transport):
     engine = Engine(target, None, mode="ar", device="cuda:0", dtype="float32")
     expected = [r.token_ids for r in engine.generate(prompts, SamplingParams(max_tokens=16, ignore_eos=True))]
     p = {n: free_port() for n in ("target", "draft", "gateway")}
+    flag = ["--cuda-graphs" if graphs else "--no-cuda-graphs"]
     cluster = LocalCluster({
         "target": [sys.executable, "-m", "target_service", "--model", target, "--port", str(p["target"]),
-                   "--device", "cuda:0", "--dtype", "float32"],
+                   "--device", "cuda:0", "--dtype", "float32"] + flag,
         "draft": [sys.executable, "-m", "draft_service", "--model", draft, "--port", str(p["draft"]),
-                  "--device", draft_device, "--dtype", "float32"],
+                  "--device", draft_device, "--dtype", "float32"] + flag,
         "gateway": [sys.executable, "-m", "gateway", "--target", f"127.0.0.1:{p['target']}",
                     "--draft", f"127.0.0.1:{p['draft']}", "--port", str(p["gateway"]), "--transport", transport],
     }, log_dir=str(tmp_path))
