@@ -49,7 +49,7 @@ from minedraft.bench_runners import (ALL_MODES, BATCH1_MODES, HF_MODES, INPROC_M
                                      run_service_round)
 
 QUICK = dict(num_requests=4, max_tokens=8, rounds=2, hf_requests=2, paper_batch=2)
-DEFAULTS = dict(num_requests=16, max_tokens=64, rounds=3, hf_requests=4, paper_batch=16)
+DEFAULTS = dict(num_requests=16, max_tokens=64, rounds=5, hf_requests=4, paper_batch=16)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,12 +312,10 @@ class Bench:
 
     def run_round(self, mode: str, workload: Workload, round_index: int, hf_indices: list[int]):
         args = self.args
-        if mode in SERVICE_MODES:
-            return run_service_round(self.client, mode, args.k, workload, round_index,
-                                     max_num_seqs=service_max_num_seqs(args))
-        if mode in PAPER_MODES:
-            return run_service_round(self.client, mode, args.k, workload, round_index,
-                                     max_num_seqs=PAPER_MODES[mode][1] * args.paper_batch)
+        if mode in SERVICE_MODES or mode in PAPER_MODES:
+            limit = PAPER_MODES[mode][1] * args.paper_batch if mode in PAPER_MODES else service_max_num_seqs(args)
+            pids = {name: proc.pid for name, proc in self.cluster.procs.items()}
+            return run_service_round(self.client, mode, args.k, workload, round_index, max_num_seqs=limit, pids=pids)
         with bench_process_placement(args.pin):
             if mode == "sd-b1":
                 return run_inproc_round(self.engine, mode, args.k, workload, round_index, indices=hf_indices,

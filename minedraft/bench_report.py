@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import statistics
 import textwrap
 
@@ -141,6 +142,14 @@ def aggregate(results: list[RoundResult], k: int) -> list[dict]:
                 run["counters"]["spec_decode_num_accepted_tokens_per_pos"] = per_pos
                 run["acceptance_per_pos"] = [a / max(1, drafts) for a in per_pos]
             run["acceptance_estimated"] = bool(counters[0].get("estimated"))
+        cpu = [r.cpu_s for r in rounds if r.cpu_s]
+        if cpu and rounds[0].steps:
+            num_steps = sum(r.steps["num_steps"] for r in rounds if r.steps) or 1
+            wall = sum(r.wall_s for r in rounds)
+            total = {name: sum(c[name] for c in cpu) for name in cpu[0]}
+            run["cpu_ms_per_step"] = {name: 1e3 * v / num_steps for name, v in total.items()}
+            # share of the machine's cores busy during the rounds (all processes of the run)
+            run["cpu_busy_fraction"] = sum(total.values()) / (wall * (os.cpu_count() or 1))
         steps = [r.steps for r in rounds if r.steps is not None]
         if steps:
             total = _sum_breakdowns(steps)
@@ -419,6 +428,15 @@ def format_table(report: dict) -> str:
         lines.append("(cp total = in svc (channel read/write and bookkeeping inside the services) + between (gRPC, "
                      "(de)serialisation, gateway work, scheduling delays); KB/step = what the drafts wrote into "
                      "the token channel per step: tokens, and q for the sampled rows only)")
+    cpu = [r for r in report["runs"] if r.get("cpu_ms_per_step")]
+    if cpu:
+        names = list(cpu[0]["cpu_ms_per_step"])
+        lines += ["", f"CPU per step (ms of CPU time, each process; busy = all of them / (wall x {os.cpu_count()} cores))",
+                  f"{'mode':<12}" + "".join(f"{n:>10}" for n in names) + f"{'sum':>10}{'busy':>8}"]
+        for r in cpu:
+            c = r["cpu_ms_per_step"]
+            lines.append(f"{r['mode']:<12}" + "".join(f"{c[n]:>10.2f}" for n in names)
+                         + f"{sum(c.values()):>10.2f}{r['cpu_busy_fraction']:>8.0%}")
     ratios = report["ratios"]
     lines += ["", "ratios (see JSON ratio_definitions)"]
     goals = {name: (goal, how) for name, goal, how in GOALS}

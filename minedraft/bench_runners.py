@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
+import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,6 +62,7 @@ class RoundResult:
     counters: dict | None = None  # spec_decode_* counters (None where the mode has none)
     steps: dict | None = None  # step-time breakdown sums (see minedraft.metrics.sum_steps)
     step_tokens: int | None = None  # tokens committed by decode steps (in-process only)
+    cpu_s: dict | None = None  # service rounds: CPU seconds each process used in the round (see process_cpu_s)
 
     @property
     def num_tokens(self) -> int:
@@ -78,6 +81,24 @@ class Workload:
     def params(self, i: int) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, max_tokens=self.max_tokens, ignore_eos=True,
                               seed=self.seed + i)
+
+
+def process_cpu_s(pids: dict[str, int]) -> dict[str, float] | None:
+    """CPU seconds (user + system) used so far by each process, and by this one as "client" (the bench's
+    request threads). None where /proc is not there. On 2 cores, the sum per step says how much of the
+    machine the step takes: the control plane waits for a core when the workers' compute fills both."""
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for name, pid in pids.items():
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    except (OSError, ValueError, AttributeError):
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["client"] = usage.ru_utime + usage.ru_stime
+    return out
 
 
 def breakdown_from_proto(steps) -> dict:
@@ -122,7 +143,8 @@ def check_round(result: RoundResult, workload: Workload, num_requests: int) -> N
 
 # -- service rounds ---------------------------------------------------------------------------------
 def run_service_round(client, mode: str, k: int, workload: Workload, round_index: int,
-                      indices: list[int] | None = None, max_num_seqs: int = 0) -> RoundResult:
+                      indices: list[int] | None = None, max_num_seqs: int = 0,
+                      pids: dict[str, int] | None = None) -> RoundResult:
     """One round through the gateway: Configure(mode, k, max_num_seqs), zero the counters, send the
     workload with a thread per in-flight request, read the counters and step breakdown. `mode` may be
     a paper mode (sd-paper, psd-paper): the gateway then runs its scheduler mode."""
@@ -133,6 +155,7 @@ def run_service_round(client, mode: str, k: int, workload: Workload, round_index
         raise BenchError(f"gateway: asked for mode {sched_mode!r} with max_num_seqs {max_num_seqs}, it runs "
                          f"{info.mode!r} with {info.max_num_seqs}")
     client.stats(reset=True)
+    cpu_before = process_cpu_s(pids) if pids else None
 
     def one(i: int) -> tuple[RequestRecord, float]:
         sent = time.perf_counter()
@@ -157,14 +180,16 @@ def run_service_round(client, mode: str, k: int, workload: Workload, round_index
             futures.append(pool.submit(one, i))
         outcomes = [f.result() for f in futures]
     wall = max(done for _, done in outcomes) - start
+    cpu_after = process_cpu_s(pids) if cpu_before else None
     stats = client.stats(reset=True)
     counters = None
     if sched_mode != "ar":
         counters = dict(num_drafts=stats.spec_decode_num_drafts, num_draft_tokens=stats.spec_decode_num_draft_tokens,
                         num_accepted_tokens=stats.spec_decode_num_accepted_tokens,
                         num_accepted_tokens_per_pos=list(stats.spec_decode_num_accepted_tokens_per_pos))
+    cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_after} if cpu_after else None
     return RoundResult(mode, round_index, wall, [rec for rec, _ in outcomes], counters,
-                       breakdown_from_proto(stats.steps))
+                       breakdown_from_proto(stats.steps), cpu_s=cpu)
 
 
 def _sleep_until(t: float) -> None:
