@@ -165,7 +165,9 @@ class GraphRunner:
                 self._call(entry.batch)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: in-process PSD runs the other model on another thread meanwhile; only this
+        # thread's calls may invalidate the capture.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             logits = self._call(entry.batch)
         self._pool = graph.pool()
         entry.graph = graph

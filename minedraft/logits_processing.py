@@ -59,8 +59,16 @@ def sample_tensor(probs: torch.Tensor, params: list[SamplingParams],
     out = probs.argmax(-1)
     for row, (p, g) in enumerate(zip(params, generators)):
         if not p.greedy:
-            out[row:row + 1] = torch.multinomial(probs[row], 1, generator=g)
+            out[row:row + 1] = draw(probs[row], g)
     return out
+
+
+def draw(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index [1] in proportion to weights [V] (>= 0, not all 0): torch.multinomial(weights, 1)'s
+    own algorithm, argmax(w / Exp(1) noise), with the same draws from the same generator, but without
+    its input checks, which read two values back to the host (a sync per call on a GPU)."""
+    noise = torch.empty_like(weights).exponential_(1, generator=generator)
+    return (weights / noise).argmax(-1, keepdim=True)
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:

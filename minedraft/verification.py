@@ -13,6 +13,7 @@ import dataclasses
 
 import torch
 
+from minedraft.logits_processing import draw
 from minedraft.sampling import SamplingParams
 
 
@@ -71,5 +72,5 @@ def _verify_sampled_row(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor |
         residual = (p[:k] - q).clamp_min(0.0)
     empty = residual.sum(-1, keepdim=True) <= 0.0  # only reachable through fp rounding: fall back to p
     dists = torch.cat([torch.where(empty, p[:k], residual), p[k:]])  # [k+1, V]
-    new = torch.multinomial(dists.index_select(0, n)[0], 1, generator=generator)
+    new = draw(dists.index_select(0, n)[0], generator)
     return n, new
