@@ -19,12 +19,14 @@ from minedraft.cuda_graphs import GraphRunner
 from minedraft.checkpoint import load_model
 from minedraft.kv_cache import PagedKVCache
 from minedraft.memory_budget import plan_kv_cache
+from minedraft.transfer import host_tensor
 
 log = logging.getLogger("minedraft")
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 DEFAULT_BLOCK_SIZE = 16
+MAX_FILLED_Q = 4  # ragged one-logit steps up to this many tokens per row are padded onto a graph
 # Off until a GPU run has exercised the captured path (issue 14; scripts/gpu_check.sh measures both).
 # MINEDRAFT_CUDA_GRAPHS=1 turns the default on for every runner of a process tree (the GPU check's
 # bench starts its services that way); Engine(cuda_graphs=) and --cuda-graphs/--no-cuda-graphs win.
@@ -134,12 +136,20 @@ class ModelRunner:
         counts = [len(t) for t in tokens]
         starts = [self.blocks.lengths[s] for s in seqs]
         self.reserve({s: st + c for s, st, c in zip(seqs, starts, counts)})
-        shape = self._graph_shape(counts, starts, all_positions)
+        shape = self._graph_shape(seqs, counts, starts, all_positions)
         if shape is not None:
+            q = shape[1]
+            if any(c != q for c in counts):  # fillers: repeat each short row's last token
+                tokens = [list(t) + [t[-1]] * (q - len(t)) for t in tokens]
             logits = self.graphs.run(shape, tokens, starts, [self.blocks.tables[s] for s in seqs])
             for s, c in zip(seqs, counts):
                 self.blocks.lengths[s] += c
-            return logits if all_positions else logits[:, -1]
+            if all_positions:
+                return logits
+            if q == 1:
+                return logits[:, -1]
+            last = host_tensor([c - 1 for c in counts], torch.long, logits.device)  # each row's last real token
+            return logits[torch.arange(len(seqs), device=logits.device), last]
         pieces: list[list[torch.Tensor]] = [[] for _ in seqs]
         for chunk in self._chunks(seqs, starts, tokens, all_positions):
             logits = self._run_chunk(chunk, all_positions)
@@ -159,14 +169,24 @@ class ModelRunner:
             out[i, :rows.shape[0]] = rows
         return out
 
-    def _graph_shape(self, counts, starts, all_positions):
+    def _graph_shape(self, seqs, counts, starts, all_positions):
         """The graph bucket of a uniform step (decode: 1 token per row; verify: k+1 with every
-        position's logits), or None to run eagerly."""
-        if self.graphs is None or not counts or any(c != counts[0] for c in counts):
+        position's logits), or None to run eagerly. A draft's first step after a verification is
+        ragged (1 or 2 pending tokens per row): its short rows are padded with fillers, whose K/V
+        land past the row's length (overwritten later, never read), when the blocks are free."""
+        if self.graphs is None or not counts:
             return None
-        if counts[0] != 1 and not all_positions:
+        q = max(counts)
+        ragged = any(c != q for c in counts)
+        if (ragged and (all_positions or q > MAX_FILLED_Q)) or (not ragged and q != 1 and not all_positions):
             return None
-        return self.graphs.shape_for(len(counts), counts[0], max(starts) + counts[0])
+        shape = self.graphs.shape_for(len(counts), q, max(starts) + q)
+        if shape is not None and ragged:
+            filled = {s: st + q for s, st in zip(seqs, starts)}
+            if sum(self.blocks.extra_blocks(s, n) for s, n in filled.items()) > self.blocks.num_free:
+                return None
+            self.reserve(filled)
+        return shape
 
     def _chunks(self, seqs, starts, tokens, all_positions):
         """Split the work into passes of at most max_num_batched_tokens tokens. Each item is

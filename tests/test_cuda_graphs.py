@@ -51,6 +51,7 @@ def _script(runner, seqs):
     out.append(runner.forward(rows[3:], [[7]]))  # bucket 1: row 3's position `a` now holds token 7
     out.append(runner.forward(rows[:3], torch.tensor([[11], [12], [13]])))  # bucket 4, row 3 is padding
     out.append(runner.forward(rows[1:3], [[8, 9, 10]] * 2, all_positions=True))  # bucket 2
+    out.append(runner.forward(rows, [[20], [21, 22], [23], [24, 25]]))  # ragged: short rows get fillers
     out.append(runner.forward(rows[2:3], [list(range(3, 63))]))  # eager: a 60-token chunk of row 2
     out.append(runner.forward(rows, [[14], [15], [16], [17]]))  # row 2 now needs a wider table
     return rows, out
@@ -68,14 +69,14 @@ def test_static_path_matches_eager_and_transformers(qwen3):
     for e, s in zip(expected, got):
         assert e.shape == s.shape
         torch.testing.assert_close(s, e, atol=TOL, rtol=0)
-    # seven uniform steps went through the static buffers, the prefill and the 60-token chunk did not
-    assert static.graphs.replays == 6
-    assert {(b, q) for b, q, _ in static.graphs.entries} == {(4, 1), (4, 4), (1, 1), (2, 3)}
+    # the uniform and ragged steps went through the static buffers, the prefill and the 60-token chunk did not
+    assert static.graphs.replays == 7
+    assert {(b, q) for b, q, _ in static.graphs.entries} == {(4, 1), (4, 4), (1, 1), (2, 3), (4, 2)}
     # the long row widened the table: to the next power of two, capped at the longest possible row
     assert 16 < static.graphs.max_blocks < 32
     assert {w for *_, w in static.graphs.entries} == {16, static.graphs.max_blocks}
     # and the static path agrees with transformers on the whole history of the long row
-    history = seqs[2][:14] + [13] + [8, 9, 10] + list(range(3, 63)) + [16]
+    history = seqs[2][:14] + [13] + [8, 9, 10] + [23] + list(range(3, 63)) + [16]
     with torch.no_grad():
         want = ref(torch.tensor([history])).logits[0, -1]
     assert (got[-1][2] - want).abs().max() < 1e-4
