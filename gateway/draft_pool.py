@@ -248,7 +248,7 @@ class DraftPool(DraftWorker):
         return self.start_propose(request_ids, k, updates).result()
 
     def start_propose(self, request_ids, k, updates, pool=None) -> "_PendingPoolProposal":
-        """Send each node its share now (grpc futures, no thread per node); collect with .result()."""
+        """Send each node its share now (on each node's own caller thread); collect with .result()."""
         with self.lock:
             for rid, tokens in updates.items():
                 self.known[rid].tokens.extend(tokens)
