@@ -166,3 +166,28 @@ def test_bad_modes_rejected(llama_pair):
     target, draft, _ = llama_pair
     with pytest.raises(SystemExit, match="unknown"):
         resolve_args(build_parser().parse_args(["--target", target, "--draft", draft, "--modes", "sd,fast"]))
+
+
+def test_running_limit_is_reconfigurable(llama_pair):
+    """The paper protocol's knob: max_num_seqs changes between rounds; the rest wait in the queue,
+    and the output is the same as with everything running at once."""
+    from minedraft.engine import Engine
+    from minedraft.sampling import SamplingParams
+
+    target, draft, _ = llama_pair
+    engine = Engine(target, draft, mode="psd", num_speculative_tokens=3)
+    prompts = [[1] + [3 + (5 * i + j) % 80 for j in range(4 + i)] for i in range(5)]
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    free = [r.token_ids for r in engine.generate(prompts, params)]
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        engine.scheduler.reconfigure(None, None, max_num_seqs=-1)
+    engine.scheduler.reconfigure("psd", None, max_num_seqs=2)
+    for p in prompts:
+        engine.add_request(p, params)
+    engine.step()
+    assert len(engine.scheduler.running) == 2 and len(engine.scheduler.waiting) == 3
+    while engine.has_unfinished():
+        engine.step()
+        assert len(engine.scheduler.running) <= 2
+    assert [r.token_ids for r in engine.generate(prompts, params)] == free
+    engine.scheduler.close()
