@@ -346,7 +346,8 @@ def model_ratios(theory_report: dict) -> dict:
     if services:
         measured = services["measured"]["psd_over_sd_throughput"]
         out["overlap_efficiency"] = _ratio(measured, services["simulated"]["ideal"]["psd_over_sd_throughput"])
-        out["overlap_efficiency_closed_form"] = _ratio(measured, services["predicted"]["ideal"]["psd_over_sd_throughput"])
+        closed_form = services["predicted"]["ideal"]["psd_over_sd_throughput"]
+        out["overlap_efficiency_closed_form"] = _ratio(measured, closed_form)
     if paper:
         out["paper_overlap_efficiency"] = _ratio(paper["measured"]["psd_over_sd_throughput"],
                                                  paper["simulated"]["ideal"]["psd_over_sd_throughput"])
@@ -431,7 +432,8 @@ def format_table(report: dict) -> str:
     cpu = [r for r in report["runs"] if r.get("cpu_ms_per_step")]
     if cpu:
         names = list(cpu[0]["cpu_ms_per_step"])
-        lines += ["", f"CPU per step (ms of CPU time, each process; busy = all of them / (wall x {os.cpu_count()} cores))",
+        lines += ["", "CPU per step (ms of CPU time, each process; busy = all of them / (wall x "
+                      f"{os.cpu_count()} cores))",
                   f"{'mode':<12}" + "".join(f"{n:>10}" for n in names) + f"{'sum':>10}{'busy':>8}"]
         for r in cpu:
             c = r["cpu_ms_per_step"]
@@ -490,7 +492,8 @@ def _simulated_lines(t: dict) -> list[str]:
 
 def _paper_lines(t: dict) -> list[str]:
     i = t["inputs"]
-    lines = ["", f"theory vs measurement (paper protocol: sd-paper, psd-paper): alpha {i['alpha']:.3f}, N={i['batch_size']}, "
+    lines = ["", "theory vs measurement (paper protocol: sd-paper, psd-paper): "
+                 f"alpha {i['alpha']:.3f}, N={i['batch_size']}, "
                  f"{i['requests_queued']} queued, k={i['k']}",
              f"  inputs: t_draft {1e3 * i['t_draft']:.2f} ms, t_verify {1e3 * i['t_verify']:.2f} ms at N (sd-paper), "
              f"overhead {1e3 * i['overhead_sd']:.2f} ms/step; full batches for ever would give psd/sd throughput "

@@ -72,10 +72,11 @@ class MineDraftClient:
     def model_info(self) -> gateway_pb2.ModelInfo:
         return self.stub.GetModelInfo(gateway_pb2.ModelInfoRequest(), metadata=self.metadata)
 
-    def configure(self, mode: str = "", num_speculative_tokens: int = 0, max_num_seqs: int = 0) -> gateway_pb2.ModelInfo:
-        return self.stub.Configure(gateway_pb2.ConfigureRequest(mode=mode, num_speculative_tokens=num_speculative_tokens,
-                                                                max_num_seqs=max_num_seqs),
-                                   metadata=self.metadata)
+    def configure(self, mode: str = "", num_speculative_tokens: int = 0,
+                  max_num_seqs: int = 0) -> gateway_pb2.ModelInfo:
+        request = gateway_pb2.ConfigureRequest(mode=mode, num_speculative_tokens=num_speculative_tokens,
+                                               max_num_seqs=max_num_seqs)
+        return self.stub.Configure(request, metadata=self.metadata)
 
     def stats(self, reset: bool = False) -> gateway_pb2.Stats:
         return self.stub.GetStats(gateway_pb2.StatsRequest(reset=reset), metadata=self.metadata)

@@ -44,7 +44,8 @@ def test_bench_json_schema_and_every_mode(bench_report):
         requests = HF_REQUESTS if r["mode"] in ("sd-b1", "hf-assisted", "hf-target") else NUM_REQUESTS
         if r["mode"] in ("sd-paper", "psd-paper"):
             requests = 4 * PAPER_N
-            assert r["requests_queued"] == requests and r["concurrency"] == PAPER_N * (2 if r["mode"] == "psd-paper" else 1)
+            running = PAPER_N * (2 if r["mode"] == "psd-paper" else 1)
+            assert r["requests_queued"] == requests and r["concurrency"] == running
         # tokens counted equal tokens returned: every request ran exactly max_tokens (EOS ignored)
         assert r["requests_per_round"] == requests
         assert r["tokens_per_round"] == requests * MAX_TOKENS
