@@ -50,6 +50,7 @@ class SeqSlice:
     seq: int
     start: int  # its length (positions written) before this pass
     q_len: int
+    tokens: list[int] | torch.Tensor = ()  # its q_len tokens (a draft step's stay on the device)
 
 
 class ForwardBatch:

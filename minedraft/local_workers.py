@@ -50,10 +50,11 @@ class _RowBook:
         headroom per running sequence; a request alone always gets its chance."""
         blocks = self.runner.blocks
         free = blocks.num_free
-        taken = 0
+        taken, seen = 0, set()
         for i, req in enumerate(requests):
-            if req.request_id in self.states or any(r.request_id == req.request_id for r in requests[:i]):
+            if req.request_id in self.states or req.request_id in seen:
                 raise ValueError(f"request_id: {req.request_id!r} is already running")
+            seen.add(req.request_id)
             need = blocks_for(len(req.prompt_ids), blocks.block_size)
             headroom = len(self.states) + i + 1 if (self.states or i) else 0
             if taken + need + headroom > free:
@@ -168,16 +169,16 @@ class LocalDraftWorker(DraftWorker):
             if want_q and self.q_dtype != torch.float32:
                 q = q.to(self.q_dtype)  # what is sent is what is sampled from
             # [B] on the device: fed back into the next step without a host sync
-            chosen = sample_tensor(q.float() if q.dtype != torch.float32 else q, params, gens)
+            chosen = sample_tensor(q.float(), params, gens)  # .float(): a no-op unless q was rounded
             tokens.append(chosen)
             if want_q:  # q only for the rows that sample: greedy rows never read it
                 probs.append(q[sampled] if len(sampled) < len(rows) else q)
             pending = chosen[:, None]
-        drafted = torch.stack(tokens, 1).tolist()  # [B, k]: the proposal's one host sync
+        # [B, k] on the host (the channel's contract): the proposal's one host sync
+        token_tensor = torch.stack(tokens, 1).to("cpu", torch.long)
         # The last drafted token was never fed: its KV is written when the target accepts it.
-        for s, row_tokens in zip(states, drafted):
+        for s, row_tokens in zip(states, token_tensor.tolist()):
             s.drafted = row_tokens
-        token_tensor = torch.tensor(drafted, dtype=torch.long)  # [B, k] on the host (the channel's contract)
         # [S, k, V] stays on the device: the channel's writer orders its own copies (no device-wide sync)
         prob_tensor = torch.stack(probs, dim=1) if want_q else None
         nbytes = token_tensor.nbytes + (prob_tensor.nbytes if prob_tensor is not None else 0)
@@ -202,8 +203,8 @@ class LocalTargetWorker(TargetWorker):
         resumed = [s for s, r in zip(states, admitted) if r.resume]
         # Resumed requests (preempted, or re-added after a restart) already committed their last
         # token: it stays pending, exactly as it was before they left.
-        if resumed and any(len(s.tokens) > 1 for s in resumed):
-            ctx = [s for s in resumed if len(s.tokens) > 1]
+        ctx = [s for s in resumed if len(s.tokens) > 1]
+        if ctx:
             self.runner.forward([s.row for s in ctx], [s.tokens[:-1] for s in ctx])
         first = {}
         if fresh:

@@ -14,7 +14,7 @@ import os
 import torch
 
 from minedraft.attention import ForwardBatch, SeqSlice
-from minedraft.block_manager import BlockManager, blocks_for
+from minedraft.block_manager import BlockManager, NoRoom, blocks_for
 from minedraft.cuda_graphs import GraphRunner
 from minedraft.checkpoint import load_model
 from minedraft.kv_cache import PagedKVCache
@@ -126,9 +126,6 @@ class ModelRunner:
         """Make each seq able to hold growth[seq] positions (raises NoRoom, changing nothing)."""
         self.blocks.reserve(growth)
 
-    def extra_blocks(self, seq: int, new_length: int) -> int:
-        return self.blocks.extra_blocks(seq, new_length)
-
     # -- compute --------------------------------------------------------------------------------------
     def forward(self, seqs: list[int], tokens: list[list[int]], all_positions: bool = False) -> torch.Tensor:
         """Append tokens[i] to seqs[i]; return the logits of each sequence's last token [B, V], or of
@@ -152,7 +149,7 @@ class ModelRunner:
             return logits[torch.arange(len(seqs), device=logits.device), last]
         pieces: list[list[torch.Tensor]] = [[] for _ in seqs]
         for chunk in self._chunks(seqs, starts, tokens, all_positions):
-            logits = self._run_chunk(chunk, all_positions)
+            logits = self._run_chunk(chunk)
             at = 0
             for i, sl, want in chunk:
                 if want:
@@ -182,10 +179,10 @@ class ModelRunner:
             return None
         shape = self.graphs.shape_for(len(counts), q, max(starts) + q)
         if shape is not None and ragged:
-            filled = {s: st + q for s, st in zip(seqs, starts)}
-            if sum(self.blocks.extra_blocks(s, n) for s, n in filled.items()) > self.blocks.num_free:
+            try:  # the fillers' blocks; without them the step just runs eagerly
+                self.reserve({s: st + q for s, st in zip(seqs, starts)})
+            except NoRoom:
                 return None
-            self.reserve(filled)
         return shape
 
     def _chunks(self, seqs, starts, tokens, all_positions):
@@ -199,9 +196,7 @@ class ModelRunner:
                 take = min(len(toks) - done, budget - used)
                 last = done + take == len(toks)
                 want = take if all_positions else (1 if last else 0)
-                sl = SeqSlice(seq, start + done, take)
-                sl.tokens = toks[done:done + take]
-                chunk.append((i, sl, want))
+                chunk.append((i, SeqSlice(seq, start + done, take, toks[done:done + take]), want))
                 used += take
                 done += take
                 if used == budget:
@@ -210,7 +205,7 @@ class ModelRunner:
         if chunk:
             yield chunk
 
-    def _run_chunk(self, chunk, all_positions: bool) -> torch.Tensor:
+    def _run_chunk(self, chunk) -> torch.Tensor:
         slices = [sl for _, sl, _ in chunk]
         if torch.is_tensor(slices[0].tokens):  # a draft step's tokens, still on the device
             flat = torch.cat([sl.tokens for sl in slices])

@@ -156,12 +156,7 @@ class Scheduler:
             return
         victim = candidates[0]
         rid = victim.request_id
-        self.target.release([rid])
-        if self.speculating:
-            self.draft.release([rid])
-        del self.running[rid]
-        self.draft_updates.pop(rid, None)
-        self.batches = [[r for r in b if r != rid] for b in self.batches]
+        self._forget([rid])
         if self.proposal is not None and rid in self.proposal.request_ids:
             self.proposal, self.proposed_batch = None, None  # re-drafted next step, identically
         victim.num_preemptions += 1
@@ -313,16 +308,19 @@ class Scheduler:
         """Release finished requests, except those inside a proposal still to be verified."""
         in_flight = set(self.proposal.request_ids) if self.proposal is not None else set()
         done = [rid for rid, r in self.running.items() if r.finished and rid not in in_flight]
-        if not done:
-            return
-        self.target.release(done)
+        if done:
+            self._forget(done)
+
+    def _forget(self, request_ids: list[str]) -> None:
+        """Free the requests' rows on both workers and drop them from the schedule."""
+        self.target.release(request_ids)
         if self.speculating:
-            self.draft.release(done)
-        for rid in done:
+            self.draft.release(request_ids)
+        for rid in request_ids:
             del self.running[rid]
             self.draft_updates.pop(rid, None)
-        done_set = set(done)
-        self.batches = [[r for r in b if r not in done_set] for b in self.batches]
+        gone = set(request_ids)
+        self.batches = [[r for r in b if r not in gone] for b in self.batches]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

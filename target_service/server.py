@@ -76,17 +76,19 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
                 raise ValueError(f"parts: block holds {t.shape[0]} rows, expected {part.num_requests}")
             ids = request.request_ids[at:at + part.num_requests]
             at += part.num_requests
-            sampled = [i for i, rid in enumerate(ids) if rid in states and not states[rid].params.greedy]
-            tokens.append(t.long())
-            parts.append((t.long(), p, sampled))
+            t = t.long()
+            tokens.append(t)
+            parts.append((t, p, ids))
         if at != len(request.request_ids):
             raise ValueError("parts: do not cover request_ids")
         tokens = tokens[0] if len(tokens) == 1 else torch.cat(tokens)
         if all(p is None for _, p, _ in parts):
             return tokens, None  # one-hot drafts (or no sampled row): verification needs no q
         probs = []
-        for t, p, sampled in parts:
-            if p is None and sampled:  # a one-hot draft node beside others: its q is a one-hot
+        for t, p, ids in parts:
+            sampled = [] if p is not None else [
+                i for i, rid in enumerate(ids) if rid in states and not states[rid].params.greedy]
+            if sampled:  # a one-hot draft node beside others: its q is a one-hot
                 p = F.one_hot(t[sampled], vocab)
             if p is not None:  # a smaller draft vocabulary is padded with q = 0 (see verification.py)
                 p = p.float()
