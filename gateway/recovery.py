@@ -37,7 +37,6 @@ class TargetRecovery:
     def __init__(self, servicer, health, service_names: list[str], timeout_s: float, stop: threading.Event):
         self.servicer, self.health, self.names = servicer, health, service_names
         self.timeout_s, self.stop = timeout_s, stop
-        self.num_recoveries = 0
 
     def _serving(self, serving: bool) -> None:
         (self.servicer.ready.set if serving else self.servicer.ready.clear)()
@@ -95,7 +94,6 @@ class TargetRecovery:
         if w.draft is not None:
             w.draft.rebind(w.target, info)
         n = scheduler.requeue_all_for_resume()
-        self.num_recoveries += 1
         log.info("gateway: target %s (%s); %d running request(s) resume from their committed tokens; "
                  "%d draft node(s) live", self.servicer.args.target,
                  "restarted" if restarted else "reconnected", n, len(w.draft.live) if w.draft is not None else 0)

@@ -89,8 +89,3 @@ class BlockManager:
         self.lengths.pop(seq, None)
         if table:
             self._free.extend(reversed(table))
-
-    def slots(self, seq: int, start: int, end: int) -> list[int]:
-        """Cache slots (block * block_size + offset) of positions start..end-1 of seq."""
-        table, bs = self.tables[seq], self.block_size
-        return [table[p // bs] * bs + p % bs for p in range(start, end)]
