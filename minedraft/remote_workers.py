@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 
@@ -51,6 +50,28 @@ def _no_room_as_exception(method):
     return call
 
 
+class _CallInFlight:
+    """A unary call sent from the calling thread with grpc's future API: the request is on the wire
+    before the caller goes on (no hand-off to another thread, which on a busy machine waits for a
+    core and for the GIL). result() converts the reply; "no room" becomes NoRoom."""
+
+    def __init__(self, call, convert):
+        self.call, self.convert = call, convert
+        self.done_at = 0.0
+        call.add_done_callback(self._mark_done)
+
+    def _mark_done(self, _call) -> None:
+        self.done_at = time.perf_counter()
+
+    def result(self):
+        try:
+            reply = self.call.result()
+        except grpc.RpcError as exc:
+            _raise_no_room(exc)
+            raise
+        return self.convert(reply, self.done_at or time.perf_counter())
+
+
 def _proposal(reply: worker_pb2.ProposeReply, request_ids: list[str], k: int, channel_id: str,
               done_at: float) -> Proposal:
     return Proposal(request_ids, k, parts=[(channel_id, reply.block, len(request_ids))], compute_s=reply.compute_s,
@@ -82,7 +103,6 @@ class RemoteDraftWorker(_Remote, DraftWorker):
     def __init__(self, address: str):
         super().__init__(address, worker_pb2_grpc.DraftWorkerStub)
         self.channel_id = address
-        self._caller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minedraft-propose")
 
     def handshake(self, target_info: worker_pb2.WorkerInfo, forced: str | None) -> worker_pb2.HandshakeReply:
         return self.stub.Handshake(worker_pb2.HandshakeRequest(
@@ -94,22 +114,13 @@ class RemoteDraftWorker(_Remote, DraftWorker):
         return self.stub.Add(_new_requests_proto(requests), timeout=TIMEOUTS.prefill_s).num_admitted
 
     def propose(self, request_ids, k, updates):
-        return self._call_propose(_propose_request(request_ids, k, updates), list(request_ids), k)
+        return self.start_propose(request_ids, k, updates).result()
 
-    def start_propose(self, request_ids, k, updates, pool=None) -> Future:
-        """The blocking call on this node's own long-lived caller thread. Measured on this 2-core
-        machine against a trivial unary call: blocking 0.45 ms, here 0.49 ms, grpc's .future() 0.62 ms
-        (it starts a channel spin thread per call when none is in flight)."""
-        return self._caller.submit(self._call_propose, _propose_request(request_ids, k, updates), list(request_ids), k)
+    def start_propose(self, request_ids, k, updates, pool=None) -> _CallInFlight:
+        ids = list(request_ids)
+        call = self.stub.Propose.future(_propose_request(ids, k, updates), timeout=TIMEOUTS.step_s)
+        return _CallInFlight(call, lambda reply, done_at: _proposal(reply, ids, k, self.channel_id, done_at))
 
-    @_no_room_as_exception
-    def _call_propose(self, request: worker_pb2.ProposeRequest, request_ids: list[str], k: int) -> Proposal:
-        reply = self.stub.Propose(request, timeout=TIMEOUTS.step_s)
-        return _proposal(reply, request_ids, k, self.channel_id, time.perf_counter())
-
-    def close(self):
-        super().close()
-        self._caller.shutdown(wait=False)
 
 
 class RemoteTargetWorker(_Remote, TargetWorker):
@@ -127,13 +138,17 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         reply = self.stub.Add(_new_requests_proto(requests), timeout=TIMEOUTS.prefill_s)
         return [None if t < 0 else t for t in reply.first_tokens[:reply.num_admitted]]
 
-    @_no_room_as_exception
     def verify(self, proposal: Proposal) -> Verdict:
+        return self.start_verify(proposal).result()
+
+    def start_verify(self, proposal: Proposal) -> _CallInFlight:
         parts = [worker_pb2.ProposalPart(channel_id=cid, block=ref, num_requests=n) for cid, ref, n in proposal.parts]
-        reply = self.stub.Verify(worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k,
-                                                          parts=parts), timeout=TIMEOUTS.step_s)
-        return Verdict(list(proposal.request_ids), [list(t.tokens) for t in reply.tokens],
-                       list(reply.num_accepted), compute_s=reply.compute_s, service_s=reply.service_s)
+        call = self.stub.Verify.future(worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k,
+                                                                parts=parts), timeout=TIMEOUTS.step_s)
+        ids = list(proposal.request_ids)
+        return _CallInFlight(call, lambda reply, done_at: Verdict(
+            ids, [list(t.tokens) for t in reply.tokens], list(reply.num_accepted), compute_s=reply.compute_s,
+            service_s=reply.service_s, done_at=done_at))
 
     @_no_room_as_exception
     def decode(self, request_ids):

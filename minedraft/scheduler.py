@@ -5,13 +5,19 @@ sd : one batch; draft k tokens, then the target verifies k+1 positions.
 psd: two batches A and B. While the target verifies A (whose tokens were drafted last step), the
      draft proposes for B; then they swap. New requests join the batch about to be drafted. When
      only one batch has requests it is split in two; a single request runs as plain SD.
+
+In sd and psd a step ends by sending its calls (`_InFlight`) and the next step begins by collecting
+them: the caller hands the committed tokens to its clients while the workers compute, so that work
+stays off the path from one worker call to the next.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from minedraft.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.request import Request
@@ -31,6 +37,24 @@ def check_mode_and_k(mode: str, k, has_draft: bool) -> None:
         raise ValueError(f"num_speculative_tokens: must be an integer in [1, {MAX_SPECULATIVE_TOKENS}], got {k!r}")
 
 
+@dataclasses.dataclass
+class _InFlight:
+    """The worker calls one step sent and the next step collects."""
+    record: StepRecord
+    t0: float = 0.0  # when the step's first call went out
+    proposal: Proposal | None = None  # what `verify` checks
+    verify: Any = None  # future of its Verdict
+    verify_t0: float = 0.0
+    propose: Any = None  # future of the next Proposal
+    propose_t0: float = 0.0
+    drafted_ids: list = dataclasses.field(default_factory=list)
+    drafted_batch: int | None = None  # psd: the batch `propose` drafts
+
+    @property
+    def request_ids(self) -> set[str]:
+        return set(self.proposal.request_ids if self.proposal is not None else ()) | set(self.drafted_ids)
+
+
 class Scheduler:
     def __init__(self, target: TargetWorker, draft: DraftWorker | None, mode: str = "psd", k: int = 4,
                  max_num_seqs: int = 64):
@@ -43,6 +67,9 @@ class Scheduler:
         self.proposal: Proposal | None = None  # psd: drafted last step, verified this step
         self.proposed_batch: int | None = None
         self.draft_updates: dict[str, list[int]] = {}
+        self.in_flight: _InFlight | None = None  # sent by the previous step, collected by the next
+        self._collected: tuple[StepRecord, float] | None = None  # its record, closed when the next calls go out
+        self._no_draft = False  # psd: the last proposal found no draft node
         self.metrics = SpecDecodeMetrics(k)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker")
 
@@ -71,23 +98,31 @@ class Scheduler:
         """Run one step; return the requests that got new tokens or finished in it."""
         touched: dict[str, Request] = {}
         self._drop_aborted_waiting(touched)
+        self._collect(touched)
+        admit_start = time.perf_counter()
         self._admit(touched)
-        start = time.perf_counter()
-        record = StepRecord(self.mode, 0.0)
+        self._close_collected_record(time.perf_counter() - admit_start)
         if self.mode == "ar":
-            self._step_ar(touched, record)
+            self._step_ar(touched)
         elif self.mode == "sd":
-            self._step_sd(self.batches[0], touched, record)
+            self._dispatch_sd(self.batches[0], touched)
         else:
-            self._step_psd(touched, record)
-        record.wall_s = time.perf_counter() - start
-        if record.num_verified:
-            self.metrics.add_step(record)
+            self._dispatch_psd(touched)
         for req in list(self.running.values()):
             if req.finished:
                 touched[req.request_id] = req
         self._retire()
         return list(touched.values())
+
+    def _close_collected_record(self, admit_s: float) -> None:
+        """A step's wall time runs from its calls going out to the next step's (prefill excluded)."""
+        if self._collected is None:
+            return
+        record, t0 = self._collected
+        self._collected = None
+        record.wall_s = time.perf_counter() - t0 - admit_s
+        if record.num_verified:
+            self.metrics.add_step(record)
 
     def _drop_aborted_waiting(self, touched):
         for req in [r for r in self.waiting if r.finished]:
@@ -174,85 +209,109 @@ class Scheduler:
     def _live(self, batch: list[str]) -> list[str]:
         return [r for r in batch if not self.running[r].finished]
 
-    def _step_ar(self, touched, record, ids: list[str] | None = None) -> None:
+    def _step_ar(self, touched, ids: list[str] | None = None, mode: str = "ar") -> None:
+        """A target-only step, synchronous (nothing to overlap with); its record is complete here."""
         ids = self._live(self.batches[0]) if ids is None else ids
         if not ids:
             return
+        record = StepRecord(mode, 0.0)
         t0 = time.perf_counter()
         try:
             tokens = self.target.decode(ids)
         except NoRoom as exc:
             self._preempt_one(exc, touched)
             return
-        record.verify_call_s = time.perf_counter() - t0
+        record.verify_call_s = record.wall_s = time.perf_counter() - t0
         record.verify_s = record.verify_service_s = self.target.last_decode_compute_s or record.verify_call_s
         record.num_verified, record.num_tokens = len(ids), len(ids)
+        self.metrics.add_step(record)
         for rid, tok in zip(ids, tokens):
             self.running[rid].append([tok])
             touched[rid] = self.running[rid]
             if self.speculating:  # fallback: the draft learns these when a draft node is back
                 self.draft_updates.setdefault(rid, []).append(tok)
 
-    def _step_without_draft(self, touched, record) -> None:
+    def _step_without_draft(self, touched) -> None:
         """Every draft node is gone: decode target-only (lossless all the same) until one is back."""
         self.proposal, self.proposed_batch = None, None
-        record.mode = "ar-fallback"
-        self._step_ar(touched, record, [r for b in self.batches for r in self._live(b)])
+        self._step_ar(touched, [r for b in self.batches for r in self._live(b)], mode="ar-fallback")
 
-    def _step_sd(self, batch, touched, record) -> None:
+    # -- sd and psd: send a step's calls, collect them in the next step ------------------------------
+    def _dispatch_sd(self, batch, touched) -> None:
+        """Draft the batch (waiting for it: verification needs the tokens), then send its verify."""
         ids = self._live(batch)
         if not ids:
             return
+        record = StepRecord(self.mode, 0.0)
+        t0 = time.perf_counter()
         try:
             proposal = self._timed_propose(ids, record)
-            self._verify_and_commit(proposal, touched, record)
         except NoDraftAvailable:
-            self._step_without_draft(touched, record)
+            self._step_without_draft(touched)
+            return
         except NoRoom as exc:  # nothing was committed; the draft rolls back at its next proposal
             self._preempt_one(exc, touched)
+            return
+        verify_t0 = time.perf_counter()
+        self.in_flight = _InFlight(record, t0, proposal, self.target.start_verify(proposal), verify_t0)
 
-    def _step_psd(self, touched, record) -> None:
+    def _dispatch_psd(self, touched) -> None:
+        """Send the verify of the batch drafted last step and the proposal for the other batch."""
         pb = self.proposed_batch
         to_draft = [i for i in (0, 1) if i != pb and self._live(self.batches[i])]
-        if pb is not None and to_draft:  # the PSD step: verify one batch while drafting the other
-            d = to_draft[0]
-            job = self._start_propose(self._live(self.batches[d]), record)
-            no_room = None
-            try:
-                self._verify_and_commit(self.proposal, touched, record)
-            except NoRoom as exc:  # batch pb is drafted again; its drafts roll back
-                no_room = exc
-            try:
-                self.proposal, self.proposed_batch = self._finish_propose(job, record), d
-            except NoDraftAvailable:  # batch d is drafted again once a draft node is back
-                self.proposal, self.proposed_batch = None, None
-            except NoRoom as exc:
-                self.proposal, self.proposed_batch, no_room = None, None, exc
-            if no_room is not None:
-                self._preempt_one(no_room, touched)
-        elif pb is not None:  # nothing to draft: verify alone
-            try:
-                self._verify_and_commit(self.proposal, touched, record)
-            except NoRoom as exc:
-                self._preempt_one(exc, touched)
+        if pb is None and not to_draft:
+            return
+        if self._no_draft:  # the last proposal found no draft node: make progress without one
+            self._no_draft = False
+            self._step_without_draft(touched)
+            return
+        if pb is None and len(to_draft) == 1:
+            only = self._live(self.batches[to_draft[0]])
+            if len(only) == 1:  # a single request: PSD is SD
+                self._dispatch_sd(only, touched)
+                return
+            half = len(only) // 2  # split so that the two halves can overlap from now on
+            self.batches = [only[:half], only[half:]]
+            to_draft = [0, 1]
+        job = _InFlight(StepRecord(self.mode, 0.0))
+        if to_draft:  # first, so that an in-process draft overlaps an in-process verify
+            d = to_draft[0] if pb is not None else max(to_draft, key=lambda i: len(self.batches[i]))
+            job.drafted_ids, job.drafted_batch = self._live(self.batches[d]), d
+            job.propose_t0 = time.perf_counter()
+            job.propose = self._start_propose(job.drafted_ids)
+        if pb is not None:
+            job.proposal, job.verify_t0 = self.proposal, time.perf_counter()
+            job.verify = self.target.start_verify(self.proposal)
             self.proposal, self.proposed_batch = None, None
-        elif to_draft:
-            if len(to_draft) == 1:
-                only = self._live(self.batches[to_draft[0]])
-                if len(only) == 1:  # a single request: PSD is SD
-                    self._step_sd(only, touched, record)
-                    return
-                half = len(only) // 2  # split so that the two halves can overlap from now on
-                self.batches = [only[:half], only[half:]]
-                to_draft = [0, 1]
-            d = max(to_draft, key=lambda i: len(self.batches[i]))
+        job.t0 = min(t for t in (job.propose_t0, job.verify_t0) if t)
+        self.in_flight = job
+
+    def _collect(self, touched) -> None:
+        """Wait for the calls the previous step sent: commit the verdict, keep the proposal. A NoRoom
+        from either call changes nothing there; a request is preempted and its batch drafted again."""
+        job, self.in_flight = self.in_flight, None
+        if job is None:
+            return
+        record, no_room = job.record, None
+        self._collected = (record, job.t0)
+        if job.verify is not None:
             try:
-                self.proposal = self._timed_propose(self._live(self.batches[d]), record)  # pipeline fill
-                self.proposed_batch = d
-            except NoDraftAvailable:
-                self._step_without_draft(touched, record)
+                verdict = job.verify.result()
+                record.verify_call_s = (verdict.done_at or time.perf_counter()) - job.verify_t0
+                self._commit(job.proposal, verdict, touched, record)
             except NoRoom as exc:
-                self._preempt_one(exc, touched)
+                no_room = exc
+        if job.propose is not None:
+            try:
+                proposal = job.propose.result()
+                record.draft_call_s = (proposal.done_at or time.perf_counter()) - job.propose_t0
+                self.proposal, self.proposed_batch = self._record_proposal(proposal, record), job.drafted_batch
+            except NoDraftAvailable:  # the batch is drafted again once a draft node is back
+                self._no_draft = True
+            except NoRoom as exc:
+                no_room = exc
+        if no_room is not None:
+            self._preempt_one(no_room, touched)
 
     def _timed_propose(self, ids: list[str], record: StepRecord) -> Proposal:
         # The draft absorbs the updates even when it answers NoRoom, so they are not kept here.
@@ -262,22 +321,14 @@ class Scheduler:
         record.draft_call_s = time.perf_counter() - t0
         return self._record_proposal(proposal, record)
 
-    def _start_propose(self, ids: list[str], record: StepRecord):
-        """PSD: the draft call goes out now and is collected after the verify (_finish_propose)."""
+    def _start_propose(self, ids: list[str]):
         updates = {rid: self.draft_updates.pop(rid, []) for rid in ids}
-        t0 = time.perf_counter()
         try:
-            return self.draft.start_propose(ids, self.k, updates, self._pool), t0
-        except Exception as exc:  # noqa: BLE001 - raised by _finish_propose, after the verify, as before
+            return self.draft.start_propose(ids, self.k, updates, self._pool)
+        except Exception as exc:  # noqa: BLE001 - raised by .result() in _collect, as from the call itself
             failed = Future()
             failed.set_exception(exc)
-            return failed, t0
-
-    def _finish_propose(self, job, record: StepRecord) -> Proposal:
-        future, t0 = job
-        proposal = future.result()
-        record.draft_call_s = (proposal.done_at or time.perf_counter()) - t0
-        return self._record_proposal(proposal, record)
+            return failed
 
     @staticmethod
     def _record_proposal(proposal: Proposal, record: StepRecord) -> Proposal:
@@ -286,10 +337,7 @@ class Scheduler:
         record.channel_bytes = proposal.channel_bytes
         return proposal
 
-    def _verify_and_commit(self, proposal: Proposal, touched, record) -> None:
-        t0 = time.perf_counter()
-        verdict = self.target.verify(proposal)
-        record.verify_call_s = time.perf_counter() - t0
+    def _commit(self, proposal: Proposal, verdict, touched, record) -> None:
         record.verify_s = verdict.compute_s
         record.verify_service_s = verdict.service_s or verdict.compute_s
         record.num_verified = len(verdict.request_ids)
@@ -307,6 +355,8 @@ class Scheduler:
     def _retire(self) -> None:
         """Release finished requests, except those inside a proposal still to be verified."""
         in_flight = set(self.proposal.request_ids) if self.proposal is not None else set()
+        if self.in_flight is not None:
+            in_flight |= self.in_flight.request_ids
         done = [rid for rid, r in self.running.items() if r.finished and rid not in in_flight]
         if done:
             self._forget(done)
@@ -342,6 +392,7 @@ class Scheduler:
         self.running.clear()
         self.batches = [[], []]
         self.proposal, self.proposed_batch = None, None
+        self.in_flight, self._collected = None, None
         self.draft_updates.clear()
         return failed
 
@@ -356,6 +407,7 @@ class Scheduler:
         self.running.clear()
         self.batches = [[], []]
         self.proposal, self.proposed_batch = None, None
+        self.in_flight, self._collected = None, None
         self.draft_updates.clear()
         return len(live)
 

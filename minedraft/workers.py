@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import time
+from concurrent.futures import Future
 from typing import Any
 
 from minedraft.block_manager import NoRoom  # noqa: F401 - part of the worker contract
@@ -56,6 +57,17 @@ class Verdict:
     num_accepted: list[int]
     compute_s: float = 0.0
     service_s: float = 0.0  # remote: time inside the target service's handler (channel + compute)
+    done_at: float = 0.0  # perf_counter() when the reply was in (start_verify): the call's true end
+
+
+def completed(fn, *args) -> Future:
+    """fn(*args) run now, as a finished Future (its exception kept for .result())."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as exc:  # noqa: BLE001 - raised by .result(), where the caller expects it
+        future.set_exception(exc)
+    return future
 
 
 class NoDraftAvailable(RuntimeError):
@@ -104,6 +116,18 @@ class TargetWorker(abc.ABC):
     @abc.abstractmethod
     def verify(self, proposal: Proposal) -> Verdict:
         """Score the k+1 positions, accept/reject, roll the KV cache back to what was accepted."""
+
+    def start_verify(self, proposal: Proposal):
+        """Begin `verify` and return a future of its Verdict, so that the scheduler can hand the
+        previous step's tokens to its clients while the target works. Here: verify now, on the
+        calling thread (in-process, the draft overlaps it on the scheduler's pool); gRPC workers
+        override it with the call itself in flight."""
+        def run():
+            verdict = self.verify(proposal)
+            verdict.done_at = time.perf_counter()
+            return verdict
+
+        return completed(run)
 
     @abc.abstractmethod
     def decode(self, request_ids: list[str]) -> list[int]:
