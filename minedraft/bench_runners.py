@@ -4,9 +4,9 @@ Three kinds of rounds, all measured the same way from the caller's side (latency
 last token; TTFT = request sent -> first chunk carrying tokens; the round's wall time = first
 request sent -> last request done):
 
-* service rounds (`ar`, `sd`, `psd`): a thread per in-flight request streams from the gateway of
-  the running three-service cluster; the mode is switched with `Configure` before the round and the
-  gateway's counters and step breakdown are read (and zeroed) with `GetStats` after it;
+* service rounds (`ar`, `sd`, `psd`): one asyncio thread streams every in-flight request from the
+  gateway of the running three-service cluster; the mode is switched with `Configure` before the
+  round and the gateway's counters and step breakdown are read (and zeroed) with `GetStats` after it;
 * in-process rounds (`sd-inproc`, `psd-inproc`, `sd-b1`): the same scheduler over in-process
   workers, driven step by step from the calling thread (no gRPC);
 * Hugging Face rounds (`hf-assisted`, `hf-target`): `transformers` `generate`, one request at a
@@ -15,12 +15,12 @@ request sent -> last request done):
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import os
 import resource
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from minedraft.metrics import BREAKDOWN_FIELDS, sum_steps
 from minedraft.sampling import SamplingParams
@@ -146,7 +146,7 @@ def run_service_round(client, mode: str, k: int, workload: Workload, round_index
                       indices: list[int] | None = None, max_num_seqs: int = 0,
                       pids: dict[str, int] | None = None) -> RoundResult:
     """One round through the gateway: Configure(mode, k, max_num_seqs), zero the counters, send the
-    workload with a thread per in-flight request, read the counters and step breakdown. `mode` may be
+    workload (one asyncio thread streams every request), read the counters and step breakdown. `mode` may be
     a paper mode (sd-paper, psd-paper): the gateway then runs its scheduler mode."""
     indices = list(range(len(workload.prompts))) if indices is None else indices
     sched_mode = PAPER_MODES[mode][0] if mode in PAPER_MODES else mode
@@ -157,29 +157,7 @@ def run_service_round(client, mode: str, k: int, workload: Workload, round_index
     client.stats(reset=True)
     cpu_before = process_cpu_s(pids) if pids else None
 
-    def one(i: int) -> tuple[RequestRecord, float]:
-        sent = time.perf_counter()
-        ttft, ids, last = None, 0, None
-        for chunk in client.generate(workload.prompts[i], request_id=f"bench-{mode}-{round_index}-{i}",
-                                     **dataclasses.asdict(workload.params(i))):
-            if chunk.token_ids and ttft is None:
-                ttft = time.perf_counter() - sent
-            ids += len(chunk.token_ids)
-            last = chunk
-        done = time.perf_counter()
-        rec = RequestRecord(i, done - sent, ttft, ids, last.num_generated_tokens if last else 0,
-                            last.num_drafted if last else 0, last.num_accepted if last else 0,
-                            last.finish_reason if last else "")
-        return rec, done
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workload.concurrency, thread_name_prefix="bench-client") as pool:
-        futures = []
-        for i in indices:
-            _sleep_until(start + workload.arrivals[i])
-            futures.append(pool.submit(one, i))
-        outcomes = [f.result() for f in futures]
-    wall = max(done for _, done in outcomes) - start
+    wall, outcomes = asyncio.run(_send_round(client.address, mode, workload, round_index, indices))
     cpu_after = process_cpu_s(pids) if cpu_before else None
     stats = client.stats(reset=True)
     counters = None
@@ -188,8 +166,43 @@ def run_service_round(client, mode: str, k: int, workload: Workload, round_index
                         num_accepted_tokens=stats.spec_decode_num_accepted_tokens,
                         num_accepted_tokens_per_pos=list(stats.spec_decode_num_accepted_tokens_per_pos))
     cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_after} if cpu_after else None
-    return RoundResult(mode, round_index, wall, [rec for rec, _ in outcomes], counters,
+    return RoundResult(mode, round_index, wall, outcomes, counters,
                        breakdown_from_proto(stats.steps), cpu_s=cpu)
+
+
+async def _send_round(address: str, mode: str, workload: Workload, round_index: int,
+                      indices: list[int]) -> tuple[float, list[RequestRecord]]:
+    """Send the round's requests (at their arrival times, at most `concurrency` in flight) and stream
+    every response, all on one asyncio thread: a thread per stream would cost this machine's cores
+    the measured services need (grpc's sync streams wake a thread per chunk)."""
+    from minedraft.client import AsyncMineDraftClient
+
+    client = AsyncMineDraftClient(address)
+    slots = asyncio.Semaphore(workload.concurrency)
+
+    async def one(i: int, due: float) -> tuple[RequestRecord, float]:
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        async with slots:
+            sent = time.perf_counter()
+            ttft, ids, last = None, 0, None
+            async for chunk in client.generate(workload.prompts[i], request_id=f"bench-{mode}-{round_index}-{i}",
+                                               **dataclasses.asdict(workload.params(i))):
+                if chunk.token_ids and ttft is None:
+                    ttft = time.perf_counter() - sent
+                ids += len(chunk.token_ids)
+                last = chunk
+            done = time.perf_counter()
+        return RequestRecord(i, done - sent, ttft, ids, last.num_generated_tokens if last else 0,
+                             last.num_drafted if last else 0, last.num_accepted if last else 0,
+                             last.finish_reason if last else ""), done
+
+    try:
+        await client.channel.channel_ready()  # connected before the clock starts, as a warm client is
+        start = time.perf_counter()
+        outcomes = await asyncio.gather(*(one(i, start + workload.arrivals[i]) for i in indices))
+    finally:
+        await client.close()
+    return max(done for _, done in outcomes) - start, [rec for rec, _ in outcomes]
 
 
 def _sleep_until(t: float) -> None:
