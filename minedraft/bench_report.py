@@ -205,6 +205,13 @@ def _per_step(run: dict, key: str) -> float:
     return s[key] / max(1, s["num_steps"])
 
 
+def _prefill_per_request(run: dict) -> float:
+    """A round's time outside its decode steps, per request: admission (prefill on both workers, which
+    the steps exclude) plus the round's first and last hand-offs."""
+    outside = statistics.fmean(run["wall_s_rounds"]) - run["step_breakdown"]["sums_s"]["wall_s"] / run["rounds"]
+    return max(0.0, outside) / max(1, run["requests_per_round"])
+
+
 def compute_theory(runs: list[dict], k: int, batch_size: int, max_tokens: int, paper_batch: int | None = None,
                    num_requests: int | None = None) -> dict:
     """Feed minedraft.theory with times measured in this run and set its prediction beside the
@@ -267,6 +274,8 @@ def compute_theory(runs: list[dict], k: int, batch_size: int, max_tokens: int, p
                                    if v and key in d and d[key] is not None and math.isfinite(d[key])}
             preds[name] = d
         cost = theory.CostModel.through(batch_size, t_d, t_v, max(1, batch_size // 2), t_d_half, t_v_half)
+        cost = dataclasses.replace(cost, prefill_per_request=_prefill_per_request(sd_run))
+        inputs["prefill_per_request"] = cost.prefill_per_request
         out[label] = {"modes": [x for x in (ar, sd, psd) if x and x in m], "inputs": inputs, "measured": measured,
                       "predicted": preds,
                       "simulated": _simulate_pair(cost, overhead, alpha, k, num_requests or batch_size, batch_size,
@@ -316,6 +325,7 @@ def _paper_theory(m: dict, k: int, n: int, max_tokens: int, cost) -> dict | None
         fd, fv = _ratio(t_d, cost.draft(n)) or 1.0, _ratio(t_v, cost.verify(n)) or 1.0
         cost = theory.CostModel(cost.draft_fixed * fd, cost.draft_per_row * fd, cost.verify_fixed * fv,
                                 cost.verify_per_row * fv)
+    cost = dataclasses.replace(cost, prefill_per_request=_prefill_per_request(sd_run))
     alpha = theory.alpha_from_mean_accepted_length(min(k + 1.0, max(1.0, sd_run["mean_accepted_length"])), k)
     overhead = max(0.0, _per_step(sd_run, "wall_s") - k * t_d - t_v)
     measured = {
@@ -332,7 +342,7 @@ def _paper_theory(m: dict, k: int, n: int, max_tokens: int, cost) -> dict | None
     steady = (k * cost.draft(n) + cost.verify(n)) / max(k * cost.draft(n), cost.verify(n))
     return {"modes": ["sd-paper", "psd-paper"],
             "inputs": {"alpha": alpha, "k": k, "batch_size": n, "requests_queued": q, "t_draft": t_d, "t_verify": t_v,
-                       "overhead_sd": overhead},
+                       "overhead_sd": overhead, "prefill_per_request": cost.prefill_per_request},
             "measured": measured,
             # full batches for ever: (k t_draft(N) + t_verify(N)) / max(k t_draft(N), t_verify(N))
             "steady_state_psd_over_sd_throughput": steady,
@@ -460,7 +470,8 @@ def format_table(report: dict) -> str:
                       f"(from SD's mean accepted length), B={i['batch_size']}, k={i['k']}",
                   f"  inputs: t_draft {1e3 * i['t_draft']:.2f} ms (half batch {1e3 * i['t_draft_half']:.2f}), "
                   f"t_verify {1e3 * i['t_verify']:.2f} ms (half {1e3 * i['t_verify_half']:.2f}), "
-                  f"t_target_decode {1e3 * i['t_target_decode']:.2f} ms, overhead {1e3 * i['overhead_sd']:.2f} ms/step",
+                  f"t_target_decode {1e3 * i['t_target_decode']:.2f} ms, overhead {1e3 * i['overhead_sd']:.2f} ms/step, "
+                  f"prefill {1e3 * i.get('prefill_per_request', 0.0):.2f} ms/request (in the simulation only)",
                   "  (+overhead: SD's measured non-compute time per step added to the SD and the PSD step; its SD step "
                   "equals the measurement by construction)",
                   f"  {'quantity':<26}{'ideal':>10}{'+overhead':>11}{'measured':>10}{'err(+oh)':>10}"]
@@ -496,7 +507,8 @@ def _paper_lines(t: dict) -> list[str]:
                  f"alpha {i['alpha']:.3f}, N={i['batch_size']}, "
                  f"{i['requests_queued']} queued, k={i['k']}",
              f"  inputs: t_draft {1e3 * i['t_draft']:.2f} ms, t_verify {1e3 * i['t_verify']:.2f} ms at N (sd-paper), "
-             f"overhead {1e3 * i['overhead_sd']:.2f} ms/step; full batches for ever would give psd/sd throughput "
+             f"overhead {1e3 * i['overhead_sd']:.2f} ms/step, prefill {1e3 * i.get('prefill_per_request', 0.0):.2f} "
+             "ms/request; full batches for ever would give psd/sd throughput "
              f"{t['steady_state_psd_over_sd_throughput']:.3f}",
              f"  {'quantity':<26}{'ideal':>10}{'+overhead':>11}{'measured':>10}{'err(+oh)':>10}"]
     return lines + _simulated_lines(t)[1:] + [

@@ -342,13 +342,16 @@ def simulate_tokens_per_step(
 class CostModel:
     """Seconds per step part as a function of the rows ``b`` in the batch: ``fixed + per_row * b``
     (linear through two measured points, e.g. SD's full batch and PSD's half batch; on CPU half a
-    batch costs about 0.7 of a full one, neither 0.5 nor 1). ``overhead`` is added to every step."""
+    batch costs about 0.7 of a full one, neither 0.5 nor 1). ``overhead`` is added to every step.
+    ``prefill_per_request``: admitting requests stalls both workers for this much per request (the
+    scheduler prefills on both, then steps on; measured as a round's time outside its steps)."""
 
     draft_fixed: float
     draft_per_row: float
     verify_fixed: float
     verify_per_row: float
     overhead: float = 0.0
+    prefill_per_request: float = 0.0
 
     @classmethod
     def through(cls, b_full: int, t_draft_full: float, t_verify_full: float, b_half: int, t_draft_half: float,
@@ -372,6 +375,9 @@ class CostModel:
 
     def verify(self, rows: int) -> float:
         return self.verify_fixed + self.verify_per_row * rows if rows else 0.0
+
+    def prefill(self, requests: int) -> float:
+        return self.prefill_per_request * requests
 
 
 @dataclass(frozen=True)
@@ -397,7 +403,7 @@ def _draw_gain(alpha: float, k: int, draw) -> int:
 def _simulate_once(mode: str, num_requests: int, max_running: int, max_tokens: int, k: int, alpha: float,
                    cost: CostModel, draw) -> tuple[float, list[float], int]:
     """One round of the scheduler's policy: admission up to max_running (the first token comes from
-    prefill, whose time is not modelled), SD steps, or PSD's two batches: verify one while drafting
+    prefill, which stalls both workers: cost.prefill), SD steps, or PSD's two batches: verify one while drafting
     the other, new requests join the batch about to be drafted, a lone batch is split, a lone request
     runs as SD, and a batch with nothing left to overlap with is verified (or drafted) alone."""
     left = [max_tokens] * num_requests
@@ -408,14 +414,17 @@ def _simulate_once(mode: str, num_requests: int, max_running: int, max_tokens: i
     now, steps = 0.0, 0
 
     def admit():
+        nonlocal now
         running = len(batches[0]) + len(batches[1])
-        while queue and running < max_running:
-            r = queue.pop()
+        admitted = []
+        while queue and running + len(admitted) < max_running:
+            admitted.append(queue.pop())
+        if admitted:
+            now += cost.prefill(len(admitted))
+        for r in admitted:
             left[r] -= 1  # prefill's token
-            running += 1
             if left[r] <= 0:
                 finish[r] = now
-                running -= 1
                 continue
             if mode == "sd":
                 batches[0].append(r)

@@ -1,5 +1,6 @@
 """The MineDraft latency model against hand-computed values, limits, inverses and Monte-Carlo."""
 
+import dataclasses
 import math
 import random
 
@@ -273,6 +274,22 @@ def test_simulate_tail_costs_steps():
     many = simulate("sd", 32, 32, 64, 4, 0.8, c, trials=100, seed=1)
     assert one.steps == pytest.approx(mean_steps, rel=0.08)
     assert many.steps > one.steps * 1.15
+
+
+def test_simulate_prefill_stalls_both_workers_once_per_request():
+    # Admission prefills on both workers and then the steps go on: with the same draws, a round lasts
+    # exactly prefill x requests longer in either mode, and it weighs more on the faster one (PSD).
+    c = CostModel(0.001, 0.0001, 0.01, 0.001)
+    p = dataclasses.replace(c, prefill_per_request=0.007)
+    for mode, running in (("sd", 16), ("psd", 32)):
+        without = simulate(mode, 64, running, 64, 4, 0.85, c, trials=5, seed=2)
+        with_prefill = simulate(mode, 64, running, 64, 4, 0.85, p, trials=5, seed=2)
+        assert with_prefill.steps == without.steps
+        assert with_prefill.makespan_s - without.makespan_s == pytest.approx(64 * 0.007)
+        assert with_prefill.latency_mean_s > without.latency_mean_s
+    ratio = lambda cost: (simulate("psd", 64, 32, 64, 4, 0.85, cost, trials=5, seed=2).throughput_tok_s
+                          / simulate("sd", 64, 16, 64, 4, 0.85, cost, trials=5, seed=2).throughput_tok_s)
+    assert 1.0 < ratio(p) < ratio(c)
 
 
 def test_simulate_is_seeded_and_checks_inputs():
