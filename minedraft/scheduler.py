@@ -41,7 +41,7 @@ def check_mode_and_k(mode: str, k, has_draft: bool) -> None:
 class _InFlight:
     """The worker calls one step sent and the next step collects."""
     record: StepRecord
-    t0: float = 0.0  # when the step's first call went out
+    t0: float = 0.0  # when the step began sending its calls
     proposal: Proposal | None = None  # what `verify` checks
     verify: Any = None  # future of its Verdict
     verify_t0: float = 0.0
@@ -68,7 +68,7 @@ class Scheduler:
         self.proposed_batch: int | None = None
         self.draft_updates: dict[str, list[int]] = {}
         self.in_flight: _InFlight | None = None  # sent by the previous step, collected by the next
-        self._collected: tuple[StepRecord, float] | None = None  # its record, closed when the next calls go out
+        self._collected: _InFlight | None = None  # collected; its record closes when the next calls go out
         self._no_draft = False  # psd: the last proposal found no draft node
         self.metrics = SpecDecodeMetrics(k)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker")
@@ -116,13 +116,12 @@ class Scheduler:
 
     def _close_collected_record(self, admit_s: float) -> None:
         """A step's wall time runs from its calls going out to the next step's (prefill excluded)."""
-        if self._collected is None:
+        job, self._collected = self._collected, None
+        if job is None:
             return
-        record, t0 = self._collected
-        self._collected = None
-        record.wall_s = time.perf_counter() - t0 - admit_s
-        if record.num_verified:
-            self.metrics.add_step(record)
+        job.record.wall_s = time.perf_counter() - job.t0 - admit_s
+        if job.record.num_verified:
+            self.metrics.add_step(job.record)
 
     def _drop_aborted_waiting(self, touched):
         for req in [r for r in self.waiting if r.finished]:
@@ -253,7 +252,8 @@ class Scheduler:
             self._preempt_one(exc, touched)
             return
         verify_t0 = time.perf_counter()
-        self.in_flight = _InFlight(record, t0, proposal, self.target.start_verify(proposal), verify_t0)
+        self.in_flight = _InFlight(record, t0=t0, proposal=proposal, verify=self.target.start_verify(proposal),
+                                   verify_t0=verify_t0)
 
     def _dispatch_psd(self, touched) -> None:
         """Send the verify of the batch drafted last step and the proposal for the other batch."""
@@ -273,7 +273,7 @@ class Scheduler:
             half = len(only) // 2  # split so that the two halves can overlap from now on
             self.batches = [only[:half], only[half:]]
             to_draft = [0, 1]
-        job = _InFlight(StepRecord(self.mode, 0.0))
+        job = _InFlight(StepRecord(self.mode, 0.0), t0=time.perf_counter())
         if to_draft:  # first, so that an in-process draft overlaps an in-process verify
             d = to_draft[0] if pb is not None else max(to_draft, key=lambda i: len(self.batches[i]))
             job.drafted_ids, job.drafted_batch = self._live(self.batches[d]), d
@@ -283,7 +283,6 @@ class Scheduler:
             job.proposal, job.verify_t0 = self.proposal, time.perf_counter()
             job.verify = self.target.start_verify(self.proposal)
             self.proposal, self.proposed_batch = None, None
-        job.t0 = min(t for t in (job.propose_t0, job.verify_t0) if t)
         self.in_flight = job
 
     def _collect(self, touched) -> None:
@@ -293,7 +292,7 @@ class Scheduler:
         if job is None:
             return
         record, no_room = job.record, None
-        self._collected = (record, job.t0)
+        self._collected = job
         if job.verify is not None:
             try:
                 verdict = job.verify.result()
