@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from minedraft.channels import choose_transport, host_id, make_writer
-from minedraft.scheduler import MAX_SPECULATIVE_TOKENS
-from minedraft.grpc_common import log, ref_to_proto, spec_to_proto
-from minedraft.local_workers import LocalDraftWorker
+from minedraft.rpc.channels import choose_transport, host_id, make_writer
+from minedraft.spec.scheduler import MAX_SPECULATIVE_TOKENS
+from minedraft.rpc.grpc_common import log, ref_to_proto, spec_to_proto
+from minedraft.spec.local_workers import LocalDraftWorker
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
-from minedraft.worker_service import WorkerServicerBase, add_worker_arguments, load_runner, serve
+from minedraft.rpc.worker_service import WorkerServicerBase, add_worker_arguments, load_runner, serve
 
 SERVICE = "minedraft.v1.DraftWorker"
 

@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from minedraft.remote_workers import RemoteDraftWorker, RemoteTargetWorker
-from minedraft.sampling import SamplingParams
-from minedraft.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal
+from minedraft.rpc.remote_workers import RemoteDraftWorker, RemoteTargetWorker
+from minedraft.spec.sampling import SamplingParams
+from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal
 
 log = logging.getLogger("minedraft.gateway")
 

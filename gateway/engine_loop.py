@@ -9,9 +9,9 @@ import queue
 import threading
 
 from gateway.recovery import describe
-from minedraft.metrics import SpecDecodeMetrics
-from minedraft.request import Request
-from minedraft.scheduler import Scheduler
+from minedraft.spec.metrics import SpecDecodeMetrics
+from minedraft.spec.request import Request
+from minedraft.spec.scheduler import Scheduler
 
 log = logging.getLogger("minedraft.gateway")
 

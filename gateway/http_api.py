@@ -27,7 +27,7 @@ from gateway.engine_loop import QueueFull
 from gateway.openai_protocol import (ApiError, error_body, full_response, model_list, new_id, parse_request,
                                      stream_chunk, usage_chunk)
 from gateway.stop_strings import StopStringMatcher
-from minedraft.auth import authorized
+from minedraft.rpc.auth import authorized
 
 log = logging.getLogger("minedraft.gateway.http")
 

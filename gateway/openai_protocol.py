@@ -11,7 +11,7 @@ import math
 import time
 import uuid
 
-from minedraft.sampling import SamplingParams
+from minedraft.spec.sampling import SamplingParams
 
 
 class ApiError(Exception):

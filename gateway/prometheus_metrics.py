@@ -20,13 +20,13 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25
                    7.5, 10.0, 20.0, 40.0, 80.0)
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0,
                 2.5)
-# Parts of a step (`part` label), as minedraft.metrics.sum_steps splits it and GetStats reports it.
+# Parts of a step (`part` label), as minedraft.spec.metrics.sum_steps splits it and GetStats reports it.
 STEP_PARTS = ("draft_compute", "verify_compute", "control_plane", "draft_idle", "target_idle", "wall")
 KV_POLL_S = 2.0  # the target's Info is asked at most this often, and only when someone scrapes
 
 
 def step_parts(s) -> dict[str, float]:
-    """One StepRecord split into parts; the same arithmetic as minedraft.metrics.sum_steps."""
+    """One StepRecord split into parts; the same arithmetic as minedraft.spec.metrics.sum_steps."""
     return {
         "draft_compute": s.draft_s,
         "verify_compute": s.verify_s,

@@ -22,7 +22,7 @@ import time
 
 import grpc
 
-from minedraft.grpc_common import set_serving
+from minedraft.rpc.grpc_common import set_serving
 
 log = logging.getLogger("minedraft.gateway")
 

@@ -16,14 +16,14 @@ from gateway.detokenizer import IncrementalDetokenizer
 from gateway.engine_loop import EngineLoop, QueueFull
 from gateway.prometheus_metrics import GatewayMetrics
 from gateway.recovery import TargetRecovery
-from minedraft.auth import ENV_VAR as API_KEY_ENV, ApiKeyInterceptor, load_keys
-from minedraft import hf_adapter
-from minedraft.grpc_common import (add_health_and_reflection, exit_after, log, make_server, params_from_proto,
+from minedraft.rpc.auth import ENV_VAR as API_KEY_ENV, ApiKeyInterceptor, load_keys
+from minedraft.runner import hf_adapter
+from minedraft.rpc.grpc_common import (add_health_and_reflection, exit_after, log, make_server, params_from_proto,
                                    set_serving, setup_logging)
 from gateway.draft_pool import DraftPool
-from minedraft.remote_workers import TIMEOUTS, RemoteTargetWorker
-from minedraft.request import build_request
-from minedraft.scheduler import MODES, Scheduler, check_mode_and_k
+from minedraft.rpc.remote_workers import TIMEOUTS, RemoteTargetWorker
+from minedraft.spec.request import build_request
+from minedraft.spec.scheduler import MODES, Scheduler, check_mode_and_k
 from minedraft.v1 import gateway_pb2, gateway_pb2_grpc
 
 SERVICE = "minedraft.v1.Gateway"

@@ -1,6 +1,6 @@
 """MineDraft: batch-parallel speculative decoding (PSD) with separate draft and target workers."""
 
-from minedraft.sampling import SamplingParams
+from minedraft.spec.sampling import SamplingParams
 
 __all__ = ["Engine", "SamplingParams", "GenerationResult"]
 __version__ = "0.1.0"

@@ -47,7 +47,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_health(args) -> int:
-    from minedraft.health import check_health  # grpc only: health checks must start fast
+    from minedraft.rpc.health import check_health  # grpc only: health checks must start fast
 
     ok = check_health(args.address, timeout=args.timeout)
     print("SERVING" if ok else "NOT_SERVING")
@@ -55,7 +55,7 @@ def _cmd_health(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minedraft.memory_flags import add_memory_arguments
+    from minedraft.runner.memory_flags import add_memory_arguments
 
     parser = argparse.ArgumentParser(prog="minedraft", description="Batch-parallel speculative decoding (PSD).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "serve":
         return _cmd_serve(argv[1:])
     if argv and argv[0] == "bench":
-        from minedraft.bench import main as bench_main
+        from minedraft.bench.cli import main as bench_main
 
         return bench_main(argv[1:])
     if argv and argv[0] == "train-tiny":

@@ -14,9 +14,9 @@ import os
 
 import grpc
 
-from minedraft.auth import auth_metadata, client_key
-from minedraft.grpc_common import GRPC_OPTIONS, params_to_proto
-from minedraft.sampling import SamplingParams
+from minedraft.rpc.auth import auth_metadata, client_key
+from minedraft.rpc.grpc_common import GRPC_OPTIONS, params_to_proto
+from minedraft.spec.sampling import SamplingParams
 from minedraft.v1 import gateway_pb2, gateway_pb2_grpc
 
 

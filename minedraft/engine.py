@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from minedraft import hf_adapter
-from minedraft.local_workers import LocalDraftWorker, LocalTargetWorker
-from minedraft.request import Request, build_request
-from minedraft.runner import ModelRunner
-from minedraft.sampling import SamplingParams
-from minedraft.scheduler import Scheduler, check_mode_and_k
+from minedraft.runner import hf_adapter
+from minedraft.spec.local_workers import LocalDraftWorker, LocalTargetWorker
+from minedraft.spec.request import Request, build_request
+from minedraft.runner.model_runner import ModelRunner
+from minedraft.spec.sampling import SamplingParams
+from minedraft.spec.scheduler import Scheduler, check_mode_and_k
 
 
 @dataclasses.dataclass

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
-from minedraft.grpc_common import check_health
-from minedraft.memory_flags import memory_argv
+from minedraft.rpc.grpc_common import check_health
+from minedraft.runner.memory_flags import memory_argv
 
 
 def service_commands(args) -> dict[str, list[str]]:
@@ -110,7 +110,7 @@ class LocalCluster:
 def up(args) -> int:
     commands = service_commands(args)
     if args.api_key:  # through the environment, not argv: `ps` shows argv to every user
-        from minedraft.auth import ENV_VAR, parse_keys
+        from minedraft.rpc.auth import ENV_VAR, parse_keys
 
         os.environ[ENV_VAR] = ",".join(parse_keys(args.api_key))
     cluster = LocalCluster(commands, log_dir=args.log_dir)

@@ -56,7 +56,7 @@ fi
 
 # 2) Step times (the models are made on the device, nothing is read from disk).
 echo "== step times"
-timeout "$(budget 190 250)" python3 -m minedraft.step_times --json "$OUT/step_times.json" \
+timeout "$(budget 190 250)" python3 -m minedraft.bench.step_times --json "$OUT/step_times.json" \
   > "$OUT/step_times.log" 2>&1
 STEPS_RC=$?
 grep -E "graphs=(on|off)" "$OUT/step_times.log" | tail -24
@@ -74,7 +74,7 @@ BENCH_RC=$?
 echo
 echo "== summary (tests rc=$TESTS_RC, step times rc=$STEPS_RC, bench rc=$BENCH_RC, services graphs=$GRAPHS, $(( $(date +%s) - START ))s)"
 grep -E "passed|failed|skipped" "$OUT/gpu_tests.log" | tail -1
-python3 -m minedraft.gpu_report --steps "$OUT/step_times.json" --bench "$OUT/bench_run.json" \
+python3 -m minedraft.bench.gpu_report --steps "$OUT/step_times.json" --bench "$OUT/bench_run.json" \
   --json "$OUT/bench_gpu.json" --plot "$OUT/bench_gpu.png"
 python3 - "$OUT/bench_run.json" <<'PY'
 import json, sys

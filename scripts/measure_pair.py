@@ -12,7 +12,7 @@ import torch
 
 from minedraft import Engine, SamplingParams
 from minedraft.assets import default_draft_path, default_target_path, load_heldout_prompts
-from minedraft.runner import ModelRunner
+from minedraft.runner.model_runner import ModelRunner
 
 
 def forward_ms(path: str, batch: int, repeats: int = 20) -> float:

@@ -6,16 +6,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from minedraft.channels import open_reader
-from minedraft.scheduler import MAX_SPECULATIVE_TOKENS
+from minedraft.rpc.channels import open_reader
+from minedraft.spec.scheduler import MAX_SPECULATIVE_TOKENS
 import torch
 import torch.nn.functional as F
 
-from minedraft.grpc_common import log, ref_from_proto, spec_from_proto
-from minedraft.local_workers import LocalTargetWorker
+from minedraft.rpc.grpc_common import log, ref_from_proto, spec_from_proto
+from minedraft.spec.local_workers import LocalTargetWorker
 from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from minedraft.worker_service import WorkerServicerBase, add_worker_arguments, load_runner, serve
-from minedraft.workers import Proposal
+from minedraft.rpc.worker_service import WorkerServicerBase, add_worker_arguments, load_runner, serve
+from minedraft.spec.workers import Proposal
 
 SERVICE = "minedraft.v1.TargetWorker"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from minedraft.hf_adapter import save_random_model
+from minedraft.runner.hf_adapter import save_random_model
 
 COMMON = dict(vocab_size=101, hidden_size=64, intermediate_size=128, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=96, bos_token_id=1, eos_token_id=2)

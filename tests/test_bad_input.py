@@ -5,7 +5,7 @@ import json
 import pytest
 
 from minedraft import Engine, SamplingParams
-from minedraft.hf_adapter import save_random_model
+from minedraft.runner.hf_adapter import save_random_model
 from model_factory import family_config
 
 

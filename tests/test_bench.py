@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from minedraft.bench_runners import (ALL_MODES, BenchError, RequestRecord, RoundResult, Workload, check_round)
+from minedraft.bench.runners import (ALL_MODES, BenchError, RequestRecord, RoundResult, Workload, check_round)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_REQUESTS, MAX_TOKENS, HF_REQUESTS, K = 4, 8, 2, 4
@@ -128,7 +128,7 @@ def test_check_round_fails_loudly(kwargs, message):
 
 
 def test_aggregate_and_ratios():
-    from minedraft.bench_report import aggregate, compute_ratios
+    from minedraft.bench.report import aggregate, compute_ratios
 
     sd = _round()
     psd = _round(mode="psd")
@@ -148,7 +148,7 @@ def test_aggregate_and_ratios():
 
 
 def test_prompt_loading_fits_the_context(tmp_path, llama_pair):
-    from minedraft.bench import build_parser, load_prompts, resolve_args
+    from minedraft.bench.cli import build_parser, load_prompts, resolve_args
 
     target, draft, _ = llama_pair
     path = tmp_path / "p.jsonl"
@@ -162,7 +162,7 @@ def test_prompt_loading_fits_the_context(tmp_path, llama_pair):
 
 
 def test_bad_modes_rejected(llama_pair):
-    from minedraft.bench import build_parser, resolve_args
+    from minedraft.bench.cli import build_parser, resolve_args
 
     target, draft, _ = llama_pair
     with pytest.raises(SystemExit, match="unknown"):
@@ -173,7 +173,7 @@ def test_running_limit_is_reconfigurable(llama_pair):
     """The paper protocol's knob: max_num_seqs changes between rounds; the rest wait in the queue,
     and the output is the same as with everything running at once."""
     from minedraft.engine import Engine
-    from minedraft.sampling import SamplingParams
+    from minedraft.spec.sampling import SamplingParams
 
     target, draft, _ = llama_pair
     engine = Engine(target, draft, mode="psd", num_speculative_tokens=3)

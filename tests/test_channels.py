@@ -6,7 +6,7 @@ import multiprocessing as mp
 import pytest
 import torch
 
-from minedraft.channels import (
+from minedraft.rpc.channels import (
     BlockRef,
     BlockTooLargeError,
     ChannelError,
@@ -199,7 +199,7 @@ def test_unknown_transport_and_cuda_without_cupy():
 
 def _child_read(spec_dict, ref_dicts, queue):
     # Runs in a spawned process: attach once by spec, read every ref, send back the blocks.
-    from minedraft.channels import BlockRef, ChannelSpec, open_reader
+    from minedraft.rpc.channels import BlockRef, ChannelSpec, open_reader
 
     reader = open_reader(ChannelSpec.from_dict(spec_dict))
     out = []

@@ -6,7 +6,7 @@ import multiprocessing as mp
 import pytest
 import torch
 
-from minedraft.channels import BlockRef, ChannelError, StaleBlockError, make_writer, open_reader
+from minedraft.rpc.channels import BlockRef, ChannelError, StaleBlockError, make_writer, open_reader
 
 
 def _cuda_and_cupy() -> bool:
@@ -33,7 +33,7 @@ def _block(seed, device, b=8, k=4, v=1000, dtype=torch.float32, probs=True):
 
 def _child_read(spec_dict, jobs, queue):
     # Spawned consumer: open the producer's ring once, read each (ref, device), send back numpy.
-    from minedraft.channels import ChannelSpec, open_reader
+    from minedraft.rpc.channels import ChannelSpec, open_reader
 
     out = []
     try:

@@ -51,7 +51,7 @@ def reference():
     """Prompts (token ids) and their target-only greedy continuations by transformers."""
     pytest.importorskip("transformers")
     from minedraft.assets import default_target_path, load_heldout_prompts
-    from minedraft.hf_adapter import greedy_generate, load_tokenizer, reference_model
+    from minedraft.runner.hf_adapter import greedy_generate, load_tokenizer, reference_model
 
     tok = load_tokenizer(default_target_path())
     model = reference_model(default_target_path())

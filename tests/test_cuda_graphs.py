@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from minedraft import Engine, SamplingParams
-from minedraft.cuda_graphs import GraphRunner, bucket_for, width_bucket
-from minedraft.hf_adapter import greedy_generate, save_random_model
-from minedraft.memory_flags import memory_argv
-from minedraft.runner import ModelRunner
+from minedraft.runner.cuda_graphs import GraphRunner, bucket_for, width_bucket
+from minedraft.runner.hf_adapter import greedy_generate, save_random_model
+from minedraft.runner.memory_flags import memory_argv
+from minedraft.runner.model_runner import ModelRunner
 from model_factory import family_config
 
 TOL = 1e-5  # static vs eager: same math, fp32 GEMMs of other shapes may round differently

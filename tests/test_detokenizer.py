@@ -6,7 +6,8 @@ import random
 import pytest
 
 from gateway.detokenizer import IncrementalDetokenizer
-from minedraft import assets, hf_adapter
+from minedraft import assets
+from minedraft.runner import hf_adapter
 
 
 @pytest.fixture(scope="module")

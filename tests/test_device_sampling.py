@@ -4,9 +4,9 @@ read-back per call (on a GPU every read-back is a host sync)."""
 import pytest
 import torch
 
-from minedraft.logits_processing import draw, make_generator, probs_from_logits, sample
-from minedraft.sampling import SamplingParams
-from minedraft.verification import verify_batch
+from minedraft.spec.logits_processing import draw, make_generator, probs_from_logits, sample
+from minedraft.spec.sampling import SamplingParams
+from minedraft.spec.verification import verify_batch
 
 
 def test_draw_is_multinomial_with_the_same_generator():

@@ -11,7 +11,7 @@ import pytest
 
 from cluster import free_port
 from minedraft.client import MineDraftClient
-from minedraft.hf_adapter import greedy_generate
+from minedraft.runner.hf_adapter import greedy_generate
 from minedraft.launcher import LocalCluster
 
 MAX_TOKENS = 48

@@ -13,7 +13,7 @@ import yaml
 
 from gateway.openai_protocol import ApiError, parse_request
 from gateway.stop_strings import StopStringMatcher
-from minedraft import auth
+from minedraft.rpc import auth
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +96,7 @@ def test_default_model_name():
 def exported_names() -> set[str]:
     """Every sample name the gateway and the services can export (with _total/_bucket/... suffixes)."""
     from gateway.prometheus_metrics import GatewayMetrics
-    from minedraft.service_metrics import ServiceMetrics
+    from minedraft.rpc.service_metrics import ServiceMetrics
 
     class FakeServicer:
         role = "target"

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from cluster import free_port
-from minedraft.grpc_common import check_health, insecure_channel
+from minedraft.rpc.grpc_common import check_health, insecure_channel
 from minedraft.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from test_recovery import Stack
 

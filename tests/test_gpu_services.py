@@ -72,8 +72,8 @@ def test_services_on_gpu_are_lossless(llama_pair, tmp_path, transport, graphs):
 
 
 def test_runner_matches_transformers_on_gpu(tmp_path):
-    from minedraft.hf_adapter import save_random_model
-    from minedraft.runner import ModelRunner
+    from minedraft.runner.hf_adapter import save_random_model
+    from minedraft.runner.model_runner import ModelRunner
     from model_factory import family_config
 
     ref = save_random_model(family_config("qwen3"), tmp_path, seed=5).to("cuda:0")

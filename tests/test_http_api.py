@@ -21,9 +21,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster import free_port
-from minedraft import assets, hf_adapter
+from minedraft import assets
+from minedraft.runner import hf_adapter
 from minedraft.client import MineDraftClient
-from minedraft.grpc_common import check_health
+from minedraft.rpc.grpc_common import check_health
 
 openai = pytest.importorskip("openai")
 

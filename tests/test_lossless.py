@@ -4,7 +4,7 @@ arriving at different steps (continuous batching) and for several k."""
 import pytest
 
 from minedraft import Engine, SamplingParams
-from minedraft.hf_adapter import greedy_generate
+from minedraft.runner.hf_adapter import greedy_generate
 
 MAX_TOKENS = 24
 

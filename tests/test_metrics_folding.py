@@ -1,6 +1,6 @@
 """A long-running gateway keeps a bounded number of step records; the sums stay exact."""
 
-from minedraft.metrics import SpecDecodeMetrics, StepRecord, sum_steps
+from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord, sum_steps
 
 
 def test_old_steps_fold_into_sums():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minedraft import Engine, SamplingParams
-from minedraft.memory_budget import GIB
+from minedraft.runner.memory_budget import GIB
 from real_scale_models import QWEN3_0_6B, draft_small, target_0_6b
 
 LONG, SHORT, NUM_SHORT, MAX_TOKENS = 2000, 40, 6, 4
@@ -20,7 +20,7 @@ LONG, SHORT, NUM_SHORT, MAX_TOKENS = 2000, 40, 6, 4
 def real_scale(tmp_path_factory):
     """The 0.6B-shaped target, a small same-vocabulary draft, a mixed batch of prompts and
     transformers' greedy continuations of each (computed once, then the reference is freed)."""
-    from minedraft.hf_adapter import reference_model
+    from minedraft.runner.hf_adapter import reference_model
 
     root = tmp_path_factory.mktemp("real_scale")
     target, draft = target_0_6b(root), draft_small(root)
@@ -81,7 +81,7 @@ def test_services_serve_a_real_shape_on_defaults(real_scale, tmp_path):
         for t in threads:
             t.join(timeout=700)
         assert got == expected
-        from minedraft.grpc_common import insecure_channel
+        from minedraft.rpc.grpc_common import insecure_channel
         from minedraft.v1 import worker_pb2, worker_pb2_grpc
 
         with insecure_channel(addresses["target"]) as channel:
@@ -125,7 +125,7 @@ def test_budget_too_small_for_the_asked_length_is_refused(llama_pair):
 
 def _truncated_vocab_draft(ref_target, folder, vocab: int, noise: float = 0.02):
     """A draft that is the target with noise and only the first `vocab` ids."""
-    from minedraft.hf_adapter import save_random_model
+    from minedraft.runner.hf_adapter import save_random_model
     from model_factory import family_config
 
     cfg = family_config("llama")
@@ -157,7 +157,7 @@ def test_draft_with_a_smaller_vocabulary_is_lossless(llama_pair, tmp_path, mode)
 
 
 def test_draft_with_a_larger_vocabulary_is_refused(llama_pair, tmp_path):
-    from minedraft.hf_adapter import save_random_model
+    from minedraft.runner.hf_adapter import save_random_model
     from model_factory import family_config
 
     target, _, _ = llama_pair
@@ -189,7 +189,7 @@ def test_smaller_draft_vocabulary_sampling_follows_target(one_hot_q):
 def test_bf16_q_sampled_from_is_exact(rounding):
     """The compact q: the draft samples from q rounded to bfloat16 and sends that; verification
     normalises it. Emitted tokens still follow p (chi-square)."""
-    from minedraft.local_workers import normalised_q
+    from minedraft.spec.local_workers import normalised_q
     from test_sampling_exact import K, SIGNIFICANCE, chi_square_p, emitted_first_two, random_dists
 
     g = torch.Generator().manual_seed(6)

@@ -17,7 +17,7 @@ from cluster import free_port
 from minedraft import Engine, SamplingParams
 from minedraft.assets import load_heldout_prompts
 from minedraft.client import MineDraftClient
-from minedraft.grpc_common import check_health
+from minedraft.rpc.grpc_common import check_health
 
 K = 3
 MAX_TOKENS = 160

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from minedraft.hf_adapter import save_random_model
-from minedraft.runner import ModelRunner
+from minedraft.runner.hf_adapter import save_random_model
+from minedraft.runner.model_runner import ModelRunner
 from model_factory import FAMILIES, family_config
 
 TOL = 1e-4

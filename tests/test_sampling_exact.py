@@ -7,8 +7,8 @@ import torch
 from scipy.stats import chisquare
 
 from minedraft import Engine, SamplingParams
-from minedraft.logits_processing import make_generator, probs_from_logits
-from minedraft.verification import verify_batch
+from minedraft.spec.logits_processing import make_generator, probs_from_logits
+from minedraft.spec.verification import verify_batch
 
 V, K, N = 12, 2, 20_000
 SIGNIFICANCE = 1e-3

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from cluster import free_port
-from minedraft.grpc_common import check_health
+from minedraft.rpc.grpc_common import check_health
 from minedraft.launcher import LocalCluster
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
 

@@ -10,7 +10,7 @@ import pytest
 
 from cluster import start_cluster
 from minedraft.client import MineDraftClient
-from minedraft.hf_adapter import greedy_generate
+from minedraft.runner.hf_adapter import greedy_generate
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
 
 MAX_TOKENS = 20

@@ -3,7 +3,7 @@ JSON they write has issue 14's shape, and the report keeps only what was measure
 
 import json
 
-from minedraft import gpu_report, step_times
+from minedraft.bench import gpu_report, step_times
 
 
 def test_cpu_smoke_writes_the_contract(tmp_path):

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from minedraft.theory import (
+from minedraft.spec.theory import (
     Prediction,
     acceptance_from_counts,
     alpha_from_mean_accepted_length,
@@ -233,7 +233,7 @@ def test_monte_carlo_edges_and_seed():
 
 
 # --- the scheduler, simulated --------------------------------------------------------------------
-from minedraft.theory import CostModel, simulate  # noqa: E402
+from minedraft.spec.theory import CostModel, simulate  # noqa: E402
 
 
 def test_cost_model_through_two_points():

@@ -93,8 +93,8 @@ def test_native_runner_matches_transformers_on_bundled_weights(role):
     import torch
 
     from minedraft.assets import default_draft_path, default_target_path
-    from minedraft.hf_adapter import reference_model
-    from minedraft.runner import ModelRunner
+    from minedraft.runner.hf_adapter import reference_model
+    from minedraft.runner.model_runner import ModelRunner
 
     path = default_target_path() if role == "target" else default_draft_path()
     from transformers import AutoTokenizer

@@ -1,0 +1,138 @@
+"""What the three services share on the control plane: server set-up (health, reflection, message
+limits), proto <-> Python conversions, and error mapping."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from minedraft.rpc.channels import BlockRef, ChannelSpec
+from minedraft.rpc.health import check_health  # noqa: F401  (re-exported; light, see health.py)
+from minedraft.spec.sampling import SamplingParams
+from minedraft.v1 import common_pb2, worker_pb2
+
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # inline proposals carry [B, k, V] distributions
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+log = logging.getLogger("minedraft")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def make_server(max_workers: int = 16, interceptors=()) -> grpc.Server:
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS,
+                       interceptors=list(interceptors))
+
+
+def add_health_and_reflection(server: grpc.Server, service_full_names: list[str]) -> health.HealthServicer:
+    """grpc.health.v1 (NOT_SERVING until the caller says otherwise) and server reflection."""
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ["", *service_full_names]:
+        servicer.set(name, NOT_SERVING)
+    names = [*service_full_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    return servicer
+
+
+def set_serving(servicer: health.HealthServicer, service_full_names: list[str], serving: bool) -> None:
+    for name in ["", *service_full_names]:
+        servicer.set(name, SERVING if serving else NOT_SERVING)
+
+
+# A restarted worker must be found again within a second or two, not after gRPC's default reconnect
+# backoff (up to two minutes).
+CLIENT_OPTIONS = GRPC_OPTIONS + [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def insecure_channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=CLIENT_OPTIONS)
+
+
+def exit_after(seconds: float, what: str) -> None:
+    """Shutdown's hard bound: whatever still runs (a long forward pass, a stuck thread) after
+    `seconds`, the process exits."""
+    import os
+
+    def bail():
+        log.warning("%s: still running %.0f s after the shutdown began; exiting now", what, seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, bail)
+    timer.daemon = True
+    timer.start()
+
+
+# -- conversions ------------------------------------------------------------------------------------
+def params_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
+    msg = common_pb2.SamplingParams(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
+                                    max_tokens=p.max_tokens, stop_token_ids=list(p.stop_token_ids),
+                                    ignore_eos=p.ignore_eos)
+    if p.seed is not None:
+        msg.seed = p.seed
+    return msg
+
+
+def params_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
+    """Unset fields take the defaults (proto3 sends 0); raises ValueError naming a bad field."""
+    return SamplingParams(
+        temperature=msg.temperature,
+        top_p=msg.top_p if msg.top_p != 0 else 1.0,
+        top_k=msg.top_k,
+        max_tokens=msg.max_tokens if msg.max_tokens != 0 else 64,
+        seed=msg.seed if msg.HasField("seed") else None,
+        stop_token_ids=tuple(msg.stop_token_ids),
+        ignore_eos=msg.ignore_eos,
+    )
+
+
+def ref_to_proto(ref: BlockRef) -> worker_pb2.BlockRef:
+    return worker_pb2.BlockRef(**ref.to_dict())
+
+
+def ref_from_proto(msg: worker_pb2.BlockRef) -> BlockRef:
+    return BlockRef(**{f.name: getattr(msg, f.name) for f in worker_pb2.BlockRef.DESCRIPTOR.fields})
+
+
+def spec_to_proto(spec: ChannelSpec) -> worker_pb2.ChannelSpec:
+    return worker_pb2.ChannelSpec(**spec.to_dict())
+
+
+def spec_from_proto(msg: worker_pb2.ChannelSpec) -> ChannelSpec:
+    return ChannelSpec.from_dict({f.name: getattr(msg, f.name) for f in worker_pb2.ChannelSpec.DESCRIPTOR.fields})
+
+
+def abort_with(context: grpc.ServicerContext, exc: Exception):
+    """Map our exceptions to gRPC status codes (ValueError -> INVALID_ARGUMENT, ...)."""
+    from minedraft.runner.block_manager import NoRoom
+    from minedraft.rpc.channels import ChannelError
+
+    if isinstance(exc, NoRoom):  # the caller preempts and retries: not a failure of the service
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    if isinstance(exc, ValueError):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, KeyError):
+        context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0] if exc.args else exc))
+    if isinstance(exc, ChannelError):
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{type(exc).__name__}: {exc}")
+    log.exception("internal error")
+    context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")

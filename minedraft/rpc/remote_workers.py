@@ -1,0 +1,158 @@
+"""DraftWorker / TargetWorker implemented as gRPC clients of draft_service / target_service.
+
+The scheduler cannot tell them from the in-process workers. Proposals do not pass through here:
+the draft writes them into the token channel and only the BlockRef comes back, which Verify hands
+to the target."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import grpc
+
+from minedraft.rpc.grpc_common import insecure_channel, params_to_proto
+from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from minedraft.spec.workers import DraftWorker, NewRequest, NoRoom, Proposal, TargetWorker, Verdict
+
+class CallTimeouts:
+    """Deadlines of worker calls: a worker that does not answer in time (hung, SIGSTOPped, its host
+    gone) is treated as dead. The gateway sets them from --worker-timeout-s / --prefill-timeout-s."""
+
+    step_s = 60.0  # propose, verify, decode, release
+    prefill_s = 600.0  # add: a long prompt's prefill on CPU takes minutes
+
+
+TIMEOUTS = CallTimeouts()
+
+
+def _new_requests_proto(requests: list[NewRequest]) -> worker_pb2.AddRequest:
+    return worker_pb2.AddRequest(requests=[
+        worker_pb2.NewRequest(request_id=r.request_id, prompt_ids=r.prompt_ids, params=params_to_proto(r.params),
+                              seed=r.seed, resume=r.resume) for r in requests])
+
+
+def _raise_no_room(exc: grpc.RpcError) -> None:
+    """A worker out of KV blocks answers RESOURCE_EXHAUSTED "no room: ..."; give the scheduler the
+    same NoRoom an in-process worker raises."""
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (exc.details() or "").startswith("no room"):
+        raise NoRoom(message=exc.details()) from exc
+
+
+def _no_room_as_exception(method):
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except grpc.RpcError as exc:
+            _raise_no_room(exc)
+            raise
+    return call
+
+
+class _CallInFlight:
+    """A unary call sent from the calling thread with grpc's future API: the request is on the wire
+    before the caller goes on (no hand-off to another thread, which on a busy machine waits for a
+    core and for the GIL). result() converts the reply; "no room" becomes NoRoom."""
+
+    def __init__(self, call, convert):
+        self.call, self.convert = call, convert
+        self.done_at = 0.0
+        call.add_done_callback(self._mark_done)
+
+    def _mark_done(self, _call) -> None:
+        self.done_at = time.perf_counter()
+
+    def result(self):
+        try:
+            reply = self.call.result()
+        except grpc.RpcError as exc:
+            _raise_no_room(exc)
+            raise
+        return self.convert(reply, self.done_at or time.perf_counter())
+
+
+def _proposal(reply: worker_pb2.ProposeReply, request_ids: list[str], k: int, channel_id: str,
+              done_at: float) -> Proposal:
+    return Proposal(request_ids, k, parts=[(channel_id, reply.block, len(request_ids))], compute_s=reply.compute_s,
+                    service_s=reply.service_s, channel_bytes=reply.block.nbytes, done_at=done_at)
+
+
+def _propose_request(request_ids, k: int, updates) -> worker_pb2.ProposeRequest:
+    return worker_pb2.ProposeRequest(request_ids=request_ids, k=k,
+                                     updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()})
+
+
+class _Remote:
+    def __init__(self, address: str, stub_cls):
+        self.address = address
+        self.channel = insecure_channel(address)
+        self.stub = stub_cls(self.channel)
+
+    def info(self, timeout: float = 5.0) -> worker_pb2.WorkerInfo:
+        return self.stub.Info(worker_pb2.InfoRequest(), timeout=timeout)
+
+    def release(self, request_ids):
+        self.stub.Release(worker_pb2.ReleaseRequest(request_ids=list(request_ids)), timeout=TIMEOUTS.step_s)
+
+    def close(self):
+        self.channel.close()
+
+
+class RemoteDraftWorker(_Remote, DraftWorker):
+    def __init__(self, address: str):
+        super().__init__(address, worker_pb2_grpc.DraftWorkerStub)
+        self.channel_id = address
+
+    def handshake(self, target_info: worker_pb2.WorkerInfo, forced: str | None) -> worker_pb2.HandshakeReply:
+        return self.stub.Handshake(worker_pb2.HandshakeRequest(
+            reader_transports=list(target_info.transports), reader_hostname=target_info.hostname,
+            reader_device=target_info.device, forced_transport=forced or "", channel_id=self.channel_id),
+            timeout=30.0)
+
+    def add(self, requests):
+        return self.stub.Add(_new_requests_proto(requests), timeout=TIMEOUTS.prefill_s).num_admitted
+
+    def propose(self, request_ids, k, updates):
+        return self.start_propose(request_ids, k, updates).result()
+
+    def start_propose(self, request_ids, k, updates, pool=None) -> _CallInFlight:
+        ids = list(request_ids)
+        call = self.stub.Propose.future(_propose_request(ids, k, updates), timeout=TIMEOUTS.step_s)
+        return _CallInFlight(call, lambda reply, done_at: _proposal(reply, ids, k, self.channel_id, done_at))
+
+
+
+class RemoteTargetWorker(_Remote, TargetWorker):
+    def __init__(self, address: str, info: worker_pb2.WorkerInfo | None = None):
+        super().__init__(address, worker_pb2_grpc.TargetWorkerStub)
+        info = info or self.info()
+        self.context_len, self.vocab_size = info.context_len, info.vocab_size
+
+    def open_channel(self, channel_id: str, spec) -> str:
+        reply = self.stub.OpenChannel(worker_pb2.OpenChannelRequest(channel_id=channel_id, spec=spec),
+                                      timeout=30.0)
+        return reply.transport
+
+    def add(self, requests):
+        reply = self.stub.Add(_new_requests_proto(requests), timeout=TIMEOUTS.prefill_s)
+        return [None if t < 0 else t for t in reply.first_tokens[:reply.num_admitted]]
+
+    def verify(self, proposal: Proposal) -> Verdict:
+        return self.start_verify(proposal).result()
+
+    def start_verify(self, proposal: Proposal) -> _CallInFlight:
+        parts = [worker_pb2.ProposalPart(channel_id=cid, block=ref, num_requests=n) for cid, ref, n in proposal.parts]
+        call = self.stub.Verify.future(worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k,
+                                                                parts=parts), timeout=TIMEOUTS.step_s)
+        ids = list(proposal.request_ids)
+        return _CallInFlight(call, lambda reply, done_at: Verdict(
+            ids, [list(t.tokens) for t in reply.tokens], list(reply.num_accepted), compute_s=reply.compute_s,
+            service_s=reply.service_s, done_at=done_at))
+
+    @_no_room_as_exception
+    def decode(self, request_ids):
+        reply = self.stub.Decode(worker_pb2.DecodeRequest(request_ids=list(request_ids)), timeout=TIMEOUTS.step_s)
+        self.last_decode_compute_s = reply.compute_s
+        return list(reply.tokens)
+

@@ -1,0 +1,155 @@
+"""What draft_service and target_service share: model loading, Info/Add/Release, a lock around the
+worker (gRPC calls arrive on a thread pool; the runner is single-threaded), and the serve() loop."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+import threading
+import time
+import uuid
+
+import torch
+
+from minedraft.runner import hf_adapter
+from minedraft.rpc.channels import host_id, local_capabilities
+from minedraft.runner.memory_flags import add_memory_arguments, memory_kwargs
+from minedraft.rpc.grpc_common import (abort_with, add_health_and_reflection, exit_after, log, make_server,
+                                   params_from_proto, set_serving, setup_logging)
+from minedraft.runner.model_runner import ModelRunner
+from minedraft.rpc.service_metrics import add_metrics_argument, start_service_metrics
+from minedraft.v1 import worker_pb2
+from minedraft.spec.workers import NewRequest
+
+
+def tokenizer_digest(path: str) -> str:
+    # The tokenizer's own (token, id) pairs, not the model's embedding size: a draft whose vocabulary
+    # is a prefix of the target's (Qwen2.5-0.5B vs 7B) has the same tokenizer and the same digest.
+    fingerprint = hf_adapter.tokenizer_fingerprint(hf_adapter.load_tokenizer(path))
+    return hashlib.sha1(repr(fingerprint).encode()).hexdigest() if fingerprint else ""
+
+
+def device_uuid(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return str(getattr(props, "uuid", ""))
+    return ""
+
+
+class WorkerServicerBase:
+    role = ""
+
+    def __init__(self, runner: ModelRunner, model_path: str, worker):
+        self.runner = runner
+        # The target checks ids against its vocabulary; a draft also reads the ids of a larger target
+        # vocabulary (it has a prefix of it; see LocalDraftWorker._forward).
+        self.accepts_ids_below = runner.vocab_size if self.role == "target" else 1 << 31
+        self.worker = worker
+        self.lock = threading.Lock()
+        self.info = worker_pb2.WorkerInfo(
+            role=self.role, model=model_path, device=str(runner.device), device_uuid=device_uuid(str(runner.device)),
+            vocab_size=runner.vocab_size, context_len=runner.context_len,
+            transports=local_capabilities(str(runner.device)), hostname=host_id(), pid=os.getpid(),
+            tokenizer_fingerprint=tokenizer_digest(model_path), architecture=runner.cfg.architecture,
+            instance_id=uuid.uuid4().hex)  # new at every start: the gateway sees a restart by it
+
+    def Info(self, request, context):
+        reply = worker_pb2.WorkerInfo()
+        reply.CopyFrom(self.info)
+        reply.num_active = len(self.worker.book.states)
+        for name, value in self.worker.book.kv_usage().items():
+            setattr(reply, name, value)
+        return reply
+
+    def _new_requests(self, request) -> list[NewRequest]:
+        out = []
+        for r in request.requests:
+            ids = list(r.prompt_ids)
+            if not ids:
+                raise ValueError(f"prompt_ids: request {r.request_id!r} has an empty prompt")
+            if any(not 0 <= t < self.accepts_ids_below for t in ids):
+                raise ValueError(f"prompt_ids: token id outside the vocabulary [0, {self.accepts_ids_below})")
+            if len(ids) >= self.runner.context_len + (1 if r.resume else 0):
+                raise ValueError(f"prompt_ids: {len(ids)} tokens leave no room in the context")
+            out.append(NewRequest(r.request_id, ids, params_from_proto(r.params), r.seed, resume=r.resume))
+        return out
+
+    def Release(self, request, context):
+        with self.lock:
+            before = len(self.worker.book.states)
+            self.worker.release(list(request.request_ids))
+            return worker_pb2.ReleaseReply(num_released=before - len(self.worker.book.states))
+
+    def guarded(self, context, fn):
+        """Run fn under the worker lock, mapping errors to gRPC status codes."""
+        try:
+            with self.lock:
+                return fn()
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status for the caller
+            abort_with(context, exc)
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny model)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (0.0.0.0 in containers)")
+    parser.add_argument("--port", type=int, default=default_port)
+    add_memory_arguments(parser)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--cpu-cores", default=None, help="pin to these CPU cores, e.g. '0' or '0,1'")
+    parser.add_argument("--log-level", default="INFO")
+    add_metrics_argument(parser)
+    parser.add_argument("--drain-s", type=float, default=5.0,
+                        help="on SIGTERM, how long in-flight calls may finish (the process exits within drain + 5 s)")
+
+
+def apply_cpu_placement(threads: int | None, cpu_cores: str | None) -> None:
+    if cpu_cores:
+        os.sched_setaffinity(0, {int(c) for c in cpu_cores.split(",")})
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def serve(servicer, add_to_server, service_full_name: str, args) -> None:
+    """Start the server, mark it SERVING, and run until SIGTERM/SIGINT."""
+    server = make_server()
+    start_service_metrics(servicer, args)  # before registering: it wraps the step RPCs to time them
+    add_to_server(servicer, server)
+    health = add_health_and_reflection(server, [service_full_name])
+    address = f"{args.bind}:{args.port}"
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"{servicer.role}: cannot listen on {address}")
+    server.start()
+    set_serving(health, [service_full_name], True)
+    log.info("%s serving %s on %s (device %s, transports %s)", servicer.role, servicer.info.model, address,
+             servicer.info.device, ",".join(servicer.info.transports))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        time.sleep(0.2)
+    # Drain: NOT_SERVING at once, in-flight calls get --drain-s to finish, and the process is gone
+    # within drain + 5 s whatever happens.
+    log.info("%s: stopping (draining up to %.0f s)", servicer.role, args.drain_s)
+    exit_after(args.drain_s + 4.0, servicer.role)
+    set_serving(health, [service_full_name], False)
+    server.stop(grace=args.drain_s).wait(args.drain_s + 1.0)
+    servicer.close()
+    log.info("%s stopped", servicer.role)
+
+
+def load_runner(args, role: str, lookahead: int) -> tuple[ModelRunner, str]:
+    setup_logging(args.log_level)
+    apply_cpu_placement(args.threads, args.cpu_cores)
+    path = args.model
+    if not path:
+        from minedraft import assets
+
+        path = assets.default_target_path() if role == "target" else assets.default_draft_path()
+    log.info("%s: loading %s on %s", role, path, args.device)
+    runner = ModelRunner(path, args.device, None if args.dtype == "auto" else args.dtype,
+                         args.max_num_seqs, args.max_model_len, lookahead, role=role, **memory_kwargs(args))
+    return runner, path

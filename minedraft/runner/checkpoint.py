@@ -1,0 +1,41 @@
+"""Load a Hugging Face checkpoint folder (config.json + *.safetensors, sharded or not) into `Model`."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file
+
+from minedraft.runner.hf_adapter import ModelConfig, check_checkpoint_folder, load_model_config
+from minedraft.runner.model import Model
+
+
+def load_model(path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Model, ModelConfig]:
+    folder = check_checkpoint_folder(path)
+    cfg = load_model_config(folder)
+    state = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    with torch.device("meta"):
+        model = Model(cfg)
+    expected = set(model.state_dict().keys())
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+        expected.discard("lm_head.weight")
+    missing = sorted(expected - state.keys())
+    if missing:
+        raise ValueError(f"model: checkpoint {folder} lacks weights: {', '.join(missing[:5])}"
+                         + (" ..." if len(missing) > 5 else ""))
+    state = {name: state[name] for name in expected}
+    model = model.to_empty(device=device)
+    model.load_state_dict(state, strict=False, assign=False)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.inv_freq = _fresh_inv_freq(model, device)
+    return model.to(dtype).eval(), cfg
+
+
+def _fresh_inv_freq(model: Model, device) -> torch.Tensor:
+    # Buffers are not in the checkpoint; after to_empty() they hold garbage, so recompute.
+    from minedraft.runner.model import rope_inv_freq
+
+    return rope_inv_freq(model.cfg).to(device)

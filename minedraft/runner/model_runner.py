@@ -1,0 +1,220 @@
+"""ModelRunner: a model plus its paged KV cache, addressed by sequence handle.
+
+It knows nothing about requests or sampling: feed it per-sequence token lists, get logits back.
+Every forward first reserves the blocks its tokens need, all or nothing (`NoRoom` changes nothing),
+and packs the tokens of all sequences into one stream, in chunks of at most
+`max_num_batched_tokens` so that a long prompt's activations and attention stay bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from minedraft.runner.attention import ForwardBatch, SeqSlice
+from minedraft.runner.block_manager import BlockManager, NoRoom, blocks_for
+from minedraft.runner.cuda_graphs import GraphRunner
+from minedraft.runner.checkpoint import load_model
+from minedraft.runner.kv_cache import PagedKVCache
+from minedraft.runner.memory_budget import plan_kv_cache
+from minedraft.runner.transfer import host_tensor
+
+log = logging.getLogger("minedraft")
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DEFAULT_BLOCK_SIZE = 16
+MAX_FILLED_Q = 4  # ragged one-logit steps up to this many tokens per row are padded onto a graph
+# Off until a GPU run has exercised the captured path (issue 14; scripts/gpu_check.sh measures both).
+# MINEDRAFT_CUDA_GRAPHS=1 turns the default on for every runner of a process tree (the GPU check's
+# bench starts its services that way); Engine(cuda_graphs=) and --cuda-graphs/--no-cuda-graphs win.
+CUDA_GRAPHS_DEFAULT = os.environ.get("MINEDRAFT_CUDA_GRAPHS", "0") == "1"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: unknown {dtype!r}; choose from {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def default_max_num_batched_tokens(device: torch.device) -> int:
+    # CPU: a 512-token chunk already keeps the matmuls efficient; GPU: larger chunks fill the device.
+    return 8192 if device.type == "cuda" else 512
+
+
+class ModelRunner:
+    def __init__(self, path: str, device: str = "cpu", dtype=None, max_num_seqs: int = 64,
+                 max_model_len: int | None = None, lookahead: int = 16, *, kv_cache_memory: float | None = None,
+                 gpu_memory_utilization: float = 0.9, block_size: int = DEFAULT_BLOCK_SIZE,
+                 max_num_batched_tokens: int | None = None, num_kv_blocks: int | None = None, role: str = "model",
+                 cuda_graphs: bool | None = None, preloaded=None):
+        self.device = torch.device(device)
+        self.graphs: GraphRunner | None = None  # set once the cache exists (the profile runs eagerly)
+        self.dtype = resolve_dtype(dtype, device)
+        # preloaded: (Model, ModelConfig) already on the device (step_times shares transformers' weights)
+        self.model, self.cfg = preloaded or load_model(path, device=str(self.device), dtype=self.dtype)
+        self.vocab_size = self.cfg.vocab_size
+        self.max_num_batched_tokens = max_num_batched_tokens or default_max_num_batched_tokens(self.device)
+        if not isinstance(self.max_num_batched_tokens, int) or self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens: must be an integer >= 1, got {max_num_batched_tokens!r}")
+        non_kv = self._profile_non_kv_bytes(block_size) if self.device.type == "cuda" else 0
+        self.plan = plan_kv_cache(self.cfg, self.dtype, self.device, max_num_seqs=max_num_seqs,
+                                  max_model_len=max_model_len, lookahead=lookahead, block_size=block_size,
+                                  kv_cache_memory=kv_cache_memory, gpu_memory_utilization=gpu_memory_utilization,
+                                  non_kv_bytes=non_kv, num_kv_blocks=num_kv_blocks, role=role)
+        # A sequence never grows past context_len; `lookahead` more positions let a verify pass of k+1
+        # speculative tokens run at the very end of the context.
+        self.context_len = self.plan.max_model_len
+        self.blocks = BlockManager(self.plan.num_blocks, block_size)
+        self.cache = self._new_cache(self.plan.num_blocks, block_size)
+        log.info("%s", self.plan.summary(role, lookahead))
+        self.graphs = self._graph_runner(cuda_graphs, lookahead, role)
+
+    def _graph_runner(self, cuda_graphs: bool | None, lookahead: int, role: str) -> GraphRunner | None:
+        """Static-shape uniform steps: captured as CUDA graphs on a GPU; on CPU (tests) the same
+        static buffers and padding run as plain calls."""
+        if not (CUDA_GRAPHS_DEFAULT if cuda_graphs is None else cuda_graphs):
+            return None
+        if self.device.type != "cuda":
+            log.info("%s: cuda_graphs on a %s device: static buffers and buckets, no capture", role,
+                     self.device.type)
+        return GraphRunner(self.model, self.cache, self.blocks.block_size,
+                           blocks_for(self.context_len + lookahead, self.blocks.block_size), self.device,
+                           max_q=lookahead, max_tokens=self.max_num_batched_tokens)
+
+    def _new_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
+        cfg = self.cfg
+        return PagedKVCache(cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype,
+                            self.device)
+
+    def _profile_non_kv_bytes(self, block_size: int) -> int:
+        """GPU: weights plus the activation peak of one forward at the largest token count we run."""
+        n = min(self.max_num_batched_tokens, self.cfg.max_position_embeddings)
+        num_blocks = 2 + -(-n // block_size)
+        self.blocks, self.cache = BlockManager(num_blocks, block_size), self._new_cache(num_blocks, block_size)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        seq = self.allocate()
+        self.forward([seq], [[0] * n])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - self.cache.nbytes
+        self.blocks = self.cache = None
+        torch.cuda.empty_cache()
+        return peak
+
+    # -- sequences ----------------------------------------------------------------------------------
+    def allocate(self) -> int:
+        return self.blocks.new_sequence()
+
+    def free(self, seq: int) -> None:
+        self.blocks.free(seq)
+
+    def length(self, seq: int) -> int:
+        return self.blocks.lengths[seq]
+
+    def rollback(self, seq: int, length: int) -> None:
+        """Forget positions >= length; whole blocks past it return to the pool."""
+        self.blocks.truncate(seq, length)
+
+    def reserve(self, growth: dict[int, int]) -> None:
+        """Make each seq able to hold growth[seq] positions (raises NoRoom, changing nothing)."""
+        self.blocks.reserve(growth)
+
+    # -- compute --------------------------------------------------------------------------------------
+    def forward(self, seqs: list[int], tokens: list[list[int]], all_positions: bool = False) -> torch.Tensor:
+        """Append tokens[i] to seqs[i]; return the logits of each sequence's last token [B, V], or of
+        every position [B, Q, V] (rows shorter than Q are zero-padded)."""
+        counts = [len(t) for t in tokens]
+        starts = [self.blocks.lengths[s] for s in seqs]
+        self.reserve({s: st + c for s, st, c in zip(seqs, starts, counts)})
+        shape = self._graph_shape(seqs, counts, starts, all_positions)
+        if shape is not None:
+            q = shape[1]
+            if any(c != q for c in counts):  # fillers: repeat each short row's last token
+                tokens = [list(t) + [t[-1]] * (q - len(t)) for t in tokens]
+            logits = self.graphs.run(shape, tokens, starts, [self.blocks.tables[s] for s in seqs])
+            for s, c in zip(seqs, counts):
+                self.blocks.lengths[s] += c
+            if all_positions:
+                return logits
+            if q == 1:
+                return logits[:, -1]
+            last = host_tensor([c - 1 for c in counts], torch.long, logits.device)  # each row's last real token
+            return logits[torch.arange(len(seqs), device=logits.device), last]
+        pieces: list[list[torch.Tensor]] = [[] for _ in seqs]
+        for chunk in self._chunks(seqs, starts, tokens, all_positions):
+            logits = self._run_chunk(chunk)
+            at = 0
+            for i, sl, want in chunk:
+                if want:
+                    pieces[i].append(logits[at:at + want])
+                    at += want
+        for s, c in zip(seqs, counts):
+            self.blocks.lengths[s] += c
+        if not all_positions:
+            return torch.cat([p[-1][-1:] for p in pieces])
+        q = max(counts)
+        out = torch.zeros(len(seqs), q, self.vocab_size, device=self.device)
+        for i, p in enumerate(pieces):
+            rows = torch.cat(p)
+            out[i, :rows.shape[0]] = rows
+        return out
+
+    def _graph_shape(self, seqs, counts, starts, all_positions):
+        """The graph bucket of a uniform step (decode: 1 token per row; verify: k+1 with every
+        position's logits), or None to run eagerly. A draft's first step after a verification is
+        ragged (1 or 2 pending tokens per row): its short rows are padded with fillers, whose K/V
+        land past the row's length (overwritten later, never read), when the blocks are free."""
+        if self.graphs is None or not counts:
+            return None
+        q = max(counts)
+        ragged = any(c != q for c in counts)
+        if (ragged and (all_positions or q > MAX_FILLED_Q)) or (not ragged and q != 1 and not all_positions):
+            return None
+        shape = self.graphs.shape_for(len(counts), q, max(starts) + q)
+        if shape is not None and ragged:
+            try:  # the fillers' blocks; without them the step just runs eagerly
+                self.reserve({s: st + q for s, st in zip(seqs, starts)})
+            except NoRoom:
+                return None
+        return shape
+
+    def _chunks(self, seqs, starts, tokens, all_positions):
+        """Split the work into passes of at most max_num_batched_tokens tokens. Each item is
+        (index into seqs, SeqSlice with its tokens, how many logits rows to keep)."""
+        budget = self.max_num_batched_tokens
+        chunk, used = [], 0
+        for i, (seq, start, toks) in enumerate(zip(seqs, starts, tokens)):
+            done = 0
+            while done < len(toks):
+                take = min(len(toks) - done, budget - used)
+                last = done + take == len(toks)
+                want = take if all_positions else (1 if last else 0)
+                chunk.append((i, SeqSlice(seq, start + done, take, toks[done:done + take]), want))
+                used += take
+                done += take
+                if used == budget:
+                    yield chunk
+                    chunk, used = [], 0
+        if chunk:
+            yield chunk
+
+    def _run_chunk(self, chunk) -> torch.Tensor:
+        slices = [sl for _, sl, _ in chunk]
+        if torch.is_tensor(slices[0].tokens):  # a draft step's tokens, still on the device
+            flat = torch.cat([sl.tokens for sl in slices])
+        else:
+            flat = [t for sl in slices for t in sl.tokens]
+        index, at = [], 0
+        for _, sl, want in chunk:
+            index.extend(range(at + sl.q_len - want, at + sl.q_len))
+            at += sl.q_len
+        tables = [self.blocks.tables[sl.seq] for sl in slices]
+        batch = ForwardBatch(slices, flat, tables, self.blocks.block_size, index, self.device)
+        return self.model(batch, self.cache)

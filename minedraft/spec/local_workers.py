@@ -1,0 +1,259 @@
+"""In-process DraftWorker and TargetWorker over a ModelRunner. The services wrap these same classes,
+so a step computes the same thing whether the scheduler calls it directly or over gRPC.
+
+KV blocks: `add` admits the longest prefix of the requests whose prompts fit (keeping a block of
+headroom per running sequence, so that admitting does not force an immediate preemption); `propose`,
+`verify` and `decode` reserve what the whole step needs before computing anything and raise
+`NoRoom` (changing nothing but, for propose, the committed-token updates it absorbed) when it is not
+there. The scheduler answers NoRoom by preempting a request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from minedraft.runner.block_manager import NoRoom, blocks_for
+from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample, sample_tensor, step_seed
+from minedraft.runner.model_runner import ModelRunner
+from minedraft.spec.sampling import SamplingParams
+from minedraft.runner.transfer import host_tensor, to_device
+from minedraft.spec.verification import verify_batch
+from minedraft.spec.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
+
+TARGET_STREAM, DRAFT_STREAM = 0, 0x5EED  # the draft's random stream differs from the target's
+Q_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclasses.dataclass
+class _RowState:
+    row: int  # the runner's sequence handle
+    seed: int
+    params: SamplingParams
+    generator: torch.Generator
+    tokens: list[int]  # every token of the sequence the worker knows to be committed
+    drafted: list[int] = dataclasses.field(default_factory=list)  # draft side: last proposal
+
+
+class _RowBook:
+    """request id -> sequence handle and per-request state, shared by both worker kinds."""
+
+    def __init__(self, runner: ModelRunner, stream: int):
+        self.runner = runner
+        self.stream = stream
+        self.states: dict[str, _RowState] = {}
+
+    def admit(self, requests: list[NewRequest]) -> list[NewRequest]:
+        """The longest prefix of requests whose prefill fits the free blocks, with one block of
+        headroom per running sequence; a request alone always gets its chance."""
+        blocks = self.runner.blocks
+        free = blocks.num_free
+        taken, seen = 0, set()
+        for i, req in enumerate(requests):
+            if req.request_id in self.states or req.request_id in seen:
+                raise ValueError(f"request_id: {req.request_id!r} is already running")
+            seen.add(req.request_id)
+            need = blocks_for(len(req.prompt_ids), blocks.block_size)
+            headroom = len(self.states) + i + 1 if (self.states or i) else 0
+            if taken + need + headroom > free:
+                return requests[:i]
+            taken += need
+        return requests
+
+    def add(self, req: NewRequest) -> _RowState:
+        gen = make_generator(step_seed(req.seed, self.stream, len(req.prompt_ids)), self.runner.device)
+        state = _RowState(self.runner.allocate(), req.seed, req.params, gen, list(req.prompt_ids))
+        self.states[req.request_id] = state
+        return state
+
+    def get(self, request_ids: list[str]) -> list[_RowState]:
+        missing = [r for r in request_ids if r not in self.states]
+        if missing:
+            raise KeyError(f"unknown request ids: {missing}")
+        return [self.states[r] for r in request_ids]
+
+    def reseed(self, states: list[_RowState]) -> None:
+        """Seed each sampled row's generator from its committed length (see step_seed)."""
+        for s in states:
+            if not s.params.greedy:
+                s.generator.manual_seed(step_seed(s.seed, self.stream, len(s.tokens)))
+
+    def release(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            state = self.states.pop(rid, None)
+            if state is not None:
+                self.runner.free(state.row)
+
+    def kv_usage(self) -> dict:
+        b = self.runner.blocks
+        return dict(num_kv_blocks=b.num_usable, num_free_kv_blocks=b.num_free, kv_block_size=b.block_size,
+                    kv_cache_usage=b.usage)
+
+
+def normalised_q(q: torch.Tensor | None) -> torch.Tensor | None:
+    """q exactly as the draft sampled from it: multinomial draws proportionally to the values it was
+    given, which for a bfloat16 q are rounded and do not sum to 1."""
+    if q is None:
+        return None
+    q = q.float()
+    return q / q.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+class LocalDraftWorker(DraftWorker):
+    def __init__(self, runner: ModelRunner, full_q: bool = True, q_dtype: str = "float32"):
+        self.runner = runner
+        self.full_q = full_q  # send q for sampled requests (else draft greedily with one-hot q)
+        # bfloat16: q crosses the channel at half the bytes. Exactness holds because the draft samples
+        # from that very rounded q (multinomial normalises it) and verification normalises it too.
+        if q_dtype not in Q_DTYPES:
+            raise ValueError(f"q_dtype: must be one of {', '.join(Q_DTYPES)}, got {q_dtype!r}")
+        self.q_dtype = Q_DTYPES[q_dtype]
+        self.book = _RowBook(runner, DRAFT_STREAM)
+        self.context_len = runner.context_len
+
+    def add(self, requests: list[NewRequest]) -> int:
+        admitted = self.book.admit(requests)
+        states = [self.book.add(r) for r in admitted]
+        # The last known token stays pending: propose() feeds it and gets the next logits.
+        with_context = [s for s in states if len(s.tokens) > 1]
+        if with_context:
+            self._forward([s.row for s in with_context], [s.tokens[:-1] for s in with_context])
+        return len(admitted)
+
+    def _forward(self, rows, tokens):
+        """A draft whose vocabulary is a prefix of the target's still reads every committed token:
+        ids it lacks (never real tokens in practice: padding rows of the target's embedding) are
+        read as id 0. That can only lower acceptance, never change the output."""
+        if torch.is_tensor(tokens):  # the draft's own samples: always inside its vocabulary
+            return self.runner.forward(rows, tokens)
+        v = self.runner.vocab_size
+        tokens = [[t if t < v else 0 for t in row] for row in tokens]
+        return self.runner.forward(rows, tokens)
+
+    def _apply_update(self, state: _RowState, update: list[int]) -> None:
+        """Roll the KV cache back to the longest prefix that still matches the committed tokens."""
+        committed = len(state.tokens)
+        kv_len = self.runner.length(state.row)
+        in_kv_drafts = kv_len - committed  # drafted tokens whose KV was written (k-1 after a proposal)
+        same = 0
+        while same < min(len(update), max(in_kv_drafts, 0)) and update[same] == state.drafted[same]:
+            same += 1
+        # At least the last committed token stays pending (fed by the next step): after a discarded
+        # proposal (NoRoom, draft failover) no update arrives and the drafts just roll back.
+        self.runner.rollback(state.row, min(kv_len, committed + same, committed + len(update) - 1))
+        state.tokens.extend(update)
+        state.drafted = []
+
+    def propose(self, request_ids, k, updates):
+        t0 = time.perf_counter()
+        states = self.book.get(request_ids)
+        for rid, s in zip(request_ids, states):
+            self._apply_update(s, updates.get(rid, []))
+        # The whole proposal's blocks up front: k - 1 drafted tokens plus what is pending get written.
+        self.runner.reserve({s.row: len(s.tokens) + k - 1 for s in states})
+        self.book.reseed(states)
+        rows = [s.row for s in states]
+        params = [s.params for s in states]
+        gens = [s.generator for s in states]
+        sampled = [i for i, p in enumerate(params) if not p.greedy]
+        want_q = self.full_q and bool(sampled)
+        if not self.full_q:  # one-hot q: the draft must be deterministic, so draft greedily
+            params = [dataclasses.replace(p, temperature=0.0) for p in params]
+        pending = [s.tokens[self.runner.length(s.row):] for s in states]
+        tokens, probs = [], []
+        for step in range(k):
+            logits = self._forward(rows, pending)
+            q = probs_from_logits(logits, params)
+            if want_q and self.q_dtype != torch.float32:
+                q = q.to(self.q_dtype)  # what is sent is what is sampled from
+            # [B] on the device: fed back into the next step without a host sync
+            chosen = sample_tensor(q.float(), params, gens)  # .float(): a no-op unless q was rounded
+            tokens.append(chosen)
+            if want_q:  # q only for the rows that sample: greedy rows never read it
+                probs.append(q[sampled] if len(sampled) < len(rows) else q)
+            pending = chosen[:, None]
+        # [B, k] on the host (the channel's contract): the proposal's one host sync
+        token_tensor = torch.stack(tokens, 1).to("cpu", torch.long)
+        # The last drafted token was never fed: its KV is written when the target accepts it.
+        for s, row_tokens in zip(states, token_tensor.tolist()):
+            s.drafted = row_tokens
+        # [S, k, V] stays on the device: the channel's writer orders its own copies (no device-wide sync)
+        prob_tensor = torch.stack(probs, dim=1) if want_q else None
+        nbytes = token_tensor.nbytes + (prob_tensor.nbytes if prob_tensor is not None else 0)
+        return Proposal(list(request_ids), k, token_tensor, prob_tensor, compute_s=time.perf_counter() - t0,
+                        channel_bytes=nbytes)
+
+    def release(self, request_ids):
+        self.book.release(request_ids)
+
+
+class LocalTargetWorker(TargetWorker):
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+        self.book = _RowBook(runner, TARGET_STREAM)
+        self.context_len = runner.context_len
+        self.vocab_size = runner.vocab_size
+
+    def add(self, requests):
+        admitted = self.book.admit(requests)
+        states = [self.book.add(r) for r in admitted]
+        fresh = [(s, r) for s, r in zip(states, admitted) if not r.resume]
+        resumed = [s for s, r in zip(states, admitted) if r.resume]
+        # Resumed requests (preempted, or re-added after a restart) already committed their last
+        # token: it stays pending, exactly as it was before they left.
+        ctx = [s for s in resumed if len(s.tokens) > 1]
+        if ctx:
+            self.runner.forward([s.row for s in ctx], [s.tokens[:-1] for s in ctx])
+        first = {}
+        if fresh:
+            new_states = [s for s, _ in fresh]
+            logits = self.runner.forward([s.row for s in new_states], [s.tokens for s in new_states])
+            params = [s.params for s in new_states]
+            tokens = sample(probs_from_logits(logits, params), params, [s.generator for s in new_states])
+            for s, t in zip(new_states, tokens):
+                s.tokens.append(t)  # committed, but its KV is written by the next forward
+                first[id(s)] = t
+        return [first.get(id(s)) for s in states]
+
+    def decode(self, request_ids):
+        t0 = time.perf_counter()
+        states = self.book.get(request_ids)
+        self.book.reseed(states)
+        logits = self.runner.forward([s.row for s in states], [[s.tokens[-1]] for s in states])
+        params = [s.params for s in states]
+        out = sample(probs_from_logits(logits, params), params, [s.generator for s in states])
+        for s, t in zip(states, out):
+            s.tokens.append(t)
+        self.last_decode_compute_s = time.perf_counter() - t0
+        return out
+
+    def verify(self, proposal: Proposal) -> Verdict:
+        t0 = time.perf_counter()
+        states = self.book.get(proposal.request_ids)
+        rows = [s.row for s in states]
+        kv_before = [self.runner.length(r) for r in rows]
+        self.book.reseed(states)
+        # The verify input [B, k+1] is built on the device: the drafts are not read back to the host.
+        device = self.runner.device
+        last = host_tensor([[s.tokens[-1]] for s in states], torch.long, device)
+        drafts = to_device(proposal.tokens.long(), device)  # [B, k]
+        tokens = torch.cat([last, drafts], 1)
+        logits = self.runner.forward(rows, tokens, all_positions=True)  # [B, k+1, V]; NoRoom before any compute
+        params = [s.params for s in states]
+        p = probs_from_logits(logits, params)
+        verdicts = verify_batch(p, drafts, normalised_q(proposal.probs), params,
+                                [s.generator for s in states])
+        for s, row, before, v in zip(states, rows, kv_before, verdicts):
+            # Keep the pending token and the accepted drafts; the new last token stays pending.
+            self.runner.rollback(row, before + 1 + v.num_accepted)
+            s.tokens.extend(v.tokens)
+        return Verdict(list(proposal.request_ids), [v.tokens for v in verdicts],
+                       [v.num_accepted for v in verdicts], compute_s=time.perf_counter() - t0)
+
+    def release(self, request_ids):
+        self.book.release(request_ids)
+
+
+__all__ = ["LocalDraftWorker", "LocalTargetWorker", "NoRoom"]

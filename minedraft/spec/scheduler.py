@@ -1,0 +1,423 @@
+"""One scheduler for the three modes, written against DraftWorker / TargetWorker.
+
+ar : target only, one token per step.
+sd : one batch; draft k tokens, then the target verifies k+1 positions.
+psd: two batches A and B. While the target verifies A (whose tokens were drafted last step), the
+     draft proposes for B; then they swap. New requests join the batch about to be drafted. When
+     only one batch has requests it is split in two; a single request runs as plain SD.
+
+In sd and psd a step ends by sending its calls (`_InFlight`) and the next step begins by collecting
+them: the caller hands the committed tokens to its clients while the workers compute, so that work
+stays off the path from one worker call to the next.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
+from minedraft.spec.request import Request
+from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal, TargetWorker
+
+MODES = ("ar", "sd", "psd")
+MAX_SPECULATIVE_TOKENS = 16
+
+
+def check_mode_and_k(mode: str, k, has_draft: bool) -> None:
+    """The one validation of a schedule's mode and k (Engine, gateway and reconfigure use it)."""
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode != "ar" and not has_draft:
+        raise ValueError(f"mode: {mode!r} needs a draft model")
+    if not isinstance(k, int) or not 1 <= k <= MAX_SPECULATIVE_TOKENS:
+        raise ValueError(f"num_speculative_tokens: must be an integer in [1, {MAX_SPECULATIVE_TOKENS}], got {k!r}")
+
+
+@dataclasses.dataclass
+class _InFlight:
+    """The worker calls one step sent and the next step collects."""
+    record: StepRecord
+    t0: float = 0.0  # when the step began sending its calls
+    proposal: Proposal | None = None  # what `verify` checks
+    verify: Any = None  # future of its Verdict
+    verify_t0: float = 0.0
+    propose: Any = None  # future of the next Proposal
+    propose_t0: float = 0.0
+    drafted_ids: list = dataclasses.field(default_factory=list)
+    drafted_batch: int | None = None  # psd: the batch `propose` drafts
+
+    @property
+    def request_ids(self) -> set[str]:
+        return set(self.proposal.request_ids if self.proposal is not None else ()) | set(self.drafted_ids)
+
+
+class Scheduler:
+    def __init__(self, target: TargetWorker, draft: DraftWorker | None, mode: str = "psd", k: int = 4,
+                 max_num_seqs: int = 64):
+        check_mode_and_k(mode, k, draft is not None)
+        self.target, self.draft, self.mode, self.k = target, draft, mode, k
+        self.max_num_seqs = max_num_seqs
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: dict[str, Request] = {}
+        self.batches: list[list[str]] = [[], []]  # sd and ar use batches[0] only
+        self.proposal: Proposal | None = None  # psd: drafted last step, verified this step
+        self.proposed_batch: int | None = None
+        self.draft_updates: dict[str, list[int]] = {}
+        self.in_flight: _InFlight | None = None  # sent by the previous step, collected by the next
+        self._collected: _InFlight | None = None  # collected; its record closes when the next calls go out
+        self._no_draft = False  # psd: the last proposal found no draft node
+        self.metrics = SpecDecodeMetrics(k)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker")
+
+    # -- requests ---------------------------------------------------------------------------------
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def abort(self, request_id: str) -> None:
+        """Finish a request now; its cache rows are released at the end of the current step."""
+        for req in self.waiting:
+            if req.request_id == request_id:
+                req.finish("abort")
+        if request_id in self.running:
+            self.running[request_id].finish("abort")
+
+    @property
+    def speculating(self) -> bool:
+        """Whether requests go through the draft (false in ar mode, even with a draft attached)."""
+        return self.mode != "ar" and self.draft is not None
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- one step -----------------------------------------------------------------------------------
+    def step(self) -> list[Request]:
+        """Run one step; return the requests that got new tokens or finished in it."""
+        touched: dict[str, Request] = {}
+        self._drop_aborted_waiting(touched)
+        self._collect(touched)
+        admit_start = time.perf_counter()
+        self._admit(touched)
+        self._close_collected_record(time.perf_counter() - admit_start)
+        if self.mode == "ar":
+            self._step_ar(touched)
+        elif self.mode == "sd":
+            self._dispatch_sd(self.batches[0], touched)
+        else:
+            self._dispatch_psd(touched)
+        for req in list(self.running.values()):
+            if req.finished:
+                touched[req.request_id] = req
+        self._retire()
+        return list(touched.values())
+
+    def _close_collected_record(self, admit_s: float) -> None:
+        """A step's wall time runs from its calls going out to the next step's (prefill excluded)."""
+        job, self._collected = self._collected, None
+        if job is None:
+            return
+        job.record.wall_s = time.perf_counter() - job.t0 - admit_s
+        if job.record.num_verified:
+            self.metrics.add_step(job.record)
+
+    def _drop_aborted_waiting(self, touched):
+        for req in [r for r in self.waiting if r.finished]:
+            self.waiting.remove(req)
+            touched[req.request_id] = req
+
+    def _admit(self, touched) -> None:
+        new = []
+        while self.waiting and len(self.running) + len(new) < self.max_num_seqs:
+            new.append(self.waiting.popleft())
+        if not new:
+            return
+        reqs = [self._worker_request(r) for r in new]
+        draft_job = self._pool.submit(self.draft.add, reqs) if self.speculating else None
+        try:
+            try:
+                first_tokens = self.target.add(reqs)  # the prefix that fits the target's KV cache
+            finally:
+                num_draft = draft_job.result() if draft_job is not None else None
+        except Exception:
+            # A worker failed: the requests wait again (at the front, in order), so that whoever
+            # handles the failure (reset_after_failure, or a recovery that resumes) finds them.
+            self.waiting.extendleft(reversed(new))
+            raise
+        n = len(first_tokens) if num_draft is None else min(len(first_tokens), num_draft)
+        self._undo_partial_admission(reqs, n, len(first_tokens), num_draft)
+        self.waiting.extendleft(reversed(new[n:]))  # back to the front, in order
+        if n == 0 and not self.running:  # alone and still no room: it can never run
+            req = self.waiting.popleft()
+            req.finish("error", "the KV cache cannot hold this request even alone; raise --kv-cache-memory")
+            touched[req.request_id] = req
+        for req, token in zip(new[:n], first_tokens[:n]):
+            self.running[req.request_id] = req
+            if token is not None:  # None: a resumed request, its tokens are already committed
+                req.append([token])
+                if self.speculating:
+                    self.draft_updates.setdefault(req.request_id, []).append(token)
+            touched[req.request_id] = req
+            self._place(req.request_id)
+
+    @staticmethod
+    def _worker_request(req: Request) -> NewRequest:
+        if req.output_ids:  # preempted: re-prefill from the prompt and every committed token
+            return NewRequest(req.request_id, req.prompt_ids + req.output_ids, req.params, req.seed, resume=True)
+        return NewRequest(req.request_id, req.prompt_ids, req.params, req.seed)
+
+    def _undo_partial_admission(self, reqs, n: int, num_target: int, num_draft: int | None) -> None:
+        """Each worker admitted a prefix; keep the shorter one and give back the rest."""
+        if num_target > n:
+            self.target.release([r.request_id for r in reqs[n:num_target]])
+        if num_draft is not None and num_draft > n:
+            self.draft.release([r.request_id for r in reqs[n:num_draft]])
+
+    # -- KV room ------------------------------------------------------------------------------------------
+    def _preempt_one(self, exc: NoRoom, touched) -> None:
+        """A worker has no KV block for this step: the most recently admitted request leaves (its
+        blocks freed on both workers) and waits at the front of the queue, to be re-prefilled
+        from its prompt and committed tokens. Seeding per committed length (step_seed) makes its
+        output exactly what it would have been."""
+        candidates = [r for r in reversed(self.running.values()) if not r.finished]
+        if len(candidates) <= 1:  # nobody else to make room: the one request cannot grow
+            for req in candidates:
+                req.finish("error", f"KV cache too small for this request ({exc}); raise --kv-cache-memory")
+                touched[req.request_id] = req
+            self.proposal, self.proposed_batch = None, None
+            return
+        victim = candidates[0]
+        rid = victim.request_id
+        self._forget([rid])
+        if self.proposal is not None and rid in self.proposal.request_ids:
+            self.proposal, self.proposed_batch = None, None  # re-drafted next step, identically
+        victim.num_preemptions += 1
+        self.metrics.num_preemptions += 1
+        self.waiting.appendleft(victim)
+
+    def _place(self, request_id: str) -> None:
+        if self.mode != "psd":
+            self.batches[0].append(request_id)
+        elif self.proposed_batch is not None:  # join the batch about to be drafted
+            self.batches[1 - self.proposed_batch].append(request_id)
+        else:
+            min(self.batches, key=len).append(request_id)
+
+    def _live(self, batch: list[str]) -> list[str]:
+        return [r for r in batch if not self.running[r].finished]
+
+    def _step_ar(self, touched, ids: list[str] | None = None, mode: str = "ar") -> None:
+        """A target-only step, synchronous (nothing to overlap with); its record is complete here."""
+        ids = self._live(self.batches[0]) if ids is None else ids
+        if not ids:
+            return
+        record = StepRecord(mode, 0.0)
+        t0 = time.perf_counter()
+        try:
+            tokens = self.target.decode(ids)
+        except NoRoom as exc:
+            self._preempt_one(exc, touched)
+            return
+        record.verify_call_s = record.wall_s = time.perf_counter() - t0
+        record.verify_s = record.verify_service_s = self.target.last_decode_compute_s or record.verify_call_s
+        record.num_verified, record.num_tokens = len(ids), len(ids)
+        self.metrics.add_step(record)
+        for rid, tok in zip(ids, tokens):
+            self.running[rid].append([tok])
+            touched[rid] = self.running[rid]
+            if self.speculating:  # fallback: the draft learns these when a draft node is back
+                self.draft_updates.setdefault(rid, []).append(tok)
+
+    def _step_without_draft(self, touched) -> None:
+        """Every draft node is gone: decode target-only (lossless all the same) until one is back."""
+        self.proposal, self.proposed_batch = None, None
+        self._step_ar(touched, [r for b in self.batches for r in self._live(b)], mode="ar-fallback")
+
+    # -- sd and psd: send a step's calls, collect them in the next step ------------------------------
+    def _dispatch_sd(self, batch, touched) -> None:
+        """Draft the batch (waiting for it: verification needs the tokens), then send its verify."""
+        ids = self._live(batch)
+        if not ids:
+            return
+        record = StepRecord(self.mode, 0.0)
+        t0 = time.perf_counter()
+        try:
+            proposal = self._timed_propose(ids, record)
+        except NoDraftAvailable:
+            self._step_without_draft(touched)
+            return
+        except NoRoom as exc:  # nothing was committed; the draft rolls back at its next proposal
+            self._preempt_one(exc, touched)
+            return
+        verify_t0 = time.perf_counter()
+        self.in_flight = _InFlight(record, t0=t0, proposal=proposal, verify=self.target.start_verify(proposal),
+                                   verify_t0=verify_t0)
+
+    def _dispatch_psd(self, touched) -> None:
+        """Send the verify of the batch drafted last step and the proposal for the other batch."""
+        pb = self.proposed_batch
+        to_draft = [i for i in (0, 1) if i != pb and self._live(self.batches[i])]
+        if pb is None and not to_draft:
+            return
+        if self._no_draft:  # the last proposal found no draft node: make progress without one
+            self._no_draft = False
+            self._step_without_draft(touched)
+            return
+        if pb is None and len(to_draft) == 1:
+            only = self._live(self.batches[to_draft[0]])
+            if len(only) == 1:  # a single request: PSD is SD
+                self._dispatch_sd(only, touched)
+                return
+            half = len(only) // 2  # split so that the two halves can overlap from now on
+            self.batches = [only[:half], only[half:]]
+            to_draft = [0, 1]
+        job = _InFlight(StepRecord(self.mode, 0.0), t0=time.perf_counter())
+        if to_draft:  # first, so that an in-process draft overlaps an in-process verify
+            d = to_draft[0] if pb is not None else max(to_draft, key=lambda i: len(self.batches[i]))
+            job.drafted_ids, job.drafted_batch = self._live(self.batches[d]), d
+            job.propose_t0 = time.perf_counter()
+            job.propose = self._start_propose(job.drafted_ids)
+        if pb is not None:
+            job.proposal, job.verify_t0 = self.proposal, time.perf_counter()
+            job.verify = self.target.start_verify(self.proposal)
+            self.proposal, self.proposed_batch = None, None
+        self.in_flight = job
+
+    def _collect(self, touched) -> None:
+        """Wait for the calls the previous step sent: commit the verdict, keep the proposal. A NoRoom
+        from either call changes nothing there; a request is preempted and its batch drafted again."""
+        job, self.in_flight = self.in_flight, None
+        if job is None:
+            return
+        record, no_room = job.record, None
+        self._collected = job
+        if job.verify is not None:
+            try:
+                verdict = job.verify.result()
+                record.verify_call_s = (verdict.done_at or time.perf_counter()) - job.verify_t0
+                self._commit(job.proposal, verdict, touched, record)
+            except NoRoom as exc:
+                no_room = exc
+        if job.propose is not None:
+            try:
+                proposal = job.propose.result()
+                record.draft_call_s = (proposal.done_at or time.perf_counter()) - job.propose_t0
+                self.proposal, self.proposed_batch = self._record_proposal(proposal, record), job.drafted_batch
+            except NoDraftAvailable:  # the batch is drafted again once a draft node is back
+                self._no_draft = True
+            except NoRoom as exc:
+                no_room = exc
+        if no_room is not None:
+            self._preempt_one(no_room, touched)
+
+    def _timed_propose(self, ids: list[str], record: StepRecord) -> Proposal:
+        # The draft absorbs the updates even when it answers NoRoom, so they are not kept here.
+        updates = {rid: self.draft_updates.pop(rid, []) for rid in ids}
+        t0 = time.perf_counter()
+        proposal = self.draft.propose(ids, self.k, updates)
+        record.draft_call_s = time.perf_counter() - t0
+        return self._record_proposal(proposal, record)
+
+    def _start_propose(self, ids: list[str]):
+        updates = {rid: self.draft_updates.pop(rid, []) for rid in ids}
+        try:
+            return self.draft.start_propose(ids, self.k, updates, self._pool)
+        except Exception as exc:  # noqa: BLE001 - raised by .result() in _collect, as from the call itself
+            failed = Future()
+            failed.set_exception(exc)
+            return failed
+
+    @staticmethod
+    def _record_proposal(proposal: Proposal, record: StepRecord) -> Proposal:
+        record.draft_s = proposal.compute_s
+        record.draft_service_s = proposal.service_s or proposal.compute_s
+        record.channel_bytes = proposal.channel_bytes
+        return proposal
+
+    def _commit(self, proposal: Proposal, verdict, touched, record) -> None:
+        record.verify_s = verdict.compute_s
+        record.verify_service_s = verdict.service_s or verdict.compute_s
+        record.num_verified = len(verdict.request_ids)
+        self.metrics.observe(verdict.num_accepted, proposal.k)
+        for rid, tokens, n in zip(verdict.request_ids, verdict.tokens, verdict.num_accepted):
+            req = self.running[rid]
+            before = len(req.output_ids)
+            req.num_drafted += proposal.k
+            req.num_accepted += n
+            req.append(tokens)
+            record.num_tokens += len(req.output_ids) - before
+            self.draft_updates.setdefault(rid, []).extend(tokens)
+            touched[rid] = req
+
+    def _retire(self) -> None:
+        """Release finished requests, except those inside a proposal still to be verified."""
+        in_flight = set(self.proposal.request_ids) if self.proposal is not None else set()
+        if self.in_flight is not None:
+            in_flight |= self.in_flight.request_ids
+        done = [rid for rid, r in self.running.items() if r.finished and rid not in in_flight]
+        if done:
+            self._forget(done)
+
+    def _forget(self, request_ids: list[str]) -> None:
+        """Free the requests' rows on both workers and drop them from the schedule."""
+        self.target.release(request_ids)
+        if self.speculating:
+            self.draft.release(request_ids)
+        for rid in request_ids:
+            del self.running[rid]
+            self.draft_updates.pop(rid, None)
+        gone = set(request_ids)
+        self.batches = [[r for r in b if r not in gone] for b in self.batches]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    def reset_after_failure(self) -> list:
+        """A worker call failed mid-step: finish every request with reason "error" and start clean.
+        Releasing rows is best effort (the failed worker may be gone)."""
+        failed = list(self.waiting) + list(self.running.values())
+        for req in failed:
+            req.finish("error")
+        ids = list(self.running)
+        for worker in (self.target, self.draft if self.speculating else None):
+            if worker is not None and ids:
+                try:
+                    worker.release(ids)
+                except Exception:  # noqa: BLE001 - the worker may be the one that failed
+                    pass
+        self.waiting.clear()
+        self.running.clear()
+        self.batches = [[], []]
+        self.proposal, self.proposed_batch = None, None
+        self.in_flight, self._collected = None, None
+        self.draft_updates.clear()
+        return failed
+
+    def requeue_all_for_resume(self) -> int:
+        """A worker restarted (its KV cache is gone): every running request goes back to the front of
+        the queue, to be re-prefilled from its prompt and committed tokens on the new worker. The
+        output stays exactly what an uninterrupted run gives (see _preempt_one). Returns how many."""
+        live = [r for r in self.running.values() if not r.finished]
+        done = [r for r in self.running.values() if r.finished]
+        self.waiting.extendleft(reversed(live))
+        self.waiting.extend(done)  # finished ones leave through the waiting queue's abort path
+        self.running.clear()
+        self.batches = [[], []]
+        self.proposal, self.proposed_batch = None, None
+        self.in_flight, self._collected = None, None
+        self.draft_updates.clear()
+        return len(live)
+
+    def reconfigure(self, mode: str | None, k: int | None, max_num_seqs: int | None = None) -> None:
+        """Switch mode, k or the running-request limit between requests (the bench does so between rounds)."""
+        if self.has_unfinished():
+            raise ValueError("mode: cannot change while requests are running")
+        mode, k = mode or self.mode, k or self.k
+        check_mode_and_k(mode, k, self.draft is not None)
+        max_num_seqs = max_num_seqs or self.max_num_seqs
+        if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs: must be an integer >= 1, got {max_num_seqs!r}")
+        self.mode, self.k, self.max_num_seqs = mode, k, max_num_seqs
+        self.metrics = SpecDecodeMetrics(self.k)

@@ -1,0 +1,141 @@
+"""The two interfaces the scheduler talks to. In-process implementations live in
+`local_workers.py`; gRPC client implementations (for the services) in `minedraft/rpc/remote_workers.py`.
+
+Protocol per request: `add` once (prefill; admits what fits), then, for speculation, `propose` -> `verify` repeatedly;
+the tokens the target committed reach the draft with its next `propose` (`updates`), which saves a
+round trip per step. `release` when the request is done or aborted. A step that needs KV blocks the
+worker does not have raises `NoRoom` and changes nothing; the scheduler then preempts a request.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from minedraft.runner.block_manager import NoRoom  # noqa: F401 - part of the worker contract
+from minedraft.spec.sampling import SamplingParams
+
+
+@dataclasses.dataclass
+class NewRequest:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int  # resolved by the scheduler, so draft and target agree on it
+    # True: prompt_ids holds the prompt plus every token generated so far (a preempted or re-added
+    # request); the last one is already committed, so nothing is sampled at admission.
+    resume: bool = False
+
+
+@dataclasses.dataclass
+class Proposal:
+    """k draft tokens for each request of a batch.
+
+    tokens: [B, k] int64; probs: [S, k, V] float32, the draft's distributions q of the S sampled
+    (non-greedy) requests in batch order (None: one-hot q).
+    parts: when the proposal travelled through token channels (remote workers), where it lies:
+    [(channel_id, block_ref, num_requests)] covering request_ids in order; the target reads them."""
+
+    request_ids: list[str]
+    k: int
+    tokens: Any = None
+    probs: Any = None
+    parts: list = dataclasses.field(default_factory=list)
+    compute_s: float = 0.0  # time the draft spent in forward passes and sampling
+    service_s: float = 0.0  # remote: time inside the draft service's handler (compute + channel)
+    channel_bytes: int = 0  # bytes of tokens and q this proposal puts through the token channel
+    done_at: float = 0.0  # perf_counter() when the reply was in (start_propose): the call's true end
+
+
+@dataclasses.dataclass
+class Verdict:
+    request_ids: list[str]
+    tokens: list[list[int]]  # per request: accepted draft tokens + one target token
+    num_accepted: list[int]
+    compute_s: float = 0.0
+    service_s: float = 0.0  # remote: time inside the target service's handler (channel + compute)
+    done_at: float = 0.0  # perf_counter() when the reply was in (start_verify): the call's true end
+
+
+def completed(fn, *args) -> Future:
+    """fn(*args) run now, as a finished Future (its exception kept for .result())."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as exc:  # noqa: BLE001 - raised by .result(), where the caller expects it
+        future.set_exception(exc)
+    return future
+
+
+class NoDraftAvailable(RuntimeError):
+    """No draft node can propose right now: the scheduler decodes target-only until one is back."""
+
+
+class DraftWorker(abc.ABC):
+    @abc.abstractmethod
+    def add(self, requests: list[NewRequest]) -> int:
+        """Prefill the longest prefix of requests that fits the KV cache; return its length."""
+
+    @abc.abstractmethod
+    def propose(self, request_ids: list[str], k: int, updates: dict[str, list[int]]) -> Proposal:
+        """First append `updates` (tokens committed since this request's last proposal), then
+        draft k tokens for every request."""
+
+    def start_propose(self, request_ids: list[str], k: int, updates: dict[str, list[int]], pool):
+        """Begin `propose` and return a future of its Proposal, so that the caller can verify the other
+        batch meanwhile (PSD). Here: on a thread of `pool`; gRPC workers override it with the call
+        itself in flight, which saves the thread hand-offs on the step's critical path."""
+        def run():
+            proposal = self.propose(request_ids, k, updates)
+            proposal.done_at = time.perf_counter()
+            return proposal
+
+        return pool.submit(run)
+
+    @abc.abstractmethod
+    def release(self, request_ids: list[str]) -> None:
+        """Forget the requests and free their cache rows (unknown ids are ignored)."""
+
+    def close(self) -> None:
+        pass
+
+
+class TargetWorker(abc.ABC):
+    context_len: int
+    vocab_size: int
+    last_decode_compute_s: float = 0.0  # compute time of the latest decode() (for the step breakdown)
+
+    @abc.abstractmethod
+    def add(self, requests: list[NewRequest]) -> list[int | None]:
+        """Prefill the longest prefix of requests that fits the KV cache; return the first generated
+        token of each admitted one (None for resumed requests)."""
+
+    @abc.abstractmethod
+    def verify(self, proposal: Proposal) -> Verdict:
+        """Score the k+1 positions, accept/reject, roll the KV cache back to what was accepted."""
+
+    def start_verify(self, proposal: Proposal):
+        """Begin `verify` and return a future of its Verdict, so that the scheduler can hand the
+        previous step's tokens to its clients while the target works. Here: verify now, on the
+        calling thread (in-process, the draft overlaps it on the scheduler's pool); gRPC workers
+        override it with the call itself in flight."""
+        def run():
+            verdict = self.verify(proposal)
+            verdict.done_at = time.perf_counter()
+            return verdict
+
+        return completed(run)
+
+    @abc.abstractmethod
+    def decode(self, request_ids: list[str]) -> list[int]:
+        """One ordinary (target-only) decoding step."""
+
+    @abc.abstractmethod
+    def release(self, request_ids: list[str]) -> None:
+        """Forget the requests and free their cache rows (unknown ids are ignored)."""
+
+    def close(self) -> None:
+        pass
