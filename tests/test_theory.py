@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from minedraft.bench.simulation import simulate_tokens_per_step
 from minedraft.spec.theory import (
     Prediction,
     acceptance_from_counts,
@@ -15,7 +16,6 @@ from minedraft.spec.theory import (
     predict,
     psd_step_time,
     sd_step_time,
-    simulate_tokens_per_step,
 )
 
 
@@ -233,7 +233,8 @@ def test_monte_carlo_edges_and_seed():
 
 
 # --- the scheduler, simulated --------------------------------------------------------------------
-from minedraft.spec.theory import CostModel, simulate  # noqa: E402
+from minedraft.bench.simulation import simulate  # noqa: E402
+from minedraft.spec.theory import CostModel  # noqa: E402
 
 
 def test_cost_model_through_two_points():

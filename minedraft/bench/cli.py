@@ -338,6 +338,7 @@ class Bench:
 def run(args) -> dict:
     from tqdm import tqdm
 
+    from minedraft.bench import prediction
     from minedraft.bench import report as bench_report
 
     prompts, source, cut = load_prompts(args, max(args.num_requests, PAPER_QUEUE_FACTOR * args.paper_batch))
@@ -401,8 +402,8 @@ def run(args) -> dict:
                          f"paper protocol (sd-paper, psd-paper): {PAPER_QUEUE_FACTOR}N requests queued at once, "
                          f"SD runs up to N = {args.paper_batch}, PSD two batches of up to N; throughput = tokens / "
                          "makespan, latency from submission (queueing included)"])
-    theory = bench_report.compute_theory(runs, args.k, args.concurrency, args.max_tokens, args.paper_batch,
-                                         args.num_requests)
+    theory = prediction.compute_theory(runs, args.k, args.concurrency, args.max_tokens, args.paper_batch,
+                                       args.num_requests)
     ratios = bench_report.compute_ratios(runs)
     ratios.update(bench_report.model_ratios(theory))
     return {"runs": runs, "ratios": ratios,
@@ -429,14 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError, ValueError) as exc:
         print(f"minedraft bench: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
-    from minedraft.bench import report as bench_report
+    from minedraft.bench.plot import write_plot
+    from minedraft.bench.table import format_table
 
-    print(bench_report.format_table(report), flush=True)
+    print(format_table(report), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
     if args.plot:
-        bench_report.write_plot(report, args.plot)
+        write_plot(report, args.plot)
     return 0
 
 
