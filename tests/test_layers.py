@@ -15,6 +15,7 @@ ALLOWED = {
     "minedraft.spec": {"minedraft.runner"},
     "minedraft.drafting": {"minedraft.runner", "minedraft.spec"},
     "minedraft.rpc": {"minedraft.runner", "minedraft.spec", "minedraft.drafting"},
+    "minedraft.training": set(),  # the tiny pair's trainer stands alone
 }
 SERVICES = ("gateway", "draft_service", "target_service")
 BELOW_SERVICES = set(ALLOWED) | {"minedraft.rpc"}
