@@ -48,8 +48,13 @@ class PromptWords:
     empty_hint: str = ""
 
 
+ENGINE_WORDS = PromptWords()  # the Engine's: it takes text or token-id lists
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
+    """What any face reports of the model it serves (the gateway adds its workers' endpoints)."""
+
     model: str
     mode: str
     num_speculative_tokens: int
@@ -65,7 +70,7 @@ def _read(source):
 class Frontend:
     def __init__(self, sink: Sink, tokenizer, eos_ids, vocab_size: int | Callable[[], int],
                  context_len: int | Callable[[], int], model: str | Callable[[], str] = "",
-                 words: PromptWords = PromptWords()):
+                 words: PromptWords = ENGINE_WORDS):
         self.sink, self.tokenizer, self.eos_ids, self.words = sink, tokenizer, tuple(eos_ids), words
         self._vocab_size, self._context_len, self._model = vocab_size, context_len, model
 
