@@ -54,15 +54,14 @@ class Engine:
                                          role="target", **memory)
         self.draft_runner = None
         draft_worker = None
+        self.tokenizer = hf_adapter.load_tokenizer(target)
         if draft is not None and mode != "ar":
             self.draft_runner = ModelRunner(draft, draft_device or device, dtype, max_num_seqs,
                                             max_model_len, lookahead, role="draft", **memory)
             # The gateway's pool checks the same two facts, as its workers report them.
             check_draft_fits_target(self.draft_runner.vocab_size, self.target_runner.vocab_size,
-                                    tokenizer_digest(hf_adapter.load_tokenizer(draft)),
-                                    tokenizer_digest(hf_adapter.load_tokenizer(target)))
+                                    tokenizer_digest(hf_adapter.load_tokenizer(draft)), tokenizer_digest(self.tokenizer))
             draft_worker = LocalDraftWorker(self.draft_runner, full_q=full_q, q_dtype=q_dtype)
-        self.tokenizer = hf_adapter.load_tokenizer(target)
         cfg = self.target_runner.cfg
         self.eos_token_ids = frozenset(cfg.eos_token_ids)
         # A request must fit both caches (a draft's budget may allow a shorter max_model_len).
@@ -74,7 +73,7 @@ class Engine:
                                  self.context_len, model=target)
         self._ids = itertools.count()
 
-    # -- incremental API (the gateway and the tests use it) -------------------------------------------
+    # -- incremental API (the bench and the tests use it) ---------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
         return self.frontend.encode(prompt)
 
