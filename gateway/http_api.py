@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP API in the gateway process (Starlette app served by uvicorn on its own thread).
 
-Requests go through the same Frontend (and engine loop) as gRPC. The loop thread hands each request's events to an
-asyncio.Queue through call_soon_threadsafe, so waiting for tokens costs no thread and no polling.
+Requests go through the same Frontend (and engine loop) as gRPC. The loop thread hands each
+request's events to an asyncio.Queue through call_soon_threadsafe, so waiting for tokens costs no
+thread and no polling.
 A client that disconnects (stream or not) has its request aborted, which frees its rows."""
 
 from __future__ import annotations
