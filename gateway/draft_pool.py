@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from minedraft.rpc.remote_workers import RemoteDraftWorker, RemoteTargetWorker
+from minedraft.spec.compat import check_draft_fits_target
 from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal
 
@@ -92,11 +93,8 @@ class DraftPool(DraftWorker):
                     if identity in self.identities.values():
                         node.close()
                         continue
-                if info.vocab_size > self.target_info.vocab_size:  # a prefix of the target's is fine
-                    raise ValueError(f"vocabulary {info.vocab_size} is larger than the target's "
-                                     f"{self.target_info.vocab_size}")
-                if info.tokenizer_fingerprint != self.target_info.tokenizer_fingerprint:
-                    raise ValueError("tokenizer differs from the target's")
+                check_draft_fits_target(info.vocab_size, self.target_info.vocab_size, info.tokenizer_fingerprint,
+                                        self.target_info.tokenizer_fingerprint)
                 reply = node.handshake(self.target_info, self.forced)
                 transport = self.target.open_channel(node.channel_id, reply.spec)
             except (grpc.RpcError, ValueError) as exc:

@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP API in the gateway process (Starlette app served by uvicorn on its own thread).
 
-Requests go to the same engine loop as gRPC. The loop thread hands each request's events to an
-asyncio.Queue through call_soon_threadsafe, so waiting for tokens costs no thread and no polling.
+Requests go through the same Frontend (and engine loop) as gRPC. The loop thread hands each
+request's events to an asyncio.Queue through call_soon_threadsafe, so waiting for tokens costs no
+thread and no polling.
 A client that disconnects (stream or not) has its request aborted, which frees its rows."""
 
 from __future__ import annotations
@@ -59,14 +60,15 @@ def default_model_name(path: str) -> str:
 
 
 class HttpFrontend:
-    """The routes. `gateway` is the GatewayServicer: ready flag, tokenizer, submit(), loop, metrics."""
+    """The routes. `conn`: the gateway's Connection (its `ready` flag, and its `frontend` once ready);
+    `metrics`: the GatewayMetrics that /metrics exposes (kept as .prometheus: .metrics is that route)."""
 
-    def __init__(self, gateway, keys: tuple[str, ...], served_model_name: str | None):
-        self.gw, self.keys, self._name = gateway, keys, served_model_name
+    def __init__(self, conn, metrics, keys: tuple[str, ...], served_model_name: str | None):
+        self.conn, self.prometheus, self.keys, self._name = conn, metrics, keys, served_model_name
 
     @property
     def model_name(self) -> str:
-        return self._name or default_model_name(self.gw.workers.target_info.model)
+        return self._name or default_model_name(self.conn.frontend.model)
 
     def app(self) -> Starlette:
         routes = [Route("/health", self.health), Route("/metrics", self.metrics),
@@ -77,11 +79,11 @@ class HttpFrontend:
 
     # -- open endpoints -----------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
-        ok = self.gw.ready.is_set()
+        ok = self.conn.ready.is_set()
         return JSONResponse({"status": "ok" if ok else "not ready"}, status_code=200 if ok else 503)
 
     async def metrics(self, request: Request) -> Response:
-        body, content_type = self.gw.metrics.exposition()
+        body, content_type = self.prometheus.exposition()
         return Response(body, media_type=content_type)
 
     # -- API ----------------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ class HttpFrontend:
         if not authorized(request.headers.get("authorization"), self.keys):
             raise ApiError(401, "missing or invalid API key (send the header 'Authorization: Bearer KEY')",
                            code="invalid_api_key")
-        if not self.gw.ready.is_set():
+        if not self.conn.ready.is_set():
             raise ApiError(503, "the gateway is not ready: draft/target workers are not connected yet",
                            type_="service_unavailable")
 
@@ -98,7 +100,7 @@ class HttpFrontend:
             self._guard(request)
         except ApiError as exc:
             return _error(exc)
-        return JSONResponse(model_list(self.model_name, self.gw.workers.context_len))
+        return JSONResponse(model_list(self.model_name, self.conn.frontend.context_len))
 
     async def completions(self, request: Request) -> Response:
         return await self._generate(request, chat=False)
@@ -113,14 +115,15 @@ class HttpFrontend:
                 body = await request.json()
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ApiError(400, f"the request body is not valid JSON: {exc}")
-            req = parse_request(body, chat, self.gw.workers.context_len)
+            frontend = self.conn.frontend
+            req = parse_request(body, chat, frontend.context_len)
             if req.model != self.model_name:
                 raise ApiError(404, f"model: {req.model!r} does not exist; this server serves {self.model_name!r}",
                                "model", code="model_not_found")
-            prompt = render_chat(self.gw.tokenizer, req.messages) if chat else req.prompt
+            prompt = render_chat(frontend.tokenizer, req.messages) if chat else req.prompt
             rid = new_id(chat)
             sink = _LoopSink(asyncio.get_running_loop())
-            prompt_ids = self.gw.submit(prompt, req.params, rid, sink)
+            num_prompt = len(frontend.submit(prompt, req.params, rid, sink).prompt_ids)
         except ApiError as exc:
             return _error(exc)
         except QueueFull as exc:
@@ -130,14 +133,15 @@ class HttpFrontend:
             return _error(ApiError(400, message, message.split(":", 1)[0] if ":" in message else None))
         pieces = self._pieces(rid, sink, req.stop_strings)
         if req.stream:
-            return _SSEResponse(self._sse(pieces, rid, chat, len(prompt_ids), req.include_usage),
+            return _SSEResponse(self._sse(pieces, rid, chat, num_prompt, req.include_usage),
                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await self._collect(request, pieces, rid, chat, len(prompt_ids))
+        return await self._collect(request, pieces, rid, chat, num_prompt)
 
     async def _pieces(self, rid: str, sink: _LoopSink, stop_strings: list[str]):
         """(text, finish_reason or None, tokens generated so far) as the engine commits tokens;
         aborts the request when it leaves early (stop string, client gone, error)."""
-        detok = IncrementalDetokenizer(self.gw.tokenizer)
+        frontend = self.conn.frontend
+        detok = IncrementalDetokenizer(frontend.tokenizer)
         stops = StopStringMatcher(stop_strings)
         done = False
         try:
@@ -158,7 +162,7 @@ class HttpFrontend:
                     yield text, None, event.num_generated
         finally:
             if not done:  # stop string, disconnect or cancellation: free the rows now
-                self.gw.loop.abort(rid)
+                frontend.abort(rid)
 
     async def _collect(self, request: Request, pieces, rid: str, chat: bool, num_prompt: int) -> Response:
         async def gather():

@@ -22,8 +22,6 @@ import time
 
 import grpc
 
-from minedraft.rpc.grpc_common import set_serving
-
 log = logging.getLogger("minedraft.gateway")
 
 
@@ -34,23 +32,20 @@ def describe(exc: BaseException) -> str:
 
 
 class TargetRecovery:
-    def __init__(self, servicer, health, service_names: list[str], timeout_s: float, stop: threading.Event):
-        self.servicer, self.health, self.names = servicer, health, service_names
+    def __init__(self, workers, ready, target_address: str, timeout_s: float, stop: threading.Event):
+        """workers: the gateway's Workers (its target and draft pool are rebound in place); ready: the
+        gateway's Readiness (NOT_SERVING while the target is away)."""
+        self.workers, self.ready, self.target_address = workers, ready, target_address
         self.timeout_s, self.stop = timeout_s, stop
 
-    def _serving(self, serving: bool) -> None:
-        (self.servicer.ready.set if serving else self.servicer.ready.clear)()
-        set_serving(self.health, self.names, serving)
-
     def mark_unreachable(self) -> None:
-        if self.servicer.ready.is_set():
-            log.warning("gateway: target %s unreachable: NOT_SERVING until it is back",
-                        self.servicer.args.target)
-        self._serving(False)
+        if self.ready.is_set():
+            log.warning("gateway: target %s unreachable: NOT_SERVING until it is back", self.target_address)
+        self.ready.set(False)
 
     def recover(self, scheduler, exc: BaseException) -> bool:
         """On the engine loop's thread. True: every running request is queued again for resumption."""
-        self._serving(False)
+        self.ready.set(False)
         log.warning("gateway: target call failed (%s); reconnecting for up to %.0f s", describe(exc),
                     self.timeout_s)
         deadline = time.monotonic() + self.timeout_s
@@ -58,7 +53,7 @@ class TargetRecovery:
         while not self.stop.is_set():
             try:
                 self._reconnect(scheduler)
-                self._serving(True)
+                self.ready.set(True)
                 return True
             except (grpc.RpcError, ValueError) as err:
                 if time.monotonic() + delay > deadline:
@@ -71,19 +66,18 @@ class TargetRecovery:
     def recover_if_needed(self, scheduler) -> bool:
         """From the watcher (through the engine loop): recover when the target answers again after
         being unreachable, or answers with a new instance id (it restarted while idle)."""
-        w = self.servicer.workers
+        w = self.workers
         try:
             info = w.target.info(timeout=2.0)
         except grpc.RpcError:
             self.mark_unreachable()
             return False
-        if self.servicer.ready.is_set() and info.instance_id == w.target_info.instance_id:
+        if self.ready.is_set() and info.instance_id == w.target_info.instance_id:
             return True
-        return self.recover(scheduler, RuntimeError("target restarted" if self.servicer.ready.is_set()
-                                                    else "target is back"))
+        return self.recover(scheduler, RuntimeError("target restarted" if self.ready.is_set() else "target is back"))
 
     def _reconnect(self, scheduler) -> None:
-        w = self.servicer.workers
+        w = self.workers
         info = w.target.info(timeout=2.0)
         restarted = info.instance_id != w.target_info.instance_id
         running = list(scheduler.running)
@@ -95,5 +89,5 @@ class TargetRecovery:
             w.draft.rebind(w.target, info)
         n = scheduler.requeue_all_for_resume()
         log.info("gateway: target %s (%s); %d running request(s) resume from their committed tokens; "
-                 "%d draft node(s) live", self.servicer.args.target,
+                 "%d draft node(s) live", self.target_address,
                  "restarted" if restarted else "reconnected", n, len(w.draft.live) if w.draft is not None else 0)

@@ -1,5 +1,5 @@
 """`Engine`: the Python entry point. Loads target (and draft), builds in-process workers and the
-scheduler, validates input, and turns prompts into results."""
+scheduler, and turns prompts into results through the same Frontend as the gateway."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import dataclasses
 import itertools
 
 from minedraft.runner import hf_adapter
-from minedraft.spec.local_workers import LocalDraftWorker, LocalTargetWorker
-from minedraft.spec.request import Request, build_request
 from minedraft.runner.model_runner import ModelRunner
+from minedraft.spec.compat import check_draft_fits_target, tokenizer_digest
+from minedraft.spec.frontend import Frontend, SchedulerSink
+from minedraft.spec.local_workers import LocalDraftWorker, LocalTargetWorker
+from minedraft.spec.request import Request
 from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.scheduler import Scheduler, check_mode_and_k
 
@@ -29,21 +31,6 @@ def default_model_paths() -> tuple[str, str]:
     from minedraft.assets import default_draft_path, default_target_path
 
     return default_target_path(), default_draft_path()
-
-
-def check_pair(target_path: str, draft_path: str, target_vocab: int, draft_vocab: int) -> None:
-    """Draft and target must share token ids: the draft's vocabulary is the target's or a prefix of
-    it (Qwen2.5-0.5B's 151,936 ids against Qwen2.5-7B's 152,064: same tokenizer, embeddings padded
-    differently), and the two tokenizers agree on every id the draft has."""
-    if draft_vocab > target_vocab:
-        raise ValueError(f"draft: vocabulary size {draft_vocab} is larger than the target's {target_vocab}; "
-                         "a draft must use the target's vocabulary or a prefix of it")
-    t_tok, d_tok = hf_adapter.load_tokenizer(target_path), hf_adapter.load_tokenizer(draft_path)
-    if d_tok is None:
-        return
-    if hf_adapter.tokenizer_fingerprint(t_tok, draft_vocab) != hf_adapter.tokenizer_fingerprint(d_tok, draft_vocab):
-        raise ValueError("draft: its tokenizer differs from the target's on the ids they share "
-                         "(token ids would not mean the same)")
 
 
 class Engine:
@@ -67,12 +54,14 @@ class Engine:
                                          role="target", **memory)
         self.draft_runner = None
         draft_worker = None
+        self.tokenizer = hf_adapter.load_tokenizer(target)
         if draft is not None and mode != "ar":
             self.draft_runner = ModelRunner(draft, draft_device or device, dtype, max_num_seqs,
                                             max_model_len, lookahead, role="draft", **memory)
-            check_pair(target, draft, self.target_runner.vocab_size, self.draft_runner.vocab_size)
+            # The gateway's pool checks the same two facts, as its workers report them.
+            check_draft_fits_target(self.draft_runner.vocab_size, self.target_runner.vocab_size,
+                                    tokenizer_digest(hf_adapter.load_tokenizer(draft)), tokenizer_digest(self.tokenizer))
             draft_worker = LocalDraftWorker(self.draft_runner, full_q=full_q, q_dtype=q_dtype)
-        self.tokenizer = hf_adapter.load_tokenizer(target)
         cfg = self.target_runner.cfg
         self.eos_token_ids = frozenset(cfg.eos_token_ids)
         # A request must fit both caches (a draft's budget may allow a shorter max_model_len).
@@ -80,26 +69,19 @@ class Engine:
         self.vocab_size = cfg.vocab_size
         self.scheduler = Scheduler(LocalTargetWorker(self.target_runner), draft_worker, mode,
                                    num_speculative_tokens, max_num_seqs)
+        self.frontend = Frontend(SchedulerSink(self.scheduler), self.tokenizer, self.eos_token_ids, self.vocab_size,
+                                 self.context_len, model=target)
         self._ids = itertools.count()
 
-    # -- incremental API (the gateway and the tests use it) -------------------------------------------
+    # -- incremental API (the bench and the tests use it) ---------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("prompt: this checkpoint has no tokenizer; pass token ids")
-            return self.tokenizer.encode(prompt, add_special_tokens=True)
-        return list(prompt)
+        return self.frontend.encode(prompt)
 
     def make_request(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> Request:
-        if isinstance(prompt, str) and not prompt:
-            raise ValueError("prompt: must not be empty")
-        return build_request(request_id or f"req-{next(self._ids)}", self.encode(prompt), params,
-                             self.vocab_size, self.context_len, self.eos_token_ids)
+        return self.frontend.make_request(prompt, params, request_id or f"req-{next(self._ids)}")
 
     def add_request(self, prompt, params: SamplingParams, request_id: str | None = None) -> str:
-        req = self.make_request(prompt, params, request_id)
-        self.scheduler.add(req)
-        return req.request_id
+        return self.frontend.submit(prompt, params, request_id or f"req-{next(self._ids)}").request_id
 
     def step(self) -> list[Request]:
         return self.scheduler.step()
@@ -108,7 +90,7 @@ class Engine:
         return self.scheduler.has_unfinished()
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
+        return self.frontend.decode(ids)
 
     def result(self, req: Request) -> GenerationResult:
         return GenerationResult(req.request_id, req.prompt_ids, list(req.output_ids), self.decode(req.output_ids),
@@ -122,7 +104,7 @@ class Engine:
             prompts = [prompts]
         requests = [self.make_request(p, params) for p in prompts]  # validate all before running any
         for req in requests:
-            self.scheduler.add(req)
+            self.frontend.enqueue(req)
         bar = _progress(len(requests), progress)
         while any(not r.finished for r in requests):
             for req in self.step():

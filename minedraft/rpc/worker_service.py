@@ -4,7 +4,6 @@ worker (gRPC calls arrive on a thread pool; the runner is single-threaded), and 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import signal
 import threading
@@ -21,14 +20,8 @@ from minedraft.rpc.grpc_common import (abort_with, add_health_and_reflection, ex
 from minedraft.runner.model_runner import ModelRunner
 from minedraft.rpc.service_metrics import add_metrics_argument, start_service_metrics
 from minedraft.v1 import worker_pb2
+from minedraft.spec.compat import tokenizer_digest
 from minedraft.spec.workers import NewRequest
-
-
-def tokenizer_digest(path: str) -> str:
-    # The tokenizer's own (token, id) pairs, not the model's embedding size: a draft whose vocabulary
-    # is a prefix of the target's (Qwen2.5-0.5B vs 7B) has the same tokenizer and the same digest.
-    fingerprint = hf_adapter.tokenizer_fingerprint(hf_adapter.load_tokenizer(path))
-    return hashlib.sha1(repr(fingerprint).encode()).hexdigest() if fingerprint else ""
 
 
 def device_uuid(device: str) -> str:
@@ -52,7 +45,8 @@ class WorkerServicerBase:
             role=self.role, model=model_path, device=str(runner.device), device_uuid=device_uuid(str(runner.device)),
             vocab_size=runner.vocab_size, context_len=runner.context_len,
             transports=local_capabilities(str(runner.device)), hostname=host_id(), pid=os.getpid(),
-            tokenizer_fingerprint=tokenizer_digest(model_path), architecture=runner.cfg.architecture,
+            tokenizer_fingerprint=tokenizer_digest(hf_adapter.load_tokenizer(model_path)),  # the pool's compat check
+            architecture=runner.cfg.architecture,
             instance_id=uuid.uuid4().hex)  # new at every start: the gateway sees a restart by it
 
     def Info(self, request, context):

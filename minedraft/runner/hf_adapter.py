@@ -151,15 +151,12 @@ def load_tokenizer(path: str | os.PathLike):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def tokenizer_fingerprint(tokenizer, upto: int | None = None) -> tuple:
-    """What must agree between draft and target tokenizers for their token ids to mean the same:
-    the (token, id) pairs, those with id < upto only when given (a draft with a smaller vocabulary)."""
+def tokenizer_fingerprint(tokenizer) -> tuple:
+    """The tokenizer's (token, id) pairs, sorted: what draft and target must agree on
+    (minedraft.spec.compat hashes it); () for no tokenizer."""
     if tokenizer is None:
         return ()
-    items = tokenizer.get_vocab().items()
-    if upto is not None:
-        items = [(t, i) for t, i in items if i < upto]
-    return tuple(sorted(items))
+    return tuple(sorted(tokenizer.get_vocab().items()))
 
 
 def reference_model(path: str | os.PathLike, dtype=None):
