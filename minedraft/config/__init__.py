@@ -75,7 +75,7 @@ def _port(name: str, value) -> None:
 
 
 # -- one model on one device ----------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class CacheConfig:
     """KV cache (same names as Engine's keywords)"""
 
@@ -116,7 +116,7 @@ def check_device(name: str, device) -> None:
         raise ValueError(f"{name}: must be cpu, cuda or cuda:N, got {device!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """model"""
 
@@ -129,7 +129,7 @@ class ModelConfig:
         check_device("device", self.device)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpeculationConfig:
     """speculation"""
 
@@ -145,7 +145,7 @@ class SpeculationConfig:
 
 
 # -- the services ---------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class ServiceConfig:
     """service"""
 
@@ -160,7 +160,7 @@ class ServiceConfig:
         _positive("drain_s", self.drain_s, zero=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlacementConfig:
     """placement and metrics"""
 
@@ -175,7 +175,7 @@ class PlacementConfig:
         _port("metrics_port", self.metrics_port)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TargetConfig:
     """Run the target service: prefill, verify k+1 positions per request, accept/reject, KV rollback."""
 
@@ -184,7 +184,7 @@ class TargetConfig:
     placement: PlacementConfig = group(PlacementConfig)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DraftOptions:
     """drafting"""
 
@@ -202,7 +202,7 @@ class DraftOptions:
         _one_of("q_dtype", self.q_dtype, Q_DTYPES)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DraftConfig:
     """Run a draft service: prefill, propose k tokens (and their q) per request into the token channel."""
 
@@ -212,7 +212,7 @@ class DraftConfig:
     drafting: DraftOptions = group(DraftOptions)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FrontDoorConfig:
     """public front door"""
 
@@ -226,7 +226,7 @@ class FrontDoorConfig:
         _port("http_port", self.http_port)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TimeoutConfig:
     """worker deadlines"""
 
@@ -242,7 +242,7 @@ class TimeoutConfig:
             _positive(name, getattr(self, name))
 
 
-@dataclass
+@dataclass(frozen=True)
 class GatewayConfig:
     """Run the gateway: the public API over the schedule, against one target and 1..N draft nodes."""
 
@@ -270,7 +270,7 @@ class GatewayConfig:
 
 
 # -- minedraft up ---------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class UpConfig:
     """Start target, draft and gateway locally and wait for Ctrl-C."""
 
@@ -332,7 +332,7 @@ class UpConfig:
 
 
 # -- Engine(...) ----------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
     """Engine's keywords, checked before any model loads."""
 

@@ -123,3 +123,10 @@ def service_parser(role: str, parser: argparse.ArgumentParser | None = None) -> 
         parser = argparse.ArgumentParser(prog=f"minedraft serve {role}", description=cls.__doc__)
     add_arguments(parser, cls())
     return parser
+
+
+def memory_argv(args) -> list[str]:
+    """The KV cache flags in parsed args (`up`'s), as a worker's command line (defaults left out)."""
+    from minedraft.config import CacheConfig
+
+    return to_argv(from_flat(CacheConfig, vars(args)))
