@@ -74,6 +74,9 @@ def _propose_request(request_ids, k: int, updates) -> worker_pb2.ProposeRequest:
                                      updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()})
 
 
+DEFAULT_TIMEOUTS = TimeoutConfig()  # frozen: one instance serves every default
+
+
 class _Remote:
     """timeouts: deadlines of the calls (the gateway's --worker-timeout-s / --prefill-timeout-s); a
     worker that does not answer in time (hung, SIGSTOPped, its host gone) is treated as dead."""
@@ -95,7 +98,7 @@ class _Remote:
 
 
 class RemoteDraftWorker(_Remote, DraftWorker):
-    def __init__(self, address: str, timeouts: TimeoutConfig = TimeoutConfig()):
+    def __init__(self, address: str, timeouts: TimeoutConfig = DEFAULT_TIMEOUTS):
         super().__init__(address, worker_pb2_grpc.DraftWorkerStub, timeouts)
         self.channel_id = address
         self.max_k = 0  # from its Info when it joins a pool (0: unknown, an older node)
@@ -121,7 +124,7 @@ class RemoteDraftWorker(_Remote, DraftWorker):
 
 class RemoteTargetWorker(_Remote, TargetWorker):
     def __init__(self, address: str, info: worker_pb2.WorkerInfo | None = None,
-                 timeouts: TimeoutConfig = TimeoutConfig()):
+                 timeouts: TimeoutConfig = DEFAULT_TIMEOUTS):
         super().__init__(address, worker_pb2_grpc.TargetWorkerStub, timeouts)
         info = info or self.info()
         self.context_len, self.vocab_size = info.context_len, info.vocab_size
