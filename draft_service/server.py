@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import time
 
+from minedraft.config import MAX_SPECULATIVE_TOKENS, DraftConfig
+from minedraft.config.flags import parse, service_parser
 from minedraft.rpc.channels import choose_transport, host_id, make_writer
-from minedraft.spec.scheduler import MAX_SPECULATIVE_TOKENS
 from minedraft.rpc.grpc_common import log, ref_to_proto, spec_to_proto
 from minedraft.spec.local_workers import LocalDraftWorker
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
-from minedraft.rpc.worker_service import WorkerServicerBase, add_worker_arguments, load_runner, serve
+from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, serve
 
 SERVICE = "minedraft.v1.DraftWorker"
 
@@ -22,7 +23,7 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
     def __init__(self, runner, model_path, max_k: int, max_num_seqs: int, full_q: bool = True,
                  q_dtype: str = "float32", transport: str = "auto"):
         worker = LocalDraftWorker(runner, full_q=full_q, q_dtype=q_dtype)
-        super().__init__(runner, model_path, worker)
+        super().__init__(runner, model_path, worker, max_num_seqs, max_k=max_k, method="model")
         self.forced_transport = None if transport in ("", "auto") else transport
         self.writer = None
         # The ring holds the largest block this draft can write: every row sampling, at max_k.
@@ -74,25 +75,14 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minedraft serve draft", description="Run a draft service.")
-    add_worker_arguments(parser, default_port=50053)
-    parser.add_argument("--max-k", type=int, default=8, help="largest k the token channel is sized for")
-    parser.add_argument("--transport", default="auto", choices=["auto", "cuda_ipc", "shm", "inline"],
-                        help="force the token channel's transport unless the gateway forces one")
-    parser.add_argument("--q-dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="dtype of the q sent for sampled requests (bfloat16: half the bytes, still exact)")
-    parser.add_argument("--one-hot-q", action="store_true",
-                        help="for sampled requests, draft greedily and send no distributions")
-    return parser
+    return service_parser("draft")
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if not 1 <= args.max_k <= MAX_SPECULATIVE_TOKENS:
-        raise SystemExit(f"--max-k: must be in [1, {MAX_SPECULATIVE_TOKENS}]")
-    runner, path = load_runner(args, "draft", lookahead=MAX_SPECULATIVE_TOKENS + 2)
-    servicer = DraftServicer(runner, path, args.max_k, args.max_num_seqs, full_q=not args.one_hot_q,
-                             q_dtype=args.q_dtype,
-                             transport=args.transport)
+    config, args = parse(build_parser(), DraftConfig, argv)
+    runner, path = load_runner(config, "draft", lookahead=MAX_SPECULATIVE_TOKENS + 2)
+    d = config.drafting
+    servicer = DraftServicer(runner, path, d.max_k, config.model.cache.max_num_seqs, full_q=not d.one_hot_q,
+                             q_dtype=d.q_dtype, transport=d.transport)
     serve(servicer, worker_pb2_grpc.add_DraftWorkerServicer_to_server, SERVICE, args)
     return 0

@@ -11,6 +11,7 @@ import grpc
 from gateway.draft_pool import DraftPool
 from gateway.engine_loop import EngineLoop
 from gateway.recovery import TargetRecovery
+from minedraft.config import TimeoutConfig
 from minedraft.rpc.grpc_common import log, set_serving
 from minedraft.rpc.remote_workers import RemoteTargetWorker
 from minedraft.runner import hf_adapter
@@ -24,13 +25,18 @@ GATEWAY_WORDS = PromptWords(holder="this gateway", instead="send prompt_ids", em
 class Workers:
     """The target, the pool of draft nodes (each with its token channel) and what they reported."""
 
-    def __init__(self, target_address: str, draft_endpoints: list[str], transport: str | None):
-        self.target = RemoteTargetWorker(target_address)
+    def __init__(self, target_address: str, draft_endpoints: list[str], transport: str | None, k: int,
+                 timeouts: TimeoutConfig):
+        self.target = RemoteTargetWorker(target_address, timeouts=timeouts)
         self.target_info = self.target.info()
         self.draft = None
         if draft_endpoints:
             self.draft = DraftPool(draft_endpoints, self.target, self.target_info, transport)
+            self.draft.require_k(k)
             self.draft.refresh()
+            if not self.draft.live and self.draft.rejected:
+                raise ValueError("no draft node can serve: " + "; ".join(
+                    f"{a}: {why}" for a, why in self.draft.rejected.items()))
             if not self.draft.live:
                 raise ValueError(f"no draft node reachable at {', '.join(draft_endpoints)}")
 
@@ -78,7 +84,7 @@ class Connection:
         delay = 0.5
         while not stop.is_set():
             try:
-                workers = Workers(args.target, self.draft_endpoints, args.transport)
+                workers = Workers(args.target, self.draft_endpoints, args.transport, args.k, args.config.timeouts)
                 break
             except (grpc.RpcError, ValueError) as exc:
                 detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)

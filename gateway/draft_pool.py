@@ -76,16 +76,29 @@ class DraftPool(DraftWorker):
         self._last_refresh = 0.0
 
     # -- membership --------------------------------------------------------------------------------
+    required_k = 0  # the gateway's k: a node whose --max-k is below it cannot join (require_k sets it)
+    rejected: dict = {}  # address -> why the last refresh turned that node away
+
+    def require_k(self, k: int) -> None:
+        """The gateway's k, at start and on Configure: every live node must be able to draft it."""
+        with self.lock:
+            for address, node in self.nodes.items():
+                if node.max_k and k > node.max_k:
+                    raise ValueError(f"num_speculative_tokens: {k} is above max_k {node.max_k} of draft node "
+                                     f"{address} (start it with --max-k {k} or more)")
+            self.required_k = k
+
     def refresh(self) -> None:
         """Connect nodes that are new or back. Cheap when nothing changed."""
         self._last_refresh = time.monotonic()
+        self.rejected = {}
         for address in resolve_endpoints(self.endpoints):
             with self.lock:
                 if address in self.nodes:
                     if self._same_process(address):
                         continue
                     self._drop(address, RuntimeError("restarted"))  # joined again below, new channel
-            node = RemoteDraftWorker(address)
+            node = RemoteDraftWorker(address, self.target.timeouts)
             try:
                 info = node.info(timeout=2.0)
                 identity = (info.hostname, info.pid, info.instance_id)
@@ -95,12 +108,17 @@ class DraftPool(DraftWorker):
                         continue
                 check_draft_fits_target(info.vocab_size, self.target_info.vocab_size, info.tokenizer_fingerprint,
                                         self.target_info.tokenizer_fingerprint)
+                if info.max_k and self.required_k > info.max_k:  # its Propose would refuse every step
+                    raise ValueError(f"its --max-k {info.max_k} is below the gateway's -k {self.required_k}; "
+                                     f"start the draft with --max-k {self.required_k} or more")
+                node.max_k = info.max_k
                 reply = node.handshake(self.target_info, self.forced)
                 transport = self.target.open_channel(node.channel_id, reply.spec)
             except (grpc.RpcError, ValueError) as exc:
                 node.close()
                 if isinstance(exc, ValueError):
                     log.error("gateway: draft %s rejected: %s", address, exc)
+                    self.rejected[address] = str(exc)
                 continue
             with self.lock:
                 self.nodes[address] = node

@@ -4,7 +4,6 @@ engine loop, the Frontend), grpc_api.py (the gRPC API), http_api.py (the HTTP AP
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import threading
 import time
@@ -14,69 +13,23 @@ import grpc
 from gateway.connection import Connection, Readiness
 from gateway.grpc_api import SERVICE, GatewayServicer
 from gateway.prometheus_metrics import GatewayMetrics
-from minedraft.rpc.auth import ENV_VAR as API_KEY_ENV
+from minedraft.config import GatewayConfig
+from minedraft.config.flags import parse, service_parser
 from minedraft.rpc.auth import ApiKeyInterceptor, load_keys
 from minedraft.rpc.grpc_common import add_health_and_reflection, exit_after, log, make_server, setup_logging
-from minedraft.rpc.remote_workers import TIMEOUTS
-from minedraft.spec.scheduler import MODES, check_mode_and_k
 from minedraft.v1 import gateway_pb2_grpc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minedraft serve gateway", description="Run the gateway.")
-    parser.add_argument("--target", default="127.0.0.1:50052", help="target service address")
-    parser.add_argument("--draft", default="127.0.0.1:50053",
-                        help="draft service address(es), comma-separated; a DNS name with several "
-                             "addresses counts as several nodes ('' for none: target-only)")
-    parser.add_argument("--draft-refresh-s", type=float, default=2.0,
-                        help="how often to look for new or recovered draft nodes")
-    parser.add_argument("--mode", choices=MODES, default="psd")
-    parser.add_argument("-k", "--num-speculative-tokens", dest="k", type=int, default=4)
-    parser.add_argument("--transport", default="auto", choices=["auto", "cuda_ipc", "shm", "inline"],
-                        help="force the token channel's transport (default: best both ends support)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the target's model folder)")
-    parser.add_argument("--max-num-seqs", type=int, default=64)
-    parser.add_argument("--max-waiting", type=int, default=1024,
-                        help="requests queued beyond --max-num-seqs; past it gRPC answers RESOURCE_EXHAUSTED, HTTP 429")
-    parser.add_argument("--bind", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50051)
-    parser.add_argument("--tls-cert", default=None, help="PEM certificate: serve gRPC and HTTP over TLS")
-    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
-    parser.add_argument("--recovery-timeout-s", type=float, default=60.0,
-                        help="how long running requests wait for a failed or restarted target to come back "
-                             "before they end with UNAVAILABLE")
-    parser.add_argument("--worker-timeout-s", type=float, default=60.0,
-                        help="deadline of a worker step call; a worker that does not answer is treated as dead")
-    parser.add_argument("--prefill-timeout-s", type=float, default=600.0, help="deadline of a worker's prefill call")
-    parser.add_argument("--drain-s", type=float, default=5.0,
-                        help="on SIGTERM, how long in-flight requests may finish before they end with UNAVAILABLE "
-                             "(the process exits within drain + 5 s)")
-    add_front_door_arguments(parser)
-    parser.add_argument("--log-level", default="INFO")
-    return parser
-
-
-def add_front_door_arguments(parser: argparse.ArgumentParser) -> None:
-    """HTTP and API-key flags (`minedraft up` has its own copy: the CLI must not import the gateway)."""
-    parser.add_argument("--http-port", type=int, default=int(os.environ.get("MINEDRAFT_HTTP_PORT", "8000")),
-                        help="OpenAI-compatible HTTP API on --bind (default 8000, or MINEDRAFT_HTTP_PORT; 0: off)")
-    parser.add_argument("--served-model-name", default=None,
-                        help="the model name of the HTTP API (default: the target folder's name)")
-    parser.add_argument("--api-key", action="append", default=None,
-                        help=f"require this key on HTTP and gRPC (repeat or comma-separate for several; "
-                             f"default: ${API_KEY_ENV}); health checks and /metrics stay open")
+    return service_parser("gateway")
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    config, args = parse(build_parser(), GatewayConfig, argv)
+    args.config = config  # the validated tree beside its flat view
     setup_logging(args.log_level)
     if args.transport == "auto":
         args.transport = None
-    try:
-        check_mode_and_k(args.mode if args.draft else "ar", args.k, bool(args.draft))
-    except ValueError as exc:
-        raise SystemExit(f"gateway: {exc}")
-    TIMEOUTS.step_s, TIMEOUTS.prefill_s = args.worker_timeout_s, args.prefill_timeout_s
     keys = load_keys(args.api_key)
     # One thread per open Generate stream.
     server = make_server(max_workers=256, interceptors=[ApiKeyInterceptor(keys)] if keys else [])

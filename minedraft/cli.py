@@ -6,19 +6,20 @@ import argparse
 import os
 import sys
 
+from minedraft import __version__
+from minedraft.config import ROLES, UpConfig
+from minedraft.config.flags import add_arguments, from_flat, service_parser
 
-def _cmd_serve(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("target", "draft", "gateway"):
-        print("usage: minedraft serve {target,draft,gateway} [--help]", file=sys.stderr)
-        return 2
-    role, rest = argv[0], argv[1:]
+
+def _cmd_serve(role: str, argv: list[str]) -> int:
+    # The flags were checked by the CLI's parser (no torch needed for that); the service parses them again.
     if role == "target":
         from target_service.server import main
     elif role == "draft":
         from draft_service.server import main
     else:
         from gateway.server import main
-    return main(rest)
+    return main(argv)
 
 
 def _cmd_generate(args) -> int:
@@ -55,40 +56,22 @@ def _cmd_health(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minedraft.runner.memory_flags import add_memory_arguments
-
-    parser = argparse.ArgumentParser(prog="minedraft", description="Batch-parallel speculative decoding (PSD).")
+    parser = argparse.ArgumentParser(prog="minedraft", description="Batch-parallel speculative decoding (PSD): "
+                                     "a draft and a target model on their own devices, served over gRPC and HTTP.")
+    parser.add_argument("--version", action="version", version=f"minedraft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start target, draft and gateway locally and wait for Ctrl-C")
-    up.add_argument("--target", default=None, help="target checkpoint folder (default: bundled)")
-    up.add_argument("--draft", default=None, help="draft checkpoint folder (default: bundled)")
-    up.add_argument("--device", default="cpu", help="target device (cpu, cuda:0)")
-    up.add_argument("--draft-device", default=None, help="draft device (default: --device)")
-    up.add_argument("--mode", choices=["psd", "sd", "ar"], default="psd")
-    up.add_argument("-k", type=int, default=4)
-    up.add_argument("--transport", default="auto", choices=["auto", "cuda_ipc", "shm", "inline"])
-    add_memory_arguments(up)  # KV cache budget and sizes, passed to target and draft alike
-    up.add_argument("--port", type=int, default=50051, help="gateway port")
-    up.add_argument("--target-port", type=int, default=50052)
-    up.add_argument("--draft-port", type=int, default=50053)
-    up.add_argument("--bind", default="127.0.0.1", help="gateway bind address")
-    up.add_argument("--bind-workers", default="127.0.0.1")
-    up.add_argument("--no-pin", dest="pin", action="store_false",
-                    help="on CPU, do not pin target and draft to cores 0 and 1 with one thread each")
-    up.add_argument("--log-dir", default=None, help="write each service's log there instead of the terminal")
-    up.add_argument("--startup-timeout", type=float, default=600.0)
-    up.add_argument("--http-port", type=int, default=int(os.environ.get("MINEDRAFT_HTTP_PORT", "8000")),
-                    help="gateway's OpenAI-compatible HTTP API, on --bind (default 8000; 0: off)")
-    up.add_argument("--served-model-name", default=None, help="HTTP API model name (default: target folder's)")
-    up.add_argument("--api-key", action="append", default=None,
-                    help="require this key on the gateway's HTTP and gRPC (repeatable; default: $MINEDRAFT_API_KEY)")
-    up.add_argument("--max-waiting", type=int, default=None, help="gateway's queue limit (see serve gateway --help)")
-    up.add_argument("--target-metrics-port", type=int, default=0, help="target's Prometheus /metrics port (0: off)")
-    up.add_argument("--draft-metrics-port", type=int, default=0, help="draft's Prometheus /metrics port (0: off)")
+    up = sub.add_parser("up", help="start target, draft and gateway locally and wait for Ctrl-C",
+                        description=UpConfig.__doc__)
+    add_arguments(up, UpConfig())
 
-    sub.add_parser("serve", help="run one service: minedraft serve {target,draft,gateway} --help",
-                   add_help=False)
+    serve = sub.add_parser("serve", help="run one service: minedraft serve {target,draft,gateway} --help",
+                           description="Run one of the three services.")
+    roles = serve.add_subparsers(dest="role", required=True, metavar="{target,draft,gateway}")
+    parser.commands = {"up": up}  # to report a bad value as the command's own error
+    for role, cls in ROLES.items():
+        parser.commands[role] = roles.add_parser(role, help=cls.__doc__.split(":")[0], description=cls.__doc__)
+        service_parser(role, parser.commands[role])
 
     gen = sub.add_parser("generate", help="stream a completion from a running gateway")
     gen.add_argument("prompt")
@@ -112,11 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _validated(parser: argparse.ArgumentParser, cls, args):
+    try:
+        return from_flat(cls, vars(args))
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if argv and argv[0] == "serve":
-        return _cmd_serve(argv[1:])
     if argv and argv[0] == "bench":
         from minedraft.bench.cli import main as bench_main
 
@@ -125,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         from minedraft.train_tiny import main as train_main
 
         return train_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":  # a bad value is refused here, before the service imports torch
+        _validated(parser.commands[args.role], ROLES[args.role], args)
+        return _cmd_serve(args.role, argv[2:])
     if args.command == "up":
         if args.device.startswith("cuda"):
             args.pin = False
@@ -133,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             args.pin = False
         from minedraft.launcher import up
 
-        return up(args)
+        return up(_validated(parser.commands["up"], UpConfig, args))
     if args.command == "generate":
         return _cmd_generate(args)
     if args.command == "health":

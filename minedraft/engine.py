@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+from minedraft.config import EngineConfig
 from minedraft.runner import hf_adapter
 from minedraft.runner.model_runner import ModelRunner
 from minedraft.spec.compat import check_draft_fits_target, tokenizer_digest
@@ -13,7 +14,7 @@ from minedraft.spec.frontend import Frontend, SchedulerSink
 from minedraft.spec.local_workers import LocalDraftWorker, LocalTargetWorker
 from minedraft.spec.request import Request
 from minedraft.spec.sampling import SamplingParams
-from minedraft.spec.scheduler import Scheduler, check_mode_and_k
+from minedraft.spec.scheduler import Scheduler
 
 
 @dataclasses.dataclass
@@ -37,27 +38,30 @@ class Engine:
     def __init__(self, target: str | None = None, draft: str | None = None, mode: str = "psd",
                  num_speculative_tokens: int = 4, device: str = "cpu", draft_device: str | None = None,
                  dtype: str | None = None, max_num_seqs: int = 64, max_model_len: int | None = None,
-                 full_q: bool = True, q_dtype: str = "float32", kv_cache_memory: float | None = None, gpu_memory_utilization: float = 0.9,
-                 max_num_batched_tokens: int | None = None, block_size: int = 16,
+                 full_q: bool = True, q_dtype: str = "float32", kv_cache_memory: float | None = None,
+                 gpu_memory_utilization: float = 0.9, max_num_batched_tokens: int | None = None, block_size: int = 16,
                  num_kv_blocks: int | None = None, cuda_graphs: bool | None = None):
         if target is None:
             target, default_draft = default_model_paths()
             draft = draft if draft is not None else default_draft
-        check_mode_and_k(mode, num_speculative_tokens, draft is not None)  # before loading anything
+        # Every keyword checked before anything loads (minedraft.config names the field that is wrong).
+        # cuda_graphs: None = runner.CUDA_GRAPHS_DEFAULT (off until a GPU run has exercised them).
+        config = EngineConfig.from_kwargs(
+            target=target, draft=draft, mode=mode, num_speculative_tokens=num_speculative_tokens, device=device,
+            draft_device=draft_device, dtype=dtype, full_q=full_q, q_dtype=q_dtype, max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len, kv_cache_memory=kv_cache_memory,
+            gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
+            block_size=block_size, num_kv_blocks=num_kv_blocks, cuda_graphs=cuda_graphs)
         lookahead = num_speculative_tokens + 2
         # Target and draft each get the budget (kv_cache_memory / gpu_memory_utilization) on their device.
-        # cuda_graphs: None = runner.CUDA_GRAPHS_DEFAULT (off until a GPU run has exercised them).
-        memory = dict(kv_cache_memory=kv_cache_memory, gpu_memory_utilization=gpu_memory_utilization,
-                      max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
-                      num_kv_blocks=num_kv_blocks, cuda_graphs=cuda_graphs)
-        self.target_runner = ModelRunner(target, device, dtype, max_num_seqs, max_model_len, lookahead,
-                                         role="target", **memory)
+        memory = config.cache_kwargs()
+        self.target_runner = ModelRunner(target, device, dtype, lookahead=lookahead, role="target", **memory)
         self.draft_runner = None
         draft_worker = None
         self.tokenizer = hf_adapter.load_tokenizer(target)
         if draft is not None and mode != "ar":
-            self.draft_runner = ModelRunner(draft, draft_device or device, dtype, max_num_seqs,
-                                            max_model_len, lookahead, role="draft", **memory)
+            self.draft_runner = ModelRunner(draft, draft_device or device, dtype, lookahead=lookahead, role="draft",
+                                            **memory)
             # The gateway's pool checks the same two facts, as its workers report them.
             check_draft_fits_target(self.draft_runner.vocab_size, self.target_runner.vocab_size,
                                     tokenizer_digest(hf_adapter.load_tokenizer(draft)), tokenizer_digest(self.tokenizer))

@@ -9,40 +9,19 @@ import subprocess
 import sys
 import time
 
+from minedraft.config import UpConfig
+from minedraft.config.flags import from_flat, to_argv
 from minedraft.rpc.grpc_common import check_health
-from minedraft.runner.memory_flags import memory_argv
 
 
-def service_commands(args) -> dict[str, list[str]]:
+def service_commands(config: UpConfig) -> dict[str, list[str]]:
+    """The three command lines: each service's config derived from `up`'s, as flags (defaults left out)."""
+    if not isinstance(config, UpConfig):  # a namespace with some of up's flags (the bench's)
+        config = from_flat(UpConfig, vars(config))
     py = [sys.executable, "-m"]
-    target = py + ["target_service", "--port", str(args.target_port), "--device", args.device,
-                   "--bind", args.bind_workers]
-    draft = py + ["draft_service", "--port", str(args.draft_port), "--device", args.draft_device or args.device,
-                  "--bind", args.bind_workers]
-    target += memory_argv(args)
-    draft += memory_argv(args)
-    if args.target:
-        target += ["--model", args.target]
-    if args.draft:
-        draft += ["--model", args.draft]
-    if args.pin:  # the paper's two devices map onto two cores on a CPU machine
-        target += ["--cpu-cores", "0", "--threads", "1"]
-        draft += ["--cpu-cores", "1", "--threads", "1"]
-    host = "127.0.0.1"
-    gateway = py + ["gateway", "--port", str(args.port), "--bind", args.bind,
-                    "--target", f"{host}:{args.target_port}", "--draft", f"{host}:{args.draft_port}",
-                    "--mode", args.mode, "-k", str(args.k), "--transport", args.transport,
-                    "--max-num-seqs", str(getattr(args, "max_num_seqs", 64)),
-                    "--http-port", str(getattr(args, "http_port", 0))]
-    if getattr(args, "served_model_name", None):
-        gateway += ["--served-model-name", args.served_model_name]
-    if getattr(args, "max_waiting", None) is not None:
-        gateway += ["--max-waiting", str(args.max_waiting)]
-    if getattr(args, "target_metrics_port", 0):
-        target += ["--metrics-port", str(args.target_metrics_port)]
-    if getattr(args, "draft_metrics_port", 0):
-        draft += ["--metrics-port", str(args.draft_metrics_port)]
-    return {"target": target, "draft": draft, "gateway": gateway}
+    return {"target": py + ["target_service", *to_argv(config.target_config())],
+            "draft": py + ["draft_service", *to_argv(config.draft_config())],
+            "gateway": py + ["gateway", *to_argv(config.gateway_config())]}
 
 
 def _die_with_parent() -> None:
@@ -107,13 +86,14 @@ class LocalCluster:
                 proc.wait()
 
 
-def up(args) -> int:
-    commands = service_commands(args)
-    if args.api_key:  # through the environment, not argv: `ps` shows argv to every user
+def up(config: UpConfig) -> int:
+    commands = service_commands(config)
+    spec, keys, http_port = config.speculation, config.front_door.api_key, config.front_door.http_port
+    if keys:  # through the environment, not argv: `ps` shows argv to every user
         from minedraft.rpc.auth import ENV_VAR, parse_keys
 
-        os.environ[ENV_VAR] = ",".join(parse_keys(args.api_key))
-    cluster = LocalCluster(commands, log_dir=args.log_dir)
+        os.environ[ENV_VAR] = ",".join(parse_keys(keys))
+    cluster = LocalCluster(commands, log_dir=config.log_dir)
     stopping = {"flag": False}
 
     def on_signal(signum, frame):
@@ -121,17 +101,17 @@ def up(args) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    print(f"minedraft up: starting target, draft and gateway ({args.device}, mode {args.mode}, k {args.k})",
+    print(f"minedraft up: starting target, draft and gateway ({config.device}, mode {spec.mode}, k {spec.k})",
           flush=True)
     cluster.start()
     try:
-        cluster.wait_healthy({"target": f"127.0.0.1:{args.target_port}", "draft": f"127.0.0.1:{args.draft_port}",
-                              "gateway": f"127.0.0.1:{args.port}"}, timeout=args.startup_timeout,
+        cluster.wait_healthy({"target": f"127.0.0.1:{config.target_port}", "draft": f"127.0.0.1:{config.draft_port}",
+                              "gateway": f"127.0.0.1:{config.port}"}, timeout=config.startup_timeout,
                              progress=lambda m: print(m, flush=True), should_stop=lambda: stopping["flag"])
-        print(f"MineDraft is up: gateway at {args.bind}:{args.port} (gRPC, minedraft.v1.Gateway)\n"
-              + (f"  OpenAI-compatible HTTP API at http://{args.bind}:{args.http_port}/v1 (/health, /metrics)\n"
-                 if args.http_port else "") +
-              f'  try: minedraft generate "def fibonacci(n):" --address 127.0.0.1:{args.port}\n'
+        print(f"MineDraft is up: gateway at {config.bind}:{config.port} (gRPC, minedraft.v1.Gateway)\n"
+              + (f"  OpenAI-compatible HTTP API at http://{config.bind}:{http_port}/v1 (/health, /metrics)\n"
+                 if http_port else "") +
+              f'  try: minedraft generate "def fibonacci(n):" --address 127.0.0.1:{config.port}\n'
               "  Ctrl-C stops all three.", flush=True)
         while not stopping["flag"]:
             dead = cluster.first_exited()

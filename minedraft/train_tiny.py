@@ -1,4 +1,4 @@
-"""Train the tiny target/draft pair bundled in ``minedraft/assets`` (GitHub issue 4).
+"""Train the tiny target/draft pair bundled in ``minedraft/assets``.
 
 Everything comes from fixed seeds and the Python standard library's own source, so the pair can be
 rebuilt on any machine without downloads:

@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from minedraft.rpc.channels import open_reader
-from minedraft.spec.scheduler import MAX_SPECULATIVE_TOKENS
 import torch
 import torch.nn.functional as F
 
+from minedraft.config import MAX_SPECULATIVE_TOKENS, TargetConfig
+from minedraft.config.flags import parse, service_parser
+from minedraft.rpc.channels import open_reader
 from minedraft.rpc.grpc_common import log, ref_from_proto, spec_from_proto
 from minedraft.spec.local_workers import LocalTargetWorker
 from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from minedraft.rpc.worker_service import WorkerServicerBase, add_worker_arguments, load_runner, serve
+from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, serve
 from minedraft.spec.workers import Proposal
 
 SERVICE = "minedraft.v1.TargetWorker"
@@ -23,8 +24,8 @@ SERVICE = "minedraft.v1.TargetWorker"
 class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
     role = "target"
 
-    def __init__(self, runner, model_path):
-        super().__init__(runner, model_path, LocalTargetWorker(runner))
+    def __init__(self, runner, model_path, max_num_seqs: int):
+        super().__init__(runner, model_path, LocalTargetWorker(runner), max_num_seqs)
         self.readers = {}  # channel id -> reader, opened once and cached
 
     def OpenChannel(self, request, context):
@@ -109,13 +110,12 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minedraft serve target", description="Run the target service.")
-    add_worker_arguments(parser, default_port=50052)
-    return parser
+    return service_parser("target")
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    runner, path = load_runner(args, "target", lookahead=MAX_SPECULATIVE_TOKENS + 2)
-    serve(TargetServicer(runner, path), worker_pb2_grpc.add_TargetWorkerServicer_to_server, SERVICE, args)
+    config, args = parse(build_parser(), TargetConfig, argv)
+    runner, path = load_runner(config, "target", lookahead=MAX_SPECULATIVE_TOKENS + 2)
+    servicer = TargetServicer(runner, path, config.model.cache.max_num_seqs)
+    serve(servicer, worker_pb2_grpc.add_TargetWorkerServicer_to_server, SERVICE, args)
     return 0

@@ -9,7 +9,7 @@ import torch
 from minedraft import Engine, SamplingParams
 from minedraft.runner.cuda_graphs import GraphRunner, bucket_for, width_bucket
 from minedraft.runner.hf_adapter import greedy_generate, save_random_model
-from minedraft.runner.memory_flags import memory_argv
+from minedraft.config.flags import memory_argv
 from minedraft.runner.model_runner import ModelRunner
 from model_factory import family_config
 

@@ -47,6 +47,7 @@ import types
 from minedraft.bench.runners import (ALL_MODES, BATCH1_MODES, HF_MODES, INPROC_MODES, PAPER_MODES, PAPER_QUEUE_FACTOR,
                                      SERVICE_MODES, BenchError, Workload, check_round, run_inproc_round,
                                      run_service_round)
+from minedraft.config import TRANSPORT_CHOICES
 
 QUICK = dict(num_requests=4, max_tokens=8, rounds=2, hf_requests=2, paper_batch=2)
 DEFAULTS = dict(num_requests=16, max_tokens=64, rounds=5, hf_requests=4, paper_batch=16)
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (GPU: both services share it, no CPU pinning)")
     p.add_argument("--no-pin", dest="pin", action="store_false",
                    help="on CPU, do not pin the services (see CPU placement below)")
-    p.add_argument("--transport", default="auto", choices=["auto", "cuda_ipc", "shm", "inline"])
+    p.add_argument("--transport", default="auto", choices=TRANSPORT_CHOICES)
     p.add_argument("--seed", type=int, default=0,
                    help="synthetic prompts, Poisson arrivals and per-request sampling seeds")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
@@ -269,7 +270,7 @@ def start_cluster(args, log_dir: str):
     ns = types.SimpleNamespace(target=args.target, draft=args.draft, device=args.device, draft_device=None,
                                bind_workers="127.0.0.1", target_port=free_port(), draft_port=free_port(),
                                port=free_port(), bind="127.0.0.1", mode="sd", k=args.k, transport=args.transport,
-                               pin=args.pin, max_num_seqs=service_max_num_seqs(args))
+                               pin=args.pin, max_num_seqs=service_max_num_seqs(args), http_port=0)
     cluster = LocalCluster(service_commands(ns), log_dir=log_dir)
     cluster.start()
     cluster.addresses = {"target": f"127.0.0.1:{ns.target_port}", "draft": f"127.0.0.1:{ns.draft_port}",

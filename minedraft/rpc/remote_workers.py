@@ -11,19 +11,10 @@ import time
 
 import grpc
 
+from minedraft.config import TimeoutConfig
 from minedraft.rpc.grpc_common import insecure_channel, params_to_proto
 from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from minedraft.spec.workers import DraftWorker, NewRequest, NoRoom, Proposal, TargetWorker, Verdict
-
-class CallTimeouts:
-    """Deadlines of worker calls: a worker that does not answer in time (hung, SIGSTOPped, its host
-    gone) is treated as dead. The gateway sets them from --worker-timeout-s / --prefill-timeout-s."""
-
-    step_s = 60.0  # propose, verify, decode, release
-    prefill_s = 600.0  # add: a long prompt's prefill on CPU takes minutes
-
-
-TIMEOUTS = CallTimeouts()
 
 
 def _new_requests_proto(requests: list[NewRequest]) -> worker_pb2.AddRequest:
@@ -83,9 +74,16 @@ def _propose_request(request_ids, k: int, updates) -> worker_pb2.ProposeRequest:
                                      updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()})
 
 
+DEFAULT_TIMEOUTS = TimeoutConfig()  # frozen: one instance serves every default
+
+
 class _Remote:
-    def __init__(self, address: str, stub_cls):
-        self.address = address
+    """timeouts: deadlines of the calls (the gateway's --worker-timeout-s / --prefill-timeout-s); a
+    worker that does not answer in time (hung, SIGSTOPped, its host gone) is treated as dead."""
+
+    def __init__(self, address: str, stub_cls, timeouts: TimeoutConfig):
+        self.address, self.timeouts = address, timeouts
+        self.step_s, self.prefill_s = timeouts.worker_timeout_s, timeouts.prefill_timeout_s
         self.channel = insecure_channel(address)
         self.stub = stub_cls(self.channel)
 
@@ -93,16 +91,17 @@ class _Remote:
         return self.stub.Info(worker_pb2.InfoRequest(), timeout=timeout)
 
     def release(self, request_ids):
-        self.stub.Release(worker_pb2.ReleaseRequest(request_ids=list(request_ids)), timeout=TIMEOUTS.step_s)
+        self.stub.Release(worker_pb2.ReleaseRequest(request_ids=list(request_ids)), timeout=self.step_s)
 
     def close(self):
         self.channel.close()
 
 
 class RemoteDraftWorker(_Remote, DraftWorker):
-    def __init__(self, address: str):
-        super().__init__(address, worker_pb2_grpc.DraftWorkerStub)
+    def __init__(self, address: str, timeouts: TimeoutConfig = DEFAULT_TIMEOUTS):
+        super().__init__(address, worker_pb2_grpc.DraftWorkerStub, timeouts)
         self.channel_id = address
+        self.max_k = 0  # from its Info when it joins a pool (0: unknown, an older node)
 
     def handshake(self, target_info: worker_pb2.WorkerInfo, forced: str | None) -> worker_pb2.HandshakeReply:
         return self.stub.Handshake(worker_pb2.HandshakeRequest(
@@ -111,21 +110,22 @@ class RemoteDraftWorker(_Remote, DraftWorker):
             timeout=30.0)
 
     def add(self, requests):
-        return self.stub.Add(_new_requests_proto(requests), timeout=TIMEOUTS.prefill_s).num_admitted
+        return self.stub.Add(_new_requests_proto(requests), timeout=self.prefill_s).num_admitted
 
     def propose(self, request_ids, k, updates):
         return self.start_propose(request_ids, k, updates).result()
 
     def start_propose(self, request_ids, k, updates, pool=None) -> _CallInFlight:
         ids = list(request_ids)
-        call = self.stub.Propose.future(_propose_request(ids, k, updates), timeout=TIMEOUTS.step_s)
+        call = self.stub.Propose.future(_propose_request(ids, k, updates), timeout=self.step_s)
         return _CallInFlight(call, lambda reply, done_at: _proposal(reply, ids, k, self.channel_id, done_at))
 
 
 
 class RemoteTargetWorker(_Remote, TargetWorker):
-    def __init__(self, address: str, info: worker_pb2.WorkerInfo | None = None):
-        super().__init__(address, worker_pb2_grpc.TargetWorkerStub)
+    def __init__(self, address: str, info: worker_pb2.WorkerInfo | None = None,
+                 timeouts: TimeoutConfig = DEFAULT_TIMEOUTS):
+        super().__init__(address, worker_pb2_grpc.TargetWorkerStub, timeouts)
         info = info or self.info()
         self.context_len, self.vocab_size = info.context_len, info.vocab_size
 
@@ -135,7 +135,7 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         return reply.transport
 
     def add(self, requests):
-        reply = self.stub.Add(_new_requests_proto(requests), timeout=TIMEOUTS.prefill_s)
+        reply = self.stub.Add(_new_requests_proto(requests), timeout=self.prefill_s)
         return [None if t < 0 else t for t in reply.first_tokens[:reply.num_admitted]]
 
     def verify(self, proposal: Proposal) -> Verdict:
@@ -144,7 +144,7 @@ class RemoteTargetWorker(_Remote, TargetWorker):
     def start_verify(self, proposal: Proposal) -> _CallInFlight:
         parts = [worker_pb2.ProposalPart(channel_id=cid, block=ref, num_requests=n) for cid, ref, n in proposal.parts]
         call = self.stub.Verify.future(worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k,
-                                                                parts=parts), timeout=TIMEOUTS.step_s)
+                                                                parts=parts), timeout=self.step_s)
         ids = list(proposal.request_ids)
         return _CallInFlight(call, lambda reply, done_at: Verdict(
             ids, [list(t.tokens) for t in reply.tokens], list(reply.num_accepted), compute_s=reply.compute_s,
@@ -152,7 +152,7 @@ class RemoteTargetWorker(_Remote, TargetWorker):
 
     @_no_room_as_exception
     def decode(self, request_ids):
-        reply = self.stub.Decode(worker_pb2.DecodeRequest(request_ids=list(request_ids)), timeout=TIMEOUTS.step_s)
+        reply = self.stub.Decode(worker_pb2.DecodeRequest(request_ids=list(request_ids)), timeout=self.step_s)
         self.last_decode_compute_s = reply.compute_s
         return list(reply.tokens)
 

@@ -19,11 +19,6 @@ TIMED_RPCS = ("Add", "Propose", "Verify", "Decode", "Release")
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
-def add_metrics_argument(parser) -> None:
-    parser.add_argument("--metrics-port", type=int, default=0,
-                        help="serve Prometheus /metrics on this port, on --bind (default 0: off)")
-
-
 class ServiceMetrics:
     def __init__(self, servicer):
         self.servicer = servicer

@@ -3,7 +3,7 @@ worker (gRPC calls arrive on a thread pool; the runner is single-threaded), and 
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import signal
 import threading
@@ -12,13 +12,13 @@ import uuid
 
 import torch
 
+from minedraft.config import MAX_SPECULATIVE_TOKENS
 from minedraft.runner import hf_adapter
 from minedraft.rpc.channels import host_id, local_capabilities
-from minedraft.runner.memory_flags import add_memory_arguments, memory_kwargs
 from minedraft.rpc.grpc_common import (abort_with, add_health_and_reflection, exit_after, log, make_server,
                                    params_from_proto, set_serving, setup_logging)
 from minedraft.runner.model_runner import ModelRunner
-from minedraft.rpc.service_metrics import add_metrics_argument, start_service_metrics
+from minedraft.rpc.service_metrics import start_service_metrics
 from minedraft.v1 import worker_pb2
 from minedraft.spec.compat import tokenizer_digest
 from minedraft.spec.workers import NewRequest
@@ -34,7 +34,8 @@ def device_uuid(device: str) -> str:
 class WorkerServicerBase:
     role = ""
 
-    def __init__(self, runner: ModelRunner, model_path: str, worker):
+    def __init__(self, runner: ModelRunner, model_path: str, worker, max_num_seqs: int,
+                 max_k: int = MAX_SPECULATIVE_TOKENS, method: str = ""):
         self.runner = runner
         # The target checks ids against its vocabulary; a draft also reads the ids of a larger target
         # vocabulary (it has a prefix of it; see LocalDraftWorker._forward).
@@ -46,7 +47,7 @@ class WorkerServicerBase:
             vocab_size=runner.vocab_size, context_len=runner.context_len,
             transports=local_capabilities(str(runner.device)), hostname=host_id(), pid=os.getpid(),
             tokenizer_fingerprint=tokenizer_digest(hf_adapter.load_tokenizer(model_path)),  # the pool's compat check
-            architecture=runner.cfg.architecture,
+            architecture=runner.cfg.architecture, max_k=max_k, max_num_seqs=max_num_seqs, method=method,
             instance_id=uuid.uuid4().hex)  # new at every start: the gateway sees a restart by it
 
     def Info(self, request, context):
@@ -85,21 +86,6 @@ class WorkerServicerBase:
             abort_with(context, exc)
 
 
-def add_worker_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
-    parser.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny model)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
-    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (0.0.0.0 in containers)")
-    parser.add_argument("--port", type=int, default=default_port)
-    add_memory_arguments(parser)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--cpu-cores", default=None, help="pin to these CPU cores, e.g. '0' or '0,1'")
-    parser.add_argument("--log-level", default="INFO")
-    add_metrics_argument(parser)
-    parser.add_argument("--drain-s", type=float, default=5.0,
-                        help="on SIGTERM, how long in-flight calls may finish (the process exits within drain + 5 s)")
-
-
 def apply_cpu_placement(threads: int | None, cpu_cores: str | None) -> None:
     if cpu_cores:
         os.sched_setaffinity(0, {int(c) for c in cpu_cores.split(",")})
@@ -135,15 +121,17 @@ def serve(servicer, add_to_server, service_full_name: str, args) -> None:
     log.info("%s stopped", servicer.role)
 
 
-def load_runner(args, role: str, lookahead: int) -> tuple[ModelRunner, str]:
-    setup_logging(args.log_level)
-    apply_cpu_placement(args.threads, args.cpu_cores)
-    path = args.model
+def load_runner(config, role: str, lookahead: int) -> tuple[ModelRunner, str]:
+    """config: a TargetConfig or DraftConfig (minedraft.config)."""
+    model = config.model
+    setup_logging(config.service.log_level)
+    apply_cpu_placement(config.placement.threads, config.placement.cpu_cores)
+    path = model.model
     if not path:
         from minedraft import assets
 
         path = assets.default_target_path() if role == "target" else assets.default_draft_path()
-    log.info("%s: loading %s on %s", role, path, args.device)
-    runner = ModelRunner(path, args.device, None if args.dtype == "auto" else args.dtype,
-                         args.max_num_seqs, args.max_model_len, lookahead, role=role, **memory_kwargs(args))
+    log.info("%s: loading %s on %s", role, path, model.device)
+    runner = ModelRunner(path, model.device, None if model.dtype == "auto" else model.dtype, lookahead=lookahead,
+                         role=role, **dataclasses.asdict(model.cache))
     return runner, path

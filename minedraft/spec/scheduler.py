@@ -19,23 +19,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from minedraft.config import MAX_SPECULATIVE_TOKENS, MODES, check_mode_and_k  # noqa: F401 - importable from here
 from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.spec.request import Request
 from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal, TargetWorker
-
-MODES = ("ar", "sd", "psd")
-MAX_SPECULATIVE_TOKENS = 16
-
-
-def check_mode_and_k(mode: str, k, has_draft: bool) -> None:
-    """The one validation of a schedule's mode and k (Engine, gateway and reconfigure use it)."""
-    if mode not in MODES:
-        raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode != "ar" and not has_draft:
-        raise ValueError(f"mode: {mode!r} needs a draft model")
-    if not isinstance(k, int) or not 1 <= k <= MAX_SPECULATIVE_TOKENS:
-        raise ValueError(f"num_speculative_tokens: must be an integer in [1, {MAX_SPECULATIVE_TOKENS}], got {k!r}")
-
 
 @dataclasses.dataclass
 class _InFlight:
@@ -419,5 +406,7 @@ class Scheduler:
         max_num_seqs = max_num_seqs or self.max_num_seqs
         if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
             raise ValueError(f"max_num_seqs: must be an integer >= 1, got {max_num_seqs!r}")
+        if self.draft is not None:
+            self.draft.require_k(k)  # a draft node's --max-k may be below it
         self.mode, self.k, self.max_num_seqs = mode, k, max_num_seqs
         self.metrics = SpecDecodeMetrics(self.k)

@@ -99,6 +99,10 @@ class DraftWorker(abc.ABC):
     def release(self, request_ids: list[str]) -> None:
         """Forget the requests and free their cache rows (unknown ids are ignored)."""
 
+    def require_k(self, k: int) -> None:
+        """Raise ValueError (naming num_speculative_tokens) when this draft cannot propose k tokens.
+        In process: any k the schedule accepts; the gateway's pool checks its nodes' --max-k."""
+
     def close(self) -> None:
         pass
 

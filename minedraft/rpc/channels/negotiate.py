@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from minedraft.config import TRANSPORTS
 from minedraft.rpc.channels.base import ChannelError, ChannelReader, ChannelSpec, ChannelWriter, NegotiationError
 
-PREFERENCE = ("cuda_ipc", "shm", "inline")  # fastest first
+PREFERENCE = TRANSPORTS  # fastest first; the flags' choices come from the same tuple
 SAME_HOST_ONLY = frozenset({"cuda_ipc", "shm"})
 
 
