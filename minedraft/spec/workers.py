@@ -13,7 +13,7 @@ import abc
 import dataclasses
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable
 
 from minedraft.runner.block_manager import NoRoom  # noqa: F401 - part of the worker contract
 from minedraft.spec.sampling import SamplingParams
@@ -98,6 +98,11 @@ class DraftWorker(abc.ABC):
     @abc.abstractmethod
     def release(self, request_ids: list[str]) -> None:
         """Forget the requests and free their cache rows (unknown ids are ignored)."""
+
+    def attach(self, committed: Callable[[str], NewRequest]) -> None:
+        """The scheduler owns the committed tokens: `committed(request_id)` is a running request's resume
+        NewRequest. A draft that moves requests between nodes prefills them from it rather than keep
+        a copy; one row per request needs nothing beyond `updates`."""
 
     def close(self) -> None:
         pass
