@@ -103,3 +103,22 @@ def test_engine_close_closes_the_scheduler_and_its_draft(llama_pair):
     assert closed == [True]
     with pytest.raises(RuntimeError):  # its worker threads are shut down
         engine.scheduler._pool.submit(print)
+
+
+@pytest.mark.parametrize("mode", ["ar", "sd", "psd"])
+def test_worker_rows_keep_only_what_their_kv_cache_needs(llama_pair, mode):
+    target, draft, _ = llama_pair
+    engine = Engine(target, draft, mode=mode, num_speculative_tokens=3)
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    reqs = [engine.make_request([1, 5 + i, 9, 13, 4, 8, 2], params) for i in range(3)]
+    for r in reqs:
+        engine.scheduler.add(r)
+    books = [engine.scheduler.target.book] + ([engine.scheduler.draft.book] if mode != "ar" else [])
+    longest = 0
+    while engine.has_unfinished():
+        engine.step()
+        for book in books:
+            for state in book.states.values():
+                longest = max(longest, len(state.tokens.tail))
+    assert all(len(r.output_ids) == 40 for r in reqs)
+    assert longest <= 3 + 2  # k drafts and the pending token, not the whole sequence
