@@ -6,7 +6,7 @@
 - Each request lives on one node (its KV cache is there); new requests go to the least-loaded node,
   so a batch is split over the nodes, which draft their shares in parallel.
 - A node that fails a call is dropped; its requests are re-homed on the survivors by prefilling them
-  with every token committed so far (the pool keeps that record), and the call is retried. With no
+  with every token committed so far (the scheduler's record, `attach`), and the call is retried. With no
   node left, `propose` raises NoDraftAvailable and the scheduler decodes target-only until a node is
   back. Output stays lossless throughout: drafts only ever change speed.
 """
@@ -24,19 +24,17 @@ import grpc
 
 from minedraft.rpc.remote_workers import RemoteDraftWorker, RemoteTargetWorker
 from minedraft.spec.compat import check_draft_fits_target
-from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal
 
 log = logging.getLogger("minedraft.gateway")
 
 
 @dataclasses.dataclass
-class _Known:
-    tokens: list[int]  # every committed token (prompt included)
-    params: SamplingParams
-    seed: int
+class _Home:
     node: str | None = None  # address of the node holding it
-    pending: list[int] = dataclasses.field(default_factory=list)  # committed, not yet sent to the node
+    # Committed tokens its node lacks (the last ones of the scheduler's record): handed to the pool but
+    # not sent, when a proposal stopped at NoRoom while homing another request.
+    unsent: int = 0
 
 
 def resolve_endpoints(endpoints: list[str]) -> list[str]:
@@ -70,7 +68,8 @@ class DraftPool(DraftWorker):
         self.transports: dict[str, str] = {}
         self.identities: dict[str, tuple] = {}  # address -> (host id, pid, instance): one process, one node
         self.context_lens: dict[str, int] = {}  # address -> longest sequence its KV budget holds
-        self.known: dict[str, _Known] = {}
+        self.homes: dict[str, _Home] = {}
+        self.committed = None  # the scheduler's record (attach): request id -> resume NewRequest
         self.lock = threading.RLock()
         self._calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="minedraft-draft-call")
         self._last_refresh = 0.0
@@ -143,9 +142,9 @@ class DraftPool(DraftWorker):
             self.transports.pop(address, None)
             self.identities.pop(address, None)
             self.context_lens.pop(address, None)
-            for known in self.known.values():
-                if known.node == address:
-                    known.node = None
+            for home in self.homes.values():
+                if home.node == address:
+                    home.node = None
         if node is not None:
             node.close()
             log.warning("gateway: draft node %s dropped (%s); %d node(s) live", address,
@@ -157,7 +156,7 @@ class DraftPool(DraftWorker):
         target opens."""
         with self.lock:
             for address, node in list(self.nodes.items()):
-                ids = [rid for rid, k in self.known.items() if k.node == address]
+                ids = [rid for rid, h in self.homes.items() if h.node == address]
                 try:
                     if ids:
                         node.release(ids)
@@ -168,7 +167,7 @@ class DraftPool(DraftWorker):
             self.transports.clear()
             self.identities.clear()
             self.context_lens.clear()
-            self.known.clear()
+            self.homes.clear()
             self.target, self.target_info = target, target_info
         self.refresh()
 
@@ -190,9 +189,10 @@ class DraftPool(DraftWorker):
         return ",".join(sorted(set(self.transports.values()))) or "none"
 
     # -- placement -----------------------------------------------------------------------------------
-    def _home(self, request_ids: list[str]) -> None:
-        """Give every request a live node, prefilling the ones that have none (new or orphaned)."""
-        homeless = [rid for rid in request_ids if self.known[rid].node not in self.nodes]
+    def _home(self, request_ids: list[str], resume) -> None:
+        """Give every request a live node, prefilling the ones that have none (new or orphaned) with
+        `resume(request_id)`: every committed token, the last one pending."""
+        homeless = [rid for rid in request_ids if self.homes[rid].node not in self.nodes]
         if not homeless:
             return
         if not self.nodes and time.monotonic() - self._last_refresh > 1.0:
@@ -201,30 +201,28 @@ class DraftPool(DraftWorker):
             if not self.nodes:
                 raise NoDraftAvailable("no draft node is reachable")
             load = {a: 0 for a in self.nodes}
-            for k in self.known.values():
-                if k.node in load:
-                    load[k.node] += 1
+            for h in self.homes.values():
+                if h.node in load:
+                    load[h.node] += 1
             groups: dict[str, list[str]] = {}
             for rid in homeless:
                 address = min(load, key=load.get)
                 load[address] += 1
                 groups.setdefault(address, []).append(rid)
-            results, failed = self._parallel({a: (self._prefill, a, ids) for a, ids in groups.items()})
+            results, failed = self._parallel({a: (self._prefill, a, [resume(rid) for rid in ids])
+                                              for a, ids in groups.items()})
             homeless = [rid for a in failed for rid in groups[a]]
             no_room = [rid for left in results.values() for rid in left]
             if no_room:  # those nodes' caches are full: the scheduler preempts (or admits fewer)
                 raise NoRoom(message=f"no room: draft nodes could not take {len(no_room)} request(s)")
 
-    def _prefill(self, address: str, ids: list[str]) -> list[str]:
-        """Prefill ids on a node; return those it had no room for."""
-        # resume=True: the node gets every committed token, the last one pending (draft add does so anyway).
-        reqs = [NewRequest(rid, list(self.known[rid].tokens), self.known[rid].params, self.known[rid].seed,
-                           resume=True) for rid in ids]
+    def _prefill(self, address: str, reqs: list[NewRequest]) -> list[str]:
+        """Prefill reqs on a node; return the ids of those it had no room for."""
         admitted = self.nodes[address].add(reqs)
-        for rid in ids[:admitted]:
-            self.known[rid].node = address
-            self.known[rid].pending = []
-        return ids[admitted:]
+        for r in reqs[:admitted]:
+            home = self.homes[r.request_id]
+            home.node, home.unsent = address, 0
+        return [r.request_id for r in reqs[admitted:]]
 
     def _parallel(self, calls: dict) -> tuple[dict, dict]:
         """Run {address: (fn, *args)} on the nodes concurrently; drop the nodes whose call failed.
@@ -244,17 +242,23 @@ class DraftPool(DraftWorker):
         return results, failed
 
     # -- DraftWorker -----------------------------------------------------------------------------------
+    def attach(self, committed) -> None:
+        self.committed = committed
+
     def add(self, requests: list[NewRequest]) -> int:
         """Admit the longest prefix of requests that the nodes have room for."""
         with self.lock:
+            # Not running yet, so not in the scheduler's record: prefilled from what they came with.
+            # resume=True: the node gets every token, the last one pending (draft add does so anyway).
+            given = {r.request_id: dataclasses.replace(r, resume=True) for r in requests}
             for r in requests:
-                self.known[r.request_id] = _Known(list(r.prompt_ids), r.params, r.seed)
+                self.homes[r.request_id] = _Home()
             try:
-                self._home([r.request_id for r in requests])
+                self._home([r.request_id for r in requests], given.__getitem__)
             except NoDraftAvailable:
                 pass  # they get a node when one is back
             except NoRoom:
-                homed = [self.known[r.request_id].node in self.nodes for r in requests]
+                homed = [self.homes[r.request_id].node in self.nodes for r in requests]
                 admitted = homed.index(False)
                 self.release([r.request_id for r in requests[admitted:]])
                 return admitted
@@ -267,32 +271,37 @@ class DraftPool(DraftWorker):
         """Send each node its share now (on each node's own caller thread); collect with .result()."""
         with self.lock:
             for rid, tokens in updates.items():
-                self.known[rid].tokens.extend(tokens)
-                self.known[rid].pending.extend(tokens)
-            self._home(request_ids)
+                self.homes[rid].unsent += len(tokens)
+            self._home(request_ids, self.committed)  # a prefill holds every unsent token
             groups: dict[str, list[str]] = {}
             for rid in request_ids:
-                groups.setdefault(self.known[rid].node, []).append(rid)
+                groups.setdefault(self.homes[rid].node, []).append(rid)
             calls = {}
             for address, ids in groups.items():
                 node = self.nodes[address]
-                calls[address] = (node, ids, node.start_propose(ids, k, {rid: self.known[rid].pending for rid in ids}))
+                calls[address] = (node, ids, node.start_propose(ids, k, {rid: self._unsent(rid, updates)
+                                                                         for rid in ids}))
                 # Sent: a node absorbs them even when it answers NoRoom, and a failed node's requests
-                # are re-homed from every committed token (which resets pending).
-                self._sent(ids)
+                # are re-homed from every committed token.
+                for rid in ids:
+                    self.homes[rid].unsent = 0
         return _PendingPoolProposal(self, list(request_ids), k, calls)
 
-    def _sent(self, ids: list[str]) -> None:
-        for rid in ids:
-            self.known[rid].pending = []
+    def _unsent(self, rid: str, updates) -> list[int]:
+        """The committed tokens rid's node lacks: this call's updates, or (after a NoRoom) more of the
+        last ones, read from the scheduler's record."""
+        n, update = self.homes[rid].unsent, updates.get(rid, [])
+        if n == len(update):
+            return update
+        return self.committed(rid).prompt_ids[-n:] if n else []
 
     def release(self, request_ids) -> None:
         with self.lock:
             groups: dict[str, list[str]] = {}
             for rid in request_ids:
-                known = self.known.pop(rid, None)
-                if known is not None and known.node in self.nodes:
-                    groups.setdefault(known.node, []).append(rid)
+                home = self.homes.pop(rid, None)
+                if home is not None and home.node in self.nodes:
+                    groups.setdefault(home.node, []).append(rid)
             self._parallel({a: (self.nodes[a].release, ids) for a, ids in groups.items()})
 
     def close(self) -> None:

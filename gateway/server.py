@@ -94,4 +94,5 @@ def drain(conn: Connection, http, server, drain_s: float) -> None:
     server.stop(grace=1.0).wait(2.0)
     if loop is not None:
         loop.stop()
+        loop.scheduler.close()  # its worker threads and the draft pool's node connections
     log.info("gateway stopped")

@@ -124,6 +124,16 @@ class Engine:
     def metrics(self):
         return self.scheduler.metrics
 
+    def close(self) -> None:
+        """Stop the scheduler's worker threads (and close its draft)."""
+        self.scheduler.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _progress(total: int, enabled: bool):
     if not enabled:

@@ -16,7 +16,6 @@ class NoRoom(RuntimeError):
 
     def __init__(self, needed: int = 0, free: int = 0, message: str | None = None):
         super().__init__(message or f"no room: this step needs {needed} more KV blocks, {free} free")
-        self.needed, self.free = needed, free
 
 
 NULL_BLOCK = 0

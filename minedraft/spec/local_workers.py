@@ -27,13 +27,50 @@ TARGET_STREAM, DRAFT_STREAM = 0, 0x5EED  # the draft's random stream differs fro
 Q_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+class _Committed:
+    """A row's committed tokens as far as its KV cache needs them: how many there are, and those from
+    the first that a later step may (re)write. The older ones are in the cache for good; the whole
+    record is the scheduler's (Request), so a worker keeps no copy of it."""
+
+    __slots__ = ("start", "tail")
+
+    def __init__(self, tokens: list[int]):
+        # add() prefills all but the last (or all, for a fresh target row); no rollback goes below that
+        self.start, self.tail = len(tokens) - 1, list(tokens[-1:])
+
+    def __len__(self) -> int:
+        return self.start + len(self.tail)
+
+    @property
+    def last(self) -> int:
+        return self.tail[-1]
+
+    def since(self, i: int) -> list[int]:
+        if i < self.start:
+            raise IndexError(f"committed token {i} was settled (tokens are kept from {self.start})")
+        return self.tail[i - self.start:]
+
+    def append(self, token: int) -> None:
+        self.tail.append(token)
+
+    def extend(self, tokens: list[int]) -> None:
+        self.tail.extend(tokens)
+
+    def settle(self, kv_len: int) -> None:
+        """Forget what no later step reads: a rollback keeps at least min(kv_len, len - 1) positions."""
+        drop = min(kv_len, len(self) - 1) - self.start
+        if drop > 0:
+            del self.tail[:drop]
+            self.start += drop
+
+
 @dataclasses.dataclass
 class _RowState:
     row: int  # the runner's sequence handle
     seed: int
     params: SamplingParams
     generator: torch.Generator
-    tokens: list[int]  # every token of the sequence the worker knows to be committed
+    tokens: _Committed  # the committed tokens its KV cache still needs
     drafted: list[int] = dataclasses.field(default_factory=list)  # draft side: last proposal
 
 
@@ -64,7 +101,7 @@ class _RowBook:
 
     def add(self, req: NewRequest) -> _RowState:
         gen = make_generator(step_seed(req.seed, self.stream, len(req.prompt_ids)), self.runner.device)
-        state = _RowState(self.runner.allocate(), req.seed, req.params, gen, list(req.prompt_ids))
+        state = _RowState(self.runner.allocate(), req.seed, req.params, gen, _Committed(req.prompt_ids))
         self.states[req.request_id] = state
         return state
 
@@ -73,6 +110,10 @@ class _RowBook:
         if missing:
             raise KeyError(f"unknown request ids: {missing}")
         return [self.states[r] for r in request_ids]
+
+    def settle(self, states: list[_RowState]) -> None:
+        for s in states:
+            s.tokens.settle(self.runner.length(s.row))
 
     def reseed(self, states: list[_RowState]) -> None:
         """Seed each sampled row's generator from its committed length (see step_seed)."""
@@ -117,9 +158,9 @@ class LocalDraftWorker(DraftWorker):
         admitted = self.book.admit(requests)
         states = [self.book.add(r) for r in admitted]
         # The last known token stays pending: propose() feeds it and gets the next logits.
-        with_context = [s for s in states if len(s.tokens) > 1]
+        with_context = [(s, r) for s, r in zip(states, admitted) if len(r.prompt_ids) > 1]
         if with_context:
-            self._forward([s.row for s in with_context], [s.tokens[:-1] for s in with_context])
+            self._forward([s.row for s, _ in with_context], [r.prompt_ids[:-1] for _, r in with_context])
         return len(admitted)
 
     def _forward(self, rows, tokens):
@@ -144,6 +185,7 @@ class LocalDraftWorker(DraftWorker):
         # proposal (NoRoom, draft failover) no update arrives and the drafts just roll back.
         self.runner.rollback(state.row, min(kv_len, committed + same, committed + len(update) - 1))
         state.tokens.extend(update)
+        state.tokens.settle(self.runner.length(state.row))
         state.drafted = []
 
     def propose(self, request_ids, k, updates):
@@ -161,7 +203,7 @@ class LocalDraftWorker(DraftWorker):
         want_q = self.full_q and bool(sampled)
         if not self.full_q:  # one-hot q: the draft must be deterministic, so draft greedily
             params = [dataclasses.replace(p, temperature=0.0) for p in params]
-        pending = [s.tokens[self.runner.length(s.row):] for s in states]
+        pending = [s.tokens.since(self.runner.length(s.row)) for s in states]
         tokens, probs = [], []
         for step in range(k):
             logits = self._forward(rows, pending)
@@ -200,16 +242,15 @@ class LocalTargetWorker(TargetWorker):
         admitted = self.book.admit(requests)
         states = [self.book.add(r) for r in admitted]
         fresh = [(s, r) for s, r in zip(states, admitted) if not r.resume]
-        resumed = [s for s, r in zip(states, admitted) if r.resume]
         # Resumed requests (preempted, or re-added after a restart) already committed their last
         # token: it stays pending, exactly as it was before they left.
-        ctx = [s for s in resumed if len(s.tokens) > 1]
+        ctx = [(s, r) for s, r in zip(states, admitted) if r.resume and len(r.prompt_ids) > 1]
         if ctx:
-            self.runner.forward([s.row for s in ctx], [s.tokens[:-1] for s in ctx])
+            self.runner.forward([s.row for s, _ in ctx], [r.prompt_ids[:-1] for _, r in ctx])
         first = {}
         if fresh:
             new_states = [s for s, _ in fresh]
-            logits = self.runner.forward([s.row for s in new_states], [s.tokens for s in new_states])
+            logits = self.runner.forward([s.row for s in new_states], [r.prompt_ids for _, r in fresh])
             params = [s.params for s in new_states]
             tokens = sample(probs_from_logits(logits, params), params, [s.generator for s in new_states])
             for s, t in zip(new_states, tokens):
@@ -221,11 +262,12 @@ class LocalTargetWorker(TargetWorker):
         t0 = time.perf_counter()
         states = self.book.get(request_ids)
         self.book.reseed(states)
-        logits = self.runner.forward([s.row for s in states], [[s.tokens[-1]] for s in states])
+        logits = self.runner.forward([s.row for s in states], [[s.tokens.last] for s in states])
         params = [s.params for s in states]
         out = sample(probs_from_logits(logits, params), params, [s.generator for s in states])
         for s, t in zip(states, out):
             s.tokens.append(t)
+        self.book.settle(states)
         self.last_decode_compute_s = time.perf_counter() - t0
         return out
 
@@ -237,7 +279,7 @@ class LocalTargetWorker(TargetWorker):
         self.book.reseed(states)
         # The verify input [B, k+1] is built on the device: the drafts are not read back to the host.
         device = self.runner.device
-        last = host_tensor([[s.tokens[-1]] for s in states], torch.long, device)
+        last = host_tensor([[s.tokens.last] for s in states], torch.long, device)
         drafts = to_device(proposal.tokens.long(), device)  # [B, k]
         tokens = torch.cat([last, drafts], 1)
         logits = self.runner.forward(rows, tokens, all_positions=True)  # [B, k+1, V]; NoRoom before any compute
@@ -249,6 +291,7 @@ class LocalTargetWorker(TargetWorker):
             # Keep the pending token and the accepted drafts; the new last token stays pending.
             self.runner.rollback(row, before + 1 + v.num_accepted)
             s.tokens.extend(v.tokens)
+        self.book.settle(states)
         return Verdict(list(proposal.request_ids), [v.tokens for v in verdicts],
                        [v.num_accepted for v in verdicts], compute_s=time.perf_counter() - t0)
 

@@ -6,6 +6,7 @@ import dataclasses
 import time
 
 from minedraft.spec.sampling import SamplingParams
+from minedraft.spec.workers import NewRequest
 
 
 @dataclasses.dataclass
@@ -19,13 +20,15 @@ class Request:
     output_ids: list[int] = dataclasses.field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     error: str | None = None  # why, when finish_reason is "error"
-    num_preemptions: int = 0  # times it left the KV cache to make room (and was re-prefilled)
     num_drafted: int = 0
     num_accepted: int = 0
     arrival_s: float = dataclasses.field(default_factory=time.perf_counter)
     first_token_s: float | None = None
     finish_s: float | None = None
     new_since_emit: int = 0  # how many of output_ids the caller has not seen yet
+    # How many of output_ids the draft has been given (in its prefill or with a proposal); the rest
+    # ride with the next proposal, also after target-only steps (no draft node, or mode ar fallback).
+    draft_known: int = 0
 
     @property
     def finished(self) -> bool:
@@ -50,6 +53,15 @@ class Request:
             self.finish_reason = reason
             self.error = error
             self.finish_s = time.perf_counter()
+
+    def worker_request(self, resume: bool = False) -> NewRequest:
+        """What a worker prefills. A request with committed tokens (preempted, re-added after a restart,
+        re-homed on another draft node) resumes: the prompt and every committed token, the last one
+        pending, so nothing is sampled at admission."""
+        if resume or self.output_ids:
+            return NewRequest(self.request_id, self.prompt_ids + self.output_ids, self.params, self.seed,
+                              resume=True)
+        return NewRequest(self.request_id, self.prompt_ids, self.params, self.seed)
 
     def take_new_tokens(self) -> list[int]:
         new = self.output_ids[len(self.output_ids) - self.new_since_emit:] if self.new_since_emit else []

@@ -53,12 +53,13 @@ class Scheduler:
         self.batches: list[list[str]] = [[], []]  # sd and ar use batches[0] only
         self.proposal: Proposal | None = None  # psd: drafted last step, verified this step
         self.proposed_batch: int | None = None
-        self.draft_updates: dict[str, list[int]] = {}
         self.in_flight: _InFlight | None = None  # sent by the previous step, collected by the next
         self._collected: _InFlight | None = None  # collected; its record closes when the next calls go out
         self._no_draft = False  # psd: the last proposal found no draft node
         self.metrics = SpecDecodeMetrics(k)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker")
+        if draft is not None:  # the requests' committed tokens are kept here, once
+            draft.attach(self.committed)
 
     # -- requests ---------------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -71,6 +72,10 @@ class Scheduler:
                 req.finish("abort")
         if request_id in self.running:
             self.running[request_id].finish("abort")
+
+    def committed(self, request_id: str) -> NewRequest:
+        """A running request as a resume NewRequest: its prompt and every committed token."""
+        return self.running[request_id].worker_request(resume=True)
 
     @property
     def speculating(self) -> bool:
@@ -121,7 +126,7 @@ class Scheduler:
             new.append(self.waiting.popleft())
         if not new:
             return
-        reqs = [self._worker_request(r) for r in new]
+        reqs = [r.worker_request() for r in new]
         draft_job = self._pool.submit(self.draft.add, reqs) if self.speculating else None
         try:
             try:
@@ -142,18 +147,11 @@ class Scheduler:
             touched[req.request_id] = req
         for req, token in zip(new[:n], first_tokens[:n]):
             self.running[req.request_id] = req
+            req.draft_known = len(req.output_ids)  # what its prefill held
             if token is not None:  # None: a resumed request, its tokens are already committed
                 req.append([token])
-                if self.speculating:
-                    self.draft_updates.setdefault(req.request_id, []).append(token)
             touched[req.request_id] = req
             self._place(req.request_id)
-
-    @staticmethod
-    def _worker_request(req: Request) -> NewRequest:
-        if req.output_ids:  # preempted: re-prefill from the prompt and every committed token
-            return NewRequest(req.request_id, req.prompt_ids + req.output_ids, req.params, req.seed, resume=True)
-        return NewRequest(req.request_id, req.prompt_ids, req.params, req.seed)
 
     def _undo_partial_admission(self, reqs, n: int, num_target: int, num_draft: int | None) -> None:
         """Each worker admitted a prefix; keep the shorter one and give back the rest."""
@@ -180,7 +178,6 @@ class Scheduler:
         self._forget([rid])
         if self.proposal is not None and rid in self.proposal.request_ids:
             self.proposal, self.proposed_batch = None, None  # re-drafted next step, identically
-        victim.num_preemptions += 1
         self.metrics.num_preemptions += 1
         self.waiting.appendleft(victim)
 
@@ -214,8 +211,6 @@ class Scheduler:
         for rid, tok in zip(ids, tokens):
             self.running[rid].append([tok])
             touched[rid] = self.running[rid]
-            if self.speculating:  # fallback: the draft learns these when a draft node is back
-                self.draft_updates.setdefault(rid, []).append(tok)
 
     def _step_without_draft(self, touched) -> None:
         """Every draft node is gone: decode target-only (lossless all the same) until one is back."""
@@ -299,16 +294,25 @@ class Scheduler:
         if no_room is not None:
             self._preempt_one(no_room, touched)
 
+    def _take_updates(self, ids: list[str]) -> dict[str, list[int]]:
+        """The committed tokens each request's draft has not been given yet. From now on it has them:
+        the draft absorbs them even when it answers NoRoom."""
+        updates = {}
+        for rid in ids:
+            req = self.running[rid]
+            updates[rid] = req.output_ids[req.draft_known:]
+            req.draft_known = len(req.output_ids)
+        return updates
+
     def _timed_propose(self, ids: list[str], record: StepRecord) -> Proposal:
-        # The draft absorbs the updates even when it answers NoRoom, so they are not kept here.
-        updates = {rid: self.draft_updates.pop(rid, []) for rid in ids}
+        updates = self._take_updates(ids)
         t0 = time.perf_counter()
         proposal = self.draft.propose(ids, self.k, updates)
         record.draft_call_s = time.perf_counter() - t0
         return self._record_proposal(proposal, record)
 
     def _start_propose(self, ids: list[str]):
-        updates = {rid: self.draft_updates.pop(rid, []) for rid in ids}
+        updates = self._take_updates(ids)
         try:
             return self.draft.start_propose(ids, self.k, updates, self._pool)
         except Exception as exc:  # noqa: BLE001 - raised by .result() in _collect, as from the call itself
@@ -335,7 +339,6 @@ class Scheduler:
             req.num_accepted += n
             req.append(tokens)
             record.num_tokens += len(req.output_ids) - before
-            self.draft_updates.setdefault(rid, []).extend(tokens)
             touched[rid] = req
 
     def _retire(self) -> None:
@@ -354,12 +357,14 @@ class Scheduler:
             self.draft.release(request_ids)
         for rid in request_ids:
             del self.running[rid]
-            self.draft_updates.pop(rid, None)
         gone = set(request_ids)
         self.batches = [[r for r in b if r not in gone] for b in self.batches]
 
     def close(self) -> None:
+        """Stop the worker threads and close the draft (the gateway's pool: its node connections)."""
         self._pool.shutdown(wait=False)
+        if self.draft is not None:
+            self.draft.close()
 
     def reset_after_failure(self) -> list:
         """A worker call failed mid-step: finish every request with reason "error" and start clean.
@@ -379,7 +384,6 @@ class Scheduler:
         self.batches = [[], []]
         self.proposal, self.proposed_batch = None, None
         self.in_flight, self._collected = None, None
-        self.draft_updates.clear()
         return failed
 
     def requeue_all_for_resume(self) -> int:
@@ -394,7 +398,6 @@ class Scheduler:
         self.batches = [[], []]
         self.proposal, self.proposed_batch = None, None
         self.in_flight, self._collected = None, None
-        self.draft_updates.clear()
         return len(live)
 
     def reconfigure(self, mode: str | None, k: int | None, max_num_seqs: int | None = None) -> None:

@@ -13,7 +13,7 @@ import abc
 import dataclasses
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable
 
 from minedraft.runner.block_manager import NoRoom  # noqa: F401 - part of the worker contract
 from minedraft.spec.sampling import SamplingParams
@@ -102,6 +102,11 @@ class DraftWorker(abc.ABC):
     def require_k(self, k: int) -> None:
         """Raise ValueError (naming num_speculative_tokens) when this draft cannot propose k tokens.
         In process: any k the schedule accepts; the gateway's pool checks its nodes' --max-k."""
+
+    def attach(self, committed: Callable[[str], NewRequest]) -> None:
+        """The scheduler owns the committed tokens: `committed(request_id)` is a running request's resume
+        NewRequest. A draft that moves requests between nodes prefills them from it rather than keep
+        a copy; one row per request needs nothing beyond `updates`."""
 
     def close(self) -> None:
         pass
