@@ -10,9 +10,9 @@ from minedraft.config import MAX_SPECULATIVE_TOKENS, DraftConfig
 from minedraft.config.flags import parse, service_parser
 from minedraft.rpc.channels import choose_transport, host_id, make_writer
 from minedraft.rpc.grpc_common import log, ref_to_proto, spec_to_proto
+from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, serve
 from minedraft.spec.local_workers import LocalDraftWorker
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
-from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, serve
 
 SERVICE = "minedraft.v1.DraftWorker"
 

@@ -25,8 +25,16 @@ from starlette.routing import Route
 from gateway.chat_template import render_chat
 from gateway.detokenizer import IncrementalDetokenizer
 from gateway.engine_loop import QueueFull
-from gateway.openai_protocol import (ApiError, error_body, full_response, model_list, new_id, parse_request,
-                                     stream_chunk, usage_chunk)
+from gateway.openai_protocol import (
+    ApiError,
+    error_body,
+    full_response,
+    model_list,
+    new_id,
+    parse_request,
+    stream_chunk,
+    usage_chunk,
+)
 from gateway.stop_strings import StopStringMatcher
 from minedraft.rpc.auth import authorized
 

@@ -8,9 +8,8 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Iterator
-
 import os
+from typing import AsyncIterator, Iterator
 
 import grpc
 

@@ -13,10 +13,10 @@ from minedraft.config import MAX_SPECULATIVE_TOKENS, TargetConfig
 from minedraft.config.flags import parse, service_parser
 from minedraft.rpc.channels import open_reader
 from minedraft.rpc.grpc_common import log, ref_from_proto, spec_from_proto
-from minedraft.spec.local_workers import LocalTargetWorker
-from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, serve
+from minedraft.spec.local_workers import LocalTargetWorker
 from minedraft.spec.workers import Proposal
+from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 SERVICE = "minedraft.v1.TargetWorker"
 

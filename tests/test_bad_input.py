@@ -6,6 +6,7 @@ import pytest
 
 from minedraft import Engine, SamplingParams
 from minedraft.runner.hf_adapter import save_random_model
+
 from model_factory import family_config
 
 

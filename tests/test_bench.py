@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from minedraft.bench.runners import (ALL_MODES, BenchError, RequestRecord, RoundResult, Workload, check_round)
+from minedraft.bench.runners import ALL_MODES, BenchError, RequestRecord, RoundResult, Workload, check_round
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_REQUESTS, MAX_TOKENS, HF_REQUESTS, K = 4, 8, 2, 4

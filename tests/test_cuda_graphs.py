@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from minedraft import Engine, SamplingParams
+from minedraft.config.flags import memory_argv
 from minedraft.runner.cuda_graphs import GraphRunner, bucket_for, width_bucket
 from minedraft.runner.hf_adapter import greedy_generate, save_random_model
-from minedraft.config.flags import memory_argv
 from minedraft.runner.model_runner import ModelRunner
+
 from model_factory import family_config
 
 TOL = 1e-5  # static vs eager: same math, fp32 GEMMs of other shapes may round differently

@@ -10,13 +10,14 @@ import time
 import grpc
 import pytest
 
-from cluster import free_port
 from minedraft.client import MineDraftClient
 from minedraft.config import MAX_SPECULATIVE_TOKENS
 from minedraft.launcher import LocalCluster
 from minedraft.rpc.grpc_common import check_health
 from minedraft.runner.hf_adapter import greedy_generate
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
+
+from cluster import free_port
 
 
 def info(address: str, stub_cls) -> worker_pb2.WorkerInfo:

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from cluster import free_port
 from minedraft.client import MineDraftClient
-from minedraft.runner.hf_adapter import greedy_generate
 from minedraft.launcher import LocalCluster
+from minedraft.runner.hf_adapter import greedy_generate
+
+from cluster import free_port
 
 MAX_TOKENS = 48
 

@@ -9,11 +9,12 @@ import urllib.request
 
 import grpc
 import pytest
+from test_recovery import Stack
 
-from cluster import free_port
 from minedraft.rpc.grpc_common import check_health, insecure_channel
 from minedraft.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from test_recovery import Stack
+
+from cluster import free_port
 
 FLOATS = [0.0, -0.0, 1.0, 0.5, -1.0, 1e-40, 1e-6, 2.0, 1e30, 3.4e38, math.inf, -math.inf, math.nan]
 INT32 = [0, 1, -1, 2, 7, 64, 4096, 2**31 - 1, -(2**31)]

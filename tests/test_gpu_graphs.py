@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
 from minedraft import Engine, SamplingParams  # noqa: E402
 from minedraft.runner.hf_adapter import greedy_generate, save_random_model  # noqa: E402
 from minedraft.runner.model_runner import ModelRunner  # noqa: E402
+
 from model_factory import family_config  # noqa: E402
 
 PROMPTS = [[1] + [(7 * i + 3 * j) % 97 + 3 for j in range(2 + 3 * i)] for i in range(6)]

@@ -13,10 +13,11 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
 
-from cluster import free_port  # noqa: E402
 from minedraft import Engine, SamplingParams  # noqa: E402
 from minedraft.client import MineDraftClient  # noqa: E402
 from minedraft.launcher import LocalCluster  # noqa: E402
+
+from cluster import free_port  # noqa: E402
 
 
 def _cupy_ok() -> bool:
@@ -74,6 +75,7 @@ def test_services_on_gpu_are_lossless(llama_pair, tmp_path, transport, graphs):
 def test_runner_matches_transformers_on_gpu(tmp_path):
     from minedraft.runner.hf_adapter import save_random_model
     from minedraft.runner.model_runner import ModelRunner
+
     from model_factory import family_config
 
     ref = save_random_model(family_config("qwen3"), tmp_path, seed=5).to("cuda:0")

@@ -20,11 +20,12 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster import free_port
 from minedraft import assets
-from minedraft.runner import hf_adapter
 from minedraft.client import MineDraftClient
 from minedraft.rpc.grpc_common import check_health
+from minedraft.runner import hf_adapter
+
+from cluster import free_port
 
 openai = pytest.importorskip("openai")
 

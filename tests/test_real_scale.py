@@ -11,6 +11,7 @@ import torch
 
 from minedraft import Engine, SamplingParams
 from minedraft.runner.memory_budget import GIB
+
 from real_scale_models import QWEN3_0_6B, draft_small, target_0_6b
 
 LONG, SHORT, NUM_SHORT, MAX_TOKENS = 2000, 40, 6, 4
@@ -52,9 +53,10 @@ def test_default_engine_serves_a_real_shape_within_its_budget(real_scale):
 
 
 def test_services_serve_a_real_shape_on_defaults(real_scale, tmp_path):
-    from cluster import free_port
     from minedraft.client import MineDraftClient
     from minedraft.launcher import LocalCluster
+
+    from cluster import free_port
 
     target, draft, prompts, expected = real_scale
     port = {name: free_port() for name in ("target", "draft", "gateway")}
@@ -126,6 +128,7 @@ def test_budget_too_small_for_the_asked_length_is_refused(llama_pair):
 def _truncated_vocab_draft(ref_target, folder, vocab: int, noise: float = 0.02):
     """A draft that is the target with noise and only the first `vocab` ids."""
     from minedraft.runner.hf_adapter import save_random_model
+
     from model_factory import family_config
 
     cfg = family_config("llama")
@@ -158,6 +161,7 @@ def test_draft_with_a_smaller_vocabulary_is_lossless(llama_pair, tmp_path, mode)
 
 def test_draft_with_a_larger_vocabulary_is_refused(llama_pair, tmp_path):
     from minedraft.runner.hf_adapter import save_random_model
+
     from model_factory import family_config
 
     target, _, _ = llama_pair
@@ -172,7 +176,7 @@ def test_draft_with_a_larger_vocabulary_is_refused(llama_pair, tmp_path):
 def test_smaller_draft_vocabulary_sampling_follows_target(one_hot_q):
     """Chi-square: with q over only the first V - 3 ids (q = 0 for the rest), emitted tokens still
     follow p, including the ids the draft cannot propose."""
-    from test_sampling_exact import K, SIGNIFICANCE, V, chi_square_p, emitted_first_two, random_dists
+    from test_sampling_exact import SIGNIFICANCE, K, V, chi_square_p, emitted_first_two, random_dists
 
     g = torch.Generator().manual_seed(4)
     torch.manual_seed(14)
@@ -189,8 +193,9 @@ def test_smaller_draft_vocabulary_sampling_follows_target(one_hot_q):
 def test_bf16_q_sampled_from_is_exact(rounding):
     """The compact q: the draft samples from q rounded to bfloat16 and sends that; verification
     normalises it. Emitted tokens still follow p (chi-square)."""
+    from test_sampling_exact import SIGNIFICANCE, K, chi_square_p, emitted_first_two, random_dists
+
     from minedraft.spec.local_workers import normalised_q
-    from test_sampling_exact import K, SIGNIFICANCE, chi_square_p, emitted_first_two, random_dists
 
     g = torch.Generator().manual_seed(6)
     torch.manual_seed(16)

@@ -13,11 +13,12 @@ import time
 import grpc
 import pytest
 
-from cluster import free_port
 from minedraft import Engine, SamplingParams
 from minedraft.assets import load_heldout_prompts
 from minedraft.client import MineDraftClient
 from minedraft.rpc.grpc_common import check_health
+
+from cluster import free_port
 
 K = 3
 MAX_TOKENS = 160

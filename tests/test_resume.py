@@ -4,8 +4,8 @@ tokens, and the output is exactly what an uninterrupted run gives: greedy and se
 import pytest
 
 from minedraft import Engine, SamplingParams
-from minedraft.spec.local_workers import LocalDraftWorker, LocalTargetWorker
 from minedraft.runner.model_runner import ModelRunner
+from minedraft.spec.local_workers import LocalDraftWorker, LocalTargetWorker
 
 
 @pytest.mark.parametrize("mode", ["ar", "sd", "psd"])

@@ -5,6 +5,7 @@ import torch
 
 from minedraft.runner.hf_adapter import save_random_model
 from minedraft.runner.model_runner import ModelRunner
+
 from model_factory import FAMILIES, family_config
 
 TOL = 1e-4

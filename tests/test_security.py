@@ -9,10 +9,11 @@ import urllib.request
 
 import grpc
 import pytest
+from test_recovery import Stack
 
 from minedraft.client import MineDraftClient
+
 from cluster import free_port
-from test_recovery import Stack
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 

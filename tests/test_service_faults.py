@@ -9,10 +9,11 @@ import time
 import grpc
 import pytest
 
-from cluster import free_port
-from minedraft.rpc.grpc_common import check_health
 from minedraft.launcher import LocalCluster
+from minedraft.rpc.grpc_common import check_health
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
+
+from cluster import free_port
 
 
 def test_gateway_without_workers_stays_up_not_serving_and_retries(tmp_path):

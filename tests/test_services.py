@@ -8,10 +8,11 @@ import time
 import grpc
 import pytest
 
-from cluster import start_cluster
 from minedraft.client import MineDraftClient
 from minedraft.runner.hf_adapter import greedy_generate
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
+
+from cluster import start_cluster
 
 MAX_TOKENS = 20
 

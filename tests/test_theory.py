@@ -18,7 +18,6 @@ from minedraft.spec.theory import (
     sd_step_time,
 )
 
-
 # --- expected tokens per step -------------------------------------------------------------
 
 

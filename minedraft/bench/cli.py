@@ -44,9 +44,20 @@ import tempfile
 import time
 import types
 
-from minedraft.bench.runners import (ALL_MODES, BATCH1_MODES, HF_MODES, INPROC_MODES, PAPER_MODES, PAPER_QUEUE_FACTOR,
-                                     SERVICE_MODES, BenchError, Workload, check_round, run_inproc_round,
-                                     run_service_round)
+from minedraft.bench.runners import (
+    ALL_MODES,
+    BATCH1_MODES,
+    HF_MODES,
+    INPROC_MODES,
+    PAPER_MODES,
+    PAPER_QUEUE_FACTOR,
+    SERVICE_MODES,
+    BenchError,
+    Workload,
+    check_round,
+    run_inproc_round,
+    run_service_round,
+)
 from minedraft.config import TRANSPORT_CHOICES
 
 QUICK = dict(num_requests=4, max_tokens=8, rounds=2, hf_requests=2, paper_batch=2)

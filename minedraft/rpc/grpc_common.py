@@ -123,8 +123,8 @@ def spec_from_proto(msg: worker_pb2.ChannelSpec) -> ChannelSpec:
 
 def abort_with(context: grpc.ServicerContext, exc: Exception):
     """Map our exceptions to gRPC status codes (ValueError -> INVALID_ARGUMENT, ...)."""
-    from minedraft.runner.block_manager import NoRoom
     from minedraft.rpc.channels import ChannelError
+    from minedraft.runner.block_manager import NoRoom
 
     if isinstance(exc, NoRoom):  # the caller preempts and retries: not a failure of the service
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))

@@ -13,8 +13,8 @@ import grpc
 
 from minedraft.config import TimeoutConfig
 from minedraft.rpc.grpc_common import insecure_channel, params_to_proto
-from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from minedraft.spec.workers import DraftWorker, NewRequest, NoRoom, Proposal, TargetWorker, Verdict
+from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 
 def _new_requests_proto(requests: list[NewRequest]) -> worker_pb2.AddRequest:

@@ -13,15 +13,23 @@ import uuid
 import torch
 
 from minedraft.config import MAX_SPECULATIVE_TOKENS
-from minedraft.runner import hf_adapter
 from minedraft.rpc.channels import host_id, local_capabilities
-from minedraft.rpc.grpc_common import (abort_with, add_health_and_reflection, exit_after, log, make_server,
-                                   params_from_proto, set_serving, setup_logging)
-from minedraft.runner.model_runner import ModelRunner
+from minedraft.rpc.grpc_common import (
+    abort_with,
+    add_health_and_reflection,
+    exit_after,
+    log,
+    make_server,
+    params_from_proto,
+    set_serving,
+    setup_logging,
+)
 from minedraft.rpc.service_metrics import start_service_metrics
-from minedraft.v1 import worker_pb2
+from minedraft.runner import hf_adapter
+from minedraft.runner.model_runner import ModelRunner
 from minedraft.spec.compat import tokenizer_digest
 from minedraft.spec.workers import NewRequest
+from minedraft.v1 import worker_pb2
 
 
 def device_uuid(device: str) -> str:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minedraft.runner.hf_adapter import ModelConfig
 from minedraft.runner.attention import ForwardBatch
+from minedraft.runner.hf_adapter import ModelConfig
 from minedraft.runner.kv_cache import PagedKVCache
 
 

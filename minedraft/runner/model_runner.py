@@ -15,8 +15,8 @@ import torch
 
 from minedraft.runner.attention import ForwardBatch, SeqSlice
 from minedraft.runner.block_manager import BlockManager, NoRoom, blocks_for
-from minedraft.runner.cuda_graphs import GraphRunner
 from minedraft.runner.checkpoint import load_model
+from minedraft.runner.cuda_graphs import GraphRunner
 from minedraft.runner.kv_cache import PagedKVCache
 from minedraft.runner.memory_budget import plan_kv_cache
 from minedraft.runner.transfer import host_tensor

@@ -16,10 +16,10 @@ import time
 import torch
 
 from minedraft.runner.block_manager import NoRoom, blocks_for
-from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample, sample_tensor, step_seed
 from minedraft.runner.model_runner import ModelRunner
-from minedraft.spec.sampling import SamplingParams
 from minedraft.runner.transfer import host_tensor, to_device
+from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample, sample_tensor, step_seed
+from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.verification import verify_batch
 from minedraft.spec.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
 

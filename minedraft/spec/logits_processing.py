@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from minedraft.spec.sampling import SamplingParams
 from minedraft.runner.transfer import host_tensor
+from minedraft.spec.sampling import SamplingParams
 
 
 def probs_from_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

@@ -24,6 +24,7 @@ from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.spec.request import Request
 from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal, TargetWorker
 
+
 @dataclasses.dataclass
 class _InFlight:
     """The worker calls one step sent and the next step collects."""
