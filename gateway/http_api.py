@@ -122,7 +122,7 @@ class HttpFrontend:
             try:
                 body = await request.json()
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ApiError(400, f"the request body is not valid JSON: {exc}")
+                raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
             frontend = self.conn.frontend
             req = parse_request(body, chat, frontend.context_len)
             if req.model != self.model_name:
@@ -175,7 +175,8 @@ class HttpFrontend:
     async def _collect(self, request: Request, pieces, rid: str, chat: bool, num_prompt: int) -> Response:
         async def gather():
             texts, reason, n = [], None, 0
-            async for text, reason, n in pieces:
+            async for piece in pieces:  # reason and n: the last piece's
+                text, reason, n = piece
                 texts.append(text)
             return "".join(texts), reason, n
 
@@ -199,7 +200,8 @@ class HttpFrontend:
         try:
             if chat:  # OpenAI opens a chat stream with the role
                 yield _sse(stream_chunk(rid, model, chat, "", first=True, include_usage=include_usage))
-            async for text, reason, n in pieces:
+            async for piece in pieces:
+                text, reason, n = piece  # n: the last piece's, for the usage chunk
                 if text or reason:
                     yield _sse(stream_chunk(rid, model, chat, text, reason, include_usage=include_usage))
             if include_usage:
@@ -263,7 +265,7 @@ class HttpServer:
             self.sock.bind((bind, port))
         except OSError as exc:
             self.sock.close()
-            raise SystemExit(f"gateway: cannot listen for HTTP on {bind}:{port}: {exc}")
+            raise SystemExit(f"gateway: cannot listen for HTTP on {bind}:{port}: {exc}") from None
         self.address = f"{bind}:{self.sock.getsockname()[1]}"
         # A short graceful shutdown: SIGTERM must not wait on clients that keep streams open.
         config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2, access_log=False,

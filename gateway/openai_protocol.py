@@ -40,7 +40,8 @@ CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens"}
 # Known OpenAI fields this server does not implement: accepted only at their neutral value.
 UNSUPPORTED = {
     "n": (None, 1), "best_of": (None, 1), "echo": (None, False), "suffix": (None, ""),
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
     "repetition_penalty": (None, 1), "logit_bias": (None, {}), "tools": (None, []), "tool_choice": (None, "none"),
     "functions": (None, []), "function_call": (None, "none"), "parallel_tool_calls": (None,), "audio": (None,),
     "modalities": (None, ["text"]), "prediction": (None,), "response_format": (None, {"type": "text"}),
@@ -125,8 +126,8 @@ def _check_fields(body: dict, allowed: set[str]) -> None:
             if any(value is ok or (value == ok and isinstance(value, bool) == isinstance(ok, bool))
                    for ok in UNSUPPORTED[name]):
                 continue
-            raise bad(name, f"not supported by this server (got {value!r}; "
-                            f"accepted only as {' or '.join(repr(x) for x in UNSUPPORTED[name] if x is not None) or 'null'})")
+            accepted = " or ".join(repr(x) for x in UNSUPPORTED[name] if x is not None) or "null"
+            raise bad(name, f"not supported by this server (got {value!r}; accepted only as {accepted})")
         raise bad(name, "unrecognized request argument")
 
 

@@ -64,7 +64,8 @@ class Engine:
                                             **memory)
             # The gateway's pool checks the same two facts, as its workers report them.
             check_draft_fits_target(self.draft_runner.vocab_size, self.target_runner.vocab_size,
-                                    tokenizer_digest(hf_adapter.load_tokenizer(draft)), tokenizer_digest(self.tokenizer))
+                                    tokenizer_digest(hf_adapter.load_tokenizer(draft)),
+                                    tokenizer_digest(self.tokenizer))
             draft_worker = LocalDraftWorker(self.draft_runner, full_q=full_q, q_dtype=q_dtype)
         cfg = self.target_runner.cfg
         self.eos_token_ids = frozenset(cfg.eos_token_ids)

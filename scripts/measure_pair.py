@@ -43,7 +43,8 @@ def main() -> None:
            "acceptance_per_pos": [round(a, 3) for a in m.acceptance_per_pos]}
     for batch in (1, 16):
         t, d = forward_ms(default_target_path(), batch), forward_ms(default_draft_path(), batch)
-        out[f"forward_ms_batch{batch}"] = {"target": round(t, 2), "draft": round(d, 2), "draft_over_target": round(d / t, 3)}
+        out[f"forward_ms_batch{batch}"] = {"target": round(t, 2), "draft": round(d, 2),
+                                           "draft_over_target": round(d / t, 3)}
     print(json.dumps(out, indent=2))
 
 

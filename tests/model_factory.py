@@ -41,7 +41,7 @@ def save_pair(folder, family: str = "llama", noise: float = 0.02, seed: int = 0)
     torch.manual_seed(seed + 1)
     draft = save_random_model(family_config(family), draft_dir, seed=seed)
     with torch.no_grad():
-        for (name, p), (_, q) in zip(ref.named_parameters(), draft.named_parameters()):
+        for (_name, p), (_, q) in zip(ref.named_parameters(), draft.named_parameters()):
             q.copy_(p + noise * torch.randn_like(p) * (p.std() if p.numel() > 1 else 0))
     draft.save_pretrained(str(draft_dir))
     return str(target_dir), str(draft_dir), ref

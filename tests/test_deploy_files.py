@@ -30,7 +30,8 @@ METRICS_PORTS = {"gateway": 8000, "target": 9101, "draft": 9102}  # gateway: /me
 
 # --- helpers ------------------------------------------------------------------------------
 
-_VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+                  r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
 
 
 def interpolate(value, env: dict[str, str]):
@@ -332,7 +333,8 @@ def test_models_mounted_read_only_and_selected_by_env(raw_compose, compose):
     assert flag(services(compose)["target"]["command"], "--model") == ""
     assert flag(services(compose)["draft"]["command"], "--model") == ""
     picked = interpolate(raw_compose, {"MINEDRAFT_TARGET_MODEL": "/models/t", "MINEDRAFT_DRAFT_MODEL": "/models/d"})
-    for name, path in (("target", "/models/t"), ("draft", "/models/d"), ("target-cpu", "/models/t"), ("draft-cpu", "/models/d")):
+    for name, path in (("target", "/models/t"), ("draft", "/models/d"), ("target-cpu", "/models/t"),
+                       ("draft-cpu", "/models/d")):
         assert flag(picked["services"][name]["command"], "--model") == path
 
 
@@ -450,8 +452,11 @@ def test_dockerfile_installs_extras_default_gpu(dockerfile):
     runs = " ".join(arg for ins, arg in dockerfile if ins == "RUN")
     m = re.search(r"pip install [^&;]*?\"(\.\$\{EXTRAS:\+\[\$\{EXTRAS\}\]\})\"", runs)
     assert m, runs
-    expand = lambda extras: subprocess.run(["sh", "-c", f'echo "{m.group(1)}"'], env={"EXTRAS": extras},
-                                           capture_output=True, text=True).stdout.strip()
+
+    def expand(extras):
+        return subprocess.run(["sh", "-c", f'echo "{m.group(1)}"'], env={"EXTRAS": extras},
+                              capture_output=True, text=True).stdout.strip()
+
     assert expand("gpu") == ".[gpu]" and expand("") == "."
     assert any(ins in ("COPY", "ADD") for ins, _ in dockerfile)
 

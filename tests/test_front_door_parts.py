@@ -75,8 +75,8 @@ def test_extensions_and_stops():
 
 @pytest.mark.parametrize("field, value", [
     ("temperature", math.nan), ("temperature", math.inf), ("top_p", 1.5), ("seed", 1.5), ("max_tokens", True),
-    ("ignore_eos", "yes"), ("stop_token_ids", ["a"]), ("n", 3), ("best_of", 2), ("echo", True), ("logit_bias", {"1": 5}),
-    ("suffix", "x"), ("frequency_penalty", 0.5),
+    ("ignore_eos", "yes"), ("stop_token_ids", ["a"]), ("n", 3), ("best_of", 2), ("echo", True),
+    ("logit_bias", {"1": 5}), ("suffix", "x"), ("frequency_penalty", 0.5),
 ])
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ApiError) as exc:

@@ -19,7 +19,8 @@ import json, sys
 from minedraft.cli import main
 rc = main(["health", sys.argv[1], "--timeout", "2"])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "numpy")
-               or m in ("minedraft.rpc.channels", "minedraft.runner.model", "minedraft.rpc.grpc_common", "minedraft.engine"))
+               or m in ("minedraft.rpc.channels", "minedraft.runner.model", "minedraft.rpc.grpc_common",
+                        "minedraft.engine"))
 print(json.dumps({"rc": rc, "heavy": heavy}))
 """
 

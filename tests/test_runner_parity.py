@@ -48,7 +48,7 @@ def test_logits_match_transformers(tmp_path, family, block_size, chunk):
     for i, (s, p) in enumerate(zip(seqs, prompts)):
         check(logits[i], s[: len(p) + 5], slice(len(p) + 1, len(p) + 5))
     # roll each row back by a different amount, then continue with other tokens
-    for i, (row, s, p) in enumerate(zip(rows, seqs, prompts)):
+    for i, (row, _s, p) in enumerate(zip(rows, seqs, prompts)):
         runner.rollback(row, len(p) + 1 + i)
     alt = [s[: len(p) + 1 + i] + [5 + i, 7, 9] for i, (s, p) in enumerate(zip(seqs, prompts))]
     logits = runner.forward(rows, [a[-3:] for a in alt], all_positions=True)

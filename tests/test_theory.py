@@ -287,8 +287,11 @@ def test_simulate_prefill_stalls_both_workers_once_per_request():
         assert with_prefill.steps == without.steps
         assert with_prefill.makespan_s - without.makespan_s == pytest.approx(64 * 0.007)
         assert with_prefill.latency_mean_s > without.latency_mean_s
-    ratio = lambda cost: (simulate("psd", 64, 32, 64, 4, 0.85, cost, trials=5, seed=2).throughput_tok_s
-                          / simulate("sd", 64, 16, 64, 4, 0.85, cost, trials=5, seed=2).throughput_tok_s)
+
+    def ratio(cost):
+        return (simulate("psd", 64, 32, 64, 4, 0.85, cost, trials=5, seed=2).throughput_tok_s
+                / simulate("sd", 64, 16, 64, 4, 0.85, cost, trials=5, seed=2).throughput_tok_s)
+
     assert 1.0 < ratio(p) < ratio(c)
 
 

@@ -57,7 +57,8 @@ def graph_speedups(step_times: list[dict]) -> list[dict]:
 def table(report: dict) -> str:
     lines = [f"GPU: {report['machine'].get('gpu')}  bandwidth {report['machine'].get('hbm_bandwidth_gbs')} GB/s "
              f"({report['machine'].get('bandwidth_source')})",
-             f"{'model':17s} {'B':>3s} {'q':>2s} {'off ms':>8s} {'on ms':>8s} {'roof ms':>8s} {'on/roof':>7s} {'hf ms':>8s}"]
+             f"{'model':17s} {'B':>3s} {'q':>2s} {'off ms':>8s} {'on ms':>8s} {'roof ms':>8s} {'on/roof':>7s} "
+             f"{'hf ms':>8s}"]
     rows: dict[tuple, dict] = {}
     for r in report["step_times"]:
         rows.setdefault((r["model"], r["batch"], r["q"]), {})[bool(r["cuda_graphs"])] = r

@@ -156,12 +156,14 @@ def measure_model(name, spec, args, device, dtype, bandwidth) -> list[dict]:
             toks = [[7] * q for _ in range(b)]
             ids = torch.full((b, q), 7, device=device)
 
-            def ours():
+            # Each closure takes this iteration's values as defaults: a late-binding closure would read
+            # whatever the names hold when it runs (and `del` below unbinds some of them).
+            def ours(runner=runner, seqs=seqs, toks=toks, q=q, ctx=ctx):
                 runner.forward(seqs, toks, all_positions=q > 1)
                 for s in seqs:
                     runner.rollback(s, ctx)
 
-            def theirs():
+            def theirs(hf=hf, ids=ids, cache=cache, ctx=ctx):
                 with torch.inference_mode():
                     forward_with_cache(hf, ids, cache)
                 crop_kv_cache(cache, ctx)
@@ -179,7 +181,7 @@ def measure_model(name, spec, args, device, dtype, bandwidth) -> list[dict]:
                 print(_row_text(rows_out[-1]), flush=True)
         for s in seqs:
             runner.free(s)
-        del cache
+        del cache, ours, theirs  # the closures' defaults hold this batch's cache: let it go with them
     del runner, model, hf
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -189,7 +191,8 @@ def measure_model(name, spec, args, device, dtype, bandwidth) -> list[dict]:
 def _row_text(r: dict) -> str:
     roof = f"{r['roofline_ms']:9.3f}" if r["roofline_ms"] is not None else f"{'-':>9s}"
     ratio = f"{r['ms'] / r['roofline_ms']:6.2f}x" if r["roofline_ms"] else f"{'-':>7s}"
-    return (f"{r['model']:17s} {r['role']:6s} B={r['batch']:<3d} q={r['q']:<2d} graphs={'on ' if r['cuda_graphs'] else 'off'} "
+    return (f"{r['model']:17s} {r['role']:6s} B={r['batch']:<3d} q={r['q']:<2d} "
+            f"graphs={'on ' if r['cuda_graphs'] else 'off'} "
             f"{r['ms']:9.3f} ms  roofline {roof} ms {ratio}  transformers {r['hf_ms']:9.3f} ms")
 
 

@@ -115,7 +115,8 @@ def format_table(report: dict) -> str:
                       f"(from SD's mean accepted length), B={i['batch_size']}, k={i['k']}",
                   f"  inputs: t_draft {1e3 * i['t_draft']:.2f} ms (half batch {1e3 * i['t_draft_half']:.2f}), "
                   f"t_verify {1e3 * i['t_verify']:.2f} ms (half {1e3 * i['t_verify_half']:.2f}), "
-                  f"t_target_decode {1e3 * i['t_target_decode']:.2f} ms, overhead {1e3 * i['overhead_sd']:.2f} ms/step, "
+                  f"t_target_decode {1e3 * i['t_target_decode']:.2f} ms, "
+                  f"overhead {1e3 * i['overhead_sd']:.2f} ms/step, "
                   f"prefill {1e3 * i.get('prefill_per_request', 0.0):.2f} ms/request (in the simulation only)",
                   "  (+overhead: SD's measured non-compute time per step added to the SD and the PSD step; its SD step "
                   "equals the measurement by construction)",

@@ -78,6 +78,6 @@ def start_service_metrics(servicer, args) -> ServiceMetrics | None:
     try:
         start_http_server(port, addr=args.bind, registry=metrics.registry)  # a daemon thread
     except OSError as exc:
-        raise SystemExit(f"{servicer.role}: cannot serve /metrics on {args.bind}:{port}: {exc}")
+        raise SystemExit(f"{servicer.role}: cannot serve /metrics on {args.bind}:{port}: {exc}") from None
     log.info("%s: Prometheus /metrics on http://%s:%d/metrics", servicer.role, args.bind, port)
     return metrics

@@ -54,8 +54,8 @@ class SeqSlice:
 
 
 class ForwardBatch:
-    def __init__(self, seqs: list[SeqSlice], tokens: list[int] | torch.Tensor, block_tables: list[list[int]], block_size: int,
-                 logits_index: list[int], device: torch.device):
+    def __init__(self, seqs: list[SeqSlice], tokens: list[int] | torch.Tensor, block_tables: list[list[int]],
+                 block_size: int, logits_index: list[int], device: torch.device):
         self.seqs = seqs
         self.device = device
         self.block_size = block_size
@@ -122,7 +122,7 @@ class ForwardBatch:
         if self.uniform:
             return attend_uniform(q, cache, layer, self.key_slots, self._uniform_mask(window), gqa)
         outs = []
-        for i, s in enumerate(self.seqs):
+        for i, _s in enumerate(self.seqs):
             lo, hi = self.q_offsets[i], self.q_offsets[i + 1]
             qi = q[lo:hi].transpose(0, 1)[None]  # [1, H, q, D]
             if self.key_slots[i] is None:

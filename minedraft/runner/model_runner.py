@@ -151,7 +151,7 @@ class ModelRunner:
         for chunk in self._chunks(seqs, starts, tokens, all_positions):
             logits = self._run_chunk(chunk)
             at = 0
-            for i, sl, want in chunk:
+            for i, _sl, want in chunk:
                 if want:
                     pieces[i].append(logits[at:at + want])
                     at += want

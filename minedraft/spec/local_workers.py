@@ -205,7 +205,7 @@ class LocalDraftWorker(DraftWorker):
             params = [dataclasses.replace(p, temperature=0.0) for p in params]
         pending = [s.tokens.since(self.runner.length(s.row)) for s in states]
         tokens, probs = [], []
-        for step in range(k):
+        for _step in range(k):
             logits = self._forward(rows, pending)
             q = probs_from_logits(logits, params)
             if want_q and self.q_dtype != torch.float32:

@@ -73,7 +73,8 @@ def save_checkpoint(model, fast_tok, folder: Path) -> None:
 
 # The gateway's /v1/chat/completions renders messages with this. The pair knows only Python source,
 # so the conversation is laid out as comments, which it continues with code.
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}# {{ m['role'] }}: {{ m['content'] | replace('\\n', '\\n# ') }}\n"
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}"
+                 "# {{ m['role'] }}: {{ m['content'] | replace('\\n', '\\n# ') }}\n"
                  "{% endfor %}{% if add_generation_prompt %}# assistant:\n{% endif %}")
 
 
