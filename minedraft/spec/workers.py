@@ -32,10 +32,16 @@ class NewRequest:
 
 @dataclasses.dataclass
 class Proposal:
-    """k draft tokens for each request of a batch.
+    """Up to k draft tokens for each request of a batch.
 
     tokens: [B, k] int64; probs: [S, k, V] float32, the draft's distributions q of the S sampled
     (non-greedy) requests in batch order (None: one-hot q).
+    confidence: [B, k] float32 on the host, the draft's probability of each token it drafted;
+    top_prob: [B, k] float32, the largest probability of each position's distribution, known before
+    its token was drawn (spec/draft_lengths.py ranks positions by them; None: no ranking possible).
+    lengths: per row, how many of its k tokens the target verifies (0..k; 0: the row decodes
+    target-only in this verify). None: every row verifies all k. The scheduler sets it between the
+    proposal and its verify, from draft-side information only, which keeps verification exact.
     parts: when the proposal travelled through token channels (remote workers), where it lies:
     [(channel_id, block_ref, num_requests)] covering request_ids in order; the target reads them."""
 
@@ -43,11 +49,18 @@ class Proposal:
     k: int
     tokens: Any = None
     probs: Any = None
+    confidence: Any = None
+    top_prob: Any = None
+    lengths: list[int] | None = None
     parts: list = dataclasses.field(default_factory=list)
     compute_s: float = 0.0  # time the draft spent in forward passes and sampling
     service_s: float = 0.0  # remote: time inside the draft service's handler (compute + channel)
     channel_bytes: int = 0  # bytes of tokens and q this proposal puts through the token channel
     done_at: float = 0.0  # perf_counter() when the reply was in (start_propose): the call's true end
+
+    def verify_lengths(self) -> list[int]:
+        """How many draft tokens each row verifies."""
+        return list(self.lengths) if self.lengths is not None else [self.k] * len(self.request_ids)
 
 
 @dataclasses.dataclass
