@@ -65,6 +65,7 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
             proposal = self.worker.propose(list(request.request_ids), request.k, updates)
             ref = self.writer.write(proposal.tokens, proposal.probs)
             return worker_pb2.ProposeReply(block=ref_to_proto(ref), compute_s=proposal.compute_s,
+                                           confidence=_flat(proposal.confidence), top_prob=_flat(proposal.top_prob),
                                            service_s=time.perf_counter() - t0)
 
         return self.guarded(context, run)
@@ -72,6 +73,11 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
     def close(self):
         if self.writer is not None:
             self.writer.close()
+
+
+def _flat(rows) -> list[float]:
+    """[B, k] host floats, row-major, for a repeated float field (empty: none)."""
+    return [] if rows is None else rows.reshape(-1).tolist()
 
 
 def build_parser() -> argparse.ArgumentParser:

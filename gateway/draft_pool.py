@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import torch
 
 from minedraft.rpc.remote_workers import RemoteDraftWorker, RemoteTargetWorker
 from minedraft.spec.compat import check_draft_fits_target
@@ -336,13 +337,24 @@ class _PendingPoolProposal:
         if failed:
             return pool.propose(self.request_ids, self.k, {})
         ordered, parts, compute, service, nbytes, done_at = [], [], 0.0, 0.0, 0, 0.0
+        confidence, top_prob = [], []
         for address, (_node, ids, _pending) in self.calls.items():
             proposal = results[address]
             ordered.extend(ids)
+            confidence.append(proposal.confidence)
+            top_prob.append(proposal.top_prob)
             parts.extend(proposal.parts)
             compute = max(compute, proposal.compute_s)  # the nodes ran in parallel
             service = max(service, proposal.service_s)
             nbytes += proposal.channel_bytes
             done_at = max(done_at, proposal.done_at)
-        return Proposal(ordered, self.k, parts=parts, compute_s=compute, service_s=service, channel_bytes=nbytes,
-                        done_at=done_at)
+        return Proposal(ordered, self.k, parts=parts, confidence=_rows_in_order(confidence),
+                        top_prob=_rows_in_order(top_prob), compute_s=compute, service_s=service,
+                        channel_bytes=nbytes, done_at=done_at)
+
+
+def _rows_in_order(parts: list) -> torch.Tensor | None:
+    """The nodes' [B_i, k] rows stacked in batch order; None when a node sent none (nothing to rank)."""
+    if not parts or any(p is None for p in parts):
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

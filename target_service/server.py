@@ -15,6 +15,7 @@ from minedraft.rpc.channels import open_reader
 from minedraft.rpc.grpc_common import log, ref_from_proto, spec_from_proto
 from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, serve
 from minedraft.spec.local_workers import LocalTargetWorker
+from minedraft.spec.verification import check_lengths
 from minedraft.spec.workers import Proposal
 from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -53,7 +54,8 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
         def run():
             t0 = time.perf_counter()
             tokens, probs = self._read_parts(request)
-            proposal = Proposal(list(request.request_ids), request.k, tokens, probs)
+            lengths = check_lengths(list(request.lengths) or None, len(request.request_ids), request.k)
+            proposal = Proposal(list(request.request_ids), request.k, tokens, probs, lengths=lengths)
             verdict = self.worker.verify(proposal)
             return worker_pb2.VerifyReply(tokens=[common_pb2.TokenList(tokens=t) for t in verdict.tokens],
                                           num_accepted=verdict.num_accepted, compute_s=verdict.compute_s,

@@ -10,6 +10,7 @@ import functools
 import time
 
 import grpc
+import torch
 
 from minedraft.config import TimeoutConfig
 from minedraft.rpc.grpc_common import insecure_channel, params_to_proto
@@ -63,9 +64,21 @@ class _CallInFlight:
         return self.convert(reply, self.done_at or time.perf_counter())
 
 
+def _rows(values, b: int, k: int, name: str) -> torch.Tensor | None:
+    """A row-major repeated float as [B, k] float32 (None when empty: the draft ranks nothing)."""
+    if not values:
+        return None
+    if len(values) != b * k:
+        raise ValueError(f"{name}: {len(values)} values for {b} rows of {k}")
+    return torch.tensor(values, dtype=torch.float32).view(b, k)
+
+
 def _proposal(reply: worker_pb2.ProposeReply, request_ids: list[str], k: int, channel_id: str,
               done_at: float) -> Proposal:
-    return Proposal(request_ids, k, parts=[(channel_id, reply.block, len(request_ids))], compute_s=reply.compute_s,
+    b = len(request_ids)
+    return Proposal(request_ids, k, parts=[(channel_id, reply.block, b)],
+                    confidence=_rows(reply.confidence, b, k, "confidence"),
+                    top_prob=_rows(reply.top_prob, b, k, "top_prob"), compute_s=reply.compute_s,
                     service_s=reply.service_s, channel_bytes=reply.block.nbytes, done_at=done_at)
 
 
@@ -143,8 +156,9 @@ class RemoteTargetWorker(_Remote, TargetWorker):
 
     def start_verify(self, proposal: Proposal) -> _CallInFlight:
         parts = [worker_pb2.ProposalPart(channel_id=cid, block=ref, num_requests=n) for cid, ref, n in proposal.parts]
-        call = self.stub.Verify.future(worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k,
-                                                                parts=parts), timeout=self.step_s)
+        request = worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k, parts=parts,
+                                           lengths=proposal.lengths or [])  # empty: every row verifies k
+        call = self.stub.Verify.future(request, timeout=self.step_s)
         ids = list(proposal.request_ids)
         return _CallInFlight(call, lambda reply, done_at: Verdict(
             ids, [list(t.tokens) for t in reply.tokens], list(reply.num_accepted), compute_s=reply.compute_s,

@@ -20,7 +20,7 @@ from minedraft.runner.model_runner import ModelRunner
 from minedraft.runner.transfer import host_tensor, to_device
 from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample, sample_tensor, step_seed
 from minedraft.spec.sampling import SamplingParams
-from minedraft.spec.verification import verify_batch
+from minedraft.spec.verification import check_lengths, verify_batch
 from minedraft.spec.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
 
 TARGET_STREAM, DRAFT_STREAM = 0, 0x5EED  # the draft's random stream differs from the target's
@@ -142,6 +142,33 @@ def normalised_q(q: torch.Tensor | None) -> torch.Tensor | None:
     return q / q.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
+def _confidence(logits: torch.Tensor, q: torch.Tensor, chosen: torch.Tensor,
+                with_q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B] q(chosen), [B] max q) of one draft step, on the device (see spec/draft_lengths.py).
+    Rows that sample from a full q read that very q. The others (greedy rows, one-hot drafts) drew
+    the argmax, a function of the history, so their one-hot q ranks nothing: they read the
+    model's own belief, the softmax of the logits at temperature 1, whose max is at the token."""
+    logits = logits.float()
+    top = torch.exp(logits.max(-1).values - torch.logsumexp(logits, -1))
+    if with_q is None:
+        return top, top
+    qf = normalised_q(q)
+    return (torch.where(with_q, qf.gather(1, chosen[:, None])[:, 0], top),
+            torch.where(with_q, qf.max(-1).values, top))
+
+
+def _to_host(tokens: list[torch.Tensor], beliefs: list[tuple[torch.Tensor, torch.Tensor]]):
+    """tokens [B, k] int64 and confidence, top_prob [B, k] float32 on the host, in one copy (the
+    proposal's one host sync): the floats ride as int32 bit patterns beside the tokens."""
+    k = len(tokens)
+    conf = torch.stack([c for c, _ in beliefs], 1).float()
+    top = torch.stack([t for _, t in beliefs], 1).float()
+    packed = torch.cat([torch.stack(tokens, 1).int(), conf.view(torch.int32), top.view(torch.int32)], 1)
+    host = packed.to("cpu")
+    return (host[:, :k].long(), host[:, k:2 * k].contiguous().view(torch.float32),
+            host[:, 2 * k:].contiguous().view(torch.float32))
+
+
 class LocalDraftWorker(DraftWorker):
     def __init__(self, runner: ModelRunner, full_q: bool = True, q_dtype: str = "float32"):
         self.runner = runner
@@ -204,7 +231,9 @@ class LocalDraftWorker(DraftWorker):
         if not self.full_q:  # one-hot q: the draft must be deterministic, so draft greedily
             params = [dataclasses.replace(p, temperature=0.0) for p in params]
         pending = [s.tokens.since(self.runner.length(s.row)) for s in states]
-        tokens, probs = [], []
+        # which rows rank their drafts by the q they sampled from (the others by the logits)
+        with_q = host_tensor([not p.greedy for p in params], torch.bool, self.runner.device) if want_q else None
+        tokens, probs, beliefs = [], [], []
         for _step in range(k):
             logits = self._forward(rows, pending)
             q = probs_from_logits(logits, params)
@@ -213,19 +242,19 @@ class LocalDraftWorker(DraftWorker):
             # [B] on the device: fed back into the next step without a host sync
             chosen = sample_tensor(q.float(), params, gens)  # .float(): a no-op unless q was rounded
             tokens.append(chosen)
+            beliefs.append(_confidence(logits, q, chosen, with_q))
             if want_q:  # q only for the rows that sample: greedy rows never read it
                 probs.append(q[sampled] if len(sampled) < len(rows) else q)
             pending = chosen[:, None]
-        # [B, k] on the host (the channel's contract): the proposal's one host sync
-        token_tensor = torch.stack(tokens, 1).to("cpu", torch.long)
+        token_tensor, confidence, top_prob = _to_host(tokens, beliefs)
         # The last drafted token was never fed: its KV is written when the target accepts it.
         for s, row_tokens in zip(states, token_tensor.tolist()):
             s.drafted = row_tokens
         # [S, k, V] stays on the device: the channel's writer orders its own copies (no device-wide sync)
         prob_tensor = torch.stack(probs, dim=1) if want_q else None
         nbytes = token_tensor.nbytes + (prob_tensor.nbytes if prob_tensor is not None else 0)
-        return Proposal(list(request_ids), k, token_tensor, prob_tensor, compute_s=time.perf_counter() - t0,
-                        channel_bytes=nbytes)
+        return Proposal(list(request_ids), k, token_tensor, prob_tensor, confidence=confidence, top_prob=top_prob,
+                        compute_s=time.perf_counter() - t0, channel_bytes=nbytes)
 
     def release(self, request_ids):
         self.book.release(request_ids)
@@ -277,16 +306,15 @@ class LocalTargetWorker(TargetWorker):
         rows = [s.row for s in states]
         kv_before = [self.runner.length(r) for r in rows]
         self.book.reseed(states)
-        # The verify input [B, k+1] is built on the device: the drafts are not read back to the host.
-        device = self.runner.device
-        last = host_tensor([[s.tokens.last] for s in states], torch.long, device)
-        drafts = to_device(proposal.tokens.long(), device)  # [B, k]
-        tokens = torch.cat([last, drafts], 1)
-        logits = self.runner.forward(rows, tokens, all_positions=True)  # [B, k+1, V]; NoRoom before any compute
+        lengths = check_lengths(proposal.lengths, len(states), proposal.k)
+        last = host_tensor([[s.tokens.last] for s in states], torch.long, self.runner.device)
+        drafts = to_device(proposal.tokens.long(), self.runner.device)  # [B, k]
+        logits = self.runner.forward(rows, _verify_input(last, drafts, lengths),
+                                     all_positions=True)  # [B, max L + 1, V]; NoRoom before any compute
         params = [s.params for s in states]
         p = probs_from_logits(logits, params)
         verdicts = verify_batch(p, drafts, normalised_q(proposal.probs), params,
-                                [s.generator for s in states])
+                                [s.generator for s in states], lengths)
         for s, row, before, v in zip(states, rows, kv_before, verdicts):
             # Keep the pending token and the accepted drafts; the new last token stays pending.
             self.runner.rollback(row, before + 1 + v.num_accepted)
@@ -297,6 +325,18 @@ class LocalTargetWorker(TargetWorker):
 
     def release(self, request_ids):
         self.book.release(request_ids)
+
+
+def _verify_input(last: torch.Tensor, drafts: torch.Tensor, lengths: list[int] | None):
+    """What the target forwards, built on the device (the drafts are not read back to the host):
+    each row's pending token and the drafts it verifies. One [B, L+1] tensor when every row has the
+    same length L (the uniform path, CUDA graphs included); else one tensor per row (ragged)."""
+    tokens = torch.cat([last, drafts], 1)  # [B, k+1]
+    if lengths is None:
+        return tokens
+    if len(set(lengths)) <= 1:
+        return tokens[:, :1 + (lengths[0] if lengths else 0)]
+    return [row[:1 + n] for row, n in zip(tokens, lengths)]
 
 
 __all__ = ["LocalDraftWorker", "LocalTargetWorker", "NoRoom"]

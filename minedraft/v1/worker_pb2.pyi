@@ -185,14 +185,18 @@ class ProposeRequest(_message.Message):
     def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., updates: _Optional[_Mapping[str, _common_pb2.TokenList]] = ...) -> None: ...
 
 class ProposeReply(_message.Message):
-    __slots__ = ("block", "compute_s", "service_s")
+    __slots__ = ("block", "compute_s", "service_s", "confidence", "top_prob")
     BLOCK_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     SERVICE_S_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    TOP_PROB_FIELD_NUMBER: _ClassVar[int]
     block: BlockRef
     compute_s: float
     service_s: float
-    def __init__(self, block: _Optional[_Union[BlockRef, _Mapping]] = ..., compute_s: _Optional[float] = ..., service_s: _Optional[float] = ...) -> None: ...
+    confidence: _containers.RepeatedScalarFieldContainer[float]
+    top_prob: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, block: _Optional[_Union[BlockRef, _Mapping]] = ..., compute_s: _Optional[float] = ..., service_s: _Optional[float] = ..., confidence: _Optional[_Iterable[float]] = ..., top_prob: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ProposalPart(_message.Message):
     __slots__ = ("channel_id", "block", "num_requests")
@@ -205,14 +209,16 @@ class ProposalPart(_message.Message):
     def __init__(self, channel_id: _Optional[str] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ..., num_requests: _Optional[int] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("request_ids", "k", "parts")
+    __slots__ = ("request_ids", "k", "parts", "lengths")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     k: int
     parts: _containers.RepeatedCompositeFieldContainer[ProposalPart]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[ProposalPart, _Mapping]]] = ...) -> None: ...
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[ProposalPart, _Mapping]]] = ..., lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
     __slots__ = ("tokens", "num_accepted", "compute_s", "service_s")
