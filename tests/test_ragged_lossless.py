@@ -69,7 +69,8 @@ def test_draft_reports_confidence_and_top_prob(qwen_pair):
 
 
 def test_uniform_lengths_take_the_tensor_path_and_match_none(qwen_pair, monkeypatch):
-    """All rows at one length L: one [B, L+1] forward; at L = k the verdicts equal lengths=None."""
+    """All rows at one length L, or nearly even lengths: one [B, max L + 1] forward; uneven ones:
+    ragged rows. At L = k the verdicts equal lengths=None; lengths bound what is accepted."""
     target_path, draft_path, _ = qwen_pair
     shapes = []
     original = ModelRunner.forward
@@ -82,7 +83,8 @@ def test_uniform_lengths_take_the_tensor_path_and_match_none(qwen_pair, monkeypa
     monkeypatch.setattr(ModelRunner, "forward", spy)
     prompts = factory_prompts()[:3]
     verdicts = {}
-    for lengths in (None, [K] * 3, [2] * 3, [0, K, 1]):
+    cases = (None, [K] * 3, [2] * 3, [0, K, 1], [K, K - 1, K])
+    for lengths in cases:
         target, draft = workers(target_path, draft_path)
         reqs = [NewRequest(f"r{i}", p, GREEDY, seed=i) for i, p in enumerate(prompts)]
         first = target.add(reqs)
@@ -90,6 +92,7 @@ def test_uniform_lengths_take_the_tensor_path_and_match_none(qwen_pair, monkeypa
         proposal = draft.propose([r.request_id for r in reqs], K, {r.request_id: [t] for r, t in zip(reqs, first)})
         proposal.lengths = lengths
         verdicts[str(lengths)] = target.verify(proposal).tokens
-    assert shapes == [(3, K + 1), (3, K + 1), (3, 3), [1, K + 1, 2]]
+    assert shapes == [(3, K + 1), (3, K + 1), (3, 3), [1, K + 1, 2], (3, K + 1)]
     assert verdicts[str(None)] == verdicts[str([K] * 3)]
-    assert [len(t) - 1 for t in verdicts[str([0, K, 1])]][0] == 0
+    for lengths in cases[1:]:
+        assert all(len(t) - 1 <= n for t, n in zip(verdicts[str(lengths)], lengths))

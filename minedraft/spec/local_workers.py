@@ -309,8 +309,7 @@ class LocalTargetWorker(TargetWorker):
         lengths = check_lengths(proposal.lengths, len(states), proposal.k)
         last = host_tensor([[s.tokens.last] for s in states], torch.long, self.runner.device)
         drafts = to_device(proposal.tokens.long(), self.runner.device)  # [B, k]
-        logits = self.runner.forward(rows, _verify_input(last, drafts, lengths),
-                                     all_positions=True)  # [B, max L + 1, V]; NoRoom before any compute
+        logits = self._forward_verify(rows, last, drafts, lengths)  # [B, max L + 1, V]
         params = [s.params for s in states]
         p = probs_from_logits(logits, params)
         verdicts = verify_batch(p, drafts, normalised_q(proposal.probs), params,
@@ -323,19 +322,38 @@ class LocalTargetWorker(TargetWorker):
         return Verdict(list(proposal.request_ids), [v.tokens for v in verdicts],
                        [v.num_accepted for v in verdicts], compute_s=time.perf_counter() - t0)
 
+    def _forward_verify(self, rows, last, drafts, lengths) -> torch.Tensor:
+        """Every position's logits; NoRoom before any compute. Padded rows need more blocks: when
+        they are not there, the verified tokens alone may still fit."""
+        tokens = _verify_input(last, drafts, lengths)
+        try:
+            return self.runner.forward(rows, tokens, all_positions=True)
+        except NoRoom:
+            if lengths is None or not torch.is_tensor(tokens) or len(set(lengths)) == 1:
+                raise
+            return self.runner.forward(rows, _verify_input(last, drafts, lengths, ragged_only=True),
+                                       all_positions=True)
+
     def release(self, request_ids):
         self.book.release(request_ids)
 
 
-def _verify_input(last: torch.Tensor, drafts: torch.Tensor, lengths: list[int] | None):
+# A ragged forward runs attention per sequence; at 16 rows on 2 CPU cores that costs about as much as
+# half again the tokens on the uniform path, so nearly even lengths are verified padded.
+PAD_RATIO = 1.5
+
+
+def _verify_input(last: torch.Tensor, drafts: torch.Tensor, lengths: list[int] | None, ragged_only: bool = False):
     """What the target forwards, built on the device (the drafts are not read back to the host):
-    each row's pending token and the drafts it verifies. One [B, L+1] tensor when every row has the
-    same length L (the uniform path, CUDA graphs included); else one tensor per row (ragged)."""
+    each row's pending token and the drafts it verifies. One [B, L+1] tensor (the uniform path, CUDA
+    graphs included) when every row has length L, or when padding the shorter rows with their own
+    unverified drafts (logits unread, K/V rolled back) adds few tokens; else one tensor per row."""
     tokens = torch.cat([last, drafts], 1)  # [B, k+1]
     if lengths is None:
         return tokens
-    if len(set(lengths)) <= 1:
-        return tokens[:, :1 + (lengths[0] if lengths else 0)]
+    width = 1 + max(lengths, default=0)
+    if not ragged_only and len(lengths) * width <= PAD_RATIO * sum(1 + n for n in lengths):
+        return tokens[:, :width]
     return [row[:1 + n] for row, n in zip(tokens, lengths)]
 
 
