@@ -351,7 +351,7 @@ def run(args) -> dict:
                 bench.run_round(mode, warm, -1, [0])
         bar = tqdm(total=args.rounds * len(args.modes), desc="bench", unit="round", file=sys.stderr,
                    disable=not args.progress or not args.modes)
-        for r in range(args.rounds):
+        for r in range(args.rounds if args.modes else 0):
             shift = r % len(args.modes)  # rotate the order too, so no mode always runs first or last
             for mode in args.modes[shift:] + args.modes[:shift]:
                 bar.set_postfix_str(f"round {r + 1} {mode}")

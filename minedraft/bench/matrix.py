@@ -4,8 +4,10 @@ Rows ("loads"): closed-loop concurrency (`--matrix-concurrency`, default 1,16,64
 flight, max(concurrency, 4) requests per round) and one open-loop row of Poisson arrivals at `--rate`
 requests/s (default 8 in the full matrix, none in `--quick`; 24 requests). Regimes (`--matrix-regimes`):
 `greedy` (the main run's prompts: the bundled held-out code, or --prompts, at T=0), `sampled` (the same
-prompts at T=1.0) and `prose` (natural-language prompts, far from the pair's training corpus, at
-T=1.0: the low-acceptance regime, see minedraft.bench.prose for why). Columns: ar, and sd / psd at
+prompts at T=1.0), `prose` (natural-language prompts, far from the pair's training corpus, at
+T=1.0: the default low-acceptance regime, see minedraft.bench.prose for why) and `noise` (random token
+ids at T=1.0: the lowest acceptance found on the bundled pair, 0.56, a stress case rather than
+traffic). Default: greedy,prose. Columns: ar, and sd / psd at
 every k of `--ks` (default auto,2,4; `--k-sweep`: 1..6 beside auto).
 
 A k is passed through as it is, "auto" included (Configure / Scheduler.reconfigure), so "auto" is one
@@ -33,7 +35,7 @@ from minedraft.bench.report import aggregate
 from minedraft.bench.runners import Workload, check_round
 
 SPEC_MODES = ("sd", "psd")
-REGIMES = {"greedy": 0.0, "sampled": 1.0, "prose": 1.0}  # regime -> temperature
+REGIMES = {"greedy": 0.0, "sampled": 1.0, "prose": 1.0, "noise": 1.0}  # regime -> temperature
 K_SWEEP = (1, 2, 3, 4, 5, 6)
 DEFAULT_RATE = 8.0
 POISSON_REQUESTS = 24
@@ -124,16 +126,22 @@ def resolve(args) -> None:
 
 
 # -- workloads --------------------------------------------------------------------------------------
-def _prose_ids(args, count: int, room: int) -> tuple[list[list[int]], str]:
+def _random_ids(args, count: int) -> list[list[int]]:
+    from minedraft.runner import hf_adapter
+
+    vocab = hf_adapter.load_model_config(args.target).vocab_size
+    rng = random.Random(args.seed + 7)
+    return [[rng.randrange(3, vocab) for _ in range(rng.randint(8, 20))] for _ in range(count)]
+
+
+def _prose_ids(args, count: int, room: int, noise: bool = False) -> tuple[list[list[int]], str]:
     from minedraft.bench.prose import PROSE_PROMPTS
     from minedraft.runner import hf_adapter
 
-    tokenizer = hf_adapter.load_tokenizer(args.target)
-    if tokenizer is None:  # a checkpoint without a tokenizer: token ids drawn at random (far from anything)
-        vocab = hf_adapter.load_model_config(args.target).vocab_size
-        rng = random.Random(args.seed + 7)
-        ids = [[rng.randrange(3, vocab) for _ in range(rng.randint(8, 20))] for _ in range(len(PROSE_PROMPTS))]
-        source = "random token ids (no tokenizer)"
+    tokenizer = None if noise else hf_adapter.load_tokenizer(args.target)
+    if tokenizer is None:  # noise, or a checkpoint without a tokenizer: token ids drawn at random
+        ids = _random_ids(args, len(PROSE_PROMPTS))
+        source = "random token ids" + ("" if noise else " (no tokenizer)")
     else:
         ids = [tokenizer.encode(x, add_special_tokens=True) for x in PROSE_PROMPTS]
         source = "bundled natural-language prompts (minedraft.bench.prose)"
@@ -152,10 +160,10 @@ def build_workloads(args) -> tuple[dict, dict]:
     ns = types.SimpleNamespace(**{**vars(args), "max_tokens": args.matrix_max_tokens, "k": k_room})
     sources, prompts = {}, {}
     for regime in args.matrix_regimes:
-        if regime == "prose":
+        if regime in ("prose", "noise"):
             ctx = hf_adapter.load_model_config(args.target).max_position_embeddings
             room = max(1, ctx - args.matrix_max_tokens - k_room - 2)
-            prompts[regime], sources[regime] = _prose_ids(args, count, room)
+            prompts[regime], sources[regime] = _prose_ids(args, count, room, noise=regime == "noise")
         else:
             prompts[regime], sources[regime], _ = load_prompts(ns, count)
     out = {}
