@@ -5,6 +5,11 @@ mode alike.
     minedraft bench                                   # defaults: 16 requests at once, k=4, greedy, 64 tokens
     minedraft bench --rate 4 --json out.json --plot out.png
     minedraft bench --modes sd,psd --rounds 5
+    minedraft bench --matrix only --k-sweep            # just the serving matrix, k = 1..6 beside auto
+
+After the per-mode runs the same services run the serving matrix (concurrency 1, 16, 64 and Poisson
+arrivals x greedy / prose x ar, sd, psd at --ks auto,2,4; see minedraft.bench.matrix): per cell auto /
+best fixed k and auto / ar, a table and, with --plot, a heat map beside the figure.
 
 Modes (``--modes``, comma list; default all):
   ar, sd, psd            the three services (target, draft, gateway processes), one cluster; the mode

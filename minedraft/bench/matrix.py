@@ -396,7 +396,8 @@ def _r(x) -> str:
 def format_matrix(m: dict) -> str:
     ks = m["ks"]
     head = (f"{'load':<16}{'regime':<9}{'mode':<6}{'ar':>9}" + "".join(f"{'k=' + str(k):>9}" for k in ks)
-            + f"{'best k':>8}{'±':>6}{'acc':>6}{'auto/best':>11}{'auto/ar':>9}{'best/ar':>9}{'k range':>9}")
+            + f"{'best k':>8}{'±':>6}{'acc':>6}{'auto/best':>11}{'auto/any':>10}{'auto/ar':>9}{'best/ar':>9}"
+            + f"{'k range':>9}")
     fixed_ks = [k for k in ks if k != "auto"]
     acc_k = max(fixed_ks) if fixed_ks else "auto"
     lines = ["", f"serving matrix ({m['backend']}; {m['max_tokens']} tokens per request, EOS ignored; "
@@ -409,10 +410,12 @@ def format_matrix(m: dict) -> str:
         lines.append(f"{c['load']:<16}{c['regime']:<9}{c['mode']:<6}{_v(c['ar'], metric):>9}"
                      + "".join(f"{_v(c['by_k'].get(str(k)), metric):>9}" for k in ks)
                      + f"{str(c['best_fixed_k']):>8}{std:>6}{_r(acc):>6}{_r(c['auto_over_best_fixed']):>11}"
+                     + f"{_r(c['auto_over_best_fixed_overall']):>10}"
                      + f"{_r(c['auto_over_ar']):>9}{_r(c['best_fixed_over_ar']):>9}"
                      + f"{_r(c['best_over_worst_fixed']):>9}")
-    lines.append("(± = the largest std/mean over rounds among the row's runs, n/a with one round; acc = acceptance "
-                 "at the largest fixed k; k range = best fixed k / worst fixed k)")
+    lines.append("(auto/best = auto / the best fixed k of the same mode; auto/any = auto / the best fixed (mode, k) of "
+                 "sd and psd; ± = the largest std/mean over rounds among the row's runs, n/a with one round; acc = "
+                 "acceptance at the largest fixed k; k range = best fixed k / worst fixed k)")
     lines += [f"note: {n}" for n in m["notes"]]
     if m["aims"]:
         a = m["aims"]

@@ -208,10 +208,10 @@ def write_matrix_plot(m: dict, path: str) -> None:
     at = {(c["load"], c["regime"], c["mode"]): c for c in cells}
     if m.get("auto"):
         panels = [("auto_over_ar", "auto / ar", None),
-                  ("auto_over_best_fixed", "auto / best fixed k of the same mode", "best_fixed_k")]
+                  ("auto_over_best_fixed", "auto / best fixed k of the same mode", "vs k=")]
     else:
-        panels = [("best_fixed_over_ar", "best fixed k / ar (auto not run)", "best_fixed_k"),
-                  ("best_over_worst_fixed", "best / worst fixed k: what choosing k is worth", "best_fixed_k")]
+        panels = [("best_fixed_over_ar", "best fixed k / ar (auto not run)", "best k="),
+                  ("best_over_worst_fixed", "best / worst fixed k: what choosing k is worth", "best k=")]
     fig, axes = plt.subplots(1, 2, figsize=(3.0 + 1.5 * len(cols) * 2, 2.2 + 0.8 * len(loads)), squeeze=False,
                              layout="constrained")
     # colour by log2(ratio), symmetric about 1.0 (x2 as far as /2), saturating at 2x
@@ -228,8 +228,8 @@ def write_matrix_plot(m: dict, path: str) -> None:
                     continue
                 grid[i, j] = math.log2(c[key]) if c[key] > 0 else -span
                 text = f"{c[key]:.2f}"
-                if note and c.get(note) is not None:
-                    text += f"\nk={c[note]}"
+                if note and c.get("best_fixed_k") is not None:
+                    text += f"\n{note}{c['best_fixed_k']}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=10, fontweight="bold")
         im = ax.imshow(grid, cmap="RdYlGn", norm=norm, aspect="auto")
         ax.set_xticks(range(len(cols)), [f"{r}\n{mo}" for r, mo in cols], fontsize=9)
