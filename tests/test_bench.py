@@ -1,5 +1,6 @@
-"""`minedraft bench`: end to end on a tiny workload (every mode, real services), plus the pieces
-that decide what it reports (aggregation, ratios, consistency checks, prompt loading)."""
+"""`minedraft bench`: end to end on a tiny workload (every mode and the quick serving matrix, real
+services), plus the pieces that decide what it reports (aggregation, ratios, the matrix's cells,
+consistency checks, prompt loading)."""
 
 import json
 import os
@@ -26,7 +27,7 @@ def bench_report(llama_pair, tmp_path_factory):
            "--rounds", "2", "--num-requests", str(NUM_REQUESTS), "--max-tokens", str(MAX_TOKENS),
            "--hf-requests", str(HF_REQUESTS), "-k", str(K), "--prompts", str(prompts),
            "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"), "--log-dir", str(out / "logs")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     return json.loads((out / "bench.json").read_text()), proc.stdout, out
 
@@ -96,8 +97,40 @@ def test_bench_json_schema_and_every_mode(bench_report):
 def test_bench_table_on_stdout(bench_report):
     _, stdout, _ = bench_report
     for word in ALL_MODES + ("psd_over_sd_throughput", "step-time breakdown", "theory vs measurement",
-                             "EOS ignored", "protocols side by side", "paper_psd_over_sd_latency_mean"):
+                             "EOS ignored", "protocols side by side", "paper_psd_over_sd_latency_mean",
+                             "serving matrix", "auto/best", "auto/ar"):
         assert word in stdout
+
+
+def test_bench_quick_matrix(bench_report):
+    """--quick runs the tiny matrix: concurrency 1 and 4, greedy and prose, ar and sd/psd at each k, 1 round."""
+    report, stdout, out = bench_report
+    m = report["matrix"]
+    assert m["rounds"] == 1 and m["max_tokens"] == 16 and m["ks_requested"] == ["auto", 2, 4]
+    if m["auto"]:
+        assert m["ks"] == ["auto", 2, 4] and not m["notes"]
+    else:  # this build refuses "auto": one note, the fixed columns still run
+        assert m["ks"] == [2, 4] and len(m["notes"]) == 1 and "num_speculative_tokens" in m["notes"][0]
+        assert "k=auto skipped" in stdout
+    assert {(c["load"], c["regime"], c["mode"]) for c in m["cells"]} == {
+        (load, regime, mode) for load in ("c1", "c4") for regime in ("greedy", "prose") for mode in ("sd", "psd")}
+    assert m["prompt_sources"]["prose"].startswith("random token ids")  # the test pair has no tokenizer
+    assert len(m["runs"]) == 4 * (1 + 2 * len(m["ks"]))
+    for c in m["cells"]:
+        assert c["metric"] == "throughput_tok_s" and c["ar"] > 0
+        assert set(c["by_k"]) == {str(k) for k in m["ks"]} and all(v > 0 for v in c["by_k"].values())
+        assert c["best_fixed"] == max(c["by_k"][k] for k in ("2", "4")) == c["by_k"][str(c["best_fixed_k"])]
+        assert c["best_fixed_over_ar"] == pytest.approx(c["best_fixed"] / c["ar"])
+        assert c["max_relative_std"] is None  # one round: no spread
+        if m["auto"]:
+            assert c["auto_over_ar"] == pytest.approx(c["auto"] / c["ar"])
+            assert c["auto_over_best_fixed"] == pytest.approx(c["auto"] / c["best_fixed"])
+        else:
+            assert c["auto"] is None and c["auto_over_ar"] is None
+    greedy = [x for x in m["runs"] if x["regime"] == "greedy"]
+    assert all(x["temperature"] == 0.0 for x in greedy) and all(x["rounds"] == 1 for x in m["runs"])
+    assert "n/a" in stdout.split("serving matrix", 1)[1]  # the ± column with one round
+    assert (out / "bench-matrix.png").stat().st_size > 10_000
 
 
 # -- the parts, without processes ------------------------------------------------------------------
@@ -161,12 +194,92 @@ def test_prompt_loading_fits_the_context(tmp_path, llama_pair):
     assert source == str(path)
 
 
+def _matrix_run(load, regime, mode, k, tok_s, lat=1.0):
+    return {"load": load, "regime": regime, "mode": mode, "k": k, "throughput_tok_s": tok_s, "latency_mean_s": lat,
+            "throughput_tok_s_std": 0.0, "rounds": 1, "acceptance_rate": None if mode == "ar" else 0.7}
+
+
+def test_matrix_cells_and_ratios():
+    """The aims' ratios per cell: throughput for closed-loop rows, mean latency (as a speed-up) for Poisson."""
+    from minedraft.bench.matrix import Load, format_matrix, summarize
+
+    runs = [_matrix_run("c16", "greedy", "ar", None, 100.0),
+            _matrix_run("c16", "greedy", "sd", "auto", 120.0), _matrix_run("c16", "greedy", "sd", 2, 125.0),
+            _matrix_run("c16", "greedy", "sd", 4, 90.0),
+            _matrix_run("c16", "greedy", "psd", "auto", 140.0), _matrix_run("c16", "greedy", "psd", 2, 130.0),
+            _matrix_run("c16", "greedy", "psd", 4, 135.0),
+            _matrix_run("p8", "greedy", "ar", None, 50.0, lat=2.0),
+            _matrix_run("p8", "greedy", "sd", "auto", 50.0, lat=1.0), _matrix_run("p8", "greedy", "sd", 2, 50.0, 1.6),
+            _matrix_run("p8", "greedy", "sd", 4, 50.0, lat=0.8)]
+    m = summarize(runs, [Load("c16", 16, 16), Load("p8", 64, 24, rate=8.0)], ["greedy"])
+    cells = {(c["load"], c["mode"]): c for c in m["cells"]}
+    assert set(cells) == {("c16", "sd"), ("c16", "psd"), ("p8", "sd")}
+    sd = cells["c16", "sd"]
+    assert sd["best_fixed_k"] == 2 and sd["auto_over_best_fixed"] == pytest.approx(120 / 125)
+    assert sd["auto_over_ar"] == pytest.approx(1.2) and sd["best_over_worst_fixed"] == pytest.approx(125 / 90)
+    assert sd["best_fixed_overall"] == {"mode": "psd", "k": 4, "value": 135.0}
+    assert sd["auto_over_best_fixed_overall"] == pytest.approx(120 / 135)
+    assert cells["c16", "psd"]["auto_over_best_fixed"] == pytest.approx(140 / 135)
+    poisson = cells["p8", "sd"]  # latency: smaller wins, ratios are still speed-ups
+    assert poisson["metric"] == "latency_mean_s" and poisson["best_fixed_k"] == 4
+    assert poisson["auto_over_best_fixed"] == pytest.approx(0.8) and poisson["auto_over_ar"] == pytest.approx(2.0)
+    assert m["aims"] == {"cells": 3, "auto_over_best_fixed_ge_0.97": 1, "auto_over_ar_ge_1.00": 3}
+    m.update(ks=["auto", 2, 4], backend="services", max_tokens=64, rounds=1, notes=[])
+    text = format_matrix(m)
+    assert "0.96" in text and "aims: auto >= 0.97 x best fixed k in 1 of 3 cells" in text and "n/a" in text
+
+
+def test_matrix_heat_map_with_auto(tmp_path):
+    from minedraft.bench.matrix import Load, summarize
+    from minedraft.bench.plot import write_plot
+
+    runs = [_matrix_run("c1", "greedy", "ar", None, 100.0), _matrix_run("c1", "greedy", "sd", "auto", 150.0),
+            _matrix_run("c1", "greedy", "sd", 2, 140.0)]
+    m = summarize(runs, [Load("c1", 1, 4)], ["greedy"])
+    m.update(ks=["auto", 2], ks_requested=["auto", 2], auto=True, backend="services", max_tokens=64, rounds=1,
+             notes=[])
+    assert write_plot({"runs": [], "matrix": m}, str(tmp_path / "m.png")) == [str(tmp_path / "m.png")]
+    assert (tmp_path / "m.png").stat().st_size > 5_000
+
+
+def test_ks_auto_is_a_column_and_refusal_is_recognised():
+    import grpc
+
+    from minedraft.bench.matrix import _refusal, parse_ks
+    from minedraft.bench.table import std_text
+
+    assert parse_ks("auto,2,4", False) == ["auto", 2, 4]
+    assert parse_ks("auto,2", True) == ["auto", 1, 2, 3, 4, 5, 6] and parse_ks("4", True) == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(SystemExit, match="--ks"):
+        parse_ks("2,fast", False)
+    assert "num_speculative_tokens" in _refusal(ValueError("num_speculative_tokens: must be an integer"))
+    assert _refusal(ValueError("mode: cannot change")) is None
+    assert "integer" in _refusal(TypeError("'str' object cannot be interpreted as an integer"))
+
+    class Refused(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.INVALID_ARGUMENT
+
+        def details(self):
+            return "num_speculative_tokens: 'auto' is not supported"
+
+    assert _refusal(Refused()) == "num_speculative_tokens: 'auto' is not supported"
+    assert std_text({"rounds": 1, "throughput_tok_s_std": 0.0}) == "n/a"
+    assert std_text({"rounds": 3, "throughput_tok_s_std": 2.25}) == "2.2"
+
+
 def test_bad_modes_rejected(llama_pair):
     from minedraft.bench.cli import build_parser, resolve_args
 
     target, draft, _ = llama_pair
     with pytest.raises(SystemExit, match="unknown"):
         resolve_args(build_parser().parse_args(["--target", target, "--draft", draft, "--modes", "sd,fast"]))
+    with pytest.raises(SystemExit, match="matrix-regimes"):
+        resolve_args(build_parser().parse_args(["--target", target, "--draft", draft, "--matrix-regimes", "fast"]))
+    args = resolve_args(build_parser().parse_args(["--target", target, "--draft", draft, "--matrix", "only",
+                                                   "--rate", "5", "--k-sweep"]))
+    assert args.modes == [] and args.ks == ["auto", 1, 2, 3, 4, 5, 6]
+    assert [x.name for x in args.matrix_loads] == ["c1", "c16", "c64", "poisson 5/s"]
 
 
 def test_running_limit_is_reconfigurable(llama_pair):

@@ -5,6 +5,11 @@ mode alike.
     minedraft bench                                   # defaults: 16 requests at once, k=4, greedy, 64 tokens
     minedraft bench --rate 4 --json out.json --plot out.png
     minedraft bench --modes sd,psd --rounds 5
+    minedraft bench --matrix only --k-sweep            # just the serving matrix, k = 1..6 beside auto
+
+After the per-mode runs the same services run the serving matrix (concurrency 1, 16, 64 and Poisson
+arrivals x greedy / prose x ar, sd, psd at --ks auto,2,4; see minedraft.bench.matrix): per cell auto /
+best fixed k and auto / ar, a table and, with --plot, a heat map beside the figure.
 
 Modes (``--modes``, comma list; default all):
   ar, sd, psd            the three services (target, draft, gateway processes), one cluster; the mode
@@ -36,7 +41,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import random
 import socket
 import sys
@@ -44,6 +48,8 @@ import tempfile
 import time
 import types
 
+from minedraft.bench import matrix as bench_matrix
+from minedraft.bench.machine import machine_info
 from minedraft.bench.runners import (
     ALL_MODES,
     BATCH1_MODES,
@@ -105,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="tiny settings for tests: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    bench_matrix.add_arguments(p)
     return p
 
 
@@ -129,12 +136,15 @@ def resolve_args(args) -> argparse.Namespace:
         raise SystemExit("minedraft bench: --rate must be > 0")
     if not 1 <= args.k <= 16:
         raise SystemExit("minedraft bench: -k must be in [1, 16]")
+    bench_matrix.resolve(args)
+    if args.matrix == "only":
+        args.modes = []
     if args.target is None:
         from minedraft.assets import default_draft_path, default_target_path
 
         args.target = default_target_path()
         args.draft = args.draft or default_draft_path()
-    needs_draft = any(m != "ar" and m != "hf-target" for m in args.modes)
+    needs_draft = args.matrix != "off" or any(m != "ar" and m != "hf-target" for m in args.modes)
     if needs_draft and not args.draft:
         raise SystemExit("minedraft bench: --draft is needed for the speculative modes")
     for path in (args.target, args.draft):
@@ -213,41 +223,7 @@ def make_workload(args, prompts: list[list[int]]) -> Workload:
     return Workload(prompts, arrivals, args.concurrency, args.max_tokens, args.temperature, args.seed)
 
 
-# -- machine and placement --------------------------------------------------------------------------
-def placement_text(args) -> str:
-    if args.on_gpu:
-        return (f"target and draft services share {args.device}; no CPU pinning; in-process and HF modes run "
-                "in the bench process on the same GPU")
-    if args.pin:
-        return ("target pinned to core 0, draft to core 1, 1 torch thread each; gateway unpinned; in-process and HF "
-                "modes: bench process on cores {0,1}, 1 torch thread (in-process draft on the scheduler's worker "
-                "thread, target on the calling thread)")
-    return "no CPU pinning (--no-pin or fewer than 2 usable cores); torch default threads in every process"
-
-
-def machine_info(args) -> dict:
-    import torch
-    import transformers
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"cpu_model": cpu, "logical_cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "hostname": socket.gethostname(), "device": args.device,
-            "pinned": args.pin, "placement": placement_text(args)}
-    if args.on_gpu and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
-    return info
-
-
+# -- placement --------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def bench_process_placement(pin: bool):
     """Restrict this (calling) thread, and the threads it starts meanwhile, to cores {0, 1}."""
@@ -271,7 +247,8 @@ def free_port() -> int:
 
 def service_max_num_seqs(args) -> int:
     """What the workers (and the gateway, between paper rounds) are started with: room for every protocol."""
-    return max(64, args.concurrency, PAPER_MODES["psd-paper"][1] * args.paper_batch)
+    matrix = [x.concurrency for x in args.matrix_loads] if args.matrix != "off" else []
+    return max(64, args.concurrency, PAPER_MODES["psd-paper"][1] * args.paper_batch, *matrix)
 
 
 def start_cluster(args, log_dir: str):
@@ -298,17 +275,21 @@ class Bench:
 
     def setup(self, log_dir: str) -> str:
         args = self.args
-        if any(m in SERVICE_MODES or m in PAPER_MODES for m in args.modes):
+        matrix_on = {"services": args.matrix != "off" and args.matrix_backend == "services",
+                     "inproc": args.matrix != "off" and args.matrix_backend == "inproc"}
+        if matrix_on["services"] or any(m in SERVICE_MODES or m in PAPER_MODES for m in args.modes):
             self.cluster = start_cluster(args, log_dir)
         with bench_process_placement(args.pin):  # load our models while the services start
             if args.pin:
                 import torch
 
                 torch.set_num_threads(1)
-            if any(m in INPROC_MODES for m in args.modes):
+            if matrix_on["inproc"] or any(m in INPROC_MODES for m in args.modes):
                 from minedraft.engine import Engine
 
-                self.engine = Engine(args.target, args.draft, mode="sd", num_speculative_tokens=args.k,
+                # room for every k the matrix verifies
+                k = max([args.k] + [x for x in args.ks if x != "auto"]) if matrix_on["inproc"] else args.k
+                self.engine = Engine(args.target, args.draft, mode="sd", num_speculative_tokens=k,
                                      device=args.device)
             if any(m in HF_MODES for m in args.modes):
                 from minedraft.bench.hf_peer import HFPeer
@@ -362,20 +343,20 @@ def run(args) -> dict:
     bench = Bench(args)
     results = []
     try:
-        print(f"minedraft bench: starting ({', '.join(args.modes)}); service logs in {log_dir}", file=sys.stderr,
-              flush=True)
+        what = ", ".join(args.modes + (["matrix"] if args.matrix != "off" else []))
+        print(f"minedraft bench: starting ({what}); service logs in {log_dir}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         transport = bench.setup(log_dir)
         print(f"minedraft bench: models loaded and services healthy in {time.perf_counter() - t0:.1f}s",
               file=sys.stderr, flush=True)
-        if args.warmup:  # unmeasured: first-call allocations, thread start-up, gRPC connections
+        if args.warmup and args.modes:  # unmeasured: first-call allocations, thread start-up, gRPC connections
             warm = Workload([prompts[0], prompts[-1]], [0.0, 0.0], 2, min(8, args.max_tokens), args.temperature,
                             args.seed)
             for mode in args.modes:
                 bench.run_round(mode, warm, -1, [0])
         bar = tqdm(total=args.rounds * len(args.modes), desc="bench", unit="round", file=sys.stderr,
-                   disable=not args.progress)
-        for r in range(args.rounds):
+                   disable=not args.progress or not args.modes)
+        for r in range(args.rounds if args.modes else 0):
             shift = r % len(args.modes)  # rotate the order too, so no mode always runs first or last
             for mode in args.modes[shift:] + args.modes[:shift]:
                 bar.set_postfix_str(f"round {r + 1} {mode}")
@@ -385,6 +366,9 @@ def run(args) -> dict:
                 results.append(result)
                 bar.update(1)
         bar.close()
+        if args.modes:
+            print(f"minedraft bench: per-mode runs took {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        matrix = bench_matrix.run_matrix(bench, args) if args.matrix != "off" else None
     finally:
         bench.close()
     order = {m: i for i, m in enumerate(args.modes)}
@@ -418,11 +402,14 @@ def run(args) -> dict:
                                        args.num_requests)
     ratios = bench_report.compute_ratios(runs)
     ratios.update(bench_report.model_ratios(theory))
-    return {"runs": runs, "ratios": ratios,
+    report = {"runs": runs, "ratios": ratios,
             "ratio_definitions": bench_report.RATIO_DEFINITIONS,
             "theory": theory,
             "machine": machine_info(args), "config": config,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if matrix is not None:
+        report["matrix"] = matrix
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,12 +432,16 @@ def main(argv: list[str] | None = None) -> int:
     from minedraft.bench.plot import write_plot
     from minedraft.bench.table import format_table
 
-    print(format_table(report), flush=True)
+    if report["runs"]:
+        print(format_table(report), flush=True)
+    if "matrix" in report:
+        print(bench_matrix.format_matrix(report["matrix"]), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
     if args.plot:
-        write_plot(report, args.plot)
+        for path in write_plot(report, args.plot):
+            print(f"minedraft bench: wrote {path}", file=sys.stderr, flush=True)
     return 0
 
 

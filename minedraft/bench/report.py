@@ -105,7 +105,7 @@ def _sum_breakdowns(items: list[dict]) -> dict:
     return out
 
 
-def aggregate(results: list[RoundResult], k: int) -> list[dict]:
+def aggregate(results: list[RoundResult], k: int | str) -> list[dict]:
     """One figure set per mode: throughput = mean over rounds of (tokens / round wall time);
     latency and TTFT over every request of every round; acceptance from the summed counters."""
     by_mode: dict[str, list[RoundResult]] = {}
@@ -142,7 +142,10 @@ def aggregate(results: list[RoundResult], k: int) -> list[dict]:
             run["acceptance_rate"] = accepted / drafted if drafted else 0.0
             run["mean_accepted_length"] = run["mean_accepted_len"] = 1.0 + accepted / max(1, drafts)
             if counters[0].get("num_accepted_tokens_per_pos") is not None:
-                per_pos = [sum(c["num_accepted_tokens_per_pos"][i] for c in counters) for i in range(k)]
+                # k = "auto" (or per-row lengths): as many positions as the longest draft reached
+                width = k if isinstance(k, int) else max(len(c["num_accepted_tokens_per_pos"]) for c in counters)
+                per_pos = [sum(c["num_accepted_tokens_per_pos"][i] for c in counters
+                               if i < len(c["num_accepted_tokens_per_pos"])) for i in range(width)]
                 run["counters"]["spec_decode_num_accepted_tokens_per_pos"] = per_pos
                 run["acceptance_per_pos"] = [a / max(1, drafts) for a in per_pos]
             run["acceptance_estimated"] = bool(counters[0].get("estimated"))

@@ -111,9 +111,10 @@ def counters_from_metrics(m) -> dict:
                 num_accepted_tokens_per_pos=[int(x) for x in m.spec_decode_num_accepted_tokens_per_pos])
 
 
-def check_round(result: RoundResult, workload: Workload, num_requests: int) -> None:
+def check_round(result: RoundResult, workload: Workload, num_requests: int, allow_no_drafts: bool = False) -> None:
     """Tokens counted must equal tokens returned, and every request must get exactly max_tokens
-    (EOS is ignored in every mode); speculative counters must add up. Raises BenchError."""
+    (EOS is ignored in every mode); speculative counters must add up. Raises BenchError.
+    `allow_no_drafts`: k = auto may decode a whole round target-only (k = 0 every step)."""
     where = f"{result.mode} round {result.round}"
     if len(result.requests) != num_requests:
         raise BenchError(f"{where}: {len(result.requests)} of {num_requests} requests completed")
@@ -137,7 +138,7 @@ def check_round(result: RoundResult, workload: Workload, num_requests: int) -> N
         if drafted != c["num_draft_tokens"] or accepted != c["num_accepted_tokens"]:
             raise BenchError(f"{where}: requests report {accepted}/{drafted} accepted/drafted tokens but the "
                              f"counters say {c['num_accepted_tokens']}/{c['num_draft_tokens']}")
-        if c["num_drafts"] == 0:
+        if c["num_drafts"] == 0 and not allow_no_drafts:
             raise BenchError(f"{where}: no draft was verified")
 
 

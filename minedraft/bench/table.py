@@ -7,7 +7,7 @@ import os
 
 from minedraft.bench.report import GOALS, RATIO_DEFINITIONS, ratio
 
-__all__ = ["format_table"]
+__all__ = ["format_table", "std_text"]
 
 
 def _protocol_lines(report: dict) -> list[str]:
@@ -36,6 +36,11 @@ def _protocol_lines(report: dict) -> list[str]:
     return lines
 
 
+def std_text(run: dict) -> str:
+    """The "±" column: the std over rounds, "n/a" with one round (there is no spread to show)."""
+    return "n/a" if run.get("rounds", 0) < 2 else f"{run['throughput_tok_s_std']:.1f}"
+
+
 def _f(x, fmt="{:.3f}", none="-"):
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
@@ -60,13 +65,14 @@ def format_table(report: dict) -> str:
         per_pos = " ".join(f"{a:.2f}" for a in r["acceptance_per_pos"]) if r["acceptance_per_pos"] else "-"
         est = "~" if r.get("acceptance_estimated") else ""
         lines.append(
-            f"{r['mode']:<12}{r['throughput_tok_s']:>9.1f}{r['throughput_tok_s_std']:>7.1f}"
+            f"{r['mode']:<12}{r['throughput_tok_s']:>9.1f}{std_text(r):>7}"
             f"{r['latency_mean_s']:>10.3f}{r['latency_p50_s']:>8.3f}{r['latency_p99_s']:>8.3f}"
             f"{_f(r['ttft_mean_s']):>8}{est + _f(r['acceptance_rate']):>10}"
             f"{est + _f(r['mean_accepted_length'], '{:.2f}'):>9}"
             f"  {per_pos}")
-    lines.append("(throughput = generated tokens / round wall time, mean ± std over rounds; latencies in s over all "
-                 "requests of all rounds; ~ = estimated from transformers' target forward count)")
+    lines.append("(throughput = generated tokens / round wall time, mean ± std over rounds, n/a with one round; "
+                 "latencies in s over all requests of all rounds; ~ = estimated from transformers' target "
+                 "forward count)")
     bd = [r for r in report["runs"] if r.get("step_breakdown", {}).get("fractions")]
     if bd:
         lines += ["", "step-time breakdown (fractions of step wall time; each side: compute + control plane + idle "
