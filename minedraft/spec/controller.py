@@ -33,7 +33,8 @@ from minedraft.spec.workers import Verdict
 log = logging.getLogger("minedraft.spec")
 
 WARMUP_KS = (0, 1, 2, 4)  # one step each, in this order, before the model decides
-EXPLORE_EVERY = 16
+EXPLORE_EVERY = 16  # a neighbour of the best k (cheap: it is nearly as good)
+EXPLORE_PIPELINE_EVERY = 64  # psd while merged: three pipeline steps (dearer: half-batch steps)
 HYSTERESIS = 0.03
 MERGE = -1  # psd: decode every row in one step
 
@@ -237,8 +238,8 @@ class SpeculationController:
 
     def merge(self, batches: list[list[str]], requests, max_k: int | None = None) -> bool:
         """psd: whether this step should decode every row at once instead (no k pays for the pipeline).
-        The first step does (it measures the decode); while merged, every EXPLORE_EVERY-th step
-        and the two after it run the pipeline again."""
+        The first step does (it measures the decode); while merged, three steps in every
+        EXPLORE_PIPELINE_EVERY run the pipeline again."""
         t0 = time.perf_counter()
         k_max = self._bound(max_k)
         a, b = batches
@@ -255,7 +256,7 @@ class SpeculationController:
             best = max(psd)
             merged = ar > best * (1 + HYSTERESIS if not self._merged else 1 - HYSTERESIS)
             self._log_regime(n, [ar] + [psd[k] for k in range(1, k_max + 1)], merged=merged, spec_k=spec)
-            if merged and self.decisions % EXPLORE_EVERY in (EXPLORE_EVERY - 3, EXPLORE_EVERY - 2, EXPLORE_EVERY - 1):
+            if merged and self.decisions % EXPLORE_PIPELINE_EVERY >= EXPLORE_PIPELINE_EVERY - 3:
                 merged = False
         if merged:
             self.decisions += 1
