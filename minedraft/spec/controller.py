@@ -15,7 +15,7 @@ It maximises expected committed tokens per second, from the online models of spe
 The first steps try a few k (0 included) so that every term of the fit is identified; every
 EXPLORE_EVERY-th step tries a neighbour of the best k so that the estimates stay current; a change of
 k needs HYSTERESIS better goodput. Deterministic given its inputs; per step a few hundred float
-operations. A regime change (speculating or not) is logged once at INFO.
+operations. A regime change (speculating or not, held for REGIME_PERSIST decisions) is logged once at INFO.
 
 Exactness is untouched: k and the budget depend on past steps and on draft-side information only.
 """
@@ -36,6 +36,7 @@ WARMUP_KS = (0, 1, 2, 4)  # one step each, in this order, before the model decid
 EXPLORE_EVERY = 16  # a neighbour of the best k (cheap: it is nearly as good)
 EXPLORE_PIPELINE_EVERY = 64  # psd while merged: three pipeline steps (dearer: half-batch steps)
 HYSTERESIS = 0.03
+REGIME_PERSIST = 8  # decisions a new regime (speculating or not) must last before it is logged
 MERGE = -1  # psd: decode every row in one step
 
 
@@ -95,6 +96,7 @@ class SpeculationController:
         self.psd_k = 1  # psd: the k the last drafted batch got (a guess for the other batch's next draft)
         self._merged = False
         self._regime: bool | None = None  # speculating or not, as last logged
+        self._flips = 0  # decisions in a row that disagreed with _regime
         self._pending: tuple | None = None  # a decode step's record, until the next step starts
         self._curves: dict = {}
         self._curves_at = -1
@@ -304,7 +306,12 @@ class SpeculationController:
             return
         speculating = not merged if merged is not None else self.best != 0
         if speculating == self._regime:
+            self._flips = 0
             return
+        self._flips += 1
+        if self._regime is not None and self._flips < REGIME_PERSIST:
+            return  # the batch shrinking at a round's end, or noise: not a regime yet
+        self._flips = 0
         first = self._regime is None
         self._regime = speculating
         if first and speculating:
