@@ -313,3 +313,6 @@ def test_engine_auto_bounds_and_reconfigure():
         engine.scheduler.reconfigure(None, "auto")
         assert isinstance(engine.scheduler.controller, SpeculationController)
         assert engine.frontend.model_info().auto_k
+        costs = engine.scheduler.controller.costs
+        engine.scheduler.reconfigure("sd", None)  # auto to auto: what it measured carries over
+        assert engine.scheduler.controller.costs is costs and engine.scheduler.controller.mode == "sd"

@@ -40,10 +40,15 @@ REGIME_PERSIST = 8  # decisions a new regime (speculating or not) must last befo
 MERGE = -1  # psd: decode every row in one step
 
 
-def make_controller(k, max_k: int, mode: str, draft=None):
-    """The scheduler's k policy: a SpeculationController for k = "auto" (with a draft), else FixedK."""
+def make_controller(k, max_k: int, mode: str, draft=None, previous=None):
+    """The scheduler's k policy: a SpeculationController for k = "auto" (with a draft), else FixedK.
+    previous: the policy before a reconfigure; a controller's measurements (this machine's costs, the
+    traffic's acceptance) carry over, so that it does not warm up again."""
     if k == AUTO_K and draft is not None and mode != "ar":
-        return SpeculationController(max_k, mode, capacity=draft.capacity_k)
+        c = SpeculationController(max_k, mode, capacity=draft.capacity_k)
+        if isinstance(previous, SpeculationController):
+            c.costs, c.acceptance, c.decisions = previous.costs, previous.acceptance, len(WARMUP_KS) + 1
+        return c
     return FixedK(k if k != AUTO_K else max_k)
 
 

@@ -452,5 +452,5 @@ class Scheduler:
         if self.draft is not None and k != AUTO_K:
             self.draft.require_k(k)  # a draft node's --max-k may be below it (auto: it bounds k instead)
         self.mode, self.k, self.max_num_seqs = mode, k, max_num_seqs
-        self.controller = make_controller(k, self.auto_max_k, mode, self.draft)
+        self.controller = make_controller(k, self.auto_max_k, mode, self.draft, previous=self.controller)
         self.metrics = self.new_metrics()
