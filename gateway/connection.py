@@ -11,7 +11,7 @@ import grpc
 from gateway.draft_pool import DraftPool
 from gateway.engine_loop import EngineLoop
 from gateway.recovery import TargetRecovery
-from minedraft.config import TimeoutConfig
+from minedraft.config import AUTO_K, TimeoutConfig
 from minedraft.rpc.grpc_common import log, set_serving
 from minedraft.rpc.remote_workers import RemoteTargetWorker
 from minedraft.runner import hf_adapter
@@ -32,7 +32,7 @@ class Workers:
         self.draft = None
         if draft_endpoints:
             self.draft = DraftPool(draft_endpoints, self.target, self.target_info, transport)
-            self.draft.require_k(k)
+            self.draft.require_k(1 if k == AUTO_K else k)  # auto: the nodes' --max-k bound k instead
             self.draft.refresh()
             if not self.draft.live and self.draft.rejected:
                 raise ValueError("no draft node can serve: " + "; ".join(
@@ -103,7 +103,7 @@ class Connection:
         except (OSError, ValueError) as exc:
             log.warning("gateway: no tokenizer at %s (%s): token-id prompts only", tokenizer_path, exc)
         mode = args.mode if workers.draft is not None else "ar"
-        scheduler = Scheduler(workers.target, workers.draft, mode, args.k, args.max_num_seqs)
+        scheduler = Scheduler(workers.target, workers.draft, mode, args.k, args.max_num_seqs, max_k=args.max_k)
         self.metrics.bind(scheduler, workers.target, workers.draft)
         self.recovery = TargetRecovery(workers, self.ready, args.target, args.recovery_timeout_s, stop)
         self.loop = EngineLoop(scheduler, max_waiting=args.max_waiting, observer=self.metrics,
@@ -114,7 +114,7 @@ class Connection:
                                  words=GATEWAY_WORDS)
         threading.Thread(target=self._watch_workers, args=(stop,), daemon=True).start()
         self.ready.set(True)
-        log.info("gateway: ready (mode %s, k %d, transport %s)", mode, args.k, workers.transport)
+        log.info("gateway: ready (mode %s, k %s, transport %s)", mode, args.k, workers.transport)
 
     def _watch_workers(self, stop: threading.Event) -> None:
         """Join draft nodes that appear (scale-up, DNS) or come back after a failure; notice a target

@@ -88,6 +88,12 @@ class DraftPool(DraftWorker):
                                      f"{address} (start it with --max-k {k} or more)")
             self.required_k = k
 
+    def capacity_k(self) -> int | None:
+        """The largest k every live node can draft (auto's k stays within it); None: none reported."""
+        with self.lock:
+            known = [node.max_k for node in self.nodes.values() if node.max_k]
+        return min(known) if known else None
+
     def refresh(self) -> None:
         """Connect nodes that are new or back. Cheap when nothing changed."""
         self._last_refresh = time.monotonic()

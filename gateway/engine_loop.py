@@ -88,7 +88,7 @@ class EngineLoop:
         with self.step_lock:
             metrics = self.scheduler.metrics
             if reset:
-                self.scheduler.metrics = SpecDecodeMetrics(self.scheduler.k)
+                self.scheduler.metrics = self.scheduler.new_metrics()
             return metrics
 
     def stop(self) -> None:

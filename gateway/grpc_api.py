@@ -10,6 +10,7 @@ import grpc
 
 from gateway.detokenizer import IncrementalDetokenizer
 from gateway.engine_loop import QueueFull
+from minedraft.config import AUTO_K
 from minedraft.rpc.grpc_common import params_from_proto
 from minedraft.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -60,7 +61,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         info, w = self.conn.frontend.model_info(), self.conn.workers
         return gateway_pb2.ModelInfo(
             target_model=info.model, draft_model=",".join(self.conn.draft_endpoints),
-            mode=info.mode, num_speculative_tokens=info.num_speculative_tokens, vocab_size=info.vocab_size,
+            mode=info.mode, num_speculative_tokens=0 if info.auto_k else info.num_speculative_tokens,
+            auto_k=info.auto_k, max_k=self.conn.loop.scheduler.controller.bound(), vocab_size=info.vocab_size,
             context_len=info.context_len, transport=w.transport,
             draft_endpoints=w.draft.live if w.draft is not None else [], target_endpoint=self.conn.args.target,
             max_num_seqs=info.max_num_seqs)
@@ -79,9 +81,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def Configure(self, request, context):
         self._require_ready(context)
         self._require_operator(context, "Configure")
+        k = AUTO_K if request.auto_k else request.num_speculative_tokens or None
         try:
-            self.conn.loop.call(lambda s: s.reconfigure(request.mode or None, request.num_speculative_tokens or None,
-                                                        request.max_num_seqs or None))
+            self.conn.loop.call(lambda s: s.reconfigure(request.mode or None, k, request.max_num_seqs or None))
         except ValueError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return self._model_info()
@@ -96,7 +98,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
 def stats_to_proto(m, mode: str) -> gateway_pb2.Stats:
     b = gateway_pb2.StepBreakdown(**m.breakdown())
+    k_steps = {name: gateway_pb2.KSteps(steps_at_k=counts, share_k0=m.k_share(name, 0))
+               for name, counts in m.k_steps.items()}
     return gateway_pb2.Stats(
         spec_decode_num_drafts=m.spec_decode_num_drafts, spec_decode_num_draft_tokens=m.spec_decode_num_draft_tokens,
         spec_decode_num_accepted_tokens=m.spec_decode_num_accepted_tokens,
-        spec_decode_num_accepted_tokens_per_pos=m.spec_decode_num_accepted_tokens_per_pos, steps=b, mode=mode)
+        spec_decode_num_accepted_tokens_per_pos=m.spec_decode_num_accepted_tokens_per_pos, steps=b, mode=mode,
+        k_steps=k_steps)

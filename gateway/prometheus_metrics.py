@@ -22,6 +22,7 @@ STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.0
                 2.5)
 # Parts of a step (`part` label), as minedraft.spec.metrics.sum_steps splits it and GetStats reports it.
 STEP_PARTS = ("draft_compute", "verify_compute", "control_plane", "draft_idle", "target_idle", "wall")
+K_BUCKETS = tuple(float(k) for k in range(17))  # one bucket per k (MAX_SPECULATIVE_TOKENS = 16)
 KV_POLL_S = 2.0  # the target's Info is asked at most this often, and only when someone scrapes
 
 
@@ -62,9 +63,12 @@ class GatewayMetrics:
                              registry=r)
         self.step = Histogram(P + "step_seconds", "Scheduler step time split into parts (sum by part: the "
                               "GetStats breakdown)", ["part", "mode"], buckets=STEP_BUCKETS, registry=r)
+        self.spec_k = Histogram(P + "spec_decode_k", "Draft tokens per step as the schedule chose them (k = auto; "
+                                "0: the batch decoded target-only), by mode", ["mode"], buckets=K_BUCKETS, registry=r)
         self._seen_metrics = None  # the scheduler's SpecDecodeMetrics object last looked at ...
         self._seen = (0, 0, 0, [], 0)  # ... and its counters then: drafts, draft tokens, accepted, per pos, steps
         self._step_children: dict[str, dict] = {}
+        self._k_children: dict[str, object] = {}
         self._last_emit: dict[str, float] = {}  # request id -> time of its previous tokens (ITL)
         self._kv_lock = threading.Lock()
         self._kv_polled = 0.0
@@ -108,6 +112,11 @@ class GatewayMetrics:
                     part: self.step.labels(part=part, mode=record.mode) for part in STEP_PARTS}
             for part, seconds in step_parts(record).items():
                 children[part].observe(seconds)
+            if record.k is not None:
+                child = self._k_children.get(record.mode)
+                if child is None:
+                    child = self._k_children[record.mode] = self.spec_k.labels(mode=record.mode)
+                child.observe(record.k)
         self._seen = (m.spec_decode_num_drafts, m.spec_decode_num_draft_tokens, m.spec_decode_num_accepted_tokens,
                       list(m.spec_decode_num_accepted_tokens_per_pos), m.total_steps)
 

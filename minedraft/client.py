@@ -71,10 +71,12 @@ class MineDraftClient:
     def model_info(self) -> gateway_pb2.ModelInfo:
         return self.stub.GetModelInfo(gateway_pb2.ModelInfoRequest(), metadata=self.metadata)
 
-    def configure(self, mode: str = "", num_speculative_tokens: int = 0,
+    def configure(self, mode: str = "", num_speculative_tokens: int | str = 0,
                   max_num_seqs: int = 0) -> gateway_pb2.ModelInfo:
-        request = gateway_pb2.ConfigureRequest(mode=mode, num_speculative_tokens=num_speculative_tokens,
-                                               max_num_seqs=max_num_seqs)
+        """Operator call: switch mode, k (a number, "auto", or 0 to keep it) or max_num_seqs between requests."""
+        auto = num_speculative_tokens == "auto"
+        request = gateway_pb2.ConfigureRequest(mode=mode, num_speculative_tokens=0 if auto else num_speculative_tokens,
+                                               max_num_seqs=max_num_seqs, auto_k=auto)
         return self.stub.Configure(request, metadata=self.metadata)
 
     def stats(self, reset: bool = False) -> gateway_pb2.Stats:

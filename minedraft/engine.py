@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from minedraft.config import EngineConfig
+from minedraft.config import DEFAULT_MAX_K, EngineConfig
 from minedraft.runner import hf_adapter
 from minedraft.runner.model_runner import ModelRunner
 from minedraft.spec.compat import check_draft_fits_target, tokenizer_digest
@@ -36,7 +36,8 @@ def default_model_paths() -> tuple[str, str]:
 
 class Engine:
     def __init__(self, target: str | None = None, draft: str | None = None, mode: str = "psd",
-                 num_speculative_tokens: int = 4, device: str = "cpu", draft_device: str | None = None,
+                 num_speculative_tokens: int | str = "auto", max_k: int = DEFAULT_MAX_K, device: str = "cpu",
+                 draft_device: str | None = None,
                  dtype: str | None = None, max_num_seqs: int = 64, max_model_len: int | None = None,
                  full_q: bool = True, q_dtype: str = "float32", kv_cache_memory: float | None = None,
                  gpu_memory_utilization: float = 0.9, max_num_batched_tokens: int | None = None, block_size: int = 16,
@@ -47,12 +48,13 @@ class Engine:
         # Every keyword checked before anything loads (minedraft.config names the field that is wrong).
         # cuda_graphs: None = runner.CUDA_GRAPHS_DEFAULT (off until a GPU run has exercised them).
         config = EngineConfig.from_kwargs(
-            target=target, draft=draft, mode=mode, num_speculative_tokens=num_speculative_tokens, device=device,
+            target=target, draft=draft, mode=mode, num_speculative_tokens=num_speculative_tokens, max_k=max_k,
+            device=device,
             draft_device=draft_device, dtype=dtype, full_q=full_q, q_dtype=q_dtype, max_num_seqs=max_num_seqs,
             max_model_len=max_model_len, kv_cache_memory=kv_cache_memory,
             gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
             block_size=block_size, num_kv_blocks=num_kv_blocks, cuda_graphs=cuda_graphs)
-        lookahead = num_speculative_tokens + 2
+        lookahead = config.capacity_k + 2  # auto: the KV room of the largest k it may pick
         # Target and draft each get the budget (kv_cache_memory / gpu_memory_utilization) on their device.
         memory = config.cache_kwargs()
         self.target_runner = ModelRunner(target, device, dtype, lookahead=lookahead, role="target", **memory)
@@ -73,7 +75,7 @@ class Engine:
         self.context_len = min(r.context_len for r in (self.target_runner, self.draft_runner) if r is not None)
         self.vocab_size = cfg.vocab_size
         self.scheduler = Scheduler(LocalTargetWorker(self.target_runner), draft_worker, mode,
-                                   num_speculative_tokens, max_num_seqs)
+                                   num_speculative_tokens, max_num_seqs, max_k=max_k)
         self.frontend = Frontend(SchedulerSink(self.scheduler), self.tokenizer, self.eos_token_ids, self.vocab_size,
                                  self.context_len, model=target)
         self._ids = itertools.count()

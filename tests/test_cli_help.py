@@ -22,7 +22,7 @@ def run(*argv: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("argv, shows", [
     (["--help"], ["up", "serve", "generate", "bench"]),
-    (["up", "--help"], ["--mode {ar,sd,psd}", "(default: psd)", "(default: 4)", "(default: 50052)"]),
+    (["up", "--help"], ["--mode {ar,sd,psd}", "(default: psd)", "(default: auto)", "(default: 50052)"]),
     (["serve", "--help"], ["target", "draft", "gateway"]),
     (["serve", "target", "--help"], ["--max-num-seqs", "(default: 64)", "(default: 50052)"]),
     (["serve", "draft", "--help"], ["--max-k", "(default: 8)", "(default: 50053)"]),

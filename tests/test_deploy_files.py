@@ -159,7 +159,7 @@ def test_gateway_reaches_services_by_dns_name(compose):
     assert flag(gw, "--target") == "target:50052"
     assert flag(gw, "--draft") == "draft:50053"  # one DNS name, several replicas behind it
     assert flag(gw, "--mode") == "psd"
-    assert flag(gw, "-k") == "4"
+    assert flag(gw, "-k") == "auto" and flag(gw, "--max-k") == "8"  # the controller picks k, within 8
     gw_cpu = services(compose)["gateway-cpu"]["command"]
     assert flag(gw_cpu, "--target") == "target-cpu:50052"
     assert flag(gw_cpu, "--draft") == "draft-cpu:50053"

@@ -25,7 +25,7 @@ def info(address: str, stub_cls) -> worker_pb2.WorkerInfo:
         return stub_cls(ch).Info(worker_pb2.InfoRequest(), timeout=5)
 
 
-def gateway(ports: dict, port: int, k: int) -> list[str]:
+def gateway(ports: dict, port: int, k) -> list[str]:
     return [sys.executable, "-m", "gateway", "--target", f"127.0.0.1:{ports['target']}", "--draft",
             f"127.0.0.1:{ports['draft']}", "--port", str(port), "--mode", "sd", "-k", str(k)]
 
@@ -87,6 +87,25 @@ def test_configure_above_max_k_fails_with_failed_precondition(workers, llama_pai
             ids, last = client.generate_ids(prompt, max_tokens=12)
             assert ids == greedy_generate(llama_pair[2], prompt, 12)
             assert last.num_drafted > 0  # the node stayed in the pool and drafted
+        assert "dropped" not in (tmp_path / "gateway.log").read_text()
+    finally:
+        cluster.stop()
+
+
+def test_auto_k_stays_within_the_drafts_max_k(workers, llama_pair, tmp_path):
+    """-k auto (with --max-k 8) against a node with --max-k 2: the node joins and auto's range is 0..2."""
+    port = free_port()
+    cluster = LocalCluster({"gateway": gateway(workers, port, k="auto")}, log_dir=str(tmp_path))
+    cluster.start()
+    try:
+        cluster.wait_healthy({"gateway": f"127.0.0.1:{port}"}, timeout=60, progress=lambda m: None)
+        prompt = [1, 5, 9, 13, 17]
+        with MineDraftClient(f"127.0.0.1:{port}") as client:
+            info = client.model_info()
+            assert info.auto_k and info.max_k == 2
+            ids, _ = client.generate_ids(prompt, max_tokens=24)
+            assert ids == greedy_generate(llama_pair[2], prompt, 24)
+            assert len(client.stats().k_steps["sd"].steps_at_k) <= 3  # never above k = 2
         assert "dropped" not in (tmp_path / "gateway.log").read_text()
     finally:
         cluster.stop()

@@ -7,6 +7,7 @@ imports this module and `--help` must answer at once."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
@@ -25,12 +26,14 @@ HTTP_PORT_ENV = "MINEDRAFT_HTTP_PORT"
 
 
 def option(default=None, help: str = "", *, flags: tuple = (), shown: str | None = None, choices=None,
-           metavar: str | None = None, env: str | None = None, append: bool = False, argv: bool = True):
+           metavar: str | None = None, env: str | None = None, append: bool = False, argv: bool = True,
+           parse=None):
     """A config field that is also a command-line flag. flags: default `--field-name`; shown: how
     the help names a None default; env: the default is read from this variable when the config is
-    made; argv=False: never written into a child's command line (secrets travel by environment)."""
+    made; argv=False: never written into a child's command line (secrets travel by environment);
+    parse: the flag's argparse type (default: from the annotation)."""
     meta = dict(help=help, flags=tuple(flags), shown=shown, choices=choices, metavar=metavar, env=env,
-                append=append, argv=argv)
+                append=append, argv=argv, parse=parse)
     if env:
         return field(default_factory=lambda: type(default)(os.environ.get(env, str(default))), metadata=meta)
     return field(default=default, metadata=meta)
@@ -41,13 +44,35 @@ def group(factory, **overrides):
     return field(default_factory=lambda: factory(**overrides), metadata={"group": True})
 
 
+AUTO_K = "auto"  # num_speculative_tokens: the goodput controller picks k per step (0 included)
+
+
+def parse_k(text: str):
+    """-k's argparse type: "auto" or an integer."""
+    if text == AUTO_K:
+        return AUTO_K
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto or an integer, got {text!r}") from None
+
+
 def check_mode_and_k(mode: str, k, has_draft: bool) -> None:
     """The one validation of a schedule's mode and k (configs, Engine, gateway and reconfigure use it)."""
     if mode not in MODES:
         raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
     if mode != "ar" and not has_draft:
         raise ValueError(f"mode: {mode!r} needs a draft model")
-    _int_in("num_speculative_tokens", k, 1, MAX_SPECULATIVE_TOKENS)
+    if k != AUTO_K:
+        try:
+            _int_in("num_speculative_tokens", k, 1, MAX_SPECULATIVE_TOKENS)
+        except ValueError:
+            raise ValueError(f"num_speculative_tokens: must be auto or an integer in [1, {MAX_SPECULATIVE_TOKENS}], "
+                             f"got {k!r}") from None
+
+
+def check_max_k(value) -> None:
+    _int_in("max_k", value, 1, MAX_SPECULATIVE_TOKENS)
 
 
 def _int_in(name: str, value, lo: int, hi: int | None = None, optional: bool = False) -> None:
@@ -135,13 +160,23 @@ class SpeculationConfig:
 
     mode: str = option("psd", "schedule: psd (two batches, draft and target in parallel), sd, or ar (target "
                               "only)", choices=MODES)
-    k: int = option(4, "draft tokens per step (num_speculative_tokens)", flags=("-k", "--num-speculative-tokens"))
+    k: int | str = option(AUTO_K, "draft tokens per step (num_speculative_tokens): auto (a controller picks k per "
+                                  "step, 0 included, maximising goodput) or a fixed number",
+                          flags=("-k", "--num-speculative-tokens"), parse=parse_k)
+    max_k: int = option(DEFAULT_MAX_K, "with -k auto: the largest k the controller may pick (the draft nodes' "
+                                       "--max-k bounds it too)")
     transport: str = option("auto", "force the token channel's transport", choices=TRANSPORT_CHOICES,
                             shown="auto: the best both ends support")
 
     def __post_init__(self):
         check_mode_and_k(self.mode, self.k, has_draft=True)  # the draft's presence is checked by the owner
+        check_max_k(self.max_k)
         _one_of("transport", self.transport, TRANSPORT_CHOICES)
+
+    @property
+    def capacity_k(self) -> int:
+        """The largest k this schedule may ask a draft for."""
+        return self.max_k if self.k == AUTO_K else self.k
 
 
 # -- the services ---------------------------------------------------------------------------------------
@@ -316,7 +351,8 @@ class UpConfig:
             service=ServiceConfig(bind=self.bind_workers, port=self.draft_port),
             placement=self._placement(1, self.draft_metrics_port),
             # the token channel must hold the gateway's k
-            drafting=DraftOptions(max_k=max(self.speculation.k, DEFAULT_MAX_K), transport=self.speculation.transport))
+            drafting=DraftOptions(max_k=max(self.speculation.capacity_k, DEFAULT_MAX_K),
+                                  transport=self.speculation.transport))
 
     def gateway_config(self) -> GatewayConfig:
         return GatewayConfig(
@@ -339,7 +375,8 @@ class EngineConfig:
     target: str | None = None
     draft: str | None = None
     mode: str = "psd"
-    num_speculative_tokens: int = 4
+    num_speculative_tokens: int | str = AUTO_K
+    max_k: int = DEFAULT_MAX_K  # with auto: the largest k the controller may pick
     device: str = "cpu"
     draft_device: str | None = None
     dtype: str | None = None
@@ -349,7 +386,12 @@ class EngineConfig:
 
     def __post_init__(self):
         check_mode_and_k(self.mode, self.num_speculative_tokens, self.draft is not None)
+        check_max_k(self.max_k)
         _one_of("q_dtype", self.q_dtype, Q_DTYPES)
+
+    @property
+    def capacity_k(self) -> int:
+        return self.max_k if self.num_speculative_tokens == AUTO_K else self.num_speculative_tokens
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EngineConfig:

@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser, cfg, _root=None) -> None:
             kwargs["action"] = (argparse.BooleanOptionalAction if value is None else
                                 "store_false" if value else "store_true")
         else:
-            kwargs.update(type=kind, choices=f.metadata.get("choices"), metavar=f.metadata.get("metavar"))
+            kwargs.update(type=f.metadata.get("parse") or kind, choices=f.metadata.get("choices"),
+                          metavar=f.metadata.get("metavar"))
         parser.add_argument(*_flags(f), **kwargs)
 
 

@@ -57,10 +57,14 @@ class ModelInfo:
 
     model: str
     mode: str
-    num_speculative_tokens: int
+    num_speculative_tokens: int | str  # "auto": the controller picks k per step
     max_num_seqs: int
     vocab_size: int
     context_len: int
+
+    @property
+    def auto_k(self) -> bool:
+        return self.num_speculative_tokens == "auto"
 
 
 def _read(source):
@@ -121,3 +125,4 @@ class Frontend:
     def model_info(self) -> ModelInfo:
         s = self.sink.scheduler
         return ModelInfo(self.model, s.mode, s.k, s.max_num_seqs, self.vocab_size, self.context_len)
+

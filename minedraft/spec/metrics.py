@@ -18,6 +18,9 @@ class StepRecord:
     num_verified: int = 0  # requests verified (or decoded) this step
     num_tokens: int = 0  # tokens committed this step
     channel_bytes: int = 0  # what the draft wrote into the token channel (tokens + q of sampled rows)
+    k: int | None = None  # sd/psd: the k this step drafted (0: a target-only step); None: no choice (ar)
+    draft_rows: int = 0  # rows drafted this step
+    verify_tokens: int = 0  # tokens the verify scored: per row its verified drafts + 1 (a decode: 1)
 
 
 BREAKDOWN_FIELDS = ("num_steps", "wall_s", "draft_compute_s", "verify_compute_s", "draft_call_s", "verify_call_s",
@@ -56,11 +59,16 @@ class SpecDecodeMetrics:
     steps: list = dataclasses.field(default_factory=list)  # the most recent StepRecords (see add_step)
     folded: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(BREAKDOWN_FIELDS, 0.0))
     num_folded: int = 0  # older steps, kept only as sums in `folded`
+    k_steps: dict = dataclasses.field(default_factory=dict)  # mode -> steps at k = 0, 1, ... (never folded)
 
     MAX_KEPT_STEPS = 20_000  # a long-running gateway must not keep every step it ever ran
 
     def add_step(self, record: StepRecord) -> None:
         self.steps.append(record)
+        if record.k is not None:
+            counts = self.k_steps.setdefault(record.mode, [])
+            counts.extend([0] * (record.k + 1 - len(counts)))
+            counts[record.k] += 1
         if len(self.steps) > self.MAX_KEPT_STEPS:
             old, self.steps = self.steps[:len(self.steps) // 2], self.steps[len(self.steps) // 2:]
             for name, value in sum_steps(old).items():
@@ -82,10 +90,19 @@ class SpecDecodeMetrics:
         if self.spec_decode_num_accepted_tokens_per_pos is None:
             self.spec_decode_num_accepted_tokens_per_pos = [0] * self.k
 
-    def observe(self, num_accepted: list[int], k: int) -> None:
-        for n in num_accepted:
+    def k_share(self, mode: str, k: int = 0) -> float:
+        """The share of this mode's steps that drafted k tokens (k = 0: target-only steps)."""
+        counts = self.k_steps.get(mode, [])
+        return (counts[k] if k < len(counts) else 0) / max(1, sum(counts))
+
+    def observe(self, num_accepted: list[int], k: int, lengths: list[int] | None = None) -> None:
+        """One verification; lengths: the drafts each row verified (None: k each; a row that
+        verified none decoded target-only and is no draft)."""
+        for i, n in enumerate(num_accepted):
+            if lengths is not None and lengths[i] == 0:
+                continue
             self.spec_decode_num_drafts += 1
-            self.spec_decode_num_draft_tokens += k
+            self.spec_decode_num_draft_tokens += k if lengths is None else lengths[i]
             self.spec_decode_num_accepted_tokens += n
             for pos in range(min(n, len(self.spec_decode_num_accepted_tokens_per_pos))):
                 self.spec_decode_num_accepted_tokens_per_pos[pos] += 1

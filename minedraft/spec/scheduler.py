@@ -9,6 +9,10 @@ psd: two batches A and B. While the target verifies A (whose tokens were drafted
 In sd and psd a step ends by sending its calls (`_InFlight`) and the next step begins by collecting
 them: the caller hands the committed tokens to its clients while the workers compute, so that work
 stays off the path from one worker call to the next.
+
+k = "auto": spec/controller.py picks k per step and batch (0: that batch decodes target-only) and
+the per-row lengths; the scheduler asks it (`k_for`, `psd_k_for`, `merge`, `budget_for`) and feeds it
+each step's record and verdict. A fixed k runs every row at that k, with no controller.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from minedraft.config import MAX_SPECULATIVE_TOKENS, MODES, check_mode_and_k  # noqa: F401 - importable from here
+from minedraft.config import AUTO_K, DEFAULT_MAX_K, MAX_SPECULATIVE_TOKENS, MODES, check_mode_and_k  # noqa: F401
+from minedraft.spec.controller import decode_verdict, make_controller
 from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.spec.request import Request
-from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal, TargetWorker
+from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal, TargetWorker, completed
 
 
 @dataclasses.dataclass
@@ -44,10 +49,12 @@ class _InFlight:
 
 
 class Scheduler:
-    def __init__(self, target: TargetWorker, draft: DraftWorker | None, mode: str = "psd", k: int = 4,
-                 max_num_seqs: int = 64):
+    def __init__(self, target: TargetWorker, draft: DraftWorker | None, mode: str = "psd", k: int | str = 4,
+                 max_num_seqs: int = 64, max_k: int | None = None):
         check_mode_and_k(mode, k, draft is not None)
         self.target, self.draft, self.mode, self.k = target, draft, mode, k
+        self.auto_max_k = max_k or DEFAULT_MAX_K  # auto: k in 0..this (and the draft's capacity)
+        self.controller = make_controller(k, self.auto_max_k, mode, draft)
         self.max_num_seqs = max_num_seqs
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: dict[str, Request] = {}
@@ -57,7 +64,7 @@ class Scheduler:
         self.in_flight: _InFlight | None = None  # sent by the previous step, collected by the next
         self._collected: _InFlight | None = None  # collected; its record closes when the next calls go out
         self._no_draft = False  # psd: the last proposal found no draft node
-        self.metrics = SpecDecodeMetrics(k)
+        self.metrics = self.new_metrics()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker")
         if draft is not None:  # the requests' committed tokens are kept here, once
             draft.attach(self.committed)
@@ -86,6 +93,13 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def new_metrics(self) -> SpecDecodeMetrics:
+        return SpecDecodeMetrics(self.k if self.k != AUTO_K else self.auto_max_k)
+
+    def _set_lengths(self, proposal: Proposal) -> Proposal:
+        proposal.lengths = self.controller.budget_for(proposal, self.running) or proposal.lengths
+        return proposal
+
     # -- one step -----------------------------------------------------------------------------------
     def step(self) -> list[Request]:
         """Run one step; return the requests that got new tokens or finished in it."""
@@ -110,9 +124,11 @@ class Scheduler:
     def _close_collected_record(self, admit_s: float) -> None:
         """A step's wall time runs from its calls going out to the next step's (prefill excluded)."""
         job, self._collected = self._collected, None
+        self.controller.on_step_start(admit_s)
         if job is None:
             return
         job.record.wall_s = time.perf_counter() - job.t0 - admit_s
+        self.controller.on_record(job.record)
         if job.record.num_verified:
             self.metrics.add_step(job.record)
 
@@ -198,7 +214,7 @@ class Scheduler:
         ids = self._live(self.batches[0]) if ids is None else ids
         if not ids:
             return
-        record = StepRecord(mode, 0.0)
+        record = StepRecord(mode, 0.0, k=0 if mode in ("sd", "psd") else None, verify_tokens=len(ids))
         t0 = time.perf_counter()
         try:
             tokens = self.target.decode(ids)
@@ -209,6 +225,7 @@ class Scheduler:
         record.verify_s = record.verify_service_s = self.target.last_decode_compute_s or record.verify_call_s
         record.num_verified, record.num_tokens = len(ids), len(ids)
         self.metrics.add_step(record)
+        self.controller.on_record(record, synchronous=True)
         for rid, tok in zip(ids, tokens):
             self.running[rid].append([tok])
             touched[rid] = self.running[rid]
@@ -224,10 +241,14 @@ class Scheduler:
         ids = self._live(batch)
         if not ids:
             return
-        record = StepRecord(self.mode, 0.0)
+        k = self.controller.k_for(ids, self.running)
+        if k == 0:
+            self._step_ar(touched, ids, mode=self.mode)
+            return
+        record = StepRecord(self.mode, 0.0, k=k, draft_rows=len(ids))
         t0 = time.perf_counter()
         try:
-            proposal = self._timed_propose(ids, record)
+            proposal = self._set_lengths(self._timed_propose(ids, record, k))
         except NoDraftAvailable:
             self._step_without_draft(touched)
             return
@@ -256,15 +277,27 @@ class Scheduler:
             half = len(only) // 2  # split so that the two halves can overlap from now on
             self.batches = [only[:half], only[half:]]
             to_draft = [0, 1]
+        if self.controller.merge(self.batches, self.running):
+            if pb is None:  # no k pays for the pipeline: one target-only step of every row
+                self._step_ar(touched, [r for b in self.batches for r in self._live(b)], mode=self.mode)
+                return
+            to_draft = []  # verify what was drafted; the pipeline drains
         job = _InFlight(StepRecord(self.mode, 0.0), t0=time.perf_counter())
         if to_draft:  # first, so that an in-process draft overlaps an in-process verify
             d = to_draft[0] if pb is not None else max(to_draft, key=lambda i: len(self.batches[i]))
-            job.drafted_ids, job.drafted_batch = self._live(self.batches[d]), d
+            ids = self._live(self.batches[d])
+            job.drafted_ids, job.drafted_batch = ids, d
+            k = self.controller.psd_k_for(ids, self.proposal.request_ids if pb is not None else [],
+                                          self.proposal.k if pb is not None else 0, self.running)
+            job.record.k, job.record.draft_rows = k, len(ids) if k else 0
             job.propose_t0 = time.perf_counter()
-            job.propose = self._start_propose(job.drafted_ids)
+            # k = 0: not drafted; its verify slot decodes it target-only (its updates wait for a proposal)
+            job.propose = self._start_propose(ids, k) if k else completed(
+                lambda: Proposal(ids, 0, done_at=time.perf_counter()))
         if pb is not None:
             job.proposal, job.verify_t0 = self.proposal, time.perf_counter()
-            job.verify = self.target.start_verify(self.proposal)
+            job.verify = (self.target.start_verify(self.proposal) if self.proposal.k else
+                          completed(decode_verdict, self.target, self.proposal))
             self.proposal, self.proposed_batch = None, None
         self.in_flight = job
 
@@ -287,7 +320,8 @@ class Scheduler:
             try:
                 proposal = job.propose.result()
                 record.draft_call_s = (proposal.done_at or time.perf_counter()) - job.propose_t0
-                self.proposal, self.proposed_batch = self._record_proposal(proposal, record), job.drafted_batch
+                self.proposal = self._set_lengths(self._record_proposal(proposal, record))
+                self.proposed_batch = job.drafted_batch
             except NoDraftAvailable:  # the batch is drafted again once a draft node is back
                 self._no_draft = True
             except NoRoom as exc:
@@ -305,17 +339,17 @@ class Scheduler:
             req.draft_known = len(req.output_ids)
         return updates
 
-    def _timed_propose(self, ids: list[str], record: StepRecord) -> Proposal:
+    def _timed_propose(self, ids: list[str], record: StepRecord, k: int) -> Proposal:
         updates = self._take_updates(ids)
         t0 = time.perf_counter()
-        proposal = self.draft.propose(ids, self.k, updates)
+        proposal = self.draft.propose(ids, k, updates)
         record.draft_call_s = time.perf_counter() - t0
         return self._record_proposal(proposal, record)
 
-    def _start_propose(self, ids: list[str]):
+    def _start_propose(self, ids: list[str], k: int):
         updates = self._take_updates(ids)
         try:
-            return self.draft.start_propose(ids, self.k, updates, self._pool)
+            return self.draft.start_propose(ids, k, updates, self._pool)
         except Exception as exc:  # noqa: BLE001 - raised by .result() in _collect, as from the call itself
             failed = Future()
             failed.set_exception(exc)
@@ -332,11 +366,15 @@ class Scheduler:
         record.verify_s = verdict.compute_s
         record.verify_service_s = verdict.service_s or verdict.compute_s
         record.num_verified = len(verdict.request_ids)
-        self.metrics.observe(verdict.num_accepted, proposal.k)
-        for rid, tokens, n in zip(verdict.request_ids, verdict.tokens, verdict.num_accepted):
+        lengths = proposal.verify_lengths()
+        record.verify_tokens = sum(lengths) + len(lengths)
+        if proposal.k:
+            self.metrics.observe(verdict.num_accepted, proposal.k, lengths)
+        self.controller.on_verdict(proposal, verdict)
+        for rid, tokens, n, length in zip(verdict.request_ids, verdict.tokens, verdict.num_accepted, lengths):
             req = self.running[rid]
             before = len(req.output_ids)
-            req.num_drafted += proposal.k
+            req.num_drafted += length
             req.num_accepted += n
             req.append(tokens)
             record.num_tokens += len(req.output_ids) - before
@@ -401,8 +439,9 @@ class Scheduler:
         self.in_flight, self._collected = None, None
         return len(live)
 
-    def reconfigure(self, mode: str | None, k: int | None, max_num_seqs: int | None = None) -> None:
-        """Switch mode, k or the running-request limit between requests (the bench does so between rounds)."""
+    def reconfigure(self, mode: str | None, k: int | str | None, max_num_seqs: int | None = None) -> None:
+        """Switch mode, k ("auto" or a number) or the running-request limit between requests (the bench
+        does so between rounds). Auto starts a fresh controller."""
         if self.has_unfinished():
             raise ValueError("mode: cannot change while requests are running")
         mode, k = mode or self.mode, k or self.k
@@ -410,7 +449,8 @@ class Scheduler:
         max_num_seqs = max_num_seqs or self.max_num_seqs
         if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
             raise ValueError(f"max_num_seqs: must be an integer >= 1, got {max_num_seqs!r}")
-        if self.draft is not None:
-            self.draft.require_k(k)  # a draft node's --max-k may be below it
+        if self.draft is not None and k != AUTO_K:
+            self.draft.require_k(k)  # a draft node's --max-k may be below it (auto: it bounds k instead)
         self.mode, self.k, self.max_num_seqs = mode, k, max_num_seqs
-        self.metrics = SpecDecodeMetrics(self.k)
+        self.controller = make_controller(k, self.auto_max_k, mode, self.draft, previous=self.controller)
+        self.metrics = self.new_metrics()

@@ -314,6 +314,11 @@ class CostModel:
     """Seconds per step part as a function of the rows ``b`` in the batch: ``fixed + per_row * b``
     (linear through two measured points, e.g. SD's full batch and PSD's half batch; on CPU half a
     batch costs about 0.7 of a full one, neither 0.5 nor 1). ``overhead`` is added to every step.
+    ``verify_per_token``: the verify's cost per row-token, so that one curve covers every k:
+    ``verify(b, t) = verify_fixed + verify_per_row * b + verify_per_token * b * t`` for ``t`` tokens
+    per row (``k + 1``; a mean for ragged rows); an AR decode is ``verify(b, 1)``. With 0 (a curve
+    measured at one k, as ``through`` makes) the verify costs the same whatever ``t``. The online
+    fit of all terms is :mod:`minedraft.spec.cost_model`.
     ``prefill_per_request``: admitting requests stalls both workers for this much per request (the
     scheduler prefills on both, then steps on; measured as a round's time outside its steps)."""
 
@@ -323,6 +328,7 @@ class CostModel:
     verify_per_row: float
     overhead: float = 0.0
     prefill_per_request: float = 0.0
+    verify_per_token: float = 0.0
 
     @classmethod
     def through(cls, b_full: int, t_draft_full: float, t_verify_full: float, b_half: int, t_draft_half: float,
@@ -344,8 +350,15 @@ class CostModel:
     def draft(self, rows: int) -> float:
         return self.draft_fixed + self.draft_per_row * rows if rows else 0.0
 
-    def verify(self, rows: int) -> float:
-        return self.verify_fixed + self.verify_per_row * rows if rows else 0.0
+    def verify(self, rows: int, tokens_per_row: float = 1.0) -> float:
+        """One target forward over ``rows`` rows of ``tokens_per_row`` tokens each (decode: 1)."""
+        if not rows:
+            return 0.0
+        return self.verify_fixed + self.verify_per_row * rows + self.verify_per_token * rows * tokens_per_row
+
+    def decode(self, rows: int) -> float:
+        """One AR step of the target: a verify of one token per row."""
+        return self.verify(rows, 1.0)
 
     def prefill(self, requests: int) -> float:
         return self.prefill_per_request * requests

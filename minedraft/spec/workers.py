@@ -116,6 +116,11 @@ class DraftWorker(abc.ABC):
         """Raise ValueError (naming num_speculative_tokens) when this draft cannot propose k tokens.
         In process: any k the schedule accepts; the gateway's pool checks its nodes' --max-k."""
 
+    def capacity_k(self) -> int | None:
+        """The largest k this draft can propose now (None: no limit below the schedule's); auto's k
+        stays within it."""
+        return None
+
     def attach(self, committed: Callable[[str], NewRequest]) -> None:
         """The scheduler owns the committed tokens: `committed(request_id)` is a running request's resume
         NewRequest. A draft that moves requests between nodes prefills them from it rather than keep

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from minedraft.v1 import common_pb2 as minedraft_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aminedraft/v1/gateway.proto\x12\x0cminedraft.v1\x1a\x19minedraft/v1/common.proto\"w\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.minedraft.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xd4\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x19\n\x11num_prompt_tokens\x18\x06 \x01(\x05\x12\x1c\n\x14num_generated_tokens\x18\x07 \x01(\x05\x12\x13\n\x0bnum_drafted\x18\x08 \x01(\x05\x12\x14\n\x0cnum_accepted\x18\t \x01(\x05\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1b\n\nAbortReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x12\n\x10ModelInfoRequest\"\xe8\x01\n\tModelInfo\x12\x14\n\x0ctarget_model\x18\x01 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x1e\n\x16num_speculative_tokens\x18\x04 \x01(\x05\x12\x12\n\nvocab_size\x18\x05 \x01(\x05\x12\x13\n\x0b\x63ontext_len\x18\x06 \x01(\x05\x12\x11\n\ttransport\x18\x07 \x01(\t\x12\x17\n\x0f\x64raft_endpoints\x18\x08 \x03(\t\x12\x17\n\x0ftarget_endpoint\x18\t \x01(\t\x12\x14\n\x0cmax_num_seqs\x18\n \x01(\x05\"V\n\x10\x43onfigureRequest\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x1e\n\x16num_speculative_tokens\x18\x02 \x01(\x05\x12\x14\n\x0cmax_num_seqs\x18\x03 \x01(\x05\"\x1d\n\x0cStatsRequest\x12\r\n\x05reset\x18\x01 \x01(\x08\"\xa2\x02\n\rStepBreakdown\x12\x11\n\tnum_steps\x18\x01 \x01(\x05\x12\x0e\n\x06wall_s\x18\x02 \x01(\x01\x12\x17\n\x0f\x64raft_compute_s\x18\x03 \x01(\x01\x12\x18\n\x10verify_compute_s\x18\x04 \x01(\x01\x12\x14\n\x0c\x64raft_call_s\x18\x05 \x01(\x01\x12\x15\n\rverify_call_s\x18\x06 \x01(\x01\x12\x14\n\x0c\x64raft_idle_s\x18\x07 \x01(\x01\x12\x15\n\rtarget_idle_s\x18\x08 \x01(\x01\x12\x17\n\x0f\x63ontrol_plane_s\x18\t \x01(\x01\x12\x17\n\x0f\x64raft_service_s\x18\n \x01(\x01\x12\x18\n\x10verify_service_s\x18\x0b \x01(\x01\x12\x15\n\rchannel_bytes\x18\x0c \x01(\x01\"\xe1\x01\n\x05Stats\x12\x1e\n\x16spec_decode_num_drafts\x18\x01 \x01(\x03\x12$\n\x1cspec_decode_num_draft_tokens\x18\x02 \x01(\x03\x12\'\n\x1fspec_decode_num_accepted_tokens\x18\x03 \x01(\x03\x12/\n\'spec_decode_num_accepted_tokens_per_pos\x18\x04 \x03(\x03\x12*\n\x05steps\x18\x05 \x01(\x0b\x32\x1b.minedraft.v1.StepBreakdown\x12\x0c\n\x04mode\x18\x06 \x01(\t2\xe1\x02\n\x07Gateway\x12K\n\x08Generate\x12\x1d.minedraft.v1.GenerateRequest\x1a\x1e.minedraft.v1.GenerateResponse0\x01\x12=\n\x05\x41\x62ort\x12\x1a.minedraft.v1.AbortRequest\x1a\x18.minedraft.v1.AbortReply\x12G\n\x0cGetModelInfo\x12\x1e.minedraft.v1.ModelInfoRequest\x1a\x17.minedraft.v1.ModelInfo\x12\x44\n\tConfigure\x12\x1e.minedraft.v1.ConfigureRequest\x1a\x17.minedraft.v1.ModelInfo\x12;\n\x08GetStats\x12\x1a.minedraft.v1.StatsRequest\x1a\x13.minedraft.v1.Statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aminedraft/v1/gateway.proto\x12\x0cminedraft.v1\x1a\x19minedraft/v1/common.proto\"w\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.minedraft.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xd4\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x19\n\x11num_prompt_tokens\x18\x06 \x01(\x05\x12\x1c\n\x14num_generated_tokens\x18\x07 \x01(\x05\x12\x13\n\x0bnum_drafted\x18\x08 \x01(\x05\x12\x14\n\x0cnum_accepted\x18\t \x01(\x05\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1b\n\nAbortReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x12\n\x10ModelInfoRequest\"\x87\x02\n\tModelInfo\x12\x14\n\x0ctarget_model\x18\x01 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x1e\n\x16num_speculative_tokens\x18\x04 \x01(\x05\x12\x12\n\nvocab_size\x18\x05 \x01(\x05\x12\x13\n\x0b\x63ontext_len\x18\x06 \x01(\x05\x12\x11\n\ttransport\x18\x07 \x01(\t\x12\x17\n\x0f\x64raft_endpoints\x18\x08 \x03(\t\x12\x17\n\x0ftarget_endpoint\x18\t \x01(\t\x12\x14\n\x0cmax_num_seqs\x18\n \x01(\x05\x12\x0e\n\x06\x61uto_k\x18\x0b \x01(\x08\x12\r\n\x05max_k\x18\x0c \x01(\x05\"f\n\x10\x43onfigureRequest\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x1e\n\x16num_speculative_tokens\x18\x02 \x01(\x05\x12\x14\n\x0cmax_num_seqs\x18\x03 \x01(\x05\x12\x0e\n\x06\x61uto_k\x18\x04 \x01(\x08\"\x1d\n\x0cStatsRequest\x12\r\n\x05reset\x18\x01 \x01(\x08\"\xa2\x02\n\rStepBreakdown\x12\x11\n\tnum_steps\x18\x01 \x01(\x05\x12\x0e\n\x06wall_s\x18\x02 \x01(\x01\x12\x17\n\x0f\x64raft_compute_s\x18\x03 \x01(\x01\x12\x18\n\x10verify_compute_s\x18\x04 \x01(\x01\x12\x14\n\x0c\x64raft_call_s\x18\x05 \x01(\x01\x12\x15\n\rverify_call_s\x18\x06 \x01(\x01\x12\x14\n\x0c\x64raft_idle_s\x18\x07 \x01(\x01\x12\x15\n\rtarget_idle_s\x18\x08 \x01(\x01\x12\x17\n\x0f\x63ontrol_plane_s\x18\t \x01(\x01\x12\x17\n\x0f\x64raft_service_s\x18\n \x01(\x01\x12\x18\n\x10verify_service_s\x18\x0b \x01(\x01\x12\x15\n\rchannel_bytes\x18\x0c \x01(\x01\"\xd8\x02\n\x05Stats\x12\x1e\n\x16spec_decode_num_drafts\x18\x01 \x01(\x03\x12$\n\x1cspec_decode_num_draft_tokens\x18\x02 \x01(\x03\x12\'\n\x1fspec_decode_num_accepted_tokens\x18\x03 \x01(\x03\x12/\n\'spec_decode_num_accepted_tokens_per_pos\x18\x04 \x03(\x03\x12*\n\x05steps\x18\x05 \x01(\x0b\x32\x1b.minedraft.v1.StepBreakdown\x12\x0c\n\x04mode\x18\x06 \x01(\t\x12\x30\n\x07k_steps\x18\x07 \x03(\x0b\x32\x1f.minedraft.v1.Stats.KStepsEntry\x1a\x43\n\x0bKStepsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.minedraft.v1.KSteps:\x02\x38\x01\".\n\x06KSteps\x12\x12\n\nsteps_at_k\x18\x01 \x03(\x03\x12\x10\n\x08share_k0\x18\x02 \x01(\x01\x32\xe1\x02\n\x07Gateway\x12K\n\x08Generate\x12\x1d.minedraft.v1.GenerateRequest\x1a\x1e.minedraft.v1.GenerateResponse0\x01\x12=\n\x05\x41\x62ort\x12\x1a.minedraft.v1.AbortRequest\x1a\x18.minedraft.v1.AbortReply\x12G\n\x0cGetModelInfo\x12\x1e.minedraft.v1.ModelInfoRequest\x1a\x17.minedraft.v1.ModelInfo\x12\x44\n\tConfigure\x12\x1e.minedraft.v1.ConfigureRequest\x1a\x17.minedraft.v1.ModelInfo\x12;\n\x08GetStats\x12\x1a.minedraft.v1.StatsRequest\x1a\x13.minedraft.v1.Statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'minedraft.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_STATS_KSTEPSENTRY']._loaded_options = None
+  _globals['_STATS_KSTEPSENTRY']._serialized_options = b'8\001'
   _globals['_GENERATEREQUEST']._serialized_start=71
   _globals['_GENERATEREQUEST']._serialized_end=190
   _globals['_GENERATERESPONSE']._serialized_start=193
@@ -43,15 +45,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFOREQUEST']._serialized_start=472
   _globals['_MODELINFOREQUEST']._serialized_end=490
   _globals['_MODELINFO']._serialized_start=493
-  _globals['_MODELINFO']._serialized_end=725
-  _globals['_CONFIGUREREQUEST']._serialized_start=727
-  _globals['_CONFIGUREREQUEST']._serialized_end=813
-  _globals['_STATSREQUEST']._serialized_start=815
-  _globals['_STATSREQUEST']._serialized_end=844
-  _globals['_STEPBREAKDOWN']._serialized_start=847
-  _globals['_STEPBREAKDOWN']._serialized_end=1137
-  _globals['_STATS']._serialized_start=1140
-  _globals['_STATS']._serialized_end=1365
-  _globals['_GATEWAY']._serialized_start=1368
-  _globals['_GATEWAY']._serialized_end=1721
+  _globals['_MODELINFO']._serialized_end=756
+  _globals['_CONFIGUREREQUEST']._serialized_start=758
+  _globals['_CONFIGUREREQUEST']._serialized_end=860
+  _globals['_STATSREQUEST']._serialized_start=862
+  _globals['_STATSREQUEST']._serialized_end=891
+  _globals['_STEPBREAKDOWN']._serialized_start=894
+  _globals['_STEPBREAKDOWN']._serialized_end=1184
+  _globals['_STATS']._serialized_start=1187
+  _globals['_STATS']._serialized_end=1531
+  _globals['_STATS_KSTEPSENTRY']._serialized_start=1464
+  _globals['_STATS_KSTEPSENTRY']._serialized_end=1531
+  _globals['_KSTEPS']._serialized_start=1533
+  _globals['_KSTEPS']._serialized_end=1579
+  _globals['_GATEWAY']._serialized_start=1582
+  _globals['_GATEWAY']._serialized_end=1935
 # @@protoc_insertion_point(module_scope)

@@ -58,7 +58,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("target_model", "draft_model", "mode", "num_speculative_tokens", "vocab_size", "context_len", "transport", "draft_endpoints", "target_endpoint", "max_num_seqs")
+    __slots__ = ("target_model", "draft_model", "mode", "num_speculative_tokens", "vocab_size", "context_len", "transport", "draft_endpoints", "target_endpoint", "max_num_seqs", "auto_k", "max_k")
     TARGET_MODEL_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MODEL_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,8 @@ class ModelInfo(_message.Message):
     DRAFT_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     TARGET_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_K_FIELD_NUMBER: _ClassVar[int]
     target_model: str
     draft_model: str
     mode: str
@@ -79,17 +81,21 @@ class ModelInfo(_message.Message):
     draft_endpoints: _containers.RepeatedScalarFieldContainer[str]
     target_endpoint: str
     max_num_seqs: int
-    def __init__(self, target_model: _Optional[str] = ..., draft_model: _Optional[str] = ..., mode: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transport: _Optional[str] = ..., draft_endpoints: _Optional[_Iterable[str]] = ..., target_endpoint: _Optional[str] = ..., max_num_seqs: _Optional[int] = ...) -> None: ...
+    auto_k: bool
+    max_k: int
+    def __init__(self, target_model: _Optional[str] = ..., draft_model: _Optional[str] = ..., mode: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transport: _Optional[str] = ..., draft_endpoints: _Optional[_Iterable[str]] = ..., target_endpoint: _Optional[str] = ..., max_num_seqs: _Optional[int] = ..., auto_k: _Optional[bool] = ..., max_k: _Optional[int] = ...) -> None: ...
 
 class ConfigureRequest(_message.Message):
-    __slots__ = ("mode", "num_speculative_tokens", "max_num_seqs")
+    __slots__ = ("mode", "num_speculative_tokens", "max_num_seqs", "auto_k")
     MODE_FIELD_NUMBER: _ClassVar[int]
     NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_K_FIELD_NUMBER: _ClassVar[int]
     mode: str
     num_speculative_tokens: int
     max_num_seqs: int
-    def __init__(self, mode: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., max_num_seqs: _Optional[int] = ...) -> None: ...
+    auto_k: bool
+    def __init__(self, mode: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., auto_k: _Optional[bool] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ("reset",)
@@ -126,17 +132,34 @@ class StepBreakdown(_message.Message):
     def __init__(self, num_steps: _Optional[int] = ..., wall_s: _Optional[float] = ..., draft_compute_s: _Optional[float] = ..., verify_compute_s: _Optional[float] = ..., draft_call_s: _Optional[float] = ..., verify_call_s: _Optional[float] = ..., draft_idle_s: _Optional[float] = ..., target_idle_s: _Optional[float] = ..., control_plane_s: _Optional[float] = ..., draft_service_s: _Optional[float] = ..., verify_service_s: _Optional[float] = ..., channel_bytes: _Optional[float] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos", "steps", "mode")
+    __slots__ = ("spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos", "steps", "mode", "k_steps")
+    class KStepsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: KSteps
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[KSteps, _Mapping]] = ...) -> None: ...
     SPEC_DECODE_NUM_DRAFTS_FIELD_NUMBER: _ClassVar[int]
     SPEC_DECODE_NUM_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPEC_DECODE_NUM_ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    K_STEPS_FIELD_NUMBER: _ClassVar[int]
     spec_decode_num_drafts: int
     spec_decode_num_draft_tokens: int
     spec_decode_num_accepted_tokens: int
     spec_decode_num_accepted_tokens_per_pos: _containers.RepeatedScalarFieldContainer[int]
     steps: StepBreakdown
     mode: str
-    def __init__(self, spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens_per_pos: _Optional[_Iterable[int]] = ..., steps: _Optional[_Union[StepBreakdown, _Mapping]] = ..., mode: _Optional[str] = ...) -> None: ...
+    k_steps: _containers.MessageMap[str, KSteps]
+    def __init__(self, spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens_per_pos: _Optional[_Iterable[int]] = ..., steps: _Optional[_Union[StepBreakdown, _Mapping]] = ..., mode: _Optional[str] = ..., k_steps: _Optional[_Mapping[str, KSteps]] = ...) -> None: ...
+
+class KSteps(_message.Message):
+    __slots__ = ("steps_at_k", "share_k0")
+    STEPS_AT_K_FIELD_NUMBER: _ClassVar[int]
+    SHARE_K0_FIELD_NUMBER: _ClassVar[int]
+    steps_at_k: _containers.RepeatedScalarFieldContainer[int]
+    share_k0: float
+    def __init__(self, steps_at_k: _Optional[_Iterable[int]] = ..., share_k0: _Optional[float] = ...) -> None: ...

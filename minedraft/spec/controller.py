@@ -1,0 +1,327 @@
+"""The goodput controller: before each step, how many tokens to draft (k = 0 included) and how many
+of the drafted ones the target verifies (the budget C of spec/draft_lengths.py).
+
+It maximises expected committed tokens per second, from the online models of spec/cost_model.py:
+- sd: for the batch, k in 0..max_k by  sum_r E_r(k) / (draft(b, k) + verify(b, b (k + 1)) + o_sd);
+  k = 0 is a target-only decode, `verify(b, b) + o_decode`, with no draft call.
+- psd: the batch about to be drafted gets the k_B that maximises the tokens of a two-step cycle
+  (A verified while B is drafted, then B verified while A is drafted again) over its time,
+  max(draft B, verify A) + max(draft A, verify B): a draft step about as long as the verify it
+  hides. k_B = 0: B is not drafted; in its verify slot it decodes target-only. When no k makes the
+  pipeline beat one decode of every row (`merge`), the step decodes all rows at once.
+- the budget: with the draft's confidences, the (row, position) drafts ranked as select_lengths ranks
+  them are kept while one more is expected to add tokens faster than the step makes them (its
+  calibrated acceptance probability against the verify's cost of one more token).
+The first steps try a few k (0 included) so that every term of the fit is identified; every
+EXPLORE_EVERY-th step tries a neighbour of the best k so that the estimates stay current; a change of
+k needs HYSTERESIS better goodput. Deterministic given its inputs; per step a few hundred float
+operations. A regime change (speculating or not, held for REGIME_PERSIST decisions) is logged once at INFO.
+
+Exactness is untouched: k and the budget depend on past steps and on draft-side information only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from minedraft.config import AUTO_K
+from minedraft.spec.cost_model import AcceptanceModel, OnlineCostModel
+from minedraft.spec.draft_lengths import position_scores, select_lengths
+from minedraft.spec.workers import Verdict
+
+log = logging.getLogger("minedraft.spec")
+
+WARMUP_KS = (0, 1, 2, 4)  # one step each, in this order, before the model decides
+EXPLORE_EVERY = 16  # a neighbour of the best k (cheap: it is nearly as good)
+EXPLORE_PIPELINE_EVERY = 64  # psd while merged: three pipeline steps (dearer: half-batch steps)
+HYSTERESIS = 0.03
+REGIME_PERSIST = 8  # decisions a new regime (speculating or not) must last before it is logged
+MERGE = -1  # psd: decode every row in one step
+
+
+def make_controller(k, max_k: int, mode: str, draft=None, previous=None):
+    """The scheduler's k policy: a SpeculationController for k = "auto" (with a draft), else FixedK.
+    previous: the policy before a reconfigure; a controller's measurements (this machine's costs, the
+    traffic's acceptance) carry over, so that it does not warm up again."""
+    if k == AUTO_K and draft is not None and mode != "ar":
+        c = SpeculationController(max_k, mode, capacity=draft.capacity_k)
+        if isinstance(previous, SpeculationController):
+            c.costs, c.acceptance, c.decisions = previous.costs, previous.acceptance, len(WARMUP_KS) + 1
+        return c
+    return FixedK(k if k != AUTO_K else max_k)
+
+
+def decode_verdict(target, proposal) -> Verdict:
+    """psd: a batch drafted with k = 0 (no tokens) decodes target-only in its verify slot."""
+    tokens = target.decode(proposal.request_ids)
+    return Verdict(proposal.request_ids, [[t] for t in tokens], [0] * len(tokens),
+                   compute_s=target.last_decode_compute_s, done_at=time.perf_counter())
+
+
+class FixedK:
+    """A fixed k: every batch drafts k tokens and every row verifies all of them (today's behaviour)."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def bound(self) -> int:
+        return self.k
+
+    def k_for(self, ids, requests) -> int:
+        return self.k
+
+    def psd_k_for(self, draft_ids, verify_ids, verify_k, requests) -> int:
+        return self.k
+
+    def merge(self, batches, requests) -> bool:
+        return False
+
+    def budget_for(self, proposal, requests, slack_s: float = 0.0):
+        return None
+
+    def on_step_start(self, admit_s: float) -> None:
+        pass
+
+    def on_record(self, record, synchronous: bool = False) -> None:
+        pass
+
+    def on_verdict(self, proposal, verdict) -> None:
+        pass
+
+
+class SpeculationController:
+    def __init__(self, max_k: int, mode: str, capacity=None):
+        """max_k: auto's bound; capacity(): the draft's own (its nodes' --max-k), None when unbounded."""
+        self.max_k, self.mode, self.capacity = max_k, mode, capacity
+        self.costs = OnlineCostModel()
+        self.acceptance = AcceptanceModel(max_k)
+        self.decisions = 0
+        self.best: int | None = None  # the k the model prefers (exploration aside)
+        self.psd_k = 1  # psd: the k the last drafted batch got (a guess for the other batch's next draft)
+        self._merged = False
+        self._regime: bool | None = None  # speculating or not, as last logged
+        self._flips = 0  # decisions in a row that disagreed with _regime
+        self._pending: tuple | None = None  # a decode step's record, until the next step starts
+        self._curves: dict = {}
+        self._curves_at = -1
+        self._calibration = [1.0, 1.0]  # budget: accepted drafts, summed scores of verified drafts
+        self.decide_s = 0.0  # time spent deciding (the controller must stay cheap)
+
+    # -- feeding ----------------------------------------------------------------------------------------
+    def on_step_start(self, admit_s: float) -> None:
+        """A step begins: a decode step's period (its wall, up to this step, less admission) is known."""
+        if self._pending is not None:
+            record, t_end = self._pending
+            self._pending = None
+            period = record.wall_s + max(0.0, time.perf_counter() - t_end - admit_s)
+            self.costs.add_overhead("decode", period - record.verify_s)
+
+    def on_record(self, record, synchronous: bool = False) -> None:
+        """A finished step's StepRecord (synchronous: a decode, whose period ends at the next step)."""
+        drafted = record.draft_rows > 0 and (record.k or 0) > 0
+        verified = record.num_verified > 0
+        both = drafted and verified and record.mode == "psd"
+        if drafted:
+            self.costs.add_draft(record.draft_rows, record.k, record.draft_s, overlap=both)
+        if verified:
+            self.costs.add_verify(record.num_verified, record.verify_tokens or record.num_verified,
+                                  record.verify_s, overlap=both)
+        if synchronous:
+            self._pending = (record, time.perf_counter())
+        elif both:
+            self.costs.add_overhead("psd", record.wall_s - max(record.draft_s, record.verify_s))
+        elif drafted and verified:
+            self.costs.add_overhead("sd", record.wall_s - record.draft_s - record.verify_s)
+
+    def on_verdict(self, proposal, verdict) -> None:
+        lengths = proposal.verify_lengths()
+        if proposal.k <= 0:
+            return
+        self.acceptance.observe(verdict.request_ids, lengths, verdict.num_accepted)
+        if proposal.confidence is not None and proposal.top_prob is not None:
+            scores = position_scores(proposal.confidence, proposal.top_prob).tolist()
+            predicted = sum(sum(row[:n]) for row, n in zip(scores, lengths))
+            accepted = sum(min(a, n) for a, n in zip(verdict.num_accepted, lengths))
+            c = self._calibration
+            c[0], c[1] = 0.95 * c[0] + accepted, 0.95 * c[1] + predicted
+
+    # -- the models' view -------------------------------------------------------------------------------
+    def _curve(self, ids: list[str], requests, k_max: int) -> list[float]:
+        """sum over rows of E_r(k), k = 0..k_max."""
+        if self._curves_at != self.acceptance.steps:
+            self._curves, self._curves_at = {}, self.acceptance.steps
+        total = [0.0] * (k_max + 1)
+        for rid in ids:
+            req = requests.get(rid)
+            cap = req.max_new_tokens - len(req.output_ids) if req is not None else None
+            key = (rid, k_max, cap)
+            c = self._curves.get(key)
+            if c is None:
+                c = self._curves[key] = self.acceptance.curve(rid, k_max, cap)
+            for i in range(k_max + 1):
+                total[i] += c[i]
+        return total
+
+    def _o(self, kind: str) -> float:
+        o = self.costs.overhead
+        return o.get(kind, o.get("sd", o.get("decode", 0.0)))
+
+    def sd_time(self, n: int, k: int) -> float:
+        if k == 0:
+            return self.costs.verify(n, n) + self._o("decode")
+        return self.costs.draft(n, k) + self.costs.verify(n, n * (k + 1)) + self._o("sd")
+
+    def cycle_time(self, n_a: int, k_a: int, n_b: int, k_b: int) -> float:
+        """psd: A verified (drafted with k_a) while B is drafted with k_b, then the other way round."""
+        c, o = self.costs, self._o("psd")
+        s1 = max(c.draft(n_b, k_b, overlap=n_a > 0), c.verify(n_a, n_a * (k_a + 1), overlap=k_b > 0))
+        s2 = max(c.draft(n_a, k_a, overlap=n_b > 0), c.verify(n_b, n_b * (k_b + 1), overlap=k_a > 0))
+        return s1 + s2 + 2 * o
+
+    # -- deciding ---------------------------------------------------------------------------------------
+    def bound(self) -> int:
+        """The largest k a step may draft: auto's bound, within the draft's capacity."""
+        capacity = self.capacity() if self.capacity is not None else None
+        return min(self.max_k, capacity or self.max_k)
+
+    def _bound(self, max_k: int | None) -> int:
+        bound = self.bound()
+        return max(0, min(bound, max_k if max_k is not None else bound))
+
+    def _warmup(self, k_max: int) -> int | None:
+        if self.decisions < len(WARMUP_KS) or not self.costs.ready():
+            return min(WARMUP_KS[self.decisions % len(WARMUP_KS)], k_max)
+        return None
+
+    def _pick(self, goodput: list[float], k_max: int) -> int:
+        """The best k (a change needs HYSTERESIS), or on an exploration step a neighbour of it."""
+        best = max(range(len(goodput)), key=lambda k: (goodput[k], -k))
+        if self.best is not None and self.best <= k_max and goodput[best] <= goodput[self.best] * (1 + HYSTERESIS):
+            best = self.best
+        self.best = best
+        if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1:
+            turn = (self.decisions // EXPLORE_EVERY) % 4
+            step = {0: 1, 1: -1, 2: 1}.get(turn)
+            k = best + step if step is not None else (0 if best > 0 else 1)
+            if not 0 <= k <= k_max:
+                k = best - step if step is not None and 0 <= best - step <= k_max else best
+            return k
+        return best
+
+    def k_for(self, ids: list[str], requests, max_k: int | None = None) -> int:
+        """sd: how many tokens to draft for this batch (0: a target-only decode)."""
+        t0 = time.perf_counter()
+        k_max, n = self._bound(max_k), len(ids)
+        k = self._warmup(k_max)
+        if k is None:
+            tokens = self._curve(ids, requests, k_max)
+            goodput = [tokens[k] / max(self.sd_time(n, k), 1e-9) for k in range(k_max + 1)]
+            k = self._pick(goodput, k_max)
+            self._log_regime(n, goodput)
+        self.decisions += 1
+        self.decide_s += time.perf_counter() - t0
+        return k
+
+    def psd_k_for(self, draft_ids: list[str], verify_ids: list[str], verify_k: int, requests,
+                  max_k: int | None = None) -> int:
+        """psd: how many tokens to draft for the batch about to be drafted (0: it is not; in its
+        verify slot it decodes target-only), while the other batch is verified with verify_k."""
+        t0 = time.perf_counter()
+        k_max = self._bound(max_k)
+        k = self._warmup(k_max)
+        if k is None:
+            n_a, n_b = len(verify_ids), len(draft_ids)
+            k_a = verify_k if verify_ids else self.psd_k
+            tokens_a = self._curve(verify_ids, requests, k_max)[min(k_a, k_max)] if verify_ids else 0.0
+            tokens_b = self._curve(draft_ids, requests, k_max)
+            goodput = [(tokens_a + tokens_b[k]) / max(self.cycle_time(n_a, k_a, n_b, k), 1e-9)
+                       for k in range(k_max + 1)]
+            k = self._pick(goodput, k_max)
+        self.decisions += 1
+        self.psd_k = k
+        self.decide_s += time.perf_counter() - t0
+        return k
+
+    def merge(self, batches: list[list[str]], requests, max_k: int | None = None) -> bool:
+        """psd: whether this step should decode every row at once instead (no k pays for the pipeline).
+        The first step does (it measures the decode); while merged, three steps in every
+        EXPLORE_PIPELINE_EVERY run the pipeline again."""
+        t0 = time.perf_counter()
+        k_max = self._bound(max_k)
+        a, b = batches
+        n = len(a) + len(b)
+        if self.decisions == 0 or k_max == 0:
+            merged = True
+        elif self.decisions < len(WARMUP_KS) + 1 or not self.costs.ready():
+            merged = False
+        else:
+            ar = n / max(self.costs.verify(n, n) + self._o("decode"), 1e-9)
+            ta, tb = self._curve(a, requests, k_max), self._curve(b, requests, k_max)
+            psd = [(ta[k] + tb[k]) / max(self.cycle_time(len(a), k, len(b), k), 1e-9) for k in range(k_max + 1)]
+            spec = max(range(1, k_max + 1), key=lambda k: psd[k])
+            best = max(psd)
+            merged = ar > best * (1 + HYSTERESIS if not self._merged else 1 - HYSTERESIS)
+            self._log_regime(n, [ar] + [psd[k] for k in range(1, k_max + 1)], merged=merged, spec_k=spec)
+            if merged and self.decisions % EXPLORE_PIPELINE_EVERY >= EXPLORE_PIPELINE_EVERY - 3:
+                merged = False
+        if merged:
+            self.decisions += 1
+        self._merged = merged
+        self.decide_s += time.perf_counter() - t0
+        return merged
+
+    def budget_for(self, proposal, requests, slack_s: float = 0.0) -> list[int] | None:
+        """Per-row lengths for the proposal (None: verify every drafted token, e.g. no confidences).
+        slack_s: verify time that costs nothing (psd: the other side's draft is longer)."""
+        if proposal.confidence is None or proposal.top_prob is None or proposal.k <= 0:
+            return None
+        t0 = time.perf_counter()
+        ids = proposal.request_ids
+        caps = []
+        for rid in ids:
+            req = requests.get(rid)
+            caps.append(max(0, req.max_new_tokens - len(req.output_ids) - 1) if req is not None else proposal.k)
+        n, k = len(ids), proposal.k
+        per_token = self.costs.per_token(overlap=self.mode == "psd")
+        if not self.costs.ready() or per_token <= 0.0:
+            budget = n * k
+        else:
+            cal = self._calibration[0] / max(self._calibration[1], 1e-9)
+            scores = position_scores(proposal.confidence, proposal.top_prob).tolist()
+            probs = sorted((min(1.0, cal * s) for r, row in enumerate(scores) for s in row[:caps[r]]), reverse=True)
+            time_s = self.sd_time(n, 0) if self.mode == "sd" else self.costs.verify(n, n, overlap=True)
+            time_s += self.costs.draft(n, k) if self.mode == "sd" else 0.0
+            tokens, budget, free = float(n), 0, int(slack_s / per_token)
+            for p in probs:
+                if budget >= free and p * time_s <= per_token * tokens:
+                    break
+                budget += 1
+                tokens += p
+                time_s += per_token if budget > free else 0.0
+        lengths = select_lengths(proposal.confidence, proposal.top_prob, budget, caps)
+        self.decide_s += time.perf_counter() - t0
+        return lengths
+
+    # -- telling --------------------------------------------------------------------------------------
+    def _log_regime(self, n: int, goodput: list[float], merged: bool | None = None, spec_k: int | None = None) -> None:
+        """One INFO line when speculation turns on or off (goodput[0]: target-only)."""
+        spec_k = spec_k if spec_k is not None else max(range(1, len(goodput)), key=lambda k: goodput[k], default=0)
+        if not spec_k:
+            return
+        speculating = not merged if merged is not None else self.best != 0
+        if speculating == self._regime:
+            self._flips = 0
+            return
+        self._flips += 1
+        if self._regime is not None and self._flips < REGIME_PERSIST:
+            return  # the batch shrinking at a round's end, or noise: not a regime yet
+        self._flips = 0
+        first = self._regime is None
+        self._regime = speculating
+        if first and speculating:
+            return  # speculating is the starting assumption; say something when it stops paying
+        old, new = (0, spec_k) if speculating else (spec_k, 0)
+        ratio = self.costs.verify(n, n * (spec_k + 1)) / max(self.costs.verify(n, n), 1e-12)
+        log.info("speculation: k %d -> %d at %d rows (verify %d tok/row %.1fx decode; expected %.2fx)",
+                 old, new, n, spec_k + 1, ratio, goodput[spec_k] / max(goodput[0], 1e-12))

@@ -1,0 +1,318 @@
+"""The goodput controller (k = auto): its online cost and acceptance model, its decisions on synthetic
+cost curves (k = 0 when drafting cannot pay, k > 0 when it pays), per-row lengths under its budget, and
+greedy output equal to target-only through Engine and the services whatever it decides."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from minedraft.spec.controller import SpeculationController
+from minedraft.spec.cost_model import AcceptanceModel, OnlineCostModel
+from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
+from minedraft.spec.theory import CostModel, expected_tokens_per_step
+from minedraft.spec.workers import Proposal, Verdict
+
+
+def test_cost_model_verify_per_token_and_its_old_callers():
+    old = CostModel(0.001, 0.0001, 0.01, 0.001)
+    assert old.verify(8) == old.verify(8, 5) == pytest.approx(0.018)  # no per-token term: as before
+    c = CostModel(0.001, 0.0001, 0.01, 0.001, verify_per_token=0.0005)
+    assert c.verify(8, 5) == pytest.approx(0.01 + 0.008 + 0.0005 * 40)
+    assert c.decode(8) == c.verify(8, 1) and c.verify(0, 5) == 0.0
+
+
+# -- the online model ---------------------------------------------------------------------------------
+def true_verify(rows, tokens):
+    return 0.004 + 0.0002 * rows + 0.00015 * tokens
+
+
+def true_draft(rows, k):
+    return 0.0007 + k * (0.0015 + 0.00005 * rows)
+
+
+def test_online_cost_model_fits_a_synthetic_curve():
+    m = OnlineCostModel()
+    rng = random.Random(0)
+    for _ in range(6):
+        for rows in (2, 8, 16, 32):
+            for k in (0, 1, 2, 4):
+                noise = 1 + 0.02 * (rng.random() - 0.5)
+                m.add_verify(rows, rows * (k + 1), true_verify(rows, rows * (k + 1)) * noise)
+                if k:
+                    m.add_draft(rows, k, true_draft(rows, k) * noise)
+    for rows in (1, 4, 16, 24, 48):
+        for k in (0, 3, 6):
+            assert m.verify(rows, rows * (k + 1)) == pytest.approx(true_verify(rows, rows * (k + 1)), rel=0.05)
+            if k:
+                assert m.draft(rows, k) == pytest.approx(true_draft(rows, k), rel=0.05)
+    cm = m.cost_model()
+    assert cm.verify_per_token == pytest.approx(0.00015, rel=0.1) and cm.verify_fixed == pytest.approx(0.004, rel=0.1)
+    assert cm.draft_fixed == pytest.approx(0.0015, rel=0.1)
+    # it follows drift: the target gets twice as slow
+    for _ in range(40):
+        for rows in (2, 8, 16, 32):
+            for k in (0, 2):
+                m.add_verify(rows, rows * (k + 1), 2 * true_verify(rows, rows * (k + 1)))
+    assert m.verify(16, 16) == pytest.approx(2 * true_verify(16, 16), rel=0.05)
+
+
+def geometric_accepts(rng, alpha, k):
+    n = 0
+    while n < k and rng.random() < alpha:
+        n += 1
+    return n
+
+
+def test_acceptance_per_position_and_per_request():
+    a = AcceptanceModel(4)
+    rng = random.Random(1)
+    for _ in range(300):
+        a.observe(["good", "bad"], [4, 4], [geometric_accepts(rng, 0.9, 4), geometric_accepts(rng, 0.3, 4)])
+    rates = a.rates()
+    assert len(rates) == 4 and all(0.4 < r < 0.95 for r in rates)
+    assert a.factor("good") > 1.2 and a.factor("bad") < 0.7 and a.factor("unseen") == 1.0
+    good, bad = a.curve("good", 4), a.curve("bad", 4)
+    assert good[4] == pytest.approx(expected_tokens_per_step(0.9, 4), rel=0.15)
+    assert bad[4] == pytest.approx(expected_tokens_per_step(0.3, 4), rel=0.15)
+    assert a.curve("good", 4, cap=2)[4] == pytest.approx(good[1])  # one draft at most, then the bonus
+
+
+# -- decisions on a synthetic machine ----------------------------------------------------------------
+class Req:
+    def __init__(self):
+        self.max_new_tokens, self.output_ids = 10**9, [1]
+
+
+class World:
+    """A machine with known costs and i.i.d. acceptance alpha; runs the controller's decisions."""
+
+    def __init__(self, alpha, verify=true_verify, draft=true_draft, rows=16, seed=0):
+        self.alpha, self.verify, self.draft, self.rng = alpha, verify, draft, random.Random(seed)
+        self.ids = [f"r{i}" for i in range(rows)]
+        self.requests = {rid: Req() for rid in self.ids}
+
+    def goodput(self, k, n=None):
+        n = n or len(self.ids)
+        t = self.verify(n, n) if k == 0 else self.draft(n, k) + self.verify(n, n * (k + 1))
+        return n * expected_tokens_per_step(self.alpha, k) / t
+
+    def verdict(self, ids, k, c):
+        accepted = [geometric_accepts(self.rng, self.alpha, k) for _ in ids]
+        c.on_verdict(Proposal(ids, k), Verdict(ids, [[0] * (a + 1) for a in accepted], accepted))
+
+    def run_sd(self, c, steps=200):
+        ks, n = [], len(self.ids)
+        for _ in range(steps):
+            k = c.k_for(self.ids, self.requests)
+            c.on_step_start(0.0)
+            if k == 0:
+                t = self.verify(n, n)
+                c.on_record(StepRecord("sd", t, verify_s=t, num_verified=n, verify_tokens=n, k=0), synchronous=True)
+            else:
+                self.verdict(self.ids, k, c)
+                d, v = self.draft(n, k), self.verify(n, n * (k + 1))
+                c.on_record(StepRecord("sd", d + v, draft_s=d, verify_s=v, num_verified=n, verify_tokens=n * (k + 1),
+                                       k=k, draft_rows=n))
+            ks.append(k)
+        return ks
+
+    def run_psd(self, c, steps=200):
+        """The pipeline as the scheduler runs it: merged steps decode every row; otherwise verify A
+        (drafted last step with k_a) while B is drafted with the k the controller picks."""
+        a, b = self.ids[: len(self.ids) // 2], self.ids[len(self.ids) // 2:]
+        k_a, merged, ks = None, 0, []
+        for _ in range(steps):
+            c.on_step_start(0.0)
+            if c.merge([a, b], self.requests):
+                if k_a is None:
+                    n = len(self.ids)
+                    t = self.verify(n, n)
+                    c.on_record(StepRecord("psd", t, verify_s=t, num_verified=n, verify_tokens=n, k=0),
+                                synchronous=True)
+                    merged += 1
+                    ks.append(0)
+                    continue
+                if k_a:
+                    self.verdict(a, k_a, c)
+                v = self.verify(len(a), len(a) * (k_a + 1))
+                c.on_record(StepRecord("psd", v, verify_s=v, num_verified=len(a), verify_tokens=len(a) * (k_a + 1)))
+                k_a = None
+                continue
+            k_b = c.psd_k_for(b, a if k_a is not None else [], k_a or 0, self.requests)
+            d = self.draft(len(b), k_b)
+            v = self.verify(len(a), len(a) * ((k_a or 0) + 1)) if k_a is not None else 0.0
+            if k_a:
+                self.verdict(a, k_a, c)
+            over = k_a is not None and k_b > 0
+            c.on_record(StepRecord("psd", max(d, v) * (1.1 if over else 1), draft_s=d, verify_s=v,
+                                   num_verified=len(a) if k_a is not None else 0,
+                                   verify_tokens=len(a) * ((k_a or 0) + 1), k=k_b, draft_rows=len(b) if k_b else 0))
+            ks.append(k_b)
+            a, b, k_a = b, a, k_b
+        return ks, merged
+
+
+def best_fixed(world, max_k=8):
+    return max(range(max_k + 1), key=world.goodput)
+
+
+def test_sd_picks_k0_when_nothing_is_accepted():
+    world, c = World(alpha=0.02), SpeculationController(8, "sd")
+    ks = world.run_sd(c)
+    assert c.best == 0 and ks[-50:].count(0) >= 45  # exploration aside, target-only
+
+
+def test_sd_picks_k0_when_the_draft_is_as_slow_as_the_target():
+    world = World(alpha=0.6, draft=lambda rows, k: k * true_verify(rows, rows))
+    c = SpeculationController(8, "sd")
+    world.run_sd(c)
+    assert best_fixed(world) == 0 and c.best == 0
+
+
+@pytest.mark.parametrize("alpha,rows", [(0.8, 1), (0.8, 16), (0.7, 4), (0.9, 32)])
+def test_sd_speculates_when_it_pays_and_comes_close_to_the_best_fixed_k(alpha, rows):
+    world, c = World(alpha=alpha, rows=rows), SpeculationController(8, "sd")
+    world.run_sd(c, steps=300)
+    opt = best_fixed(world)
+    assert opt > 0 and c.best > 0
+    assert world.goodput(c.best) >= 0.97 * world.goodput(opt)
+
+
+def test_psd_merges_when_drafting_cannot_pay_and_pipelines_when_it_does():
+    c = SpeculationController(8, "psd")
+    ks, merged = World(alpha=0.02).run_psd(c, steps=200)
+    assert merged >= 150  # one decode of every row, the pipeline only explored now and then
+    c = SpeculationController(8, "psd")
+    ks, merged = World(alpha=0.85).run_psd(c, steps=200)
+    assert merged <= 10 and sum(k > 0 for k in ks[-50:]) >= 45
+
+
+def test_the_controller_is_deterministic_and_cheap():
+    runs = []
+    for _ in range(2):
+        c = SpeculationController(8, "sd")
+        runs.append(World(alpha=0.7, seed=3).run_sd(c, steps=150))
+    assert runs[0] == runs[1]
+    assert c.decide_s / c.decisions < 5e-4  # well under 1% of a step of tens of milliseconds
+
+
+def test_budget_keeps_the_likely_drafts():
+    world, c = World(alpha=0.7, rows=2), SpeculationController(4, "sd")
+    world.run_sd(c, steps=60)
+    conf = torch.tensor([[0.97, 0.96, 0.95, 0.95], [0.05, 0.05, 0.05, 0.05]])
+    proposal = Proposal(world.ids, 4, confidence=conf, top_prob=conf.clone())
+    lengths = c.budget_for(proposal, world.requests)
+    assert lengths[0] > lengths[1] and lengths[0] >= 2 and lengths[1] <= 1
+    assert c.budget_for(Proposal(world.ids, 4), world.requests) is None  # no confidences: every token
+    world.requests["r0"].max_new_tokens = 3  # two tokens left: at most one draft, then the bonus
+    assert c.budget_for(proposal, world.requests)[0] <= 1
+
+
+# -- the metrics -----------------------------------------------------------------------------------------
+def test_k_histogram_in_stats_and_prometheus_survives_folding():
+    from gateway.grpc_api import stats_to_proto
+    from gateway.prometheus_metrics import GatewayMetrics
+
+    m, g = SpecDecodeMetrics(k=8), GatewayMetrics()
+    m.MAX_KEPT_STEPS = 10
+    ks = [0, 3, 3, 0, 2, 0, 5] * 6
+    for k in ks:
+        m.add_step(StepRecord("psd", 0.01, num_verified=4, k=k))
+        g.on_step(m)
+    m.add_step(StepRecord("ar", 0.01, num_verified=4))  # ar: no choice, not counted
+    g.on_step(m)
+    assert m.k_steps == {"psd": [ks.count(k) for k in range(6)]}
+    assert m.k_share("psd", 0) == pytest.approx(ks.count(0) / len(ks))
+    stats = stats_to_proto(m, "psd")
+    assert list(stats.k_steps["psd"].steps_at_k) == m.k_steps["psd"]
+    assert stats.k_steps["psd"].share_k0 == pytest.approx(m.k_share("psd"))
+    count = g.registry.get_sample_value("minedraft:spec_decode_k_count", {"mode": "psd"})
+    zeros = g.registry.get_sample_value("minedraft:spec_decode_k_bucket", {"mode": "psd", "le": "0.0"})
+    assert count == len(ks) and zeros == ks.count(0)
+    assert g.registry.get_sample_value("minedraft:spec_decode_k_sum", {"mode": "psd"}) == sum(ks)
+
+
+# -- lossless whatever it decides ---------------------------------------------------------------------
+def bundled_prompts():
+    from minedraft.assets import load_heldout_prompts
+
+    return load_heldout_prompts(10)
+
+
+@pytest.fixture(scope="module")
+def target_only():
+    from minedraft import Engine, SamplingParams
+
+    with Engine(mode="ar") as engine:
+        return [r.token_ids for r in engine.generate(bundled_prompts(), SamplingParams(max_tokens=40))]
+
+
+class Scripted(SpeculationController):
+    """The controller's feeding, with decisions that walk every path: k = 0 (sd: a decode; psd: the
+    batch is not drafted), merged psd steps, pipeline restarts, and ks up to max_k."""
+
+    KS = (0, 2, 0, 3, 1, 4, 0, 0, 2)
+    MERGES = (True, False, False, True, True, False, False, False, False, True, False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.i = self.j = 0
+
+    def k_for(self, ids, requests, max_k=None):
+        self.i += 1
+        return min(self.KS[self.i % len(self.KS)], self.bound())
+
+    psd_k_for = lambda self, *args, **kwargs: self.k_for(None, None)  # noqa: E731
+
+    def merge(self, batches, requests, max_k=None):
+        self.j += 1
+        return self.MERGES[self.j % len(self.MERGES)]
+
+
+@pytest.mark.parametrize("mode", ["sd", "psd"])
+@pytest.mark.parametrize("scripted", [False, True])
+def test_greedy_with_auto_equals_target_only(target_only, mode, scripted):
+    from minedraft import Engine, SamplingParams
+
+    with Engine(mode=mode) as engine:  # num_speculative_tokens="auto": the default
+        assert engine.scheduler.k == "auto"
+        if scripted:
+            engine.scheduler.controller = Scripted(8, mode)
+        prompts = bundled_prompts()
+        params = SamplingParams(max_tokens=40)
+        ids = {engine.add_request(p, params): i for i, p in enumerate(prompts[:4])}
+        done, pending = {}, list(enumerate(prompts))[4:]
+        while engine.has_unfinished() or pending:  # the rest arrive while the first ones run
+            for req in engine.step():
+                if req.finished:
+                    done[ids[req.request_id]] = req.output_ids
+            for i, p in pending[:2]:
+                ids[engine.add_request(p, params)] = i
+            pending = pending[2:]
+        assert [done[i] for i in range(len(prompts))] == target_only
+        steps = engine.metrics.k_steps[mode]
+        assert sum(steps) > 0
+        if scripted:
+            assert steps[0] > 0 and len(steps) > 3  # target-only steps and drafted ones both ran
+
+
+def test_engine_auto_bounds_and_reconfigure():
+    from minedraft import Engine
+
+    with pytest.raises(ValueError, match="^max_k:"):
+        Engine(max_k=0)
+    with pytest.raises(ValueError, match="^num_speculative_tokens:"):
+        Engine(num_speculative_tokens="fast")
+    with Engine(mode="sd", max_k=3) as engine:
+        assert engine.scheduler.controller.bound() == 3
+        engine.scheduler.reconfigure("psd", 2)
+        assert engine.scheduler.k == 2 and not isinstance(engine.scheduler.controller, SpeculationController)
+        engine.scheduler.reconfigure(None, "auto")
+        assert isinstance(engine.scheduler.controller, SpeculationController)
+        assert engine.frontend.model_info().auto_k
+        costs = engine.scheduler.controller.costs
+        engine.scheduler.reconfigure("sd", None)  # auto to auto: what it measured carries over
+        assert engine.scheduler.controller.costs is costs and engine.scheduler.controller.mode == "sd"
