@@ -304,6 +304,18 @@ class DraftPool(DraftWorker):
                     groups.setdefault(home.node, []).append(rid)
             self._parallel({a: (self.nodes[a].release, ids) for a, ids in groups.items()})
 
+    def release_later(self, request_ids) -> None:
+        """Each node keeps its share and sends it with its next Add or Propose (or flush_releases)."""
+        with self.lock:
+            for rid in request_ids:
+                home = self.homes.pop(rid, None)
+                if home is not None and home.node in self.nodes:
+                    self.nodes[home.node].release_later([rid])
+
+    def flush_releases(self) -> None:
+        with self.lock:
+            self._parallel({a: (node.flush_releases,) for a, node in self.nodes.items() if node.held})
+
     def close(self) -> None:
         for node in list(self.nodes.values()):
             node.close()
