@@ -373,6 +373,12 @@ class Scheduler:
         gone = set(request_ids)
         self.batches = [[r for r in b if r not in gone] for b in self.batches]
 
+    def set_worker_thread_setup(self, setup) -> None:
+        """Run setup() on each worker thread as it starts (the in-process draft runs there: the
+        Engine's CPU thread placement, minedraft/spec/placement.py). Call it between requests."""
+        self._pool.shutdown(wait=True)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker", initializer=setup)
+
     def close(self) -> None:
         """Stop the worker threads and close the draft (the gateway's pool: its node connections)."""
         self._pool.shutdown(wait=False)
