@@ -93,10 +93,12 @@ class DraftPool(DraftWorker):
         self.rejected = {}
         for address in resolve_endpoints(self.endpoints):
             with self.lock:
-                if address in self.nodes:
-                    if self._same_process(address):
-                        continue
-                    self._drop(address, RuntimeError("restarted"))  # joined again below, new channel
+                known = address in self.nodes
+            # Info outside the lock: the engine loop takes it to send each step's Propose
+            if known and self._same_process(address):
+                continue
+            if known:
+                self._drop(address, RuntimeError("restarted"))  # joined again below, new channel
             node = RemoteDraftWorker(address, self.target.timeouts)
             try:
                 info = node.info(timeout=2.0)
@@ -130,11 +132,15 @@ class DraftPool(DraftWorker):
     def _same_process(self, address: str) -> bool:
         """Whether the node at address is still the process we joined (a restart between requests
         would otherwise keep a token channel nobody writes anymore)."""
+        with self.lock:
+            node, identity = self.nodes.get(address), self.identities.get(address)
+        if node is None:
+            return False  # dropped meanwhile: join it again
         try:
-            info = self.nodes[address].info(timeout=2.0)
+            info = node.info(timeout=2.0)
         except grpc.RpcError:
             return True  # unreachable: a failed call drops it; nothing to re-handshake yet
-        return (info.hostname, info.pid, info.instance_id) == self.identities.get(address)
+        return (info.hostname, info.pid, info.instance_id) == identity
 
     def _drop(self, address: str, exc: BaseException) -> None:
         with self.lock:

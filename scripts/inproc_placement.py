@@ -16,6 +16,8 @@ the caller's thread; each thread that enters torch gets its own intra-op pool):
   both1      the draft thread and the caller's thread use 1 intra-op thread each
   both1pin   the same, the caller's thread pinned to core 0 and the draft's to the last core
   two        `default`, two identical engines in one process, timed alternately (reports both)
+  two1       `both1`, two identical engines in one process, timed alternately
+  passive    `default` with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep instead of spinning)
 """
 
 from __future__ import annotations
@@ -52,13 +54,14 @@ def child(mode: str, placement: str) -> dict:
     cores = sorted(os.sched_getaffinity(0))
     prompts = load_heldout_prompts()[:16]
     params = SamplingParams(max_tokens=64, ignore_eos=True)
-    kwargs = {} if placement == "engine" else {"pin_threads": False}
+    kwargs = {} if placement == "engine" else {"cpu_threads_per_model": None}  # None: torch's own
     try:
         make = lambda: Engine(mode=mode, num_speculative_tokens=4, **kwargs)  # noqa: E731
-        engines = [make() for _ in range(2 if placement == "two" else 1)]
-    except TypeError:  # an Engine without pin_threads (before this change)
+        engines = [make() for _ in range(2 if placement.startswith("two") else 1)]
+    except TypeError:  # an Engine without cpu_threads_per_model (before this change)
         kwargs = {}
-        engines = [Engine(mode=mode, num_speculative_tokens=4) for _ in range(2 if placement == "two" else 1)]
+        engines = [Engine(mode=mode, num_speculative_tokens=4) for _ in range(2 if placement.startswith("two") else 1)]
+    placement = "both1" if placement == "two1" else placement
     draft_threads, draft_core = {"draft1": (1, None), "draft1pin": (1, cores[-1]), "both1": (1, None),
                                  "both1pin": (1, cores[-1])}.get(placement, (None, None))
     if placement.startswith("both"):
@@ -94,7 +97,8 @@ def main(argv=None) -> int:
     results: dict[str, list[list[float]]] = {c: [] for c in configs}
     for r in range(args.rounds):
         for c in configs:
-            out = subprocess.run([sys.executable, __file__, "--child", c], capture_output=True, text=True)
+            env = dict(os.environ, **({"OMP_WAIT_POLICY": "PASSIVE"} if c.endswith(":passive") else {}))
+            out = subprocess.run([sys.executable, __file__, "--child", c], capture_output=True, text=True, env=env)
             line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if not line:
                 print(f"{c}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
