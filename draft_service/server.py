@@ -52,7 +52,7 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
             admitted = self.worker.add(self._new_requests(request))
             return worker_pb2.AddReply(num_admitted=admitted, compute_s=time.perf_counter() - t0)
 
-        return self.guarded(context, run)
+        return self.guarded(context, run, request)
 
     def Propose(self, request, context):
         def run():
@@ -68,7 +68,7 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
                                            confidence=_flat(proposal.confidence), top_prob=_flat(proposal.top_prob),
                                            service_s=time.perf_counter() - t0)
 
-        return self.guarded(context, run)
+        return self.guarded(context, run, request)
 
     def close(self):
         if self.writer is not None:

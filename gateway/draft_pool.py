@@ -100,10 +100,12 @@ class DraftPool(DraftWorker):
         self.rejected = {}
         for address in resolve_endpoints(self.endpoints):
             with self.lock:
-                if address in self.nodes:
-                    if self._same_process(address):
-                        continue
-                    self._drop(address, RuntimeError("restarted"))  # joined again below, new channel
+                known = address in self.nodes
+            # Info outside the lock: the engine loop takes it to send each step's Propose
+            if known and self._same_process(address):
+                continue
+            if known:
+                self._drop(address, RuntimeError("restarted"))  # joined again below, new channel
             node = RemoteDraftWorker(address, self.target.timeouts)
             try:
                 info = node.info(timeout=2.0)
@@ -137,11 +139,15 @@ class DraftPool(DraftWorker):
     def _same_process(self, address: str) -> bool:
         """Whether the node at address is still the process we joined (a restart between requests
         would otherwise keep a token channel nobody writes anymore)."""
+        with self.lock:
+            node, identity = self.nodes.get(address), self.identities.get(address)
+        if node is None:
+            return False  # dropped meanwhile: join it again
         try:
-            info = self.nodes[address].info(timeout=2.0)
+            info = node.info(timeout=2.0)
         except grpc.RpcError:
             return True  # unreachable: a failed call drops it; nothing to re-handshake yet
-        return (info.hostname, info.pid, info.instance_id) == self.identities.get(address)
+        return (info.hostname, info.pid, info.instance_id) == identity
 
     def _drop(self, address: str, exc: BaseException) -> None:
         with self.lock:
@@ -310,6 +316,18 @@ class DraftPool(DraftWorker):
                 if home is not None and home.node in self.nodes:
                     groups.setdefault(home.node, []).append(rid)
             self._parallel({a: (self.nodes[a].release, ids) for a, ids in groups.items()})
+
+    def release_later(self, request_ids) -> None:
+        """Each node keeps its share and sends it with its next Add or Propose (or flush_releases)."""
+        with self.lock:
+            for rid in request_ids:
+                home = self.homes.pop(rid, None)
+                if home is not None and home.node in self.nodes:
+                    self.nodes[home.node].release_later([rid])
+
+    def flush_releases(self) -> None:
+        with self.lock:
+            self._parallel({a: (node.flush_releases,) for a, node in self.nodes.items() if node.held})
 
     def close(self) -> None:
         for node in list(self.nodes.values()):

@@ -12,6 +12,7 @@ from minedraft.runner.model_runner import ModelRunner
 from minedraft.spec.compat import check_draft_fits_target, tokenizer_digest
 from minedraft.spec.frontend import Frontend, SchedulerSink
 from minedraft.spec.local_workers import LocalDraftWorker, LocalTargetWorker
+from minedraft.spec.placement import CallerThreads, threads_per_model, worker_thread_setup
 from minedraft.spec.request import Request
 from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.scheduler import Scheduler
@@ -41,7 +42,8 @@ class Engine:
                  dtype: str | None = None, max_num_seqs: int = 64, max_model_len: int | None = None,
                  full_q: bool = True, q_dtype: str = "float32", kv_cache_memory: float | None = None,
                  gpu_memory_utilization: float = 0.9, max_num_batched_tokens: int | None = None, block_size: int = 16,
-                 num_kv_blocks: int | None = None, cuda_graphs: bool | None = None):
+                 num_kv_blocks: int | None = None, cuda_graphs: bool | None = None,
+                 cpu_threads_per_model: int | None = EngineConfig.cpu_threads_per_model):
         if target is None:
             target, default_draft = default_model_paths()
             draft = draft if draft is not None else default_draft
@@ -53,7 +55,8 @@ class Engine:
             draft_device=draft_device, dtype=dtype, full_q=full_q, q_dtype=q_dtype, max_num_seqs=max_num_seqs,
             max_model_len=max_model_len, kv_cache_memory=kv_cache_memory,
             gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
-            block_size=block_size, num_kv_blocks=num_kv_blocks, cuda_graphs=cuda_graphs)
+            block_size=block_size, num_kv_blocks=num_kv_blocks, cuda_graphs=cuda_graphs,
+            cpu_threads_per_model=cpu_threads_per_model)
         lookahead = config.capacity_k + 2  # auto: the KV room of the largest k it may pick
         # Target and draft each get the budget (kv_cache_memory / gpu_memory_utilization) on their device.
         memory = config.cache_kwargs()
@@ -76,6 +79,11 @@ class Engine:
         self.vocab_size = cfg.vocab_size
         self.scheduler = Scheduler(LocalTargetWorker(self.target_runner), draft_worker, mode,
                                    num_speculative_tokens, max_num_seqs, max_k=max_k)
+        # On CPU, each thread that runs a model gets cpu_threads_per_model intra-op threads (placement.py).
+        self.threads_per_model = threads_per_model(config)
+        if self.threads_per_model is not None:
+            self.scheduler.set_worker_thread_setup(worker_thread_setup(self.threads_per_model))
+        self._caller_threads = CallerThreads(self.threads_per_model)
         self.frontend = Frontend(SchedulerSink(self.scheduler), self.tokenizer, self.eos_token_ids, self.vocab_size,
                                  self.context_len, model=target)
         self._ids = itertools.count()
@@ -91,6 +99,7 @@ class Engine:
         return self.frontend.submit(prompt, params, request_id or f"req-{next(self._ids)}").request_id
 
     def step(self) -> list[Request]:
+        self._caller_threads.before_step(self.scheduler.speculating)  # the target (and SD's draft) run here
         return self.scheduler.step()
 
     def has_unfinished(self) -> bool:

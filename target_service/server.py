@@ -48,7 +48,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             return worker_pb2.AddReply(first_tokens=[-1 if t is None else t for t in first], num_admitted=len(first),
                                        compute_s=time.perf_counter() - t0)
 
-        return self.guarded(context, run)
+        return self.guarded(context, run, request)
 
     def Verify(self, request, context):
         def run():
@@ -61,7 +61,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
                                           num_accepted=verdict.num_accepted, compute_s=verdict.compute_s,
                                           service_s=time.perf_counter() - t0)
 
-        return self.guarded(context, run)
+        return self.guarded(context, run, request)
 
     def _read_parts(self, request):
         """Concatenate the parts (one per draft node) into tokens [B, k] and the q of the sampled
@@ -104,7 +104,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             tokens = self.worker.decode(list(request.request_ids))
             return worker_pb2.DecodeReply(tokens=tokens, compute_s=time.perf_counter() - t0)
 
-        return self.guarded(context, run)
+        return self.guarded(context, run, request)
 
     def close(self):
         for reader in self.readers.values():

@@ -382,12 +382,16 @@ class EngineConfig:
     dtype: str | None = None
     full_q: bool = True
     q_dtype: str = "float32"
+    # On CPU with a draft: torch intra-op threads of each thread that runs a model (None: torch's own);
+    # one avoids two models' OpenMP teams spinning against each other (minedraft/spec/placement.py).
+    cpu_threads_per_model: int | None = 1
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self):
         check_mode_and_k(self.mode, self.num_speculative_tokens, self.draft is not None)
         check_max_k(self.max_k)
         _one_of("q_dtype", self.q_dtype, Q_DTYPES)
+        _int_in("cpu_threads_per_model", self.cpu_threads_per_model, 1, optional=True)
 
     @property
     def capacity_k(self) -> int:

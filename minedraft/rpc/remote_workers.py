@@ -2,7 +2,13 @@
 
 The scheduler cannot tell them from the in-process workers. Proposals do not pass through here:
 the draft writes them into the token channel and only the BlockRef comes back, which Verify hands
-to the target."""
+to the target.
+
+Releases: `release_later` keeps the ids and the next Add/Propose/Verify/Decode carries them
+(`release_ids`, applied by the service first, under the lock that call takes anyway). A Release RPC
+sent while a Verify or Propose runs would wait for that call's lock: with requests finishing in most
+steps, every such step would wait a whole verify before its tokens go out. `release` and
+`flush_releases` send a Release with everything held."""
 
 from __future__ import annotations
 
@@ -18,10 +24,10 @@ from minedraft.spec.workers import DraftWorker, NewRequest, NoRoom, Proposal, Ta
 from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 
-def _new_requests_proto(requests: list[NewRequest]) -> worker_pb2.AddRequest:
+def _new_requests_proto(requests: list[NewRequest], release_ids: list[str]) -> worker_pb2.AddRequest:
     return worker_pb2.AddRequest(requests=[
         worker_pb2.NewRequest(request_id=r.request_id, prompt_ids=r.prompt_ids, params=params_to_proto(r.params),
-                              seed=r.seed, resume=r.resume) for r in requests])
+                              seed=r.seed, resume=r.resume) for r in requests], release_ids=release_ids)
 
 
 def _raise_no_room(exc: grpc.RpcError) -> None:
@@ -47,8 +53,8 @@ class _CallInFlight:
     before the caller goes on (no hand-off to another thread, which on a busy machine waits for a
     core and for the GIL). result() converts the reply; "no room" becomes NoRoom."""
 
-    def __init__(self, call, convert):
-        self.call, self.convert = call, convert
+    def __init__(self, call, convert, on_failure=None):
+        self.call, self.convert, self.on_failure = call, convert, on_failure
         self.done_at = 0.0
         call.add_done_callback(self._mark_done)
 
@@ -59,6 +65,8 @@ class _CallInFlight:
         try:
             reply = self.call.result()
         except grpc.RpcError as exc:
+            if self.on_failure is not None:
+                self.on_failure()
             _raise_no_room(exc)
             raise
         return self.convert(reply, self.done_at or time.perf_counter())
@@ -82,9 +90,10 @@ def _proposal(reply: worker_pb2.ProposeReply, request_ids: list[str], k: int, ch
                     service_s=reply.service_s, channel_bytes=reply.block.nbytes, done_at=done_at)
 
 
-def _propose_request(request_ids, k: int, updates) -> worker_pb2.ProposeRequest:
+def _propose_request(request_ids, k: int, updates, release_ids: list[str]) -> worker_pb2.ProposeRequest:
     return worker_pb2.ProposeRequest(request_ids=request_ids, k=k,
-                                     updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()})
+                                     updates={rid: common_pb2.TokenList(tokens=t) for rid, t in updates.items()},
+                                     release_ids=release_ids)
 
 
 DEFAULT_TIMEOUTS = TimeoutConfig()  # frozen: one instance serves every default
@@ -99,12 +108,44 @@ class _Remote:
         self.step_s, self.prefill_s = timeouts.worker_timeout_s, timeouts.prefill_timeout_s
         self.channel = insecure_channel(address)
         self.stub = stub_cls(self.channel)
+        self.held: list[str] = []  # released later: sent with the next call
 
     def info(self, timeout: float = 5.0) -> worker_pb2.WorkerInfo:
         return self.stub.Info(worker_pb2.InfoRequest(), timeout=timeout)
 
     def release(self, request_ids):
-        self.stub.Release(worker_pb2.ReleaseRequest(request_ids=list(request_ids)), timeout=self.step_s)
+        ids = list(dict.fromkeys(self._take_held() + list(request_ids)))
+        try:
+            self.stub.Release(worker_pb2.ReleaseRequest(request_ids=ids), timeout=self.step_s)
+        except grpc.RpcError:
+            self._hold_again(ids)
+            raise
+
+    def release_later(self, request_ids):
+        self.held.extend(r for r in request_ids if r not in self.held)
+
+    def flush_releases(self):
+        if self.held:
+            self.release([])
+
+    def _take_held(self) -> list[str]:
+        """The ids the call about to go out carries (released by the service before its own work)."""
+        ids, self.held = self.held, []
+        return ids
+
+    def _hold_again(self, ids: list[str]) -> None:
+        """The call that carried ids failed: perhaps they were never released. Releasing twice is
+        harmless (unknown ids are ignored), and only finished requests are held, never added again
+        under their id before an Add carries them."""
+        self.held.extend(r for r in ids if r not in self.held)
+
+    def _send(self, method, request, timeout: float, release_ids: list[str]):
+        """A blocking call that carries release_ids (held again if it fails)."""
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError:
+            self._hold_again(release_ids)
+            raise
 
     def close(self):
         self.channel.close()
@@ -123,15 +164,17 @@ class RemoteDraftWorker(_Remote, DraftWorker):
             timeout=30.0)
 
     def add(self, requests):
-        return self.stub.Add(_new_requests_proto(requests), timeout=self.prefill_s).num_admitted
+        held = self._take_held()
+        return self._send(self.stub.Add, _new_requests_proto(requests, held), self.prefill_s, held).num_admitted
 
     def propose(self, request_ids, k, updates):
         return self.start_propose(request_ids, k, updates).result()
 
     def start_propose(self, request_ids, k, updates, pool=None) -> _CallInFlight:
-        ids = list(request_ids)
-        call = self.stub.Propose.future(_propose_request(ids, k, updates), timeout=self.step_s)
-        return _CallInFlight(call, lambda reply, done_at: _proposal(reply, ids, k, self.channel_id, done_at))
+        ids, held = list(request_ids), self._take_held()
+        call = self.stub.Propose.future(_propose_request(ids, k, updates, held), timeout=self.step_s)
+        return _CallInFlight(call, lambda reply, done_at: _proposal(reply, ids, k, self.channel_id, done_at),
+                             on_failure=lambda: self._hold_again(held))
 
 
 
@@ -148,7 +191,8 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         return reply.transport
 
     def add(self, requests):
-        reply = self.stub.Add(_new_requests_proto(requests), timeout=self.prefill_s)
+        held = self._take_held()
+        reply = self._send(self.stub.Add, _new_requests_proto(requests, held), self.prefill_s, held)
         return [None if t < 0 else t for t in reply.first_tokens[:reply.num_admitted]]
 
     def verify(self, proposal: Proposal) -> Verdict:
@@ -156,17 +200,21 @@ class RemoteTargetWorker(_Remote, TargetWorker):
 
     def start_verify(self, proposal: Proposal) -> _CallInFlight:
         parts = [worker_pb2.ProposalPart(channel_id=cid, block=ref, num_requests=n) for cid, ref, n in proposal.parts]
+        held = self._take_held()
         request = worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k, parts=parts,
-                                           lengths=proposal.lengths or [])  # empty: every row verifies k
+                                           lengths=proposal.lengths or [],  # empty: every row verifies k
+                                           release_ids=held)
         call = self.stub.Verify.future(request, timeout=self.step_s)
         ids = list(proposal.request_ids)
         return _CallInFlight(call, lambda reply, done_at: Verdict(
             ids, [list(t.tokens) for t in reply.tokens], list(reply.num_accepted), compute_s=reply.compute_s,
-            service_s=reply.service_s, done_at=done_at))
+            service_s=reply.service_s, done_at=done_at), on_failure=lambda: self._hold_again(held))
 
     @_no_room_as_exception
     def decode(self, request_ids):
-        reply = self.stub.Decode(worker_pb2.DecodeRequest(request_ids=list(request_ids)), timeout=self.step_s)
+        held = self._take_held()
+        reply = self._send(self.stub.Decode, worker_pb2.DecodeRequest(request_ids=list(request_ids), release_ids=held),
+                           self.step_s, held)
         self.last_decode_compute_s = reply.compute_s
         return list(reply.tokens)
 

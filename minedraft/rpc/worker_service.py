@@ -85,10 +85,14 @@ class WorkerServicerBase:
             self.worker.release(list(request.request_ids))
             return worker_pb2.ReleaseReply(num_released=before - len(self.worker.book.states))
 
-    def guarded(self, context, fn):
-        """Run fn under the worker lock, mapping errors to gRPC status codes."""
+    def guarded(self, context, fn, request=None):
+        """Run fn under the worker lock, mapping errors to gRPC status codes. `request.release_ids`
+        (Add, Propose, Verify, Decode) are released first, under the same lock: requests that finished
+        while this call's predecessor ran, whose release rode on this call (remote_workers.py)."""
         try:
             with self.lock:
+                if request is not None and request.release_ids:
+                    self.worker.release(list(request.release_ids))
                 return fn()
         except Exception as exc:  # noqa: BLE001 - every error becomes a status for the caller
             abort_with(context, exc)

@@ -381,23 +381,41 @@ class Scheduler:
             touched[rid] = req
 
     def _retire(self) -> None:
-        """Release finished requests, except those inside a proposal still to be verified."""
+        """Release finished requests, except those inside a proposal still to be verified. This
+        step's calls are in flight: a gRPC worker's Release would wait for them, so the release rides
+        on each worker's next call (release_later; its next Add too, so admission finds the blocks
+        free). With nothing left running no call follows: flush what the workers hold."""
         in_flight = set(self.proposal.request_ids) if self.proposal is not None else set()
         if self.in_flight is not None:
             in_flight |= self.in_flight.request_ids
         done = [rid for rid, r in self.running.items() if r.finished and rid not in in_flight]
         if done:
-            self._forget(done)
+            self._forget(done, later=True)
+        if not self.running:
+            self._flush_releases()
 
-    def _forget(self, request_ids: list[str]) -> None:
-        """Free the requests' rows on both workers and drop them from the schedule."""
-        self.target.release(request_ids)
+    def _flush_releases(self) -> None:
+        self.target.flush_releases()
         if self.speculating:
-            self.draft.release(request_ids)
+            self.draft.flush_releases()
+
+    def _forget(self, request_ids: list[str], later: bool = False) -> None:
+        """Free the requests' rows on both workers (now, or with each worker's next call when `later`)
+        and drop them from the schedule. Preemption frees now: the step it retries needs the blocks."""
+        release = "release_later" if later else "release"
+        getattr(self.target, release)(request_ids)
+        if self.speculating:
+            getattr(self.draft, release)(request_ids)
         for rid in request_ids:
             del self.running[rid]
         gone = set(request_ids)
         self.batches = [[r for r in b if r not in gone] for b in self.batches]
+
+    def set_worker_thread_setup(self, setup) -> None:
+        """Run setup() on each worker thread as it starts (the in-process draft runs there: the
+        Engine's CPU thread placement, minedraft/spec/placement.py). Call it between requests."""
+        self._pool.shutdown(wait=True)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker", initializer=setup)
 
     def close(self) -> None:
         """Stop the worker threads and close the draft (the gateway's pool: its node connections)."""
@@ -413,9 +431,11 @@ class Scheduler:
             req.finish("error")
         ids = list(self.running)
         for worker in (self.target, self.draft if self.speculating else None):
-            if worker is not None and ids:
+            if worker is not None:
                 try:
-                    worker.release(ids)
+                    if ids:
+                        worker.release(ids)
+                    worker.flush_releases()
                 except Exception:  # noqa: BLE001 - the worker may be the one that failed
                     pass
         self.waiting.clear()

@@ -3,8 +3,12 @@
 
 Protocol per request: `add` once (prefill; admits what fits), then, for speculation, `propose` -> `verify` repeatedly;
 the tokens the target committed reach the draft with its next `propose` (`updates`), which saves a
-round trip per step. `release` when the request is done or aborted. A step that needs KV blocks the
-worker does not have raises `NoRoom` and changes nothing; the scheduler then preempts a request.
+round trip per step. `release` when the request is done or aborted; `release_later` when that can
+wait for the worker's next call (a request that finished while a step's calls are in flight: a gRPC
+worker sends the ids with its next Add/Propose/Verify/Decode, which applies them first, rather than
+a Release that would wait for the call in flight; `flush_releases` sends what is still held).
+A step that needs KV blocks the worker does not have raises `NoRoom` and changes nothing; the
+scheduler then preempts a request.
 """
 
 from __future__ import annotations
@@ -112,6 +116,15 @@ class DraftWorker(abc.ABC):
     def release(self, request_ids: list[str]) -> None:
         """Forget the requests and free their cache rows (unknown ids are ignored)."""
 
+    def release_later(self, request_ids: list[str]) -> None:
+        """`release`, which may be deferred to this worker's next call, but no later: a worker that
+        defers applies the ids before that call's own work (an `add` too, so the blocks are free and
+        an id used again is released before it is added). Here, in process: at once."""
+        self.release(request_ids)
+
+    def flush_releases(self) -> None:
+        """Release now what `release_later` still holds (the scheduler calls it when it goes idle)."""
+
     def require_k(self, k: int) -> None:
         """Raise ValueError (naming num_speculative_tokens) when this draft cannot propose k tokens.
         In process: any k the schedule accepts; the gateway's pool checks its nodes' --max-k."""
@@ -163,6 +176,13 @@ class TargetWorker(abc.ABC):
     @abc.abstractmethod
     def release(self, request_ids: list[str]) -> None:
         """Forget the requests and free their cache rows (unknown ids are ignored)."""
+
+    def release_later(self, request_ids: list[str]) -> None:
+        """As DraftWorker.release_later."""
+        self.release(request_ids)
+
+    def flush_releases(self) -> None:
+        """As DraftWorker.flush_releases."""
 
     def close(self) -> None:
         pass

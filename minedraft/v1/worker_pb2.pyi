@@ -152,10 +152,12 @@ class NewRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., resume: _Optional[bool] = ...) -> None: ...
 
 class AddRequest(_message.Message):
-    __slots__ = ("requests",)
+    __slots__ = ("requests", "release_ids")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[NewRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ...) -> None: ...
+    release_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddReply(_message.Message):
     __slots__ = ("first_tokens", "compute_s", "num_admitted")
@@ -168,7 +170,7 @@ class AddReply(_message.Message):
     def __init__(self, first_tokens: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ..., num_admitted: _Optional[int] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("request_ids", "k", "updates")
+    __slots__ = ("request_ids", "k", "updates", "release_ids")
     class UpdatesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -179,10 +181,12 @@ class ProposeRequest(_message.Message):
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     k: int
     updates: _containers.MessageMap[str, _common_pb2.TokenList]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., updates: _Optional[_Mapping[str, _common_pb2.TokenList]] = ...) -> None: ...
+    release_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., updates: _Optional[_Mapping[str, _common_pb2.TokenList]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProposeReply(_message.Message):
     __slots__ = ("block", "compute_s", "service_s", "confidence", "top_prob")
@@ -209,16 +213,18 @@ class ProposalPart(_message.Message):
     def __init__(self, channel_id: _Optional[str] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ..., num_requests: _Optional[int] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("request_ids", "k", "parts", "lengths")
+    __slots__ = ("request_ids", "k", "parts", "lengths", "release_ids")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     k: int
     parts: _containers.RepeatedCompositeFieldContainer[ProposalPart]
     lengths: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[ProposalPart, _Mapping]]] = ..., lengths: _Optional[_Iterable[int]] = ...) -> None: ...
+    release_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[ProposalPart, _Mapping]]] = ..., lengths: _Optional[_Iterable[int]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
     __slots__ = ("tokens", "num_accepted", "compute_s", "service_s")
@@ -233,10 +239,12 @@ class VerifyReply(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[_Union[_common_pb2.TokenList, _Mapping]]] = ..., num_accepted: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ..., service_s: _Optional[float] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("request_ids",)
+    __slots__ = ("request_ids", "release_ids")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    release_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DecodeReply(_message.Message):
     __slots__ = ("tokens", "compute_s")

@@ -1,0 +1,61 @@
+"""How many torch intra-op threads the in-process Engine's model threads use on a CPU (issue 24).
+
+In process, the target runs on the caller's thread and the draft, in PSD, on the scheduler's worker
+thread at the same time (SD drafts on the caller's thread; admission prefills the draft on the worker
+thread beside the target's prefill). torch gives every thread that runs an operator its own OpenMP
+intra-op team, `torch.get_num_threads()` threads (by default one per core), and libgomp's team threads
+busy-wait at the end of each parallel region before they sleep. Two models' teams on the same cores
+then spend their time waiting on each other's spinning threads (and on any other process's load).
+Measured with `scripts/inproc_placement.py --rounds 4` (2 shared cores, bundled pair, 16 prompts x 64
+tokens, k = 4; fresh process per run, rounds interleaved, best of 4, tok/s):
+    AR   torch's threads 2771, one thread 2183
+    SD   torch's threads 1225, one per model thread 1846
+    PSD  torch's threads 1096, one per model thread 1777
+and in an earlier, busier 3-round run (same script; PSD at torch's threads 997 there):
+    PSD  draft thread at one beside a two-thread target: 88-106 (the target's team spins on its core)
+    PSD  both threads at one, pinned to cores 0 and 1 (as `minedraft up` pins processes): 1024,
+         against 1228 unpinned
+So nothing is pinned here: on a shared machine the OS places the two threads better.
+
+So, on CPU, with a draft in use, the Engine runs each model thread with `cpu_threads_per_model`
+(EngineConfig; default 1) intra-op threads: the worker threads from their start, the caller's thread
+when it steps the Engine (torch.set_num_threads on that thread: it also becomes torch's default for
+threads started later in the process). Target-only steps (mode ar, or switched to it) run one model
+alone, which torch's own setting does best (AR above: 1.27x faster at two threads than at one): the
+caller's thread gets back what it had. None leaves torch's setting alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def threads_per_model(config) -> int | None:
+    """What the Engine applies while it speculates (None: nothing). config: an EngineConfig."""
+    n = config.cpu_threads_per_model
+    on_cpu = str(config.device).startswith("cpu") and str(config.draft_device or config.device).startswith("cpu")
+    if n is None or not on_cpu or config.mode == "ar" or config.draft is None:  # ar: no draft is loaded
+        return None
+    return n
+
+
+def use_threads(n: int | None) -> None:
+    """Give the calling thread n intra-op threads (a no-op when it has them or n is None)."""
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def worker_thread_setup(n: int):
+    """An initializer for the scheduler's worker threads (Scheduler.set_worker_thread_setup)."""
+    return lambda: use_threads(n)
+
+
+class CallerThreads:
+    """The caller's thread: n intra-op threads for speculative steps, its own setting for target-only ones."""
+
+    def __init__(self, n: int | None):
+        self.n, self.own = n, torch.get_num_threads()
+
+    def before_step(self, speculating: bool) -> None:
+        if self.n is not None:
+            use_threads(self.n if speculating else self.own)

@@ -1,0 +1,55 @@
+"""The in-process Engine's CPU thread placement (minedraft/spec/placement.py): on CPU with a draft,
+every thread that runs a model uses `cpu_threads_per_model` torch intra-op threads (default 1);
+None leaves torch alone; the output never changes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from minedraft import Engine, SamplingParams
+from minedraft.config import EngineConfig
+from minedraft.spec.placement import threads_per_model
+
+
+@pytest.fixture
+def keep_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_plan_follows_the_config():
+    base = EngineConfig(target="t", draft="d", mode="psd")
+    assert threads_per_model(base) == 1
+    assert threads_per_model(dataclasses.replace(base, mode="sd")) == 1
+    assert threads_per_model(dataclasses.replace(base, mode="ar")) is None  # one model: torch's own
+    assert threads_per_model(dataclasses.replace(base, cpu_threads_per_model=None)) is None
+    assert threads_per_model(dataclasses.replace(base, cpu_threads_per_model=2)) == 2
+    assert threads_per_model(dataclasses.replace(base, device="cuda:0")) is None
+    with pytest.raises(ValueError, match="cpu_threads_per_model"):
+        EngineConfig(target="t", draft="d", cpu_threads_per_model=0)
+
+
+@pytest.mark.parametrize("mode", ["psd", "sd"])
+def test_model_threads_use_one_intra_op_thread_and_output_is_unchanged(llama_pair, mode, keep_torch_threads):
+    target, draft, _ = llama_pair
+    prompts = [[1, 5 + i, 9, 13, 4 + i] for i in range(6)]
+    params = SamplingParams(max_tokens=16, ignore_eos=True)
+    torch.set_num_threads(2)
+    untouched = Engine(target, draft, mode=mode, num_speculative_tokens=3, cpu_threads_per_model=None)
+    expected = [r.token_ids for r in untouched.generate(prompts, params)]
+    assert torch.get_num_threads() == 2 and untouched.threads_per_model is None
+    assert untouched.scheduler._pool.submit(torch.get_num_threads).result() == 2
+    untouched.close()
+
+    engine = Engine(target, draft, mode=mode, num_speculative_tokens=3)
+    assert [r.token_ids for r in engine.generate(prompts, params)] == expected
+    assert torch.get_num_threads() == 1  # the caller's thread, where the target runs
+    assert engine.scheduler._pool.submit(torch.get_num_threads).result() == 1  # where PSD drafts
+    engine.scheduler.reconfigure("ar", None)  # target-only steps: the caller's own setting again
+    engine.generate(prompts[:2], params)
+    assert torch.get_num_threads() == 2
+    engine.close()
