@@ -119,8 +119,11 @@ def test_budget_too_small_for_the_asked_length_is_refused(llama_pair):
     target, _, _ = llama_pair
     with pytest.raises(ValueError, match="max_model_len.*--kv-cache-memory"):
         Engine(target, mode="ar", max_model_len=90, num_kv_blocks=3, block_size=4)
-    engine = Engine(target, mode="ar", num_kv_blocks=12, block_size=4)  # default length: lowered to fit
+    # default length: lowered to fit; the KV room reserved per sequence is k + 2 (auto: max_k + 2)
+    engine = Engine(target, mode="ar", num_speculative_tokens=4, num_kv_blocks=12, block_size=4)
     assert engine.context_len == 11 * 4 - 6
+    engine = Engine(target, mode="ar", num_kv_blocks=12, block_size=4)
+    assert engine.context_len == 11 * 4 - (8 + 2)
 
 
 # -- drafts with a smaller vocabulary ---------------------------------------------------------------------
