@@ -27,6 +27,7 @@ from minedraft.config import AUTO_K, DEFAULT_MAX_K, MAX_SPECULATIVE_TOKENS, MODE
 from minedraft.spec.controller import decode_verdict, make_controller
 from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.spec.request import Request
+from minedraft.spec.worker_failure import WorkerFailureHandling
 from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal, TargetWorker, completed
 
 
@@ -48,7 +49,7 @@ class _InFlight:
         return set(self.proposal.request_ids if self.proposal is not None else ()) | set(self.drafted_ids)
 
 
-class Scheduler:
+class Scheduler(WorkerFailureHandling):
     def __init__(self, target: TargetWorker, draft: DraftWorker | None, mode: str = "psd", k: int | str = 4,
                  max_num_seqs: int = 64, max_k: int | None = None):
         check_mode_and_k(mode, k, draft is not None)
@@ -422,42 +423,6 @@ class Scheduler:
         self._pool.shutdown(wait=False)
         if self.draft is not None:
             self.draft.close()
-
-    def reset_after_failure(self) -> list:
-        """A worker call failed mid-step: finish every request with reason "error" and start clean.
-        Releasing rows is best effort (the failed worker may be gone)."""
-        failed = list(self.waiting) + list(self.running.values())
-        for req in failed:
-            req.finish("error")
-        ids = list(self.running)
-        for worker in (self.target, self.draft if self.speculating else None):
-            if worker is not None:
-                try:
-                    if ids:
-                        worker.release(ids)
-                    worker.flush_releases()
-                except Exception:  # noqa: BLE001 - the worker may be the one that failed
-                    pass
-        self.waiting.clear()
-        self.running.clear()
-        self.batches = [[], []]
-        self.proposal, self.proposed_batch = None, None
-        self.in_flight, self._collected = None, None
-        return failed
-
-    def requeue_all_for_resume(self) -> int:
-        """A worker restarted (its KV cache is gone): every running request goes back to the front of
-        the queue, to be re-prefilled from its prompt and committed tokens on the new worker. The
-        output stays exactly what an uninterrupted run gives (see _preempt_one). Returns how many."""
-        live = [r for r in self.running.values() if not r.finished]
-        done = [r for r in self.running.values() if r.finished]
-        self.waiting.extendleft(reversed(live))
-        self.waiting.extend(done)  # finished ones leave through the waiting queue's abort path
-        self.running.clear()
-        self.batches = [[], []]
-        self.proposal, self.proposed_batch = None, None
-        self.in_flight, self._collected = None, None
-        return len(live)
 
     def reconfigure(self, mode: str | None, k: int | str | None, max_num_seqs: int | None = None) -> None:
         """Switch mode, k ("auto" or a number) or the running-request limit between requests (the bench
