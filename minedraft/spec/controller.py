@@ -28,6 +28,7 @@ import time
 from minedraft.config import AUTO_K
 from minedraft.spec.cost_model import AcceptanceModel, OnlineCostModel
 from minedraft.spec.draft_lengths import position_scores, select_lengths
+from minedraft.spec.goodput import PeriodTable
 from minedraft.spec.workers import Verdict
 
 log = logging.getLogger("minedraft.spec")
@@ -42,14 +43,16 @@ MERGE = -1  # psd: decode every row in one step
 
 def make_controller(k, max_k: int, mode: str, draft=None, previous=None):
     """The scheduler's k policy: a SpeculationController for k = "auto" (with a draft), else FixedK.
-    previous: the policy before a reconfigure; a controller's measurements (this machine's costs, the
-    traffic's acceptance) carry over, so that it does not warm up again."""
+    previous: the policy before a reconfigure. What it measured (this machine's costs, the traffic's
+    acceptance, the goodput of each k) carries over, fixed k included, so that auto does not warm up
+    again after a run at a fixed k."""
+    learned = previous.learned if previous is not None else Learned(max_k)
     if k == AUTO_K and draft is not None and mode != "ar":
-        c = SpeculationController(max_k, mode, capacity=draft.capacity_k)
+        c = SpeculationController(max_k, mode, capacity=draft.capacity_k, learned=learned)
         if isinstance(previous, SpeculationController):
-            c.costs, c.acceptance, c.decisions = previous.costs, previous.acceptance, len(WARMUP_KS) + 1
+            c.decisions = len(WARMUP_KS) + 1
         return c
-    return FixedK(k if k != AUTO_K else max_k)
+    return FixedK(k if k != AUTO_K else max_k, learned)
 
 
 def decode_verdict(target, proposal) -> Verdict:
@@ -59,56 +62,17 @@ def decode_verdict(target, proposal) -> Verdict:
                    compute_s=target.last_decode_compute_s, done_at=time.perf_counter())
 
 
-class FixedK:
-    """A fixed k: every batch drafts k tokens and every row verifies all of them (today's behaviour)."""
+class Learned:
+    """What the controller knows, fed by every step in every mode (a fixed k too): the cost model,
+    the acceptance model, the measured goodput per k, and the budget's calibration."""
 
-    def __init__(self, k: int):
-        self.k = k
-
-    def bound(self) -> int:
-        return self.k
-
-    def k_for(self, ids, requests) -> int:
-        return self.k
-
-    def psd_k_for(self, draft_ids, verify_ids, verify_k, requests) -> int:
-        return self.k
-
-    def merge(self, batches, requests) -> bool:
-        return False
-
-    def budget_for(self, proposal, requests, slack_s: float = 0.0):
-        return None
-
-    def on_step_start(self, admit_s: float) -> None:
-        pass
-
-    def on_record(self, record, synchronous: bool = False) -> None:
-        pass
-
-    def on_verdict(self, proposal, verdict) -> None:
-        pass
-
-
-class SpeculationController:
-    def __init__(self, max_k: int, mode: str, capacity=None):
-        """max_k: auto's bound; capacity(): the draft's own (its nodes' --max-k), None when unbounded."""
-        self.max_k, self.mode, self.capacity = max_k, mode, capacity
+    def __init__(self, max_k: int):
         self.costs = OnlineCostModel()
         self.acceptance = AcceptanceModel(max_k)
-        self.decisions = 0
-        self.best: int | None = None  # the k the model prefers (exploration aside)
-        self.psd_k = 1  # psd: the k the last drafted batch got (a guess for the other batch's next draft)
-        self._merged = False
-        self._regime: bool | None = None  # speculating or not, as last logged
-        self._flips = 0  # decisions in a row that disagreed with _regime
+        self.periods = PeriodTable()
+        self.calibration = [1.0, 1.0]  # budget: accepted drafts, summed scores of verified drafts
         self._pending: tuple | None = None  # a decode step's record, until the next step starts
-        self._curves: dict = {}
-        self._curves_at = -1
-        self._calibration = [1.0, 1.0]  # budget: accepted drafts, summed scores of verified drafts
-        self.decide_s = 0.0  # time spent deciding (the controller must stay cheap)
 
-    # -- feeding ----------------------------------------------------------------------------------------
     def on_step_start(self, admit_s: float) -> None:
         """A step begins: a decode step's period (its wall, up to this step, less admission) is known."""
         if self._pending is not None:
@@ -134,6 +98,9 @@ class SpeculationController:
         elif drafted and verified:
             self.costs.add_overhead("sd", record.wall_s - record.draft_s - record.verify_s)
 
+    def on_period(self, family: str, rows: int, k: int, tokens: int, seconds: float) -> None:
+        self.periods.observe(family, rows, k, tokens, seconds)
+
     def on_verdict(self, proposal, verdict) -> None:
         lengths = proposal.verify_lengths()
         if proposal.k <= 0:
@@ -143,8 +110,69 @@ class SpeculationController:
             scores = position_scores(proposal.confidence, proposal.top_prob).tolist()
             predicted = sum(sum(row[:n]) for row, n in zip(scores, lengths))
             accepted = sum(min(a, n) for a, n in zip(verdict.num_accepted, lengths))
-            c = self._calibration
+            c = self.calibration
             c[0], c[1] = 0.95 * c[0] + accepted, 0.95 * c[1] + predicted
+
+
+class _Feeding:
+    """Both policies pass what the scheduler measures on to their Learned."""
+
+    learned: Learned
+
+    def on_step_start(self, admit_s: float) -> None:
+        self.learned.on_step_start(admit_s)
+
+    def on_record(self, record, synchronous: bool = False) -> None:
+        self.learned.on_record(record, synchronous)
+
+    def on_period(self, family: str, rows: int, k: int, tokens: int, seconds: float) -> None:
+        self.learned.on_period(family, rows, k, tokens, seconds)
+
+    def on_verdict(self, proposal, verdict) -> None:
+        self.learned.on_verdict(proposal, verdict)
+
+
+class FixedK(_Feeding):
+    """A fixed k: every batch drafts k tokens and every row verifies all of them (today's behaviour).
+    It still feeds what it measures to `learned`, for an auto that may follow."""
+
+    def __init__(self, k: int, learned: Learned | None = None):
+        self.k = k
+        self.learned = learned if learned is not None else Learned(max(k, 1))
+
+    def bound(self) -> int:
+        return self.k
+
+    def k_for(self, ids, requests) -> int:
+        return self.k
+
+    def psd_k_for(self, draft_ids, verify_ids, verify_k, requests) -> int:
+        return self.k
+
+    def merge(self, batches, requests) -> bool:
+        return False
+
+    def budget_for(self, proposal, requests, slack_s: float = 0.0):
+        return None
+
+
+class SpeculationController(_Feeding):
+    def __init__(self, max_k: int, mode: str, capacity=None, learned: Learned | None = None):
+        """max_k: auto's bound; capacity(): the draft's own (its nodes' --max-k), None when unbounded;
+        learned: what earlier policies measured (make_controller passes it on)."""
+        self.max_k, self.mode, self.capacity = max_k, mode, capacity
+        self.learned = learned if learned is not None else Learned(max_k)
+        self.learned.acceptance.grow(max_k)
+        self.costs, self.acceptance, self.periods = self.learned.costs, self.learned.acceptance, self.learned.periods
+        self.decisions = 0
+        self.best: int | None = None  # the k the model prefers (exploration aside)
+        self.psd_k = 1  # psd: the k the last drafted batch got (a guess for the other batch's next draft)
+        self._merged = False
+        self._regime: bool | None = None  # speculating or not, as last logged
+        self._flips = 0  # decisions in a row that disagreed with _regime
+        self._curves: dict = {}
+        self._curves_at = -1
+        self.decide_s = 0.0  # time spent deciding (the controller must stay cheap)
 
     # -- the models' view -------------------------------------------------------------------------------
     def _curve(self, ids: list[str], requests, k_max: int) -> list[float]:
@@ -189,35 +217,57 @@ class SpeculationController:
         bound = self.bound()
         return max(0, min(bound, max_k if max_k is not None else bound))
 
-    def _warmup(self, k_max: int) -> int | None:
+    def _warmup(self, k_max: int, family: str, rows: int) -> int | None:
+        """The first decisions try a few k, unless the table already measured two of them here."""
+        measured = sum(self.periods.period(family, rows, k) is not None for k in range(k_max + 1))
+        if measured >= 2 and self.costs.ready():
+            return None
         if self.decisions < len(WARMUP_KS) or not self.costs.ready():
             return min(WARMUP_KS[self.decisions % len(WARMUP_KS)], k_max)
         return None
 
-    def _pick(self, goodput: list[float], k_max: int) -> int:
-        """The best k (a change needs HYSTERESIS), or on an exploration step a neighbour of it."""
+    def _pick(self, goodput: list[float], k_max: int, family: str, rows: int) -> int:
+        """The best k (a change needs HYSTERESIS), or on an exploration step the neighbour of it that
+        was measured least."""
         best = max(range(len(goodput)), key=lambda k: (goodput[k], -k))
         if self.best is not None and self.best <= k_max and goodput[best] <= goodput[self.best] * (1 + HYSTERESIS):
             best = self.best
         self.best = best
         if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1:
-            turn = (self.decisions // EXPLORE_EVERY) % 4
-            step = {0: 1, 1: -1, 2: 1}.get(turn)
-            k = best + step if step is not None else (0 if best > 0 else 1)
-            if not 0 <= k <= k_max:
-                k = best - step if step is not None and 0 <= best - step <= k_max else best
-            return k
+            if (self.decisions // EXPLORE_EVERY) % 4 == 3 and goodput[0] > 0.0:  # now and then the other regime
+                return 0 if best > 0 else min(1, k_max)
+            near = [k for k in (best - 1, best + 1) if 1 <= k <= k_max]
+            if near:
+                return min(near, key=lambda k: (self.periods.count(family, rows, k), -goodput[k]))
         return best
+
+    def _sd_goodput(self, ids: list[str], requests, k_max: int) -> list[float]:
+        """Expected tokens per second for k = 0..k_max: the acceptance model's tokens over the
+        measured period where the table has the arm, else over the cost model's on the table's level."""
+        n = len(ids)
+        tokens = self._curve(ids, requests, k_max)
+        periods = self.periods.calibrated("sd", n, [self.sd_time(n, k) for k in range(k_max + 1)])
+        return [tokens[k] / max(periods[k], 1e-9) for k in range(k_max + 1)]
+
+    def _psd_goodput(self, batches: list[list[str]], requests, k_max: int) -> list[float]:
+        """Expected tokens per second: [0] one decode of every row (merged), [k] the pipeline at k
+        (one step verifies one batch: half a cycle)."""
+        a, b = batches
+        n = len(a) + len(b)
+        ta, tb = self._curve(a, requests, k_max), self._curve(b, requests, k_max)
+        model = [self.costs.verify(n, n) + self._o("decode")]
+        model += [self.cycle_time(len(a), k, len(b), k) / 2 for k in range(1, k_max + 1)]
+        periods = self.periods.calibrated("psd", n, model)
+        return [n / max(periods[0], 1e-9)] + [(ta[k] + tb[k]) / 2 / max(periods[k], 1e-9) for k in range(1, k_max + 1)]
 
     def k_for(self, ids: list[str], requests, max_k: int | None = None) -> int:
         """sd: how many tokens to draft for this batch (0: a target-only decode)."""
         t0 = time.perf_counter()
         k_max, n = self._bound(max_k), len(ids)
-        k = self._warmup(k_max)
+        k = self._warmup(k_max, "sd", n)
         if k is None:
-            tokens = self._curve(ids, requests, k_max)
-            goodput = [tokens[k] / max(self.sd_time(n, k), 1e-9) for k in range(k_max + 1)]
-            k = self._pick(goodput, k_max)
+            goodput = self._sd_goodput(ids, requests, k_max)
+            k = self._pick(goodput, k_max, "sd", n)
             self._log_regime(n, goodput)
         self.decisions += 1
         self.decide_s += time.perf_counter() - t0
@@ -225,23 +275,22 @@ class SpeculationController:
 
     def psd_k_for(self, draft_ids: list[str], verify_ids: list[str], verify_k: int, requests,
                   max_k: int | None = None) -> int:
-        """psd: how many tokens to draft for the batch about to be drafted (0: it is not; in its
-        verify slot it decodes target-only), while the other batch is verified with verify_k."""
+        """psd: how many tokens to draft for the batch about to be drafted, while the other batch is
+        verified with verify_k. Warming up, 0 is tried too (the batch is not drafted; in its verify
+        slot it decodes target-only); after that not drafting is `merge`'s choice, for every row."""
         t0 = time.perf_counter()
         k_max = self._bound(max_k)
-        k = self._warmup(k_max)
-        if k is None:
-            n_a, n_b = len(verify_ids), len(draft_ids)
-            k_a = verify_k if verify_ids else self.psd_k
-            tokens_a = self._curve(verify_ids, requests, k_max)[min(k_a, k_max)] if verify_ids else 0.0
-            tokens_b = self._curve(draft_ids, requests, k_max)
-            goodput = [(tokens_a + tokens_b[k]) / max(self.cycle_time(n_a, k_a, n_b, k), 1e-9)
-                       for k in range(k_max + 1)]
-            k = self._pick(goodput, k_max)
+        n = len(draft_ids) + len(verify_ids)
+        k = self._warmup(k_max, "psd", n)
+        if k is None and k_max > 0:
+            goodput = self._psd_goodput([verify_ids, draft_ids], requests, k_max)
+            goodput[0] = 0.0  # merge decides that
+            k = self._pick(goodput, k_max, "psd", n)
+            k = max(k, 1)
         self.decisions += 1
-        self.psd_k = k
+        self.psd_k = k or 0
         self.decide_s += time.perf_counter() - t0
-        return k
+        return k or 0
 
     def merge(self, batches: list[list[str]], requests, max_k: int | None = None) -> bool:
         """psd: whether this step should decode every row at once instead (no k pays for the pipeline).
@@ -249,20 +298,16 @@ class SpeculationController:
         EXPLORE_PIPELINE_EVERY run the pipeline again."""
         t0 = time.perf_counter()
         k_max = self._bound(max_k)
-        a, b = batches
-        n = len(a) + len(b)
+        n = len(batches[0]) + len(batches[1])
         if self.decisions == 0 or k_max == 0:
             merged = True
-        elif self.decisions < len(WARMUP_KS) + 1 or not self.costs.ready():
+        elif self._warmup(k_max, "psd", n) is not None:
             merged = False
         else:
-            ar = n / max(self.costs.verify(n, n) + self._o("decode"), 1e-9)
-            ta, tb = self._curve(a, requests, k_max), self._curve(b, requests, k_max)
-            psd = [(ta[k] + tb[k]) / max(self.cycle_time(len(a), k, len(b), k), 1e-9) for k in range(k_max + 1)]
-            spec = max(range(1, k_max + 1), key=lambda k: psd[k])
-            best = max(psd)
-            merged = ar > best * (1 + HYSTERESIS if not self._merged else 1 - HYSTERESIS)
-            self._log_regime(n, [ar] + [psd[k] for k in range(1, k_max + 1)], merged=merged, spec_k=spec)
+            goodput = self._psd_goodput(batches, requests, k_max)
+            ar, spec = goodput[0], max(range(1, k_max + 1), key=lambda k: goodput[k])
+            merged = ar > goodput[spec] * (1 + HYSTERESIS if not self._merged else 1 - HYSTERESIS)
+            self._log_regime(n, goodput, merged=merged, spec_k=spec)
             if merged and self.decisions % EXPLORE_PIPELINE_EVERY >= EXPLORE_PIPELINE_EVERY - 3:
                 merged = False
         if merged:
@@ -287,7 +332,7 @@ class SpeculationController:
         if not self.costs.ready() or per_token <= 0.0:
             budget = n * k
         else:
-            cal = self._calibration[0] / max(self._calibration[1], 1e-9)
+            cal = self.learned.calibration[0] / max(self.learned.calibration[1], 1e-9)
             scores = position_scores(proposal.confidence, proposal.top_prob).tolist()
             probs = sorted((min(1.0, cal * s) for r, row in enumerate(scores) for s in row[:caps[r]]), reverse=True)
             time_s = self.sd_time(n, 0) if self.mode == "sd" else self.costs.verify(n, n, overlap=True)

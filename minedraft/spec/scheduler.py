@@ -65,6 +65,8 @@ class Scheduler(WorkerFailureHandling):
         self.in_flight: _InFlight | None = None  # sent by the previous step, collected by the next
         self._collected: _InFlight | None = None  # collected; its record closes when the next calls go out
         self._no_draft = False  # psd: the last proposal found no draft node
+        self._period: tuple | None = None  # the last step's (start, record, arm): its goodput, next step
+        self._arm: tuple | None = None  # what the step being dispatched runs: (record, family, rows, k)
         self.metrics = self.new_metrics()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker")
         if draft is not None:  # the requests' committed tokens are kept here, once
@@ -109,13 +111,18 @@ class Scheduler(WorkerFailureHandling):
         self._collect(touched)
         admit_start = time.perf_counter()
         self._admit(touched)
-        self._close_collected_record(time.perf_counter() - admit_start)
+        admit_s = time.perf_counter() - admit_start
+        self._close_collected_record(admit_s)
+        self._close_period(admit_s)
+        dispatch_t0, self._arm = time.perf_counter(), None
         if self.mode == "ar":
             self._step_ar(touched)
         elif self.mode == "sd":
             self._dispatch_sd(self.batches[0], touched)
         else:
             self._dispatch_psd(touched)
+        if self._arm is not None:
+            self._period = (dispatch_t0, *self._arm)
         for req in list(self.running.values()):
             if req.finished:
                 touched[req.request_id] = req
@@ -132,6 +139,15 @@ class Scheduler(WorkerFailureHandling):
         self.controller.on_record(job.record)
         if job.record.num_verified:
             self.metrics.add_step(job.record)
+
+    def _close_period(self, admit_s: float) -> None:
+        """The last step's period ends as this one dispatches: from dispatch to dispatch, admission
+        excluded, everything else in (the calls, the channel, handing tokens to clients). Its tokens
+        are known now (this step collected them): the measured goodput of the k it ran."""
+        period, self._period = self._period, None
+        if period is not None:
+            t0, record, family, rows, k = period
+            self.controller.on_period(family, rows, k, record.num_tokens, time.perf_counter() - t0 - admit_s)
 
     def _drop_aborted_waiting(self, touched):
         for req in [r for r in self.waiting if r.finished]:
@@ -227,6 +243,7 @@ class Scheduler(WorkerFailureHandling):
         record.num_verified, record.num_tokens = len(ids), len(ids)
         self.metrics.add_step(record)
         self.controller.on_record(record, synchronous=True)
+        self._arm = (record, "decode", len(ids), 0)
         for rid, tok in zip(ids, tokens):
             self.running[rid].append([tok])
             touched[rid] = self.running[rid]
@@ -259,6 +276,7 @@ class Scheduler(WorkerFailureHandling):
         verify_t0 = time.perf_counter()
         self.in_flight = _InFlight(record, t0=t0, proposal=proposal, verify=self.target.start_verify(proposal),
                                    verify_t0=verify_t0)
+        self._arm = (record, "sd", len(ids), k)
 
     def _dispatch_psd(self, touched) -> None:
         """Send the verify of the batch drafted last step and the proposal for the other batch."""
@@ -295,6 +313,10 @@ class Scheduler(WorkerFailureHandling):
             # k = 0: not drafted; its verify slot decodes it target-only (its updates wait for a proposal)
             job.propose = self._start_propose(ids, k) if k else completed(
                 lambda: Proposal(ids, 0, done_at=time.perf_counter()))
+        if pb is not None and to_draft and job.record.k and self.proposal.k == job.record.k:
+            # the pipeline in steady state: both batches at one k
+            rows = sum(len(self._live(b)) for b in self.batches)
+            self._arm = (job.record, "psd", rows, job.record.k)
         if pb is not None:
             job.proposal, job.verify_t0 = self.proposal, time.perf_counter()
             job.verify = (self.target.start_verify(self.proposal) if self.proposal.k else

@@ -1,0 +1,85 @@
+"""Measured step periods per choice of k: what a step at that k really took, as the scheduler saw it.
+
+The cost model (spec/cost_model.py) predicts a step from the workers' compute times; what it cannot
+see is everything else a step costs at that k: the gRPC calls and their (de)serialisation, the token
+channel, the draft catching up on tokens it skipped, the gateway handing tokens to its clients, a
+noisy neighbour. This table measures the period itself, from one step's dispatch to the next one's
+(admission excluded). The controller divides the tokens the acceptance model expects at k (pooled
+over every step, so far steadier than one step's count) by this measured period: a choice is judged
+by what its steps cost, not by what the fit expected them to cost.
+
+An arm is (family, rows bucket, k): family "decode" (k = 0: one target-only decode of every running
+row; the same operation in ar, in an sd step at k = 0 and in a merged psd step), "sd" or "psd" (the
+pipeline in steady state, both batches drafted with k). Each arm keeps a decayed mean that follows
+its last ~1 / (1 - DECAY) steps. The scheduler feeds every step, in every mode, fixed k included: a
+server that ran at k = 4 for a while already knows what k = 4 and k = 0 cost when auto takes over.
+"""
+
+from __future__ import annotations
+
+import math
+
+DECAY = 0.85  # per observation of the arm: it follows roughly its last 7 steps
+MIN_SAMPLES = 1  # observations before an arm's measurement replaces the model's prediction
+_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def rows_bucket(rows: int) -> int:
+    """Rows on a grid of about 1.4x (16 and 13 rows share an arm; 16 and 24 do not)."""
+    for edge in _BUCKETS:
+        if rows <= edge:
+            return edge
+    return 2 ** math.ceil(math.log2(max(rows, 1)))
+
+
+class PeriodTable:
+    def __init__(self):
+        self.arms: dict[tuple, list] = {}  # (family, bucket, k) -> [count, decayed weight, decayed seconds]
+        self.observations = 0
+
+    @staticmethod
+    def key(family: str, rows: int, k: int) -> tuple:
+        return ("decode", rows_bucket(rows), 0) if k == 0 else (family, rows_bucket(rows), k)
+
+    def observe(self, family: str, rows: int, k: int, tokens: int, seconds: float) -> None:
+        """One step of `rows` running rows at this k took `seconds` of period and committed `tokens`
+        (0: it failed or was preempted; not a measurement of the arm)."""
+        if rows <= 0 or tokens <= 0 or not (seconds > 0.0 and math.isfinite(seconds)):
+            return
+        arm = self.arms.setdefault(self.key(family, rows, k), [0, 0.0, 0.0])
+        if arm[0] >= 3:  # a GC pause or a neighbour's burst must not swing the arm
+            seconds = min(seconds, 3.0 * arm[2] / arm[1])
+        arm[0] += 1
+        arm[1] = DECAY * arm[1] + 1.0
+        arm[2] = DECAY * arm[2] + seconds
+        self.observations += 1
+
+    def count(self, family: str, rows: int, k: int) -> int:
+        arm = self.arms.get(self.key(family, rows, k))
+        return arm[0] if arm else 0
+
+    def period(self, family: str, rows: int, k: int) -> float | None:
+        """The arm's mean period in seconds, or None before MIN_SAMPLES observations."""
+        arm = self.arms.get(self.key(family, rows, k))
+        if arm is None or arm[0] < MIN_SAMPLES:
+            return None
+        return arm[2] / arm[1]
+
+    def calibrated(self, family: str, rows: int, predicted: list[float]) -> list[float]:
+        """Per k = 0..len(predicted) - 1, the period to expect: a measured arm's own; an unmeasured
+        one the model's prediction scaled by how far the model was off at the nearest measured k > 0
+        (the model's shape, the table's level; a decode, with no draft call and no channel, is
+        another operation and borrows nothing). predicted: the cost model's period at each k."""
+        measured = {k: self.period(family, rows, k) for k in range(len(predicted))}
+        measured = {k: p for k, p in measured.items() if p is not None}
+        drafted = [k for k in measured if k > 0]
+        out = []
+        for k, p in enumerate(predicted):
+            if k in measured:
+                out.append(measured[k])
+            elif k > 0 and drafted:
+                near = min(drafted, key=lambda m: (abs(m - k), m))
+                out.append(p * measured[near] / predicted[near] if predicted[near] > 0.0 else p)
+            else:
+                out.append(p)
+        return out
