@@ -83,7 +83,7 @@ class Engine:
         self.threads_per_model = threads_per_model(config)
         if self.threads_per_model is not None:
             self.scheduler.set_worker_thread_setup(worker_thread_setup(self.threads_per_model))
-        self._caller_threads = CallerThreads(self.threads_per_model)
+        self.scheduler.threads = CallerThreads(self.threads_per_model)  # the target (and SD's draft) run here
         self.frontend = Frontend(SchedulerSink(self.scheduler), self.tokenizer, self.eos_token_ids, self.vocab_size,
                                  self.context_len, model=target)
         self._ids = itertools.count()
@@ -99,7 +99,6 @@ class Engine:
         return self.frontend.submit(prompt, params, request_id or f"req-{next(self._ids)}").request_id
 
     def step(self) -> list[Request]:
-        self._caller_threads.before_step(self.scheduler.speculating)  # the target (and SD's draft) run here
         return self.scheduler.step()
 
     def has_unfinished(self) -> bool:

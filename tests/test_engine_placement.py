@@ -53,3 +53,20 @@ def test_model_threads_use_one_intra_op_thread_and_output_is_unchanged(llama_pai
     engine.generate(prompts[:2], params)
     assert torch.get_num_threads() == 2
     engine.close()
+
+
+def test_target_only_steps_of_auto_run_at_the_callers_own_setting(llama_pair, keep_torch_threads):
+    # auto's k = 0 steps decode the target alone, as ar does: they must not be held to one thread.
+    target, draft, _ = llama_pair
+    prompts = [[1, 5 + i, 9, 13, 4 + i] for i in range(4)]
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    torch.set_num_threads(2)
+    engine = Engine(target, draft, mode="sd")  # k = auto
+    seen = []
+    decode = engine.scheduler.target.decode
+    engine.scheduler.target.decode = lambda ids: seen.append(torch.get_num_threads()) or decode(ids)
+    engine.scheduler.controller.k_for = lambda ids, requests, max_k=None: 0
+    expected = Engine(target, mode="ar").generate(prompts, params)
+    assert [r.token_ids for r in engine.generate(prompts, params)] == [r.token_ids for r in expected]
+    assert seen and set(seen) == {2}
+    engine.close()

@@ -20,9 +20,9 @@ So nothing is pinned here: on a shared machine the OS places the two threads bet
 So, on CPU, with a draft in use, the Engine runs each model thread with `cpu_threads_per_model`
 (EngineConfig; default 1) intra-op threads: the worker threads from their start, the caller's thread
 when it steps the Engine (torch.set_num_threads on that thread: it also becomes torch's default for
-threads started later in the process). Target-only steps (mode ar, or switched to it) run one model
-alone, which torch's own setting does best (AR above: 1.27x faster at two threads than at one): the
-caller's thread gets back what it had. None leaves torch's setting alone.
+threads started later in the process). Target-only steps (mode ar, or auto's k = 0 steps) run one
+model alone, which torch's own setting does best (AR above: 1.27x faster at two threads than at
+one): the caller's thread gets back what it had for them. None leaves torch's setting alone.
 """
 
 from __future__ import annotations
@@ -51,11 +51,18 @@ def worker_thread_setup(n: int):
 
 
 class CallerThreads:
-    """The caller's thread: n intra-op threads for speculative steps, its own setting for target-only ones."""
+    """The caller's thread: n intra-op threads while a draft may run beside the target (`shared`),
+    its own setting for a step that runs the target alone (`solo`: ar, and auto's k = 0 steps, which
+    must be as fast as ar). The scheduler calls them (Scheduler.threads); a switch happens only when
+    the kind of step changes."""
 
     def __init__(self, n: int | None):
         self.n, self.own = n, torch.get_num_threads()
 
-    def before_step(self, speculating: bool) -> None:
+    def shared(self) -> None:
         if self.n is not None:
-            use_threads(self.n if speculating else self.own)
+            use_threads(self.n)
+
+    def solo(self) -> None:
+        if self.n is not None:
+            use_threads(self.own)

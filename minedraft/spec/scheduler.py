@@ -69,6 +69,7 @@ class Scheduler(WorkerFailureHandling):
         self._arm: tuple | None = None  # what the step being dispatched runs: (record, family, rows, k)
         self.metrics = self.new_metrics()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker")
+        self.threads = None  # in process: the caller thread's intra-op threads per kind of step (placement.py)
         if draft is not None:  # the requests' committed tokens are kept here, once
             draft.attach(self.committed)
 
@@ -161,6 +162,7 @@ class Scheduler(WorkerFailureHandling):
         if not new:
             return
         reqs = [r.worker_request() for r in new]
+        self._threads(shared=self.speculating)
         draft_job = self._pool.submit(self.draft.add, reqs) if self.speculating else None
         try:
             try:
@@ -223,6 +225,11 @@ class Scheduler(WorkerFailureHandling):
         else:
             min(self.batches, key=len).append(request_id)
 
+    def _threads(self, shared: bool) -> None:
+        """Before a step's model work: whether a draft may run beside the target now."""
+        if self.threads is not None:
+            self.threads.shared() if shared else self.threads.solo()
+
     def _live(self, batch: list[str]) -> list[str]:
         return [r for r in batch if not self.running[r].finished]
 
@@ -232,6 +239,7 @@ class Scheduler(WorkerFailureHandling):
         if not ids:
             return
         record = StepRecord(mode, 0.0, k=0 if mode in ("sd", "psd") else None, verify_tokens=len(ids))
+        self._threads(shared=False)
         t0 = time.perf_counter()
         try:
             tokens = self.target.decode(ids)
@@ -264,6 +272,7 @@ class Scheduler(WorkerFailureHandling):
             self._step_ar(touched, ids, mode=self.mode)
             return
         record = StepRecord(self.mode, 0.0, k=k, draft_rows=len(ids))
+        self._threads(shared=True)
         t0 = time.perf_counter()
         try:
             proposal = self._set_lengths(self._timed_propose(ids, record, k))
@@ -301,6 +310,7 @@ class Scheduler(WorkerFailureHandling):
                 self._step_ar(touched, [r for b in self.batches for r in self._live(b)], mode=self.mode)
                 return
             to_draft = []  # verify what was drafted; the pipeline drains
+        self._threads(shared=True)
         job = _InFlight(StepRecord(self.mode, 0.0), t0=time.perf_counter())
         if to_draft:  # first, so that an in-process draft overlaps an in-process verify
             d = to_draft[0] if pb is not None else max(to_draft, key=lambda i: len(self.batches[i]))
