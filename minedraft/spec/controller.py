@@ -1,19 +1,28 @@
 """The goodput controller: before each step, how many tokens to draft (k = 0 included) and how many
 of the drafted ones the target verifies (the budget C of spec/draft_lengths.py).
 
-It maximises expected committed tokens per second, from the online models of spec/cost_model.py:
-- sd: for the batch, k in 0..max_k by  sum_r E_r(k) / (draft(b, k) + verify(b, b (k + 1)) + o_sd);
-  k = 0 is a target-only decode, `verify(b, b) + o_decode`, with no draft call.
-- psd: the batch about to be drafted gets the k_B that maximises the tokens of a two-step cycle
-  (A verified while B is drafted, then B verified while A is drafted again) over its time,
-  max(draft B, verify A) + max(draft A, verify B): a draft step about as long as the verify it
-  hides. k_B = 0: B is not drafted; in its verify slot it decodes target-only. When no k makes the
-  pipeline beat one decode of every row (`merge`), the step decodes all rows at once.
+It maximises expected committed tokens per second: the tokens the acceptance model expects at k
+(spec/cost_model.py, per request and position) over the period a step at k takes. The period is
+the measured one where the scheduler has seen steps at that k for about this many rows
+(spec/goodput.py: dispatch to dispatch, so the gRPC calls, the channel, the draft's catch-up and the
+clients' share are in it), else the cost model's prediction, scaled by how far the model was off at
+the nearest measured k:
+- sd: for the batch, k in 0..max_k by  sum_r E_r(k) / period_sd(b, k), the model's period being
+  draft(b, k) + verify(b, b (k + 1)) + o_sd; k = 0 is a target-only decode (`verify(b, b) +
+  o_decode`, with no draft call).
+- psd: `merge` compares one decode of every row with the pipeline at each k (A verified while B is
+  drafted, then the other way round; the model's cycle max(draft B, verify A) + max(draft A,
+  verify B): a draft step about as long as the verify it hides); merged, the step decodes all rows
+  at once. Otherwise the batch about to be drafted gets the best pipeline k.
+Everything measured lives in `Learned`, which every policy feeds, a fixed k included, and which a
+reconfigure hands on: a server that ran at k = 4 or target-only knows what those cost when auto
+takes over, and auto's first steps need no warm-up.
 - the budget: with the draft's confidences, the (row, position) drafts ranked as select_lengths ranks
   them are kept while one more is expected to add tokens faster than the step makes them (its
   calibrated acceptance probability against the verify's cost of one more token).
-The first steps try a few k (0 included) so that every term of the fit is identified; every
-EXPLORE_EVERY-th step tries a neighbour of the best k so that the estimates stay current; a change of
+With nothing measured, the first steps try a few k (0 included) so that every term of the fit is
+identified; every EXPLORE_EVERY-th step tries the least measured neighbour of the best k (every
+fourth time, the other regime: k = 0, or k = 1 from 0) so that the measurements stay current; a change of
 k needs HYSTERESIS better goodput. Deterministic given its inputs; per step a few hundred float
 operations. A regime change (speculating or not, held for REGIME_PERSIST decisions) is logged once at INFO.
 
