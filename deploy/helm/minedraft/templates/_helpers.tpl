@@ -1,0 +1,150 @@
+{{/* Names and labels shared by every template. */}}
+{{- define "minedraft.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Selector labels of one component ("gateway", "target", "draft"); drafts add their kind. */}}
+{{- define "minedraft.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .kind }}
+minedraft.io/draft-kind: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "minedraft.labels" -}}
+{{ include "minedraft.selector" . }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end -}}
+
+{{- define "minedraft.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* The headless Service of one draft kind: its A records are that kind's ready pods. */}}
+{{- define "minedraft.draftService" -}}
+{{ include "minedraft.fullname" .root }}-draft-{{ .kind }}
+{{- end -}}
+
+{{/* The gateway's --draft: every draft kind's headless Service, NAME:PORT each. */}}
+{{- define "minedraft.draftEndpoints" -}}
+{{- $root := . -}}
+{{- $out := list -}}
+{{- range (include "minedraft.drafts" . | fromYaml).items -}}
+{{- if .enabled -}}
+{{- $out = append $out (printf "%s:%d" (include "minedraft.draftService" (dict "root" $root "kind" .name)) (int $root.Values.ports.draft)) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}
+
+{{/* Shared env: transport and host id. Same-node IPC gives every pod of a node one host id (the node's
+     name), so `auto` may pick shm/cuda_ipc there; otherwise each pod is its own host and `inline` is used. */}}
+{{- define "minedraft.env" -}}
+- name: PYTHONUNBUFFERED
+  value: "1"
+- name: HF_HUB_OFFLINE
+  value: "1"
+- name: HF_HUB_CACHE
+  value: /models/hub
+{{- if .Values.sameNodeIPC.enabled }}
+- name: MINEDRAFT_HOST_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+{{- else }}
+- name: MINEDRAFT_HOST_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
+{{- end -}}
+
+{{/* Native gRPC probes against grpc.health.v1 (service ""): startup allows model loading. */}}
+{{- define "minedraft.probes" -}}
+startupProbe:
+  grpc:
+    port: {{ .port }}
+  periodSeconds: {{ .probes.startup.periodSeconds }}
+  failureThreshold: {{ .probes.startup.failureThreshold }}
+  timeoutSeconds: {{ .probes.timeoutSeconds }}
+readinessProbe:
+  grpc:
+    port: {{ .port }}
+  periodSeconds: {{ .probes.readiness.periodSeconds }}
+  failureThreshold: {{ .probes.readiness.failureThreshold }}
+  timeoutSeconds: {{ .probes.timeoutSeconds }}
+livenessProbe:
+  grpc:
+    port: {{ .port }}
+  periodSeconds: {{ .probes.liveness.periodSeconds }}
+  failureThreshold: {{ .probes.liveness.failureThreshold }}
+  timeoutSeconds: {{ .probes.timeoutSeconds }}
+{{- end -}}
+
+{{/* The model volume: a PVC, a hostPath, or none (the image's bundled tiny pair). */}}
+{{- define "minedraft.modelVolume" -}}
+{{- if eq .Values.models.source "pvc" }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ .Values.models.pvc.claimName }}
+    readOnly: true
+{{- else if eq .Values.models.source "hostPath" }}
+- name: models
+  hostPath:
+    path: {{ .Values.models.hostPath.path }}
+    type: Directory
+{{- end }}
+{{- end -}}
+
+{{- define "minedraft.modelMount" -}}
+{{- if ne .Values.models.source "bundled" }}
+- name: models
+  mountPath: /models
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "minedraft.podSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 10001
+  fsGroup: 10001
+{{- end -}}
+
+{{- define "minedraft.containerSecurity" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  capabilities:
+    drop: [ALL]
+{{- end -}}
+
+{{/* The draft kinds, each entry over draftDefaults, as YAML {items: [...]} (read with fromYaml). Set key by
+     key, and inside a map-valued key (pdb, autoscaling, resources) key by key again, so that an entry's
+     `false` wins (sprig's merge would let a default `true` overwrite it). */}}
+{{- define "minedraft.drafts" -}}
+{{- $items := list -}}
+{{- range $entry := .Values.drafts -}}
+{{- $d := deepCopy $.Values.draftDefaults -}}
+{{- range $k, $v := $entry -}}
+{{- if and (kindIs "map" $v) (kindIs "map" (get $d $k)) -}}
+{{- $inner := deepCopy (get $d $k) -}}
+{{- range $k2, $v2 := $v }}{{ $_ := set $inner $k2 $v2 }}{{ end -}}
+{{- $_ := set $d $k $inner -}}
+{{- else -}}
+{{- $_ := set $d $k $v -}}
+{{- end -}}
+{{- end -}}
+{{- $items = append $items $d -}}
+{{- end -}}
+{{- toYaml (dict "items" $items) -}}
+{{- end -}}
