@@ -108,8 +108,13 @@ def test_grpc_probes_with_a_long_startup(rendered):
         (container,) = spec["containers"]
         port = GRPC_PORTS[component(dep)]
         assert {"name": "grpc", "containerPort": port} in container["ports"]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"] == {"port": port}, (dep["metadata"]["name"], probe)
+        assert container["readinessProbe"]["grpc"] == {"port": port}  # SERVING: in the Service
+        # Workers are restarted when their health fails; the gateway (NOT_SERVING while it waits for its
+        # workers, then recovering by itself) only when its port stops accepting.
+        alive = {"tcpSocket": {"port": port}} if component(dep) == "gateway" else {"grpc": {"port": port}}
+        for probe in ("startupProbe", "livenessProbe"):
+            assert {k: container[probe][k] for k in alive} == alive, (dep["metadata"]["name"], probe)
+            assert not {"grpc", "tcpSocket", "httpGet", "exec"} - set(alive) & set(container[probe])
         startup = container["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # model loading
 

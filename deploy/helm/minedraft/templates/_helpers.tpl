@@ -69,11 +69,14 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end }}
 {{- end -}}
 
-{{/* Native gRPC probes against grpc.health.v1 (service ""): startup allows model loading. */}}
+{{/* Native gRPC probes against grpc.health.v1 (service ""), the startup probe long enough for model
+     loading. With "alive": "tcp" (the gateway) startup and liveness only ask that the port accepts: the
+     gateway reports NOT_SERVING while its workers are away and recovers by itself, so that must take it
+     out of the Service (readiness), never restart it. */}}
 {{- define "minedraft.probes" -}}
+{{- $alive := ternary (dict "tcpSocket" (dict "port" .port)) (dict "grpc" (dict "port" .port)) (eq (.alive | default "grpc") "tcp") -}}
 startupProbe:
-  grpc:
-    port: {{ .port }}
+  {{- toYaml $alive | nindent 2 }}
   periodSeconds: {{ .probes.startup.periodSeconds }}
   failureThreshold: {{ .probes.startup.failureThreshold }}
   timeoutSeconds: {{ .probes.timeoutSeconds }}
@@ -84,8 +87,7 @@ readinessProbe:
   failureThreshold: {{ .probes.readiness.failureThreshold }}
   timeoutSeconds: {{ .probes.timeoutSeconds }}
 livenessProbe:
-  grpc:
-    port: {{ .port }}
+  {{- toYaml $alive | nindent 2 }}
   periodSeconds: {{ .probes.liveness.periodSeconds }}
   failureThreshold: {{ .probes.liveness.failureThreshold }}
   timeoutSeconds: {{ .probes.timeoutSeconds }}
