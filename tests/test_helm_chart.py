@@ -67,6 +67,12 @@ def test_all_values_files_exist():
     assert VALUES_FILES == ["values-cpu-demo.yaml", "values-drafts-other-nodes.yaml", "values-one-node-2gpu.yaml"]
 
 
+@pytest.mark.parametrize("values_file", [None, *VALUES_FILES])
+def test_helm_lint_strict(values_file):
+    report = helm.lint(str(CHART), values_of(values_file), strict=True, kube_version=f"v{K8S_VERSIONS[0]}")
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == [], report
+
+
 def test_every_object_validates_strictly(rendered):
     _, docs = rendered
     assert {component(d) for d in of_kind(docs, "Deployment")} == {"gateway", "target", "draft"}
