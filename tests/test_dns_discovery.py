@@ -182,6 +182,11 @@ def test_draft_nodes_join_and_leave_through_dns(system):
         while live(gw) != [f"{n}:{port}" for n in NODES[:2]] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert live(gw) == [f"{n}:{port}" for n in NODES[:2]]
+        queries = system.records.queries  # the next refresh reads the 2 addresses and keeps both
+        while system.records.queries == queries and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert system.records.queries > queries
+        assert live(gw) == [f"{n}:{port}" for n in NODES[:2]]
         after = {n: proposes(n, system.p["draft_metrics"]) for n in NODES[:2]}
         wait_serving(system, NODES[:2], after, deadline_s=10)
         done_at_end = load.done
