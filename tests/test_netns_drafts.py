@@ -3,7 +3,8 @@ in two others, each linked to the first by its own veth pair (nothing is linked 
 network). Each side has its own MINEDRAFT_HOST_ID, so the token channel negotiates `inline` (the draft
 tokens ride inside the gRPC messages, over the veth links). Greedy output must equal target-only decoding.
 The same prompts then run with a draft node beside the target (same host id: `shm`), and the test prints
-bytes per step and step time of both, side by side."""
+bytes per step and step time of both, side by side, for greedy rows (tokens only) and seeded sampled rows
+(q too), whose tokens must also be the same on both transports."""
 
 from __future__ import annotations
 
@@ -124,11 +125,18 @@ def test_drafts_in_other_namespaces_serve_psd_inline(namespaces, llama_pair, tmp
     assert inline["transport"] == "inline" and inline["drafts"] == sorted(remote)
     assert shm["transport"] == "shm"
     for r in (inline, shm):
-        assert r["outputs"] == expected  # lossless, whichever side of the veth the drafts are
-        assert r["drafted"] > 0 and r["accepted"] > 0 and r["steps"] > 0
-        assert r["channel_bytes"] > 0
-    print("\ntransport  nodes  steps  bytes/step  step ms  control-plane ms/step  accepted/drafted")
+        assert r["greedy"]["outputs"] == expected  # lossless, whichever side of the veth the drafts are
+        for run in (r["greedy"], r["sampled"]):
+            assert run["drafted"] > 0 and run["accepted"] > 0 and run["steps"] > 0 and run["channel_bytes"] > 0
+    # Seeded with a fixed k: the same tokens whichever transport carried the draft's q.
+    assert inline["sampled"]["outputs"] == shm["sampled"]["outputs"]
+    per_step = {(t, m): r[m]["channel_bytes"] / r[m]["steps"]
+                for t, r in results.items() for m in ("greedy", "sampled")}
+    assert per_step["inline", "sampled"] > per_step["inline", "greedy"]  # q crosses only for sampled rows
+    print("\ntransport  nodes  run      steps  bytes/step  step ms  control-plane ms/step  accepted/drafted")
     for name, r in results.items():
-        print(f"{name:9s}  {len(r['drafts']):5d}  {r['steps']:5d}  {r['channel_bytes'] / r['steps']:10.1f}  "
-              f"{1000 * r['wall_s'] / r['steps']:7.2f}  {1000 * r['control_plane_s'] / r['steps']:21.2f}  "
-              f"{r['accepted']}/{r['drafted']}")
+        for mode in ("greedy", "sampled"):
+            m = r[mode]
+            print(f"{name:9s}  {len(r['drafts']):5d}  {mode:7s}  {m['steps']:5d}  "
+                  f"{m['channel_bytes'] / m['steps']:10.1f}  {1000 * m['wall_s'] / m['steps']:7.2f}  {1000 * m['control_plane_s'] / m['steps']:21.2f}  "
+                  f"{m['accepted']}/{m['drafted']}")
