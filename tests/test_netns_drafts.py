@@ -138,5 +138,5 @@ def test_drafts_in_other_namespaces_serve_psd_inline(namespaces, llama_pair, tmp
         for mode in ("greedy", "sampled"):
             m = r[mode]
             print(f"{name:9s}  {len(r['drafts']):5d}  {mode:7s}  {m['steps']:5d}  "
-                  f"{m['channel_bytes'] / m['steps']:10.1f}  {1000 * m['wall_s'] / m['steps']:7.2f}  {1000 * m['control_plane_s'] / m['steps']:21.2f}  "
-                  f"{m['accepted']}/{m['drafted']}")
+                  f"{m['channel_bytes'] / m['steps']:10.1f}  {1000 * m['wall_s'] / m['steps']:7.2f}  "
+                  f"{1000 * m['control_plane_s'] / m['steps']:21.2f}  {m['accepted']}/{m['drafted']}")
