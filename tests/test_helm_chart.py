@@ -137,9 +137,13 @@ def test_gpus_and_dev_shm(rendered):
         assert res.get("limits", {}).get("nvidia.com/gpu") == (1 if gpu else None), dep["metadata"]["name"]
         args = container["args"]
         assert ("--device=cuda:0" if gpu else "--device=cpu") in args
-        shm = [v for v in spec["volumes"] if v["name"] == "dshm"]
-        assert shm and shm[0]["emptyDir"]["medium"] == "Memory"
-        assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+        shm = [v for v in spec.get("volumes", []) if v["name"] == "dshm"]
+        mounts = container.get("volumeMounts", [])
+        if name == "values-one-node-2gpu.yaml":  # sameNodeIPC: the node's /dev/shm, shared by target and draft
+            assert not shm and all(m["mountPath"] != "/dev/shm" for m in mounts)
+        else:
+            assert shm and shm[0]["emptyDir"]["medium"] == "Memory"
+            assert {"name": "dshm", "mountPath": "/dev/shm"} in mounts
     if name == "values-cpu-demo.yaml":  # the bundled pair: no model volume, --model empty
         for _, _, spec in pods(docs):
             assert all(v["name"] != "models" for v in spec.get("volumes", []))
@@ -157,7 +161,7 @@ def test_headless_draft_service_is_what_the_gateway_resolves(rendered):
     assert sorted(arg["--draft"].split(",")) == sorted(f"{s['metadata']['name']}:50053" for s in drafts)
     assert arg["--target"] == "md-minedraft-target:50052"
     assert float(arg["--draft-refresh-s"]) > 0
-    expected = {"values-one-node-2gpu.yaml": "auto"}.get(name, "inline")
+    expected = {"values-one-node-2gpu.yaml": "shm"}.get(name, "inline")
     assert arg["--transport"] == expected
     (target_svc,) = [s for s in of_kind(docs, "Service") if component(s) == "target"]
     assert target_svc["spec"].get("type", "ClusterIP") == "ClusterIP" and "clusterIP" not in target_svc["spec"]
@@ -172,12 +176,19 @@ def test_host_ids_follow_the_transport(rendered):
         env = {e["name"]: e for e in spec["containers"][0]["env"]}
         assert env["MINEDRAFT_HOST_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == (
             "spec.nodeName" if same_node else "metadata.name")
-        if component(dep) in WORKERS:
-            assert spec.get("hostIPC", False) is same_node and spec.get("hostPID", False) is same_node
+        if component(dep) in WORKERS:  # shm needs the IPC namespace only; hostPID is for cuda_ipc
+            assert spec.get("hostIPC", False) is same_node and "hostPID" not in spec
     if same_node:
         (draft,) = [s for d, _, s in pods(docs) if component(d) == "draft"]
         term = draft["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
         assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "target"
+
+
+def test_cuda_ipc_adds_host_pid():
+    values = values_of("values-one-node-2gpu.yaml")
+    values["transport"] = "cuda_ipc"
+    for dep, _, spec in pods(render(values)):
+        assert spec.get("hostPID", False) is (component(dep) in WORKERS)
 
 
 def test_only_the_gateway_reaches_the_workers(rendered):

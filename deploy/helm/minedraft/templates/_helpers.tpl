@@ -93,26 +93,55 @@ livenessProbe:
   timeoutSeconds: {{ .probes.timeoutSeconds }}
 {{- end -}}
 
-{{/* The model volume: a PVC, a hostPath, or none (the image's bundled tiny pair). */}}
-{{- define "minedraft.modelVolume" -}}
-{{- if eq .Values.models.source "pvc" }}
-- name: models
-  persistentVolumeClaim:
-    claimName: {{ .Values.models.pvc.claimName }}
+{{/* A worker's volumes: /dev/shm as a memory-backed emptyDir (torch and the shm ring need more than the
+     runtime's 64 MiB), except with sameNodeIPC, where the node's own /dev/shm (which hostIPC pods get) is
+     what target and drafts share; and the models (a PVC, a hostPath, or none: the image's bundled pair).
+     Called with (dict "root" $ "shmSizeLimit" QUANTITY); "mounts" true gives the container's mounts. */}}
+{{- define "minedraft.volumes" -}}
+{{- $v := .root.Values -}}
+{{- $shm := not $v.sameNodeIPC.enabled -}}
+{{- $models := ne $v.models.source "bundled" -}}
+{{- if and .mounts (or $shm $models) }}
+volumeMounts:
+  {{- if $shm }}
+  - name: dshm
+    mountPath: /dev/shm
+  {{- end }}
+  {{- if $models }}
+  - name: models
+    mountPath: /models
     readOnly: true
-{{- else if eq .Values.models.source "hostPath" }}
-- name: models
-  hostPath:
-    path: {{ .Values.models.hostPath.path }}
-    type: Directory
+  {{- end }}
+{{- else if (or $shm $models) }}
+volumes:
+  {{- if $shm }}
+  - name: dshm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ .shmSizeLimit }}
+  {{- end }}
+  {{- if eq $v.models.source "pvc" }}
+  - name: models
+    persistentVolumeClaim:
+      claimName: {{ $v.models.pvc.claimName }}
+      readOnly: true
+  {{- else if eq $v.models.source "hostPath" }}
+  - name: models
+    hostPath:
+      path: {{ $v.models.hostPath.path }}
+      type: Directory
+  {{- end }}
 {{- end }}
 {{- end -}}
 
-{{- define "minedraft.modelMount" -}}
-{{- if ne .Values.models.source "bundled" }}
-- name: models
-  mountPath: /models
-  readOnly: true
+{{/* Host namespaces for same-node IPC: hostIPC for the shared /dev/shm and CUDA IPC handles; hostPID only
+     where cuda_ipc may be used (the driver finds the exporting process by its PID). */}}
+{{- define "minedraft.hostNamespaces" -}}
+{{- if .Values.sameNodeIPC.enabled }}
+hostIPC: true
+{{- if ne .Values.transport "shm" }}
+hostPID: true
+{{- end }}
 {{- end }}
 {{- end -}}
 
