@@ -259,6 +259,19 @@ def test_health_checks_everywhere(compose):
         assert int(hc["retries"]) >= 1
 
 
+def test_every_service_has_a_health_check(compose):
+    """Monitoring too: Prometheus and Grafana ask their own health endpoints; Grafana waits for Prometheus."""
+    for name, svc in services(compose).items():
+        hc = svc.get("healthcheck")
+        assert hc and not hc.get("disable") and hc["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert int(hc["retries"]) >= 1 and re.fullmatch(r"\d+s", str(hc["timeout"])), name
+    endpoints = {"prometheus": "http://127.0.0.1:9090/-/healthy", "grafana": "http://127.0.0.1:3000/api/health"}
+    for name, url in endpoints.items():
+        test = services(compose)[name]["healthcheck"]["test"]
+        assert test[1] == "wget" and "--spider" in test and test[-1] == url, name
+    assert services(compose)["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+
+
 def test_gateway_waits_for_healthy_target_and_draft(compose):
     for gw, deps in (("gateway", ("target", "draft")), ("gateway-cpu", ("target-cpu", "draft-cpu"))):
         depends = services(compose)[gw]["depends_on"]
