@@ -107,7 +107,7 @@ class Connection:
         self.metrics.bind(scheduler, workers.target, workers.draft)
         self.recovery = TargetRecovery(workers, self.ready, args.target, args.recovery_timeout_s, stop)
         self.loop = EngineLoop(scheduler, max_waiting=args.max_waiting, observer=self.metrics,
-                               recover=self.recovery.recover)
+                               recover=self.recovery.recover, isolate=self.recovery.isolate)
         # Read per request: recovery replaces target_info, draft nodes come and go.
         self.frontend = Frontend(self.loop, tokenizer, eos_ids, vocab_size=lambda: workers.target_info.vocab_size,
                                  context_len=lambda: workers.context_len, model=lambda: workers.target_info.model,

@@ -44,7 +44,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         while True:
             event = events.get()
             if event.error:
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"request failed: {event.error}")
+                code = grpc.StatusCode.INVALID_ARGUMENT if event.fault else grpc.StatusCode.UNAVAILABLE
+                context.abort(code, f"request failed: {event.error}")
             yield gateway_pb2.GenerateResponse(
                 request_id=rid, token_ids=event.new_tokens, text=detok.push(event.new_tokens, event.finished),
                 finished=event.finished, finish_reason=event.finish_reason or "",

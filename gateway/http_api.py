@@ -55,7 +55,14 @@ class _LoopSink:
 
 
 class EngineFailed(Exception):
-    pass
+    def __init__(self, message: str, fault: bool = False):
+        super().__init__(message)
+        self.fault = fault  # the request's own fault: 400, not 503
+
+    def api_error(self) -> ApiError:
+        if self.fault:
+            return ApiError(400, f"request failed: {self}")
+        return ApiError(503, f"request failed: {self}", type_="service_unavailable")
 
 
 def default_model_name(path: str) -> str:
@@ -157,7 +164,7 @@ class HttpFrontend:
                 event = await sink.queue.get()
                 if event.error:
                     done = True
-                    raise EngineFailed(event.error)
+                    raise EngineFailed(event.error, event.fault)
                 text, hit = stops.push(detok.push(event.new_tokens, event.finished), final=event.finished)
                 if hit:
                     yield text, "stop", event.num_generated
@@ -192,7 +199,7 @@ class HttpFrontend:
         try:
             text, reason, n = work.result()
         except EngineFailed as exc:
-            return _error(ApiError(503, f"request failed: {exc}", type_="service_unavailable"))
+            return _error(exc.api_error())
         return JSONResponse(full_response(rid, self.model_name, chat, text, reason, num_prompt, n))
 
     async def _sse(self, pieces, rid: str, chat: bool, num_prompt: int, include_usage: bool):
@@ -207,7 +214,7 @@ class HttpFrontend:
             if include_usage:
                 yield _sse(usage_chunk(rid, model, chat, num_prompt, n))
         except EngineFailed as exc:
-            yield _sse(error_body(f"request failed: {exc}", "service_unavailable"))
+            yield _sse(exc.api_error().body())
         finally:
             await pieces.aclose()
         yield "data: [DONE]\n\n"

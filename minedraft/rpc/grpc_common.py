@@ -121,11 +121,31 @@ def spec_from_proto(msg: worker_pb2.ChannelSpec) -> ChannelSpec:
     return ChannelSpec.from_dict({f.name: getattr(msg, f.name) for f in worker_pb2.ChannelSpec.DESCRIPTOR.fields})
 
 
+FAULT_METADATA = "minedraft-request-ids"  # trailing metadata of a RequestFault: the ids, comma-separated
+
+
+def request_fault(exc: grpc.RpcError):
+    """The RequestFault a worker sent (INVALID_ARGUMENT naming its requests), or None: any other
+    status is the worker's own failure."""
+    from minedraft.spec.workers import RequestFault
+
+    if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return None
+    for key, value in exc.trailing_metadata() or ():
+        if key == FAULT_METADATA and value:
+            return RequestFault(value.split(","), exc.details() or "refused by the worker")
+    return None
+
+
 def abort_with(context: grpc.ServicerContext, exc: Exception):
     """Map our exceptions to gRPC status codes (ValueError -> INVALID_ARGUMENT, ...)."""
     from minedraft.rpc.channels import ChannelError
     from minedraft.runner.block_manager import NoRoom
+    from minedraft.spec.workers import RequestFault
 
+    if isinstance(exc, RequestFault):  # one request's data: the caller fails it alone
+        context.set_trailing_metadata(((FAULT_METADATA, ",".join(exc.request_ids)),))
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, NoRoom):  # the caller preempts and retries: not a failure of the service
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, ValueError):
