@@ -31,6 +31,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         frontend = self.conn.frontend
         events = queue.Queue()
         try:
+            if request.prompt and request.prompt_ids:
+                raise ValueError("prompt: give prompt (text) or prompt_ids, not both")
             params = params_from_proto(request.params)
             rid = request.request_id or f"gw-{time.monotonic_ns()}"
             req = frontend.submit(list(request.prompt_ids) or request.prompt, params, rid, events)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 import threading
 
@@ -31,11 +32,13 @@ from gateway.openai_protocol import (
     full_response,
     model_list,
     new_id,
+    parse_json,
     parse_request,
     stream_chunk,
     usage_chunk,
 )
 from gateway.stop_strings import StopStringMatcher
+from minedraft.config import DEFAULT_MAX_REQUEST_BYTES
 from minedraft.rpc.auth import authorized
 
 log = logging.getLogger("minedraft.gateway.http")
@@ -52,6 +55,34 @@ class _LoopSink:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
         except RuntimeError:  # the HTTP server's loop is closed (shutdown): nobody is listening
             pass
+
+
+OFF_LOOP_BYTES = 16 << 10  # bodies larger than this are tokenised on a worker thread
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes without reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise _too_large(n, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(n: int, limit: int) -> ApiError:
+    return ApiError(413, f"the request body is {'over ' if n > limit else ''}{n} bytes; this gateway takes at most "
+                         f"{limit} (--max-request-bytes)", code="request_too_large")
+
+
+def field_of(message: str) -> str | None:
+    """The field a ValueError's message starts with ("max_tokens: must be ..."), or None."""
+    head = message.split(":", 1)[0]
+    return head if ":" in message and re.fullmatch(r"[a-z_][a-z0-9_.\[\]]*", head) else None
 
 
 class EngineFailed(Exception):
@@ -78,8 +109,10 @@ class HttpFrontend:
     """The routes. `conn`: the gateway's Connection (its `ready` flag, and its `frontend` once ready);
     `metrics`: the GatewayMetrics that /metrics exposes (kept as .prometheus: .metrics is that route)."""
 
-    def __init__(self, conn, metrics, keys: tuple[str, ...], served_model_name: str | None):
+    def __init__(self, conn, metrics, keys: tuple[str, ...], served_model_name: str | None,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
         self.conn, self.prometheus, self.keys, self._name = conn, metrics, keys, served_model_name
+        self.max_request_bytes = max_request_bytes
 
     @property
     def model_name(self) -> str:
@@ -126,26 +159,29 @@ class HttpFrontend:
     async def _generate(self, request: Request, chat: bool) -> Response:
         try:
             self._guard(request)
-            try:
-                body = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+            raw = await read_body(request, self.max_request_bytes)
             frontend = self.conn.frontend
-            req = parse_request(body, chat, frontend.context_len)
+            req = parse_request(parse_json(raw), chat, frontend.context_len)
             if req.model != self.model_name:
                 raise ApiError(404, f"model: {req.model!r} does not exist; this server serves {self.model_name!r}",
                                "model", code="model_not_found")
-            prompt = render_chat(frontend.tokenizer, req.messages) if chat else req.prompt
             rid = new_id(chat)
             sink = _LoopSink(asyncio.get_running_loop())
-            num_prompt = len(frontend.submit(prompt, req.params, rid, sink).prompt_ids)
+
+            def submit() -> int:
+                prompt = render_chat(frontend.tokenizer, req.messages) if chat else req.prompt
+                return len(frontend.submit(prompt, req.params, rid, sink).prompt_ids)
+
+            # Tokenising a long prompt takes a while: on a thread, so that /health and the other
+            # streams on this event loop go on meanwhile.
+            num_prompt = await asyncio.to_thread(submit) if len(raw) > OFF_LOOP_BYTES else submit()
         except ApiError as exc:
             return _error(exc)
         except QueueFull as exc:
             return _error(ApiError(429, str(exc), type_="rate_limit_error", code="queue_full"))
         except ValueError as exc:  # SamplingParams / prompt checks: their messages start with the field
             message = str(exc)
-            return _error(ApiError(400, message, message.split(":", 1)[0] if ":" in message else None))
+            return _error(ApiError(400, message, field_of(message)))
         pieces = self._pieces(rid, sink, req.stop_strings)
         if req.stream:
             return _SSEResponse(self._sse(pieces, rid, chat, num_prompt, req.include_usage),

@@ -16,7 +16,7 @@ from gateway.prometheus_metrics import GatewayMetrics
 from minedraft.config import GatewayConfig
 from minedraft.config.flags import parse, service_parser
 from minedraft.rpc.auth import ApiKeyInterceptor, load_keys
-from minedraft.rpc.grpc_common import add_health_and_reflection, exit_after, log, make_server, setup_logging
+from minedraft.rpc.grpc_common import add_health_and_reflection, exit_after, listen, log, make_server, setup_logging
 from minedraft.v1 import gateway_pb2_grpc
 
 
@@ -32,20 +32,21 @@ def main(argv=None) -> int:
         args.transport = None
     keys = load_keys(args.api_key)
     # One thread per open Generate stream.
-    server = make_server(max_workers=256, interceptors=[ApiKeyInterceptor(keys)] if keys else [])
+    server = make_server(max_workers=256, interceptors=[ApiKeyInterceptor(keys)] if keys else [],
+                         max_receive_bytes=args.max_request_bytes)
     health = add_health_and_reflection(server, [SERVICE])
     metrics = GatewayMetrics()
     conn = Connection(args, Readiness(health, [SERVICE]), metrics)
     operator_allowed = bool(keys) or args.bind in ("127.0.0.1", "localhost", "::1")
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(conn, operator_allowed), server)
     address = f"{args.bind}:{args.port}"
-    if server_port(server, address, args.tls_cert, args.tls_key) == 0:
-        raise SystemExit(f"gateway: cannot listen on {address}")
+    listen(server, address, "gateway", server_credentials(args.tls_cert, args.tls_key))
     http = None
     if args.http_port:
         from gateway.http_api import HttpFrontend, HttpServer
 
-        http = HttpServer(HttpFrontend(conn, metrics, keys, args.served_model_name).app(), args.bind,
+        http = HttpServer(HttpFrontend(conn, metrics, keys, args.served_model_name, args.max_request_bytes).app(),
+                          args.bind,
                           args.http_port, tls_cert=args.tls_cert, tls_key=args.tls_key)
     server.start()
     log.info("gateway listening on %s (NOT_SERVING until the workers answer)", address)
@@ -64,15 +65,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def server_port(server, address: str, tls_cert: str | None, tls_key: str | None) -> int:
-    """The public port: TLS when --tls-cert/--tls-key are given, else plaintext (loopback by default)."""
+def server_credentials(tls_cert: str | None, tls_key: str | None):
+    """TLS when --tls-cert/--tls-key are given, else None: plaintext (loopback by default)."""
     if bool(tls_cert) != bool(tls_key):
         raise SystemExit("gateway: --tls-cert and --tls-key go together")
     if not tls_cert:
-        return server.add_insecure_port(address)
+        return None
     with open(tls_key, "rb") as k, open(tls_cert, "rb") as c:
-        creds = grpc.ssl_server_credentials([(k.read(), c.read())])
-    return server.add_secure_port(address, creds)
+        return grpc.ssl_server_credentials([(k.read(), c.read())])
 
 
 def drain(conn: Connection, http, server, drain_s: float) -> None:

@@ -32,9 +32,32 @@ def setup_logging(level: str = "INFO") -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def make_server(max_workers: int = 16, interceptors=()) -> grpc.Server:
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS,
-                       interceptors=list(interceptors))
+def server_options(max_receive_bytes: int | None = None) -> list:
+    """grpc's Python server sets SO_REUSEPORT by default: a second service on the same port would
+    bind too and take half the connections. Off, so that a port in use fails start-up."""
+    options = dict(GRPC_OPTIONS)
+    options["grpc.so_reuseport"] = 0
+    if max_receive_bytes is not None:
+        options["grpc.max_receive_message_length"] = max_receive_bytes
+    return list(options.items())
+
+
+def make_server(max_workers: int = 16, interceptors=(), max_receive_bytes: int | None = None) -> grpc.Server:
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                       options=server_options(max_receive_bytes), interceptors=list(interceptors))
+
+
+def listen(server, address: str, what: str, credentials=None) -> int:
+    """Bind the server's port; a port in use (or any bind failure) ends start-up naming it."""
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+    except RuntimeError:  # newer grpc raises where older ones return 0
+        port = 0
+    if port == 0:
+        raise SystemExit(f"{what}: cannot listen on {address}: the port is in use (or the address is not this "
+                         "host's)")
+    return port
 
 
 def add_health_and_reflection(server: grpc.Server, service_full_names: list[str]) -> health.HealthServicer:

@@ -18,6 +18,7 @@ from minedraft.rpc.grpc_common import (
     abort_with,
     add_health_and_reflection,
     exit_after,
+    listen,
     log,
     make_server,
     params_from_proto,
@@ -119,8 +120,7 @@ def serve(servicer, add_to_server, service_full_name: str, args) -> None:
     add_to_server(servicer, server)
     health = add_health_and_reflection(server, [service_full_name])
     address = f"{args.bind}:{args.port}"
-    if server.add_insecure_port(address) == 0:
-        raise SystemExit(f"{servicer.role}: cannot listen on {address}")
+    listen(server, address, servicer.role)
     server.start()
     set_serving(health, [service_full_name], True)
     log.info("%s serving %s on %s (device %s, transports %s)", servicer.role, servicer.info.model, address,
