@@ -3,6 +3,7 @@ limits), proto <-> Python conversions, and error mapping."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from concurrent import futures
@@ -144,7 +145,8 @@ def spec_from_proto(msg: worker_pb2.ChannelSpec) -> ChannelSpec:
     return ChannelSpec.from_dict({f.name: getattr(msg, f.name) for f in worker_pb2.ChannelSpec.DESCRIPTOR.fields})
 
 
-FAULT_METADATA = "minedraft-request-ids"  # trailing metadata of a RequestFault: the ids, comma-separated
+# Trailing metadata of a RequestFault: the ids as a JSON list (binary metadata: ids are any strings).
+FAULT_METADATA = "minedraft-request-ids-bin"
 
 
 def request_fault(exc: grpc.RpcError):
@@ -156,7 +158,7 @@ def request_fault(exc: grpc.RpcError):
         return None
     for key, value in exc.trailing_metadata() or ():
         if key == FAULT_METADATA and value:
-            return RequestFault(value.split(","), exc.details() or "refused by the worker")
+            return RequestFault(json.loads(value), exc.details() or "refused by the worker")
     return None
 
 
@@ -167,7 +169,7 @@ def abort_with(context: grpc.ServicerContext, exc: Exception):
     from minedraft.spec.workers import RequestFault
 
     if isinstance(exc, RequestFault):  # one request's data: the caller fails it alone
-        context.set_trailing_metadata(((FAULT_METADATA, ",".join(exc.request_ids)),))
+        context.set_trailing_metadata(((FAULT_METADATA, json.dumps(exc.request_ids).encode()),))
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, NoRoom):  # the caller preempts and retries: not a failure of the service
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
