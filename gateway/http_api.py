@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import socket
-import threading
 
 import anyio
 import uvicorn
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.aio_host import AsyncioSink
 from gateway.chat_template import render_chat
 from gateway.detokenizer import IncrementalDetokenizer
 from gateway.engine_loop import QueueFull
@@ -42,19 +42,6 @@ from minedraft.config import DEFAULT_MAX_REQUEST_BYTES
 from minedraft.rpc.auth import authorized
 
 log = logging.getLogger("minedraft.gateway.http")
-
-
-class _LoopSink:
-    """What the engine loop .put()s events into: forwards them to an asyncio.Queue on its loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.queue = loop, asyncio.Queue()
-
-    def put(self, event) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:  # the HTTP server's loop is closed (shutdown): nobody is listening
-            pass
 
 
 OFF_LOOP_BYTES = 16 << 10  # bodies larger than this are tokenised on a worker thread
@@ -166,7 +153,7 @@ class HttpFrontend:
                 raise ApiError(404, f"model: {req.model!r} does not exist; this server serves {self.model_name!r}",
                                "model", code="model_not_found")
             rid = new_id(chat)
-            sink = _LoopSink(asyncio.get_running_loop())
+            sink = AsyncioSink(asyncio.get_running_loop())
 
             def submit() -> int:
                 prompt = render_chat(frontend.tokenizer, req.messages) if chat else req.prompt
@@ -188,7 +175,7 @@ class HttpFrontend:
                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return await self._collect(request, pieces, rid, chat, num_prompt)
 
-    async def _pieces(self, rid: str, sink: _LoopSink, stop_strings: list[str]):
+    async def _pieces(self, rid: str, sink: AsyncioSink, stop_strings: list[str]):
         """(text, finish_reason or None, tokens generated so far) as the engine commits tokens;
         aborts the request when it leaves early (stop string, client gone, error)."""
         frontend = self.conn.frontend
@@ -296,8 +283,8 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 class HttpServer:
-    """uvicorn on a thread of its own. The socket is bound here, in the caller's thread, so that a
-    port in use fails start-up with a clear message instead of a dead thread."""
+    """uvicorn on the gateway's event loop (gateway/aio_host.py), beside the gRPC server. The socket is
+    bound here, in the caller's thread, so that a port in use fails start-up with a clear message."""
 
     def __init__(self, app, bind: str, port: int, log_level: str = "warning", tls_cert: str | None = None,
                  tls_key: str | None = None):
@@ -314,13 +301,17 @@ class HttpServer:
         config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2, access_log=False,
                                 ssl_certfile=tls_cert, ssl_keyfile=tls_key)  # HTTPS with --tls-cert
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name="minedraft-http", daemon=True)
+        self.serving = None
 
-    def start(self) -> None:
-        self.thread.start()
+    def start(self, host) -> None:
+        """host: the AioHost whose loop serves it."""
+        self.serving = host.spawn(self.server.serve(sockets=[self.sock]))
 
     def stop(self, timeout: float = 5.0) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout)
+        if self.serving is not None:
+            try:
+                self.serving.result(timeout)
+            except Exception:  # noqa: BLE001 - shutting down: a slow or failed close must not hang it
+                pass
         self.sock.close()

@@ -93,3 +93,31 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
         kind = ("stream" if handler.request_streaming else "unary") + "_" + \
                ("stream" if handler.response_streaming else "unary")
         return self._deny[kind]
+
+
+class AsyncApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """ApiKeyInterceptor for a grpc.aio server (the gateway's public port)."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        self.keys = keys
+
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key "
+                                                                 "(send metadata 'authorization: Bearer KEY')")
+
+        self._deny = {
+            "unary_unary": grpc.unary_unary_rpc_method_handler(deny),
+            "unary_stream": grpc.unary_stream_rpc_method_handler(deny),
+            "stream_unary": grpc.stream_unary_rpc_method_handler(deny),
+            "stream_stream": grpc.stream_stream_rpc_method_handler(deny),
+        }
+
+    async def intercept_service(self, continuation, handler_call_details):
+        service = handler_call_details.method.lstrip("/").rpartition("/")[0]
+        header = next((v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"), None)
+        handler = await continuation(handler_call_details)
+        if service in OPEN_GRPC_SERVICES or authorized(header, self.keys) or handler is None:
+            return handler
+        kind = ("stream" if handler.request_streaming else "unary") + "_" + \
+               ("stream" if handler.response_streaming else "unary")
+        return self._deny[kind]
