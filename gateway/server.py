@@ -17,7 +17,7 @@ from gateway.grpc_api import SERVICE, GatewayServicer
 from gateway.prometheus_metrics import GatewayMetrics
 from minedraft.config import GatewayConfig
 from minedraft.config.flags import parse, service_parser
-from minedraft.rpc.auth import AsyncApiKeyInterceptor, load_keys
+from minedraft.rpc.auth import ApiKeyInterceptor, load_keys
 from minedraft.rpc.grpc_common import exit_after, listen, log, server_options, setup_logging
 from minedraft.v1 import gateway_pb2_grpc
 
@@ -71,7 +71,7 @@ async def start_grpc(conn, args, keys, operator_allowed: bool, address: str):
     # streams, 40-63 were CANCELLED before reaching the handler with them, 116-192 without.
     pending = [("grpc.server_max_pending_requests", 1 << 20), ("grpc.server_max_pending_requests_hard_limit", 1 << 20)]
     server = grpc.aio.server(options=server_options(args.max_request_bytes) + pending,
-                             interceptors=[AsyncApiKeyInterceptor(keys)] if keys else [])
+                             interceptors=[ApiKeyInterceptor(keys)] if keys else [])
     add_health_and_reflection(server, conn.ready, [SERVICE])
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(conn, operator_allowed), server)
     try:

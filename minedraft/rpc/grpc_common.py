@@ -43,9 +43,9 @@ def server_options(max_receive_bytes: int | None = None) -> list:
     return list(options.items())
 
 
-def make_server(max_workers: int = 16, interceptors=(), max_receive_bytes: int | None = None) -> grpc.Server:
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                       options=server_options(max_receive_bytes), interceptors=list(interceptors))
+def make_server(max_workers: int = 16) -> grpc.Server:
+    """A worker service's server (the gateway's is grpc.aio: gateway/server.py)."""
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=server_options())
 
 
 def listen(server, address: str, what: str, credentials=None) -> int:
