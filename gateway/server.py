@@ -67,10 +67,7 @@ def main(argv=None) -> int:
 async def start_grpc(conn, args, keys, operator_allowed: bool, address: str):
     """The public gRPC server on the running loop (grpc.aio: an open stream costs no thread), or the
     SystemExit that a port in use gives (raised by the caller, not inside the loop)."""
-    # grpc core's bounds on calls the server has not picked up yet, raised: in a burst of 2,000 new
-    # streams, 40-63 were CANCELLED before reaching the handler with them, 116-192 without.
-    pending = [("grpc.server_max_pending_requests", 1 << 20), ("grpc.server_max_pending_requests_hard_limit", 1 << 20)]
-    server = grpc.aio.server(options=server_options(args.max_request_bytes) + pending,
+    server = grpc.aio.server(options=server_options(args.max_request_bytes),
                              interceptors=[ApiKeyInterceptor(keys)] if keys else [])
     add_health_and_reflection(server, conn.ready, [SERVICE])
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(conn, operator_allowed), server)
