@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 from minedraft.config import UpConfig
 from minedraft.config.flags import from_flat, to_argv
-from minedraft.rpc.grpc_common import check_health
+from minedraft.rpc.grpc_common import check_health, port_in_use
 
 # Restart backoff: the first restart at once (the streams wait for it), doubling up to the cap; a
 # child that stayed up this long starts again from the first step.
@@ -41,19 +40,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def port_in_use(address: str) -> bool:
-    """Whether something listens on host:port (bound as the services bind: SO_REUSEADDR, no REUSEPORT)."""
-    host, _, port = address.rpartition(":")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host.strip("[]"), int(port)))
-        except OSError:
-            return True
-    return False
 
 
 def worker_pid(address: str) -> int | None:

@@ -48,6 +48,21 @@ def make_server(max_workers: int = 16) -> grpc.Server:
     return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=server_options())
 
 
+def port_in_use(address: str) -> bool:
+    """Whether something listens on host:port (bound as the services bind: SO_REUSEADDR, no REUSEPORT)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
 def listen(server, address: str, what: str, credentials=None) -> int:
     """Bind the server's port; a port in use (or any bind failure) ends start-up naming it."""
     try:
@@ -56,9 +71,12 @@ def listen(server, address: str, what: str, credentials=None) -> int:
     except RuntimeError:  # newer grpc raises where older ones return 0
         port = 0
     if port == 0:
-        raise SystemExit(f"{what}: cannot listen on {address}: the port is in use (or the address is not this "
-                         "host's)")
+        raise SystemExit(port_taken(what, address))
     return port
+
+
+def port_taken(what: str, address: str) -> str:
+    return f"{what}: cannot listen on {address}: the port is in use (or the address is not this host's)"
 
 
 def add_health_and_reflection(server: grpc.Server, service_full_names: list[str]) -> health.HealthServicer:

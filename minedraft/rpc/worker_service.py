@@ -22,6 +22,8 @@ from minedraft.rpc.grpc_common import (
     log,
     make_server,
     params_from_proto,
+    port_in_use,
+    port_taken,
     set_serving,
     setup_logging,
 )
@@ -144,6 +146,9 @@ def load_runner(config, role: str, lookahead: int) -> tuple[ModelRunner, str]:
     """config: a TargetConfig or DraftConfig (minedraft.config)."""
     model = config.model
     setup_logging(config.service.log_level)
+    address = f"{config.service.bind}:{config.service.port}"
+    if config.service.port and port_in_use(address):  # before the model loads: at once, not in a minute
+        raise SystemExit(port_taken(role, address))
     apply_cpu_placement(config.placement.threads, config.placement.cpu_cores)
     path = model.model
     if not path:
