@@ -127,7 +127,7 @@ class EngineLoop:
                 self._emit(req)
 
     def _after_failure(self, exc: Exception) -> None:
-        """Only transport failures, deadlines and restarts get here: resume what is in flight, or fail it."""
+        """A worker failed (or isolating a fault failed): resume what is in flight, or fail it."""
         if (self.recover is not None and self._recoveries < self.MAX_RECOVERIES_WITHOUT_PROGRESS
                 and self.recover(self.scheduler, exc)):
             self._recoveries += 1
@@ -187,8 +187,9 @@ class EngineLoop:
         for req in failed:
             with self.ids_lock:
                 events = self.streams.pop(req.request_id, None)
+            if events is None:  # reported already (see _emit)
+                continue
             if self.observer is not None:
                 self.observer.on_emit(req, 0, error=True)
-            if events is not None:
-                events.put(Event([], True, "error", len(req.output_ids), req.num_drafted, req.num_accepted,
-                                 error=describe(exc)))
+            events.put(Event([], True, "error", len(req.output_ids), req.num_drafted, req.num_accepted,
+                             error=describe(exc)))
