@@ -150,3 +150,20 @@ def test_concurrent_disconnects_count_one_abort_each(stack):
         time.sleep(0.1)
     time.sleep(1.0)  # a second count would come with a later step
     assert abort_count(stack) == before + n
+
+
+def test_health_on_the_event_loop_checks_and_watches(stack):
+    """grpc.health.v1 answered from the readiness flag: Check per service, Watch, unknown service."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with insecure_channel(stack.addr["gateway"]) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "minedraft.v1.Gateway"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as unknown:
+            health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=5)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
