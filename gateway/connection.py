@@ -12,7 +12,7 @@ from gateway.draft_pool import DraftPool
 from gateway.engine_loop import EngineLoop
 from gateway.recovery import TargetRecovery
 from minedraft.config import AUTO_K, TimeoutConfig
-from minedraft.rpc.grpc_common import log, set_serving
+from minedraft.rpc.grpc_common import log
 from minedraft.rpc.remote_workers import RemoteTargetWorker
 from minedraft.runner import hf_adapter
 from minedraft.spec.frontend import Frontend, PromptWords
@@ -52,18 +52,17 @@ class Workers:
 
 
 class Readiness:
-    """Whether the gateway takes requests: one flag, mirrored in grpc.health (SERVING / NOT_SERVING)."""
+    """Whether the gateway takes requests: one flag, which grpc.health reports (SERVING / NOT_SERVING,
+    gateway/aio_host.py) and both APIs check."""
 
-    def __init__(self, health, service_names: list[str]):
+    def __init__(self):
         self._flag = threading.Event()
-        self.health, self.names = health, service_names
 
     def is_set(self) -> bool:
         return self._flag.is_set()
 
     def set(self, serving: bool) -> None:
         (self._flag.set if serving else self._flag.clear)()
-        set_serving(self.health, self.names, serving)
 
 
 class Connection:
@@ -107,7 +106,7 @@ class Connection:
         self.metrics.bind(scheduler, workers.target, workers.draft)
         self.recovery = TargetRecovery(workers, self.ready, args.target, args.recovery_timeout_s, stop)
         self.loop = EngineLoop(scheduler, max_waiting=args.max_waiting, observer=self.metrics,
-                               recover=self.recovery.recover)
+                               recover=self.recovery.recover, isolate=self.recovery.isolate)
         # Read per request: recovery replaces target_info, draft nodes come and go.
         self.frontend = Frontend(self.loop, tokenizer, eos_ids, vocab_size=lambda: workers.target_info.vocab_size,
                                  context_len=lambda: workers.context_len, model=lambda: workers.target_info.model,

@@ -12,6 +12,7 @@ from gateway.recovery import describe
 from minedraft.spec.metrics import SpecDecodeMetrics
 from minedraft.spec.request import Request
 from minedraft.spec.scheduler import Scheduler
+from minedraft.spec.workers import RequestFault
 
 log = logging.getLogger("minedraft.gateway")
 
@@ -25,6 +26,7 @@ class Event:
     num_drafted: int
     num_accepted: int
     error: str | None = None
+    fault: bool = False  # the request's own fault (INVALID_ARGUMENT / 400), not a worker's (UNAVAILABLE / 503)
 
 
 class QueueFull(Exception):
@@ -36,12 +38,16 @@ class EngineLoop:
     # rather than loop forever.
     MAX_RECOVERIES_WITHOUT_PROGRESS = 3
 
-    def __init__(self, scheduler: Scheduler, max_waiting: int | None = None, observer=None, recover=None):
+    def __init__(self, scheduler: Scheduler, max_waiting: int | None = None, observer=None, recover=None,
+                 isolate=None):
         self.scheduler = scheduler
         self.max_waiting = max_waiting  # None: unbounded
         # recover(scheduler, exc) -> bool, on this thread after a failed step: True when the running
         # requests were queued again for resumption on reconnected workers (gateway/recovery.py).
         self.recover = recover
+        # isolate(scheduler, fault) -> bool, on this thread after a step raised RequestFault: those
+        # requests fail alone and the others resume (gateway/recovery.py); False: a worker failed.
+        self.isolate = isolate
         self._recoveries = 0
         self.observer = observer  # on_step(metrics) under the step lock, on_emit(req, n_new, error)
         self.commands: queue.Queue = queue.Queue()
@@ -107,17 +113,26 @@ class EngineLoop:
                     touched = self.scheduler.step()
                     if self.observer is not None:  # under the lock: GetStats(reset) cannot slip in between
                         self.observer.on_step(self.scheduler.metrics)
+            except RequestFault as fault:  # one request's data, not a worker: fail it alone
+                if self.isolate is not None and self.isolate(self.scheduler, fault):
+                    continue
+                self._after_failure(fault)
+                continue
             except Exception as exc:  # noqa: BLE001 - a worker failed: resume what is in flight, or fail it
-                if (self.recover is not None and self._recoveries < self.MAX_RECOVERIES_WITHOUT_PROGRESS
-                        and self.recover(self.scheduler, exc)):
-                    self._recoveries += 1
-                else:
-                    self._fail_all(exc)
+                self._after_failure(exc)
                 continue
             if any(r.output_ids for r in touched):
                 self._recoveries = 0
             for req in touched:
                 self._emit(req)
+
+    def _after_failure(self, exc: Exception) -> None:
+        """A worker failed (or isolating a fault failed): resume what is in flight, or fail it."""
+        if (self.recover is not None and self._recoveries < self.MAX_RECOVERIES_WITHOUT_PROGRESS
+                and self.recover(self.scheduler, exc)):
+            self._recoveries += 1
+        else:
+            self._fail_all(exc)
 
     def _drain(self, block: bool) -> None:
         try:
@@ -149,14 +164,16 @@ class EngineLoop:
     def _emit(self, req: Request) -> None:
         new = req.take_new_tokens()
         with self.ids_lock:
-            events = self.streams.get(req.request_id)
-            if req.finished:
-                self.streams.pop(req.request_id, None)
-        if self.observer is not None and (new or req.finished):
+            events = self.streams.pop(req.request_id, None) if req.finished else self.streams.get(req.request_id)
+        # A finished request stays touched until its rows are released (a step or two): it is
+        # reported, and counted, once, when its stream closes.
+        if events is None or not (new or req.finished):
+            return
+        if self.observer is not None:
             self.observer.on_emit(req, len(new))
-        if events is not None and (new or req.finished):
-            events.put(Event(new, req.finished, req.finish_reason, len(req.output_ids), req.num_drafted,
-                             req.num_accepted, error=req.error if req.finish_reason == "error" else None))
+        error = req.error if req.finish_reason == "error" else None
+        events.put(Event(new, req.finished, req.finish_reason, len(req.output_ids), req.num_drafted,
+                         req.num_accepted, error=error, fault=req.fault))
 
     def fail_all_now(self, reason: str, timeout: float = 2.0) -> None:
         """End every request in flight with an error (shutdown); waits up to `timeout` for the loop."""
@@ -170,8 +187,9 @@ class EngineLoop:
         for req in failed:
             with self.ids_lock:
                 events = self.streams.pop(req.request_id, None)
+            if events is None:  # reported already (see _emit)
+                continue
             if self.observer is not None:
                 self.observer.on_emit(req, 0, error=True)
-            if events is not None:
-                events.put(Event([], True, "error", len(req.output_ids), req.num_drafted, req.num_accepted,
-                                 error=describe(exc)))
+            events.put(Event([], True, "error", len(req.output_ids), req.num_drafted, req.num_accepted,
+                             error=describe(exc)))

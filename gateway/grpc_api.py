@@ -1,13 +1,14 @@
-"""The public gRPC API (minedraft.v1.Gateway): Generate, Abort, GetModelInfo, Configure, GetStats,
-on the connection's Frontend and engine loop."""
+"""The public gRPC API (minedraft.v1.Gateway) on grpc.aio: Generate, Abort, GetModelInfo, Configure,
+GetStats, on the connection's Frontend and engine loop."""
 
 from __future__ import annotations
 
-import queue
+import asyncio
 import time
 
 import grpc
 
+from gateway.aio_host import AsyncioSink
 from gateway.detokenizer import IncrementalDetokenizer
 from gateway.engine_loop import QueueFull
 from minedraft.config import AUTO_K
@@ -17,44 +18,63 @@ from minedraft.v1 import gateway_pb2, gateway_pb2_grpc
 SERVICE = "minedraft.v1.Gateway"
 
 
+OFF_LOOP_CHARS = 16 << 10  # text prompts longer than this are tokenised on a worker thread
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    """On the gateway's asyncio loop (gateway/aio_host.py): nothing here may block it. A call that waits
+    for the engine loop (stats, Configure) or tokenises a long prompt goes to a worker thread."""
+
     def __init__(self, conn, operator_allowed: bool):
         """conn: the gateway's Connection. operator_allowed: see _require_operator (main decides)."""
         self.conn, self.operator_allowed = conn, operator_allowed
 
-    def _require_ready(self, context):
+    async def _require_ready(self, context):
         if not self.conn.ready.is_set():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "gateway: draft/target workers are not ready yet")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway: draft/target workers are not ready yet")
 
-    def Generate(self, request, context):
-        self._require_ready(context)
+    async def Generate(self, request, context):
+        await self._require_ready(context)
         frontend = self.conn.frontend
-        events = queue.Queue()
+        sink = AsyncioSink(asyncio.get_running_loop())
+        rid = request.request_id or f"gw-{time.monotonic_ns()}"
         try:
+            if request.prompt and request.prompt_ids:
+                raise ValueError("prompt: give prompt (text) or prompt_ids, not both")
             params = params_from_proto(request.params)
-            rid = request.request_id or f"gw-{time.monotonic_ns()}"
-            req = frontend.submit(list(request.prompt_ids) or request.prompt, params, rid, events)
+            prompt = list(request.prompt_ids) or request.prompt
+            if isinstance(prompt, str) and len(prompt) > OFF_LOOP_CHARS:
+                req = await asyncio.to_thread(frontend.submit, prompt, params, rid, sink)
+            else:
+                req = frontend.submit(prompt, params, rid, sink)
         except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except QueueFull as exc:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         num_prompt = len(req.prompt_ids)
-        context.add_callback(lambda: frontend.abort(rid))  # client gone: free its rows
         detok = IncrementalDetokenizer(frontend.tokenizer)
-        while True:
-            event = events.get()
-            if event.error:
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"request failed: {event.error}")
-            yield gateway_pb2.GenerateResponse(
-                request_id=rid, token_ids=event.new_tokens, text=detok.push(event.new_tokens, event.finished),
-                finished=event.finished, finish_reason=event.finish_reason or "",
-                num_prompt_tokens=num_prompt, num_generated_tokens=event.num_generated,
-                num_drafted=event.num_drafted, num_accepted=event.num_accepted)
-            if event.finished:
-                return
+        ended = False
+        try:
+            while True:
+                event = await sink.queue.get()
+                if event.error:
+                    ended = True
+                    code = grpc.StatusCode.INVALID_ARGUMENT if event.fault else grpc.StatusCode.UNAVAILABLE
+                    await context.abort(code, f"request failed: {event.error}")
+                ended = event.finished
+                yield gateway_pb2.GenerateResponse(
+                    request_id=rid, token_ids=event.new_tokens, text=detok.push(event.new_tokens, event.finished),
+                    finished=event.finished, finish_reason=event.finish_reason or "",
+                    num_prompt_tokens=num_prompt, num_generated_tokens=event.num_generated,
+                    num_drafted=event.num_drafted, num_accepted=event.num_accepted)
+                if event.finished:
+                    return
+        finally:
+            if not ended:  # the client left (cancelled, deadline): free its rows
+                frontend.abort(rid)
 
-    def Abort(self, request, context):
-        self._require_ready(context)
+    async def Abort(self, request, context):
+        await self._require_ready(context)
         return gateway_pb2.AbortReply(found=self.conn.frontend.abort(request.request_id))
 
     def _model_info(self) -> gateway_pb2.ModelInfo:
@@ -67,32 +87,34 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             draft_endpoints=w.draft.live if w.draft is not None else [], target_endpoint=self.conn.args.target,
             max_num_seqs=info.max_num_seqs)
 
-    def GetModelInfo(self, request, context):
-        self._require_ready(context)
+    async def GetModelInfo(self, request, context):
+        await self._require_ready(context)
         return self._model_info()
 
-    def _require_operator(self, context, what: str):
+    async def _require_operator(self, context, what: str):
         """Configure and GetStats(reset) change the service for everyone. With an API key they need it
         (the interceptor checks every call); without one, only a gateway bound to loopback takes them."""
         if not self.operator_allowed:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"{what} is an operator call: set --api-key (or bind the gateway to loopback) to use it")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{what} is an operator call: set --api-key (or bind the gateway to loopback) to "
+                                "use it")
 
-    def Configure(self, request, context):
-        self._require_ready(context)
-        self._require_operator(context, "Configure")
+    async def Configure(self, request, context):
+        await self._require_ready(context)
+        await self._require_operator(context, "Configure")
         k = AUTO_K if request.auto_k else request.num_speculative_tokens or None
         try:
-            self.conn.loop.call(lambda s: s.reconfigure(request.mode or None, k, request.max_num_seqs or None))
+            await asyncio.to_thread(self.conn.loop.call, lambda s: s.reconfigure(request.mode or None, k,
+                                                                                  request.max_num_seqs or None))
         except ValueError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return self._model_info()
 
-    def GetStats(self, request, context):
-        self._require_ready(context)
+    async def GetStats(self, request, context):
+        await self._require_ready(context)
         if request.reset:
-            self._require_operator(context, "GetStats with reset")
-        m = self.conn.loop.stats(request.reset)
+            await self._require_operator(context, "GetStats with reset")
+        m = await asyncio.to_thread(self.conn.loop.stats, request.reset)  # waits for the step lock
         return stats_to_proto(m, self.conn.loop.scheduler.mode)
 
 

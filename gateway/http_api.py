@@ -11,8 +11,8 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
-import threading
 
 import anyio
 import uvicorn
@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.aio_host import AsyncioSink
 from gateway.chat_template import render_chat
 from gateway.detokenizer import IncrementalDetokenizer
 from gateway.engine_loop import QueueFull
@@ -31,31 +32,55 @@ from gateway.openai_protocol import (
     full_response,
     model_list,
     new_id,
+    parse_json,
     parse_request,
     stream_chunk,
     usage_chunk,
 )
 from gateway.stop_strings import StopStringMatcher
+from minedraft.config import DEFAULT_MAX_REQUEST_BYTES
 from minedraft.rpc.auth import authorized
 
 log = logging.getLogger("minedraft.gateway.http")
 
 
-class _LoopSink:
-    """What the engine loop .put()s events into: forwards them to an asyncio.Queue on its loop."""
+OFF_LOOP_BYTES = 16 << 10  # bodies larger than this are tokenised on a worker thread
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.queue = loop, asyncio.Queue()
 
-    def put(self, event) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:  # the HTTP server's loop is closed (shutdown): nobody is listening
-            pass
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes without reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise _too_large(n, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(n: int, limit: int) -> ApiError:
+    return ApiError(413, f"the request body is {'over ' if n > limit else ''}{n} bytes; this gateway takes at most "
+                         f"{limit} (--max-request-bytes)", code="request_too_large")
+
+
+def field_of(message: str) -> str | None:
+    """The field a ValueError's message starts with ("max_tokens: must be ..."), or None."""
+    head = message.split(":", 1)[0]
+    return head if ":" in message and re.fullmatch(r"[a-z_][a-z0-9_.\[\]]*", head) else None
 
 
 class EngineFailed(Exception):
-    pass
+    def __init__(self, message: str, fault: bool = False):
+        super().__init__(message)
+        self.fault = fault  # the request's own fault: 400, not 503
+
+    def api_error(self) -> ApiError:
+        if self.fault:
+            return ApiError(400, f"request failed: {self}")
+        return ApiError(503, f"request failed: {self}", type_="service_unavailable")
 
 
 def default_model_name(path: str) -> str:
@@ -71,8 +96,10 @@ class HttpFrontend:
     """The routes. `conn`: the gateway's Connection (its `ready` flag, and its `frontend` once ready);
     `metrics`: the GatewayMetrics that /metrics exposes (kept as .prometheus: .metrics is that route)."""
 
-    def __init__(self, conn, metrics, keys: tuple[str, ...], served_model_name: str | None):
+    def __init__(self, conn, metrics, keys: tuple[str, ...], served_model_name: str | None,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
         self.conn, self.prometheus, self.keys, self._name = conn, metrics, keys, served_model_name
+        self.max_request_bytes = max_request_bytes
 
     @property
     def model_name(self) -> str:
@@ -119,33 +146,36 @@ class HttpFrontend:
     async def _generate(self, request: Request, chat: bool) -> Response:
         try:
             self._guard(request)
-            try:
-                body = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+            raw = await read_body(request, self.max_request_bytes)
             frontend = self.conn.frontend
-            req = parse_request(body, chat, frontend.context_len)
+            req = parse_request(parse_json(raw), chat, frontend.context_len)
             if req.model != self.model_name:
                 raise ApiError(404, f"model: {req.model!r} does not exist; this server serves {self.model_name!r}",
                                "model", code="model_not_found")
-            prompt = render_chat(frontend.tokenizer, req.messages) if chat else req.prompt
             rid = new_id(chat)
-            sink = _LoopSink(asyncio.get_running_loop())
-            num_prompt = len(frontend.submit(prompt, req.params, rid, sink).prompt_ids)
+            sink = AsyncioSink(asyncio.get_running_loop())
+
+            def submit() -> int:
+                prompt = render_chat(frontend.tokenizer, req.messages) if chat else req.prompt
+                return len(frontend.submit(prompt, req.params, rid, sink).prompt_ids)
+
+            # Tokenising a long prompt takes a while: on a thread, so that /health and the other
+            # streams on this event loop go on meanwhile.
+            num_prompt = await asyncio.to_thread(submit) if len(raw) > OFF_LOOP_BYTES else submit()
         except ApiError as exc:
             return _error(exc)
         except QueueFull as exc:
             return _error(ApiError(429, str(exc), type_="rate_limit_error", code="queue_full"))
         except ValueError as exc:  # SamplingParams / prompt checks: their messages start with the field
             message = str(exc)
-            return _error(ApiError(400, message, message.split(":", 1)[0] if ":" in message else None))
+            return _error(ApiError(400, message, field_of(message)))
         pieces = self._pieces(rid, sink, req.stop_strings)
         if req.stream:
             return _SSEResponse(self._sse(pieces, rid, chat, num_prompt, req.include_usage),
                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return await self._collect(request, pieces, rid, chat, num_prompt)
 
-    async def _pieces(self, rid: str, sink: _LoopSink, stop_strings: list[str]):
+    async def _pieces(self, rid: str, sink: AsyncioSink, stop_strings: list[str]):
         """(text, finish_reason or None, tokens generated so far) as the engine commits tokens;
         aborts the request when it leaves early (stop string, client gone, error)."""
         frontend = self.conn.frontend
@@ -157,7 +187,7 @@ class HttpFrontend:
                 event = await sink.queue.get()
                 if event.error:
                     done = True
-                    raise EngineFailed(event.error)
+                    raise EngineFailed(event.error, event.fault)
                 text, hit = stops.push(detok.push(event.new_tokens, event.finished), final=event.finished)
                 if hit:
                     yield text, "stop", event.num_generated
@@ -192,7 +222,7 @@ class HttpFrontend:
         try:
             text, reason, n = work.result()
         except EngineFailed as exc:
-            return _error(ApiError(503, f"request failed: {exc}", type_="service_unavailable"))
+            return _error(exc.api_error())
         return JSONResponse(full_response(rid, self.model_name, chat, text, reason, num_prompt, n))
 
     async def _sse(self, pieces, rid: str, chat: bool, num_prompt: int, include_usage: bool):
@@ -207,7 +237,7 @@ class HttpFrontend:
             if include_usage:
                 yield _sse(usage_chunk(rid, model, chat, num_prompt, n))
         except EngineFailed as exc:
-            yield _sse(error_body(f"request failed: {exc}", "service_unavailable"))
+            yield _sse(exc.api_error().body())
         finally:
             await pieces.aclose()
         yield "data: [DONE]\n\n"
@@ -253,8 +283,8 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 class HttpServer:
-    """uvicorn on a thread of its own. The socket is bound here, in the caller's thread, so that a
-    port in use fails start-up with a clear message instead of a dead thread."""
+    """uvicorn on the gateway's event loop (gateway/aio_host.py), beside the gRPC server. The socket is
+    bound here, in the caller's thread, so that a port in use fails start-up with a clear message."""
 
     def __init__(self, app, bind: str, port: int, log_level: str = "warning", tls_cert: str | None = None,
                  tls_key: str | None = None):
@@ -271,13 +301,17 @@ class HttpServer:
         config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2, access_log=False,
                                 ssl_certfile=tls_cert, ssl_keyfile=tls_key)  # HTTPS with --tls-cert
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name="minedraft-http", daemon=True)
+        self.serving = None
 
-    def start(self) -> None:
-        self.thread.start()
+    def start(self, host) -> None:
+        """host: the AioHost whose loop serves it."""
+        self.serving = host.spawn(self.server.serve(sockets=[self.sock]))
 
     def stop(self, timeout: float = 5.0) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout)
+        if self.serving is not None:
+            try:
+                self.serving.result(timeout)
+            except Exception:  # noqa: BLE001 - shutting down: a slow or failed close must not hang it
+                pass
         self.sock.close()

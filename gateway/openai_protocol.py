@@ -33,6 +33,44 @@ def bad(param: str, message: str) -> ApiError:
     return ApiError(400, f"{param}: {message}", param)
 
 
+class HugeInt:
+    """A JSON integer too long to be any field's value (json would build it digit by digit, and past
+    4,300 digits it refuses): kept as its length, so that the field that holds it names the error."""
+
+    MAX_DIGITS = 40
+
+    def __init__(self, digits: str):
+        self.n = len(digits.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.n} digits>"
+
+
+def _parse_int(digits: str):
+    return int(digits) if len(digits) <= HugeInt.MAX_DIGITS else HugeInt(digits)
+
+
+def parse_json(raw: bytes):
+    """The body as JSON; 400 for anything that is not (bad syntax, bad UTF-8, nesting too deep)."""
+    import json
+
+    try:
+        return json.loads(raw, parse_int=_parse_int)
+    except RecursionError:
+        raise ApiError(400, "the request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+
+
+def text(v: str, name: str) -> str:
+    """A string that can be encoded (JSON's \\ud800 escapes make lone surrogates no tokenizer takes)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise bad(name, f"is not valid Unicode: a lone surrogate at character {exc.start}") from None
+    return v
+
+
 COMMON_FIELDS = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids",
                  "ignore_eos", "stream", "stream_options", "user"}
 COMPLETION_FIELDS = COMMON_FIELDS | {"prompt"}
@@ -110,7 +148,7 @@ def _stops(body) -> tuple[list[str], list[int]]:
     strings, ids = [], list(_token_ids(body.get("stop_token_ids") or [], "stop_token_ids"))
     for item in items:
         if isinstance(item, str) and item:
-            strings.append(item)
+            strings.append(text(item, "stop"))
         elif isinstance(item, int) and not isinstance(item, bool):
             ids.append(item)
         else:
@@ -147,10 +185,11 @@ def _messages(v) -> list[dict]:
             for j, part in enumerate(content):
                 if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                     raise bad(f"{where}.content[{j}]", "only {\"type\": \"text\", \"text\": ...} parts are supported")
-                texts.append(part["text"])
+                texts.append(text(part["text"], f"{where}.content[{j}].text"))
             content = "".join(texts)
         if not isinstance(content, str):
             raise bad(f"{where}.content", f"must be a string or a list of text parts, got {content!r}")
+        text(content, f"{where}.content")
         out.append({"role": "system" if role == "developer" else role, "content": content})
     return out
 
@@ -161,7 +200,7 @@ def _prompt(v):
     if isinstance(v, str):
         if not v:
             raise bad("prompt", "must not be empty")
-        return v
+        return text(v, "prompt")
     if isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v):
         return v
     if isinstance(v, list) and v and all(isinstance(p, (str, list)) for p in v):

@@ -63,6 +63,24 @@ class TargetRecovery:
                 delay = min(delay * 2, 2.0)
         return False
 
+    def isolate(self, scheduler, fault) -> bool:
+        """A RequestFault (gateway/engine_loop.py): fail its requests alone, give back what every
+        other one holds, and queue those again to resume on the same workers (the step that raised
+        may have left them mid-way). Fresh token channels, as after a reconnect. False: a worker
+        failed meanwhile (the caller recovers)."""
+        log.warning("gateway: request(s) %s failed alone: %s", ",".join(fault.request_ids), fault)
+        w = self.workers
+        held = scheduler.fail_alone(fault)
+        try:
+            if held:
+                w.target.release(held)
+            if w.draft is not None:
+                w.draft.rebind(w.target, w.target_info)
+        except grpc.RpcError as err:
+            log.warning("gateway: a worker failed while isolating the fault (%s)", describe(err))
+            return False
+        return True
+
     def recover_if_needed(self, scheduler) -> bool:
         """From the watcher (through the engine loop): recover when the target answers again after
         being unreachable, or answers with a new instance id (it restarted while idle)."""

@@ -1,5 +1,6 @@
 """The gateway service: its flags and main(). The parts: gateway/connection.py (workers, readiness,
-engine loop, the Frontend), grpc_api.py (the gRPC API), http_api.py (the HTTP API), recovery.py."""
+engine loop, the Frontend), aio_host.py (the event loop both APIs run on, health), grpc_api.py (the
+gRPC API), http_api.py (the HTTP API), recovery.py."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import time
 
 import grpc
 
+from gateway.aio_host import AioHost, add_health_and_reflection
 from gateway.connection import Connection, Readiness
 from gateway.grpc_api import SERVICE, GatewayServicer
 from gateway.prometheus_metrics import GatewayMetrics
 from minedraft.config import GatewayConfig
 from minedraft.config.flags import parse, service_parser
 from minedraft.rpc.auth import ApiKeyInterceptor, load_keys
-from minedraft.rpc.grpc_common import add_health_and_reflection, exit_after, log, make_server, setup_logging
+from minedraft.rpc.grpc_common import exit_after, listen, log, server_options, setup_logging
 from minedraft.v1 import gateway_pb2_grpc
 
 
@@ -31,26 +33,24 @@ def main(argv=None) -> int:
     if args.transport == "auto":
         args.transport = None
     keys = load_keys(args.api_key)
-    # One thread per open Generate stream.
-    server = make_server(max_workers=256, interceptors=[ApiKeyInterceptor(keys)] if keys else [])
-    health = add_health_and_reflection(server, [SERVICE])
     metrics = GatewayMetrics()
-    conn = Connection(args, Readiness(health, [SERVICE]), metrics)
+    conn = Connection(args, Readiness(), metrics)
     operator_allowed = bool(keys) or args.bind in ("127.0.0.1", "localhost", "::1")
-    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(conn, operator_allowed), server)
     address = f"{args.bind}:{args.port}"
-    if server_port(server, address, args.tls_cert, args.tls_key) == 0:
-        raise SystemExit(f"gateway: cannot listen on {address}")
+    host = AioHost()  # the public gRPC server and the HTTP app share its event loop
+    host.start()
+    server = host.run(start_grpc(conn, args, keys, operator_allowed, address))
+    if isinstance(server, SystemExit):  # the port is taken: said on the way out
+        raise server
     http = None
     if args.http_port:
         from gateway.http_api import HttpFrontend, HttpServer
 
-        http = HttpServer(HttpFrontend(conn, metrics, keys, args.served_model_name).app(), args.bind,
-                          args.http_port, tls_cert=args.tls_cert, tls_key=args.tls_key)
-    server.start()
+        http = HttpServer(HttpFrontend(conn, metrics, keys, args.served_model_name, args.max_request_bytes).app(),
+                          args.bind, args.http_port, tls_cert=args.tls_cert, tls_key=args.tls_key)
     log.info("gateway listening on %s (NOT_SERVING until the workers answer)", address)
     if http is not None:
-        http.start()
+        http.start(host)
         log.info("gateway: OpenAI-compatible HTTP API on http://%s (/v1/completions, /v1/chat/completions, "
                  "/v1/models, /health, /metrics)", http.address)
     log.info("gateway: %s", f"API key required on gRPC and HTTP ({len(keys)} key(s))" if keys else "no API key set")
@@ -60,22 +60,36 @@ def main(argv=None) -> int:
     threading.Thread(target=conn.connect_forever, args=(stop,), daemon=True).start()
     while not stop.is_set():
         time.sleep(0.2)
-    drain(conn, http, server, args.drain_s)
+    drain(conn, http, server, host, args.drain_s)
     return 0
 
 
-def server_port(server, address: str, tls_cert: str | None, tls_key: str | None) -> int:
-    """The public port: TLS when --tls-cert/--tls-key are given, else plaintext (loopback by default)."""
+async def start_grpc(conn, args, keys, operator_allowed: bool, address: str):
+    """The public gRPC server on the running loop (grpc.aio: an open stream costs no thread), or the
+    SystemExit that a port in use gives (raised by the caller, not inside the loop)."""
+    server = grpc.aio.server(options=server_options(args.max_request_bytes),
+                             interceptors=[ApiKeyInterceptor(keys)] if keys else [])
+    add_health_and_reflection(server, conn.ready, [SERVICE])
+    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(conn, operator_allowed), server)
+    try:
+        listen(server, address, "gateway", server_credentials(args.tls_cert, args.tls_key))
+    except SystemExit as exc:
+        return exc
+    await server.start()
+    return server
+
+
+def server_credentials(tls_cert: str | None, tls_key: str | None):
+    """TLS when --tls-cert/--tls-key are given, else None: plaintext (loopback by default)."""
     if bool(tls_cert) != bool(tls_key):
         raise SystemExit("gateway: --tls-cert and --tls-key go together")
     if not tls_cert:
-        return server.add_insecure_port(address)
+        return None
     with open(tls_key, "rb") as k, open(tls_cert, "rb") as c:
-        creds = grpc.ssl_server_credentials([(k.read(), c.read())])
-    return server.add_secure_port(address, creds)
+        return grpc.ssl_server_credentials([(k.read(), c.read())])
 
 
-def drain(conn: Connection, http, server, drain_s: float) -> None:
+def drain(conn: Connection, http, server, host: AioHost, drain_s: float) -> None:
     """SIGTERM: refuse new requests (NOT_SERVING, UNAVAILABLE), let those in flight finish for
     drain_s, end the rest with UNAVAILABLE, exit; within drain + 5 s whatever happens."""
     exit_after(drain_s + 4.0, "gateway")
@@ -91,7 +105,11 @@ def drain(conn: Connection, http, server, drain_s: float) -> None:
         time.sleep(0.2)  # let the handlers send their status
     if http is not None:
         http.stop()
-    server.stop(grace=1.0).wait(2.0)
+    try:
+        host.run(server.stop(grace=1.0), timeout=3.0)
+    except Exception:  # noqa: BLE001 - the exit timer bounds the rest
+        pass
+    host.stop()
     if loop is not None:
         loop.stop()
         loop.scheduler.close()  # its worker threads and the draft pool's node connections

@@ -48,11 +48,11 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_health(args) -> int:
-    from minedraft.rpc.health import check_health  # grpc only: health checks must start fast
+    from minedraft.rpc.health import UNREACHABLE, health_status  # grpc only: health checks must start fast
 
-    ok = check_health(args.address, timeout=args.timeout)
-    print("SERVING" if ok else "NOT_SERVING")
-    return 0 if ok else 1
+    status = health_status(args.address, timeout=args.timeout)
+    print(f"{status}: nothing answers at {args.address}" if status == UNREACHABLE else status)
+    return 0 if status == "SERVING" else 2 if status == UNREACHABLE else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tls-ca", default=None,
                      help="CA certificate to reach a gateway started with --tls-cert (default: $MINEDRAFT_TLS_CA)")
 
-    health = sub.add_parser("health", help="exit 0 when a service reports SERVING (grpc.health.v1)")
+    health = sub.add_parser("health", help="exit 0 when a service reports SERVING (grpc.health.v1), "
+                                                  "1 when it answers otherwise, 2 when unreachable")
     health.add_argument("address")
     health.add_argument("--timeout", type=float, default=3.0)
 

@@ -122,6 +122,14 @@ def test_services_present(compose):
     assert set(GPU_SERVICES + CPU_SERVICES) <= set(services(compose))
 
 
+def test_every_service_is_restarted_by_compose(compose):
+    """Compose is the supervisor in a container deployment (as `minedraft up` is locally): a service that
+    exits comes back, and the gateway's recovery resumes its streams. Checked here in the file only: the
+    compose stack test does not kill a service's process."""
+    for name, svc in services(compose).items():
+        assert svc.get("restart") == "unless-stopped", name
+
+
 def test_extension_fields_used_for_common_parts(raw_compose):
     assert any(k.startswith("x-") for k in raw_compose), "use x- extension fields + anchors"
     text = COMPOSE.read_text()

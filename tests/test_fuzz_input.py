@@ -18,7 +18,7 @@ from cluster import free_port
 
 FLOATS = [0.0, -0.0, 1.0, 0.5, -1.0, 1e-40, 1e-6, 2.0, 1e30, 3.4e38, math.inf, -math.inf, math.nan]
 INT32 = [0, 1, -1, 2, 7, 64, 4096, 2**31 - 1, -(2**31)]
-INT64 = [0, 1, -1, 2**62, 2**63 - 1, -(2**63)]
+UINT64 = [0, 1, 2**62, 2**63 - 1, 2**63, 2**64 - 1]  # seed: uint64 on the wire, as HTTP accepts
 TEXTS = ["", "def f(x):", "\x00", "é" * 50, "🦀" * 10, "x" * 20000, "\ud7ff", " "]
 # Statuses a bad request may get; INTERNAL / UNKNOWN would mean it reached code that did not expect it.
 CLEAN = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND}
@@ -39,7 +39,7 @@ def random_grpc_request(rng: random.Random) -> gateway_pb2.GenerateRequest:
         max_tokens=rng.choice([1, 2, 3, 0, -5, 2**31 - 1]), ignore_eos=rng.random() < 0.5,
         stop_token_ids=[rng.choice(INT32) for _ in range(rng.randrange(3))])
     if rng.random() < 0.5:
-        params.seed = rng.choice(INT64)
+        params.seed = rng.choice(UINT64)
     req = gateway_pb2.GenerateRequest(params=params, request_id=rng.choice(["", "a", "x" * 300, "é\x00"]))
     if rng.random() < 0.5:
         req.prompt = rng.choice(TEXTS)

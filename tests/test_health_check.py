@@ -39,7 +39,8 @@ def health_server():
 def probe(address: str) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE, address], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    lines = out.stdout.strip().splitlines()
+    return dict(json.loads(lines[-1]), said=lines[0])
 
 
 def test_health_reports_serving_without_heavy_imports(health_server):
@@ -53,8 +54,10 @@ def test_health_reports_serving_without_heavy_imports(health_server):
 def test_health_fails_when_not_serving_or_down(health_server):
     servicer, address = health_server
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    assert probe(address)["rc"] == 1
+    result = probe(address)
+    assert result["rc"] == 1 and result["said"] == "NOT_SERVING"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"127.0.0.1:{s.getsockname()[1]}"
-    assert probe(closed)["rc"] == 1
+    result = probe(closed)  # nothing listens: told apart from NOT_SERVING
+    assert result["rc"] == 2 and result["said"].startswith("unreachable") and closed in result["said"]

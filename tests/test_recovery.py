@@ -28,13 +28,15 @@ PROMPTS = load_heldout_prompts(6)
 class Stack:
     """Target, draft and gateway as separate processes, each restartable on its own port."""
 
-    def __init__(self, tmp_path, gateway_flags=(), wait=("target", "draft", "gateway")):
+    def __init__(self, tmp_path, gateway_flags=(), wait=("target", "draft", "gateway"), target_program=None):
+        """target_program: argv that runs a target service in place of `python -m target_service`."""
         self.ports = {name: free_port() for name in ("target", "draft", "gateway")}
         self.addr = {name: f"127.0.0.1:{p}" for name, p in self.ports.items()}
         self.logs = tmp_path
         py = [sys.executable, "-m"]
         self.commands = {
-            "target": py + ["target_service", "--port", str(self.ports["target"]), "--threads", "1"],
+            "target": (target_program or py + ["target_service"]) + ["--port", str(self.ports["target"]),
+                                                                      "--threads", "1"],
             "draft": py + ["draft_service", "--port", str(self.ports["draft"]), "--threads", "1"],
             "gateway": py + ["gateway", "--target", self.addr["target"], "--draft", self.addr["draft"],
                              "--port", str(self.ports["gateway"]), "--http-port", "0", "-k", str(K),

@@ -23,6 +23,7 @@ Q_DTYPES = ("float32", "bfloat16")
 PORTS = {"gateway": 50051, "target": 50052, "draft": 50053}
 MAX_NUM_SEQS = 64
 HTTP_PORT_ENV = "MINEDRAFT_HTTP_PORT"
+DEFAULT_MAX_REQUEST_BYTES = 4 << 20  # a prompt of a million tokens or so; far above any context here
 
 
 def option(default=None, help: str = "", *, flags: tuple = (), shown: str | None = None, choices=None,
@@ -257,8 +258,12 @@ class FrontDoorConfig:
                                         "health checks and /metrics stay open", append=True,
                                   shown="$MINEDRAFT_API_KEY", argv=False)
 
+    max_request_bytes: int = option(DEFAULT_MAX_REQUEST_BYTES, "largest request body (HTTP, 413 past it) and "
+                                    "gRPC message (RESOURCE_EXHAUSTED past it) the gateway reads")
+
     def __post_init__(self):
         _port("http_port", self.http_port)
+        _int_in("max_request_bytes", self.max_request_bytes, 1024, 1 << 30)
 
 
 @dataclass(frozen=True)
@@ -320,8 +325,12 @@ class UpConfig:
     bind_workers: str = option("127.0.0.1", "target and draft bind address")
     pin: bool = option(True, "on CPU, do not pin target and draft to cores 0 and 1 with one thread each",
                        flags=("--no-pin",), shown="pinned on a CPU machine with two cores or more")
+    restart: bool = option(True, "do not restart a service that exits; stop all three instead",
+                           flags=("--no-restart",), shown="restarted with backoff")
     log_dir: str | None = option(None, "write each service's log there", shown="the terminal")
     startup_timeout: float = option(600.0, "seconds the three may take to become healthy")
+    drain_s: float = option(5.0, "on Ctrl-C / SIGTERM, how long the gateway's streams may finish before the "
+                                 "workers stop (all exit within drain + 5 s each)")
     max_waiting: int = option(1024, "gateway's queue limit beyond --max-num-seqs (see serve gateway --help)")
     target_metrics_port: int = option(0, "target's Prometheus /metrics port (0: off)")
     draft_metrics_port: int = option(0, "draft's Prometheus /metrics port (0: off)")
@@ -336,6 +345,7 @@ class UpConfig:
         for name in ("port", "target_port", "draft_port", "target_metrics_port", "draft_metrics_port"):
             _port(name, getattr(self, name))
         _positive("startup_timeout", self.startup_timeout)
+        _positive("drain_s", self.drain_s, zero=True)
         _int_in("max_waiting", self.max_waiting, 0)
 
     # The three services' configs: `up` is these with their addresses wired together.
@@ -358,7 +368,7 @@ class UpConfig:
         return GatewayConfig(
             target=f"127.0.0.1:{self.target_port}", draft=f"127.0.0.1:{self.draft_port}",
             max_num_seqs=self.cache.max_num_seqs, max_waiting=self.max_waiting, speculation=self.speculation,
-            service=ServiceConfig(bind=self.bind, port=self.port), front_door=self.front_door)
+            service=ServiceConfig(bind=self.bind, port=self.port, drain_s=self.drain_s), front_door=self.front_door)
 
     def _placement(self, core: int, metrics_port: int) -> PlacementConfig:
         # the paper's two devices map onto two cores on a CPU machine

@@ -62,34 +62,31 @@ def auth_metadata(key: str | None) -> tuple:
     return (("authorization", f"Bearer {key}"),) if key else ()
 
 
-class ApiKeyInterceptor(grpc.ServerInterceptor):
-    """Refuse every RPC but the open ones with UNAUTHENTICATED unless `authorization: Bearer KEY`."""
+DENIED = "missing or invalid API key (send metadata 'authorization: Bearer KEY')"
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """On the gateway's grpc.aio server: refuse every RPC but the open ones with UNAUTHENTICATED unless
+    `authorization: Bearer KEY`."""
 
     def __init__(self, keys: tuple[str, ...]):
         self.keys = keys
 
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key "
-                                                           "(send metadata 'authorization: Bearer KEY')")
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
 
-        self._deny = {
-            "unary_unary": grpc.unary_unary_rpc_method_handler(deny),
-            "unary_stream": grpc.unary_stream_rpc_method_handler(deny),
-            "stream_unary": grpc.stream_unary_rpc_method_handler(deny),
-            "stream_stream": grpc.stream_stream_rpc_method_handler(deny),
-        }
+        self._deny = {"unary_unary": grpc.unary_unary_rpc_method_handler(deny),
+                      "unary_stream": grpc.unary_stream_rpc_method_handler(deny),
+                      "stream_unary": grpc.stream_unary_rpc_method_handler(deny),
+                      "stream_stream": grpc.stream_stream_rpc_method_handler(deny)}
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         service = handler_call_details.method.lstrip("/").rpartition("/")[0]
-        if service in OPEN_GRPC_SERVICES:
-            return continuation(handler_call_details)
         header = next((v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"), None)
-        if authorized(header, self.keys):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-        if handler is None:  # unknown method: let gRPC answer UNIMPLEMENTED as usual
-            return None
+        if handler is None or service in OPEN_GRPC_SERVICES or authorized(header, self.keys):
+            return handler  # None: an unknown method, UNIMPLEMENTED as usual
         # Same streaming shape as the real handler, so the client sees a clean status.
-        kind = ("stream" if handler.request_streaming else "unary") + "_" + \
-               ("stream" if handler.response_streaming else "unary")
-        return self._deny[kind]
+        shape = ("stream" if handler.request_streaming else "unary") + "_" + \
+            ("stream" if handler.response_streaming else "unary")
+        return self._deny[shape]

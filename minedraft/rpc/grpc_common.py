@@ -3,6 +3,7 @@ limits), proto <-> Python conversions, and error mapping."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from concurrent import futures
@@ -32,9 +33,50 @@ def setup_logging(level: str = "INFO") -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def make_server(max_workers: int = 16, interceptors=()) -> grpc.Server:
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS,
-                       interceptors=list(interceptors))
+def server_options(max_receive_bytes: int | None = None) -> list:
+    """grpc's Python server sets SO_REUSEPORT by default: a second service on the same port would
+    bind too and take half the connections. Off, so that a port in use fails start-up."""
+    options = dict(GRPC_OPTIONS)
+    options["grpc.so_reuseport"] = 0
+    if max_receive_bytes is not None:
+        options["grpc.max_receive_message_length"] = max_receive_bytes
+    return list(options.items())
+
+
+def make_server(max_workers: int = 16) -> grpc.Server:
+    """A worker service's server (the gateway's is grpc.aio: gateway/server.py)."""
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=server_options())
+
+
+def port_in_use(address: str) -> bool:
+    """Whether something listens on host:port (bound as the services bind: SO_REUSEADDR, no REUSEPORT)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
+def listen(server, address: str, what: str, credentials=None) -> int:
+    """Bind the server's port; a port in use (or any bind failure) ends start-up naming it."""
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+    except RuntimeError:  # newer grpc raises where older ones return 0
+        port = 0
+    if port == 0:
+        raise SystemExit(port_taken(what, address))
+    return port
+
+
+def port_taken(what: str, address: str) -> str:
+    return f"{what}: cannot listen on {address}: the port is in use (or the address is not this host's)"
 
 
 def add_health_and_reflection(server: grpc.Server, service_full_names: list[str]) -> health.HealthServicer:
@@ -121,11 +163,32 @@ def spec_from_proto(msg: worker_pb2.ChannelSpec) -> ChannelSpec:
     return ChannelSpec.from_dict({f.name: getattr(msg, f.name) for f in worker_pb2.ChannelSpec.DESCRIPTOR.fields})
 
 
+# Trailing metadata of a RequestFault: the ids as a JSON list (binary metadata: ids are any strings).
+FAULT_METADATA = "minedraft-request-ids-bin"
+
+
+def request_fault(exc: grpc.RpcError):
+    """The RequestFault a worker sent (INVALID_ARGUMENT naming its requests), or None: any other
+    status is the worker's own failure."""
+    from minedraft.spec.workers import RequestFault
+
+    if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return None
+    for key, value in exc.trailing_metadata() or ():
+        if key == FAULT_METADATA and value:
+            return RequestFault(json.loads(value), exc.details() or "refused by the worker")
+    return None
+
+
 def abort_with(context: grpc.ServicerContext, exc: Exception):
     """Map our exceptions to gRPC status codes (ValueError -> INVALID_ARGUMENT, ...)."""
     from minedraft.rpc.channels import ChannelError
     from minedraft.runner.block_manager import NoRoom
+    from minedraft.spec.workers import RequestFault
 
+    if isinstance(exc, RequestFault):  # one request's data: the caller fails it alone
+        context.set_trailing_metadata(((FAULT_METADATA, json.dumps(exc.request_ids).encode()),))
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, NoRoom):  # the caller preempts and retries: not a failure of the service
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, ValueError):

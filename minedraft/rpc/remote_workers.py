@@ -19,22 +19,32 @@ import grpc
 import torch
 
 from minedraft.config import TimeoutConfig
-from minedraft.rpc.grpc_common import insecure_channel, params_to_proto
-from minedraft.spec.workers import DraftWorker, NewRequest, NoRoom, Proposal, TargetWorker, Verdict
+from minedraft.rpc.grpc_common import insecure_channel, params_to_proto, request_fault
+from minedraft.spec.workers import DraftWorker, NewRequest, NoRoom, Proposal, RequestFault, TargetWorker, Verdict
 from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 
-def _new_requests_proto(requests: list[NewRequest], release_ids: list[str]) -> worker_pb2.AddRequest:
-    return worker_pb2.AddRequest(requests=[
-        worker_pb2.NewRequest(request_id=r.request_id, prompt_ids=r.prompt_ids, params=params_to_proto(r.params),
-                              seed=r.seed, resume=r.resume) for r in requests], release_ids=release_ids)
+def _new_requests_proto(requests: list[NewRequest]) -> worker_pb2.AddRequest:
+    """One message per request, so that a value the wire cannot carry fails its request alone."""
+    out = []
+    for r in requests:
+        try:
+            out.append(worker_pb2.NewRequest(request_id=r.request_id, prompt_ids=r.prompt_ids,
+                                             params=params_to_proto(r.params), seed=r.seed, resume=r.resume))
+        except (ValueError, TypeError) as exc:
+            raise RequestFault([r.request_id], f"request {r.request_id!r} cannot be sent: {exc}") from None
+    return worker_pb2.AddRequest(requests=out)
 
 
 def _raise_no_room(exc: grpc.RpcError) -> None:
     """A worker out of KV blocks answers RESOURCE_EXHAUSTED "no room: ..."; give the scheduler the
-    same NoRoom an in-process worker raises."""
+    same NoRoom an in-process worker raises. A worker that refused some requests (INVALID_ARGUMENT
+    naming them): the same RequestFault."""
     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (exc.details() or "").startswith("no room"):
         raise NoRoom(message=exc.details()) from exc
+    fault = request_fault(exc)
+    if fault is not None:
+        raise fault from exc
 
 
 def _no_room_as_exception(method):
@@ -143,8 +153,11 @@ class _Remote:
         """A blocking call that carries release_ids (held again if it fails)."""
         try:
             return method(request, timeout=timeout)
-        except grpc.RpcError:
+        except grpc.RpcError as exc:
             self._hold_again(release_ids)
+            fault = request_fault(exc)
+            if fault is not None:
+                raise fault from exc
             raise
 
     def close(self):
@@ -164,8 +177,10 @@ class RemoteDraftWorker(_Remote, DraftWorker):
             timeout=30.0)
 
     def add(self, requests):
+        message = _new_requests_proto(requests)  # may raise RequestFault: nothing taken yet
         held = self._take_held()
-        return self._send(self.stub.Add, _new_requests_proto(requests, held), self.prefill_s, held).num_admitted
+        message.release_ids.extend(held)
+        return self._send(self.stub.Add, message, self.prefill_s, held).num_admitted
 
     def propose(self, request_ids, k, updates):
         return self.start_propose(request_ids, k, updates).result()
@@ -191,8 +206,10 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         return reply.transport
 
     def add(self, requests):
+        message = _new_requests_proto(requests)  # may raise RequestFault: nothing taken yet
         held = self._take_held()
-        reply = self._send(self.stub.Add, _new_requests_proto(requests, held), self.prefill_s, held)
+        message.release_ids.extend(held)
+        reply = self._send(self.stub.Add, message, self.prefill_s, held)
         return [None if t < 0 else t for t in reply.first_tokens[:reply.num_admitted]]
 
     def verify(self, proposal: Proposal) -> Verdict:

@@ -18,9 +18,12 @@ from minedraft.rpc.grpc_common import (
     abort_with,
     add_health_and_reflection,
     exit_after,
+    listen,
     log,
     make_server,
     params_from_proto,
+    port_in_use,
+    port_taken,
     set_serving,
     setup_logging,
 )
@@ -28,7 +31,7 @@ from minedraft.rpc.service_metrics import start_service_metrics
 from minedraft.runner import hf_adapter
 from minedraft.runner.model_runner import ModelRunner
 from minedraft.spec.compat import tokenizer_digest
-from minedraft.spec.workers import NewRequest
+from minedraft.spec.workers import NewRequest, RequestFault
 from minedraft.v1 import worker_pb2
 
 
@@ -67,17 +70,24 @@ class WorkerServicerBase:
         return reply
 
     def _new_requests(self, request) -> list[NewRequest]:
+        """Each request checked on its own: a bad one is a RequestFault naming it (it fails alone)."""
         out = []
         for r in request.requests:
-            ids = list(r.prompt_ids)
-            if not ids:
-                raise ValueError(f"prompt_ids: request {r.request_id!r} has an empty prompt")
-            if any(not 0 <= t < self.accepts_ids_below for t in ids):
-                raise ValueError(f"prompt_ids: token id outside the vocabulary [0, {self.accepts_ids_below})")
-            if len(ids) >= self.runner.context_len + (1 if r.resume else 0):
-                raise ValueError(f"prompt_ids: {len(ids)} tokens leave no room in the context")
-            out.append(NewRequest(r.request_id, ids, params_from_proto(r.params), r.seed, resume=r.resume))
+            try:
+                out.append(self._new_request(r))
+            except ValueError as exc:
+                raise RequestFault([r.request_id], f"request {r.request_id!r}: {exc}") from None
         return out
+
+    def _new_request(self, r) -> NewRequest:
+        ids = list(r.prompt_ids)
+        if not ids:
+            raise ValueError("prompt_ids: empty prompt")
+        if any(not 0 <= t < self.accepts_ids_below for t in ids):
+            raise ValueError(f"prompt_ids: token id outside the vocabulary [0, {self.accepts_ids_below})")
+        if len(ids) >= self.runner.context_len + (1 if r.resume else 0):
+            raise ValueError(f"prompt_ids: {len(ids)} tokens leave no room in the context")
+        return NewRequest(r.request_id, ids, params_from_proto(r.params), r.seed, resume=r.resume)
 
     def Release(self, request, context):
         with self.lock:
@@ -112,8 +122,7 @@ def serve(servicer, add_to_server, service_full_name: str, args) -> None:
     add_to_server(servicer, server)
     health = add_health_and_reflection(server, [service_full_name])
     address = f"{args.bind}:{args.port}"
-    if server.add_insecure_port(address) == 0:
-        raise SystemExit(f"{servicer.role}: cannot listen on {address}")
+    listen(server, address, servicer.role)
     server.start()
     set_serving(health, [service_full_name], True)
     log.info("%s serving %s on %s (device %s, transports %s)", servicer.role, servicer.info.model, address,
@@ -137,6 +146,9 @@ def load_runner(config, role: str, lookahead: int) -> tuple[ModelRunner, str]:
     """config: a TargetConfig or DraftConfig (minedraft.config)."""
     model = config.model
     setup_logging(config.service.log_level)
+    address = f"{config.service.bind}:{config.service.port}"
+    if config.service.port and port_in_use(address):  # before the model loads: at once, not in a minute
+        raise SystemExit(port_taken(role, address))
     apply_cpu_placement(config.placement.threads, config.placement.cpu_cores)
     path = model.model
     if not path:

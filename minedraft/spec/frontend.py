@@ -77,6 +77,7 @@ class Frontend:
                  words: PromptWords = ENGINE_WORDS):
         self.sink, self.tokenizer, self.eos_ids, self.words = sink, tokenizer, tuple(eos_ids), words
         self._vocab_size, self._context_len, self._model = vocab_size, context_len, model
+        self._max_token_bytes: int | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -98,7 +99,19 @@ class Frontend:
             raise ValueError(f"prompt: must not be empty{self.words.empty_hint}")
         if self.tokenizer is None:
             raise ValueError(f"prompt: {self.words.holder} has no tokenizer; {self.words.instead}")
+        at_least = len(prompt.encode("utf-8", "surrogatepass")) // self._longest_token_bytes()
+        if at_least >= self.context_len:  # refused without tokenising it (seconds for megabytes)
+            raise ValueError(f"prompt: {len(prompt)} characters make at least {at_least} tokens, more than the "
+                             f"model's context of {self.context_len}")
         return self.tokenizer.encode(prompt, add_special_tokens=True)
+
+    def _longest_token_bytes(self) -> int:
+        """No token covers more bytes of text than this: bytes // it is a lower bound on the tokens."""
+        if self._max_token_bytes is None:
+            vocab = getattr(self.tokenizer, "get_vocab", dict)()
+            # byte-level BPE spells each byte as one character; a generous floor for other schemes
+            self._max_token_bytes = max([4 * len(t) for t in vocab] + [64])
+        return self._max_token_bytes
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""

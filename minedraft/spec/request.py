@@ -20,6 +20,7 @@ class Request:
     output_ids: list[int] = dataclasses.field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     error: str | None = None  # why, when finish_reason is "error"
+    fault: bool = False  # the error was the request's own (a worker refused its data), not a worker's
     num_drafted: int = 0
     num_accepted: int = 0
     arrival_s: float = dataclasses.field(default_factory=time.perf_counter)

@@ -25,6 +25,20 @@ class WorkerFailureHandling:
         self._clear_schedule()
         return failed
 
+    def fail_alone(self, fault) -> list[str]:
+        """A RequestFault: its requests finish with that error (flagged `fault`: they, not a worker,
+        were at fault) and every other running request goes back to the queue to resume from its
+        committed tokens, since the step that raised left the workers mid-way. Returns the ids the
+        workers may hold, for the caller to release."""
+        culprits = set(fault.request_ids)
+        for req in list(self.waiting) + list(self.running.values()):
+            if req.request_id in culprits and not req.finished:
+                req.finish("error", str(fault))
+                req.fault = True
+        held = list(self.running) + [r.request_id for r in self.waiting]
+        self.requeue_all_for_resume()
+        return held
+
     def requeue_all_for_resume(self) -> int:
         """A worker restarted (its KV cache is gone): every running request goes back to the front of
         the queue, to be re-prefilled from its prompt and committed tokens on the new worker. The

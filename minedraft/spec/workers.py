@@ -8,7 +8,8 @@ wait for the worker's next call (a request that finished while a step's calls ar
 worker sends the ids with its next Add/Propose/Verify/Decode, which applies them first, rather than
 a Release that would wait for the call in flight; `flush_releases` sends what is still held).
 A step that needs KV blocks the worker does not have raises `NoRoom` and changes nothing; the
-scheduler then preempts a request.
+scheduler then preempts a request. A request the worker cannot take (a bad value, a row that raised)
+raises `RequestFault` naming it: that request fails alone.
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ def completed(fn, *args) -> Future:
     except Exception as exc:  # noqa: BLE001 - raised by .result(), where the caller expects it
         future.set_exception(exc)
     return future
+
+
+class RequestFault(ValueError):
+    """A failure that belongs to some requests, not to the worker (a value it refuses, a row that
+    raised): the gateway fails those requests alone and the others go on. Over gRPC it travels as
+    INVALID_ARGUMENT with the ids in the `minedraft-request-ids` trailing metadata."""
+
+    def __init__(self, request_ids, message: str):
+        super().__init__(message)
+        self.request_ids = list(request_ids)
 
 
 class NoDraftAvailable(RuntimeError):
