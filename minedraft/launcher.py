@@ -72,6 +72,7 @@ class LocalCluster:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         out = None
         if self.log_dir:  # appended: a restarted child's log follows the one it replaces
+            os.makedirs(self.log_dir, exist_ok=True)
             out = open(os.path.join(self.log_dir, f"{name}.log"), "a")
         self.procs[name] = subprocess.Popen(self.commands[name], env=env, stdout=out,
                                             stderr=subprocess.STDOUT if out else None,
