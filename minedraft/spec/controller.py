@@ -21,10 +21,9 @@ takes over, and auto's first steps need no warm-up.
   them are kept while one more is expected to add tokens faster than the step makes them (its
   calibrated acceptance probability against the verify's cost of one more token).
 With nothing measured, the first steps try a few k (0 included) so that every term of the fit is
-identified; every EXPLORE_EVERY-th step tries the least measured neighbour of the best k (every
-fourth time, the other regime: k = 0, or k = 1 from 0) so that the measurements stay current; a change of
-k needs HYSTERESIS better goodput. Deterministic given its inputs; per step a few hundred float
-operations. A regime change (speculating or not, held for REGIME_PERSIST decisions) is logged once at INFO.
+identified; then exploration keeps the measurements current (see `_pick`), speculating needs
+SPECULATE_MARGIN better goodput than k = 0 and a change between two k > 0 HYSTERESIS. Deterministic
+given its inputs; per step a few hundred float operations. A regime change (speculating or not, held for REGIME_PERSIST decisions) is logged once at INFO.
 
 Exactness is untouched: k and the budget depend on past steps and on draft-side information only.
 """
@@ -44,6 +43,9 @@ log = logging.getLogger("minedraft.spec")
 
 WARMUP_KS = (0, 1, 2, 4)  # one step each, in this order, before the model decides
 EXPLORE_EVERY = 16  # a neighbour of the best k (cheap: it is nearly as good)
+EXPLORE_IDLE_EVERY = 64  # target-only: the best k > 0 (dearer: the draft catches up on what it skipped)
+SPECULATE_MARGIN = 0.05  # speculating must beat target-only by this much
+KNOWN_TRIALS = 64.0  # drafts at position 1 (decayed) before the acceptance counts as known
 EXPLORE_PIPELINE_EVERY = 64  # psd while merged: three pipeline steps (dearer: half-batch steps)
 HYSTERESIS = 0.03
 REGIME_PERSIST = 8  # decisions a new regime (speculating or not) must last before it is logged
@@ -236,15 +238,28 @@ class SpeculationController(_Feeding):
         return None
 
     def _pick(self, goodput: list[float], k_max: int, family: str, rows: int) -> int:
-        """The best k (a change needs HYSTERESIS), or on an exploration step the neighbour of it that
-        was measured least."""
-        best = max(range(len(goodput)), key=lambda k: (goodput[k], -k))
-        if self.best is not None and self.best <= k_max and goodput[best] <= goodput[self.best] * (1 + HYSTERESIS):
-            best = self.best
+        """The best k, or on an exploration step another one. Speculating must beat k = 0 by
+        SPECULATE_MARGIN (its costs outside the step: the draft's prefill at admission, its catch-up
+        after target-only steps, the risk of a noisy estimate; target-only never loses to ar); among
+        k > 0 a change needs HYSTERESIS. Exploring: while speculating, the least measured neighbour
+        every EXPLORE_EVERY decisions and k = 0 every fourth time; while target-only, the best k > 0
+        every EXPLORE_IDLE_EVERY decisions once the acceptance is known (each such step makes the
+        draft catch up on the tokens it skipped), every EXPLORE_EVERY until then."""
+        spec = max(range(1, k_max + 1), key=lambda k: (goodput[k], -k), default=0)
+        if spec and self.best is not None and 1 <= self.best <= k_max and \
+                goodput[spec] <= goodput[self.best] * (1 + HYSTERESIS):
+            spec = self.best
+        best = spec if spec and goodput[spec] > goodput[0] * (1 + SPECULATE_MARGIN) else 0
         self.best = best
+        if best == 0:
+            # rarely, once the acceptance is known; as often as while speculating until it is
+            every = EXPLORE_IDLE_EVERY if self.acceptance.trials[0] >= KNOWN_TRIALS else EXPLORE_EVERY
+            if spec and self.decisions % every == every - 1:
+                return spec
+            return 0
         if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1:
-            if (self.decisions // EXPLORE_EVERY) % 4 == 3 and goodput[0] > 0.0:  # now and then the other regime
-                return 0 if best > 0 else min(1, k_max)
+            if (self.decisions // EXPLORE_EVERY) % 4 == 3:
+                return 0
             near = [k for k in (best - 1, best + 1) if 1 <= k <= k_max]
             if near:
                 return min(near, key=lambda k: (self.periods.count(family, rows, k), -goodput[k]))
