@@ -43,6 +43,7 @@ class Engine:
                  full_q: bool = True, q_dtype: str = "float32", kv_cache_memory: float | None = None,
                  gpu_memory_utilization: float = 0.9, max_num_batched_tokens: int | None = None, block_size: int = 16,
                  num_kv_blocks: int | None = None, cuda_graphs: bool | None = None,
+                 enable_prefix_caching: bool = True,
                  cpu_threads_per_model: int | None = EngineConfig.cpu_threads_per_model):
         if target is None:
             target, default_draft = default_model_paths()
@@ -56,7 +57,7 @@ class Engine:
             max_model_len=max_model_len, kv_cache_memory=kv_cache_memory,
             gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
             block_size=block_size, num_kv_blocks=num_kv_blocks, cuda_graphs=cuda_graphs,
-            cpu_threads_per_model=cpu_threads_per_model)
+            enable_prefix_caching=enable_prefix_caching, cpu_threads_per_model=cpu_threads_per_model)
         lookahead = config.capacity_k + 2  # auto: the KV room of the largest k it may pick
         # Target and draft each get the budget (kv_cache_memory / gpu_memory_utilization) on their device.
         memory = config.cache_kwargs()

@@ -118,6 +118,8 @@ class CacheConfig:
                                        shown="from the memory budget")
     cuda_graphs: bool | None = option(None, "CUDA graphs for decode, draft and verify steps",
                                       shown="off until a GPU run has exercised them, see the README's GPU section")
+    enable_prefix_caching: bool = option(True, "automatic prefix caching: full KV blocks of committed tokens are "
+                                               "shared by requests that start with them, and kept until evicted")
 
     def __post_init__(self):
         _int_in("max_num_seqs", self.max_num_seqs, 1)
@@ -131,6 +133,8 @@ class CacheConfig:
         _int_in("num_kv_blocks", self.num_kv_blocks, 2, optional=True)
         if self.cuda_graphs not in (None, True, False):
             raise ValueError(f"cuda_graphs: must be True, False or None, got {self.cuda_graphs!r}")
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise ValueError(f"enable_prefix_caching: must be True or False, got {self.enable_prefix_caching!r}")
 
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
