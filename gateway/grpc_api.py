@@ -93,7 +93,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if request.reset:
             self._require_operator(context, "GetStats with reset")
         m = self.conn.loop.stats(request.reset)
-        return stats_to_proto(m, self.conn.loop.scheduler.mode)
+        stats = stats_to_proto(m, self.conn.loop.scheduler.mode)
+        for name, worker in worker_list(self.conn.workers):
+            try:
+                i = worker.info(timeout=1.0)
+            except Exception:  # noqa: BLE001 - a worker away right now is left out, the rest still answer
+                continue
+            stats.prefix_cache[name].CopyFrom(gateway_pb2.PrefixCacheStats(
+                prefix_cache_queries=i.prefix_cache_queries, prefix_cache_hits=i.prefix_cache_hits))
+        return stats
+
+
+def worker_list(workers) -> list[tuple[str, object]]:
+    """(name, worker) of the target and every draft node the pool holds now."""
+    out = [("target", workers.target)]
+    if workers.draft is not None:
+        out += [(f"draft {address}", node) for address, node in list(workers.draft.nodes.items())]
+    return out
 
 
 def stats_to_proto(m, mode: str) -> gateway_pb2.Stats:

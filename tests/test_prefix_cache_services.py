@@ -9,12 +9,11 @@ import time
 
 import grpc
 import pytest
+from test_recovery import K, Stack
 
 from minedraft import Engine, SamplingParams
 from minedraft.client import MineDraftClient
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
-
-from test_recovery import K, Stack
 
 SYSTEM = [1] + [(13 * j) % 400 + 7 for j in range(70)]
 PROMPTS = [SYSTEM + [(5 * i + 3 * j) % 90 + 11 for j in range(3 + i % 4)] for i in range(6)]
@@ -85,6 +84,10 @@ def test_streams_equal_in_process_without_caching(stack, mode):
         queries = after[role].prefix_cache_queries - before[role].prefix_cache_queries
         assert hits >= 64 * len(PROMPTS) * 2 and queries > hits  # the system prompt's 4 blocks, every request
     assert after["target"].num_free_kv_blocks == after["target"].num_kv_blocks  # nothing leaked
+    with MineDraftClient(gateway) as client:  # GetStats: per worker, as the workers count them
+        per_worker = client.stats().prefix_cache
+    assert per_worker["target"].prefix_cache_hits >= after["target"].prefix_cache_hits
+    assert per_worker[f"draft {stack.addr['draft']}"].prefix_cache_queries >= after["draft"].prefix_cache_queries
 
 
 def test_target_restart_mid_stream_resumes_identically_and_caches_again(tmp_path):
