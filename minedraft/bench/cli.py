@@ -48,6 +48,7 @@ import tempfile
 import time
 import types
 
+from minedraft.bench import chat as bench_chat
 from minedraft.bench import matrix as bench_matrix
 from minedraft.bench.machine import machine_info
 from minedraft.bench.runners import (
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny settings for tests: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     p.add_argument("--no-progress", dest="progress", action="store_false")
     bench_matrix.add_arguments(p)
+    bench_chat.add_arguments(p)
     return p
 
 
@@ -418,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     import grpc
 
     try:
+        if args.chat:  # a scenario of its own: not part of the default run's time budget
+            report = bench_chat.run(args)
+            print(bench_chat.format_chat(report), flush=True)
+            if args.json:
+                with open(args.json, "w", encoding="utf-8") as f:
+                    json.dump({"chat": report}, f, indent=1)
+            return 0
         report = run(args)
     except BenchError as exc:
         print(f"minedraft bench: FAILED consistency check: {exc}", file=sys.stderr, flush=True)
