@@ -43,7 +43,7 @@ class Engine:
                  full_q: bool = True, q_dtype: str = "float32", kv_cache_memory: float | None = None,
                  gpu_memory_utilization: float = 0.9, max_num_batched_tokens: int | None = None, block_size: int = 16,
                  num_kv_blocks: int | None = None, cuda_graphs: bool | None = None,
-                 enable_prefix_caching: bool = True,
+                 enable_prefix_caching: bool = True, prefill_chunk_tokens: int = EngineConfig.prefill_chunk_tokens,
                  cpu_threads_per_model: int | None = EngineConfig.cpu_threads_per_model):
         if target is None:
             target, default_draft = default_model_paths()
@@ -57,7 +57,8 @@ class Engine:
             max_model_len=max_model_len, kv_cache_memory=kv_cache_memory,
             gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
             block_size=block_size, num_kv_blocks=num_kv_blocks, cuda_graphs=cuda_graphs,
-            enable_prefix_caching=enable_prefix_caching, cpu_threads_per_model=cpu_threads_per_model)
+            enable_prefix_caching=enable_prefix_caching, prefill_chunk_tokens=prefill_chunk_tokens,
+            cpu_threads_per_model=cpu_threads_per_model)
         lookahead = config.capacity_k + 2  # auto: the KV room of the largest k it may pick
         # Target and draft each get the budget (kv_cache_memory / gpu_memory_utilization) on their device.
         memory = config.cache_kwargs()
@@ -79,7 +80,8 @@ class Engine:
         self.context_len = min(r.context_len for r in (self.target_runner, self.draft_runner) if r is not None)
         self.vocab_size = cfg.vocab_size
         self.scheduler = Scheduler(LocalTargetWorker(self.target_runner), draft_worker, mode,
-                                   num_speculative_tokens, max_num_seqs, max_k=max_k)
+                                   num_speculative_tokens, max_num_seqs, max_k=max_k,
+                                   prefill_chunk_tokens=prefill_chunk_tokens)
         # On CPU, each thread that runs a model gets cpu_threads_per_model intra-op threads (placement.py).
         self.threads_per_model = threads_per_model(config)
         if self.threads_per_model is not None:

@@ -22,6 +22,7 @@ TRANSPORT_CHOICES = ("auto",) + TRANSPORTS
 Q_DTYPES = ("float32", "bfloat16")
 PORTS = {"gateway": 50051, "target": 50052, "draft": 50053}
 MAX_NUM_SEQS = 64
+PREFILL_CHUNK_TOKENS = 256  # staged prefill of long prompts (minedraft/spec/staged_prefill.py)
 HTTP_PORT_ENV = "MINEDRAFT_HTTP_PORT"
 
 
@@ -171,11 +172,15 @@ class SpeculationConfig:
                                        "--max-k bounds it too)")
     transport: str = option("auto", "force the token channel's transport", choices=TRANSPORT_CHOICES,
                             shown="auto: the best both ends support")
+    prefill_chunk_tokens: int = option(PREFILL_CHUNK_TOKENS, "schedule: a prompt longer than twice this is "
+                                       "prefilled this many tokens per step before it is admitted, so that the "
+                                       "running streams never wait for a whole long prompt (0: whole prompts)")
 
     def __post_init__(self):
         check_mode_and_k(self.mode, self.k, has_draft=True)  # the draft's presence is checked by the owner
         check_max_k(self.max_k)
         _one_of("transport", self.transport, TRANSPORT_CHOICES)
+        _int_in("prefill_chunk_tokens", self.prefill_chunk_tokens, 0)
 
     @property
     def capacity_k(self) -> int:
@@ -389,6 +394,7 @@ class EngineConfig:
     # On CPU with a draft: torch intra-op threads of each thread that runs a model (None: torch's own);
     # one avoids two models' OpenMP teams spinning against each other (minedraft/spec/placement.py).
     cpu_threads_per_model: int | None = 1
+    prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS  # see SpeculationConfig
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self):
@@ -396,6 +402,7 @@ class EngineConfig:
         check_max_k(self.max_k)
         _one_of("q_dtype", self.q_dtype, Q_DTYPES)
         _int_in("cpu_threads_per_model", self.cpu_threads_per_model, 1, optional=True)
+        _int_in("prefill_chunk_tokens", self.prefill_chunk_tokens, 0)
 
     @property
     def capacity_k(self) -> int:
