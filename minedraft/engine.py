@@ -81,7 +81,8 @@ class Engine:
         self.vocab_size = cfg.vocab_size
         self.scheduler = Scheduler(LocalTargetWorker(self.target_runner), draft_worker, mode,
                                    num_speculative_tokens, max_num_seqs, max_k=max_k,
-                                   prefill_chunk_tokens=prefill_chunk_tokens)
+                                   # staging rides on the prefix cache (see staged_prefill.py)
+                                   prefill_chunk_tokens=prefill_chunk_tokens if enable_prefix_caching else 0)
         # On CPU, each thread that runs a model gets cpu_threads_per_model intra-op threads (placement.py).
         self.threads_per_model = threads_per_model(config)
         if self.threads_per_model is not None:

@@ -117,3 +117,22 @@ def test_target_restart_mid_stream_resumes_identically_and_caches_again(tmp_path
         assert info(stack.addr["target"], "target").prefix_cache_hits - fresh.prefix_cache_hits >= 64
     finally:
         stack.stop()
+
+
+def test_long_prompt_staged_over_the_services_gives_the_same_tokens(tmp_path):
+    """--prefill-chunk-tokens 64 on the gateway: a 300-token prompt arriving beside running streams is
+    prefilled in stand-in chunks on both workers; every stream's tokens are whole-prompt admission's."""
+    stack = Stack(tmp_path, gateway_flags=("--prefill-chunk-tokens", "64"))
+    try:
+        long_prompt = [1] + [(7 * j) % 300 + 5 for j in range(300)]
+        prompts = PROMPTS[:4] + [long_prompt]
+        engine = Engine(mode="psd", num_speculative_tokens=K, enable_prefix_caching=False, prefill_chunk_tokens=0)
+        want = [r.token_ids for r in engine.generate(prompts, GREEDY)]
+        tokens, errors, threads = stream_all(stack.addr["gateway"], GREEDY, prompts)
+        join(threads)
+        assert errors == [None] * len(prompts)
+        assert tokens == want
+        target = info(stack.addr["target"], "target")
+        assert target.prefix_cache_hits >= 256 and target.num_free_kv_blocks == target.num_kv_blocks
+    finally:
+        stack.stop()

@@ -146,7 +146,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
 
     def _admit(self, touched) -> None:
         new = []
-        while self.waiting and len(self.running) + len(new) < self.max_num_seqs:
+        while (self.waiting and len(self.running) + len(new) < self.max_num_seqs
+               and not self.must_stage(self.waiting[0])):  # a long prompt waits to be staged
             new.append(self.waiting.popleft())
         if not new:
             return

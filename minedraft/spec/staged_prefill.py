@@ -8,7 +8,7 @@ request itself, admitted once at most C tokens are left, finds them all: running
 one chunk per step, never for a whole prompt. Why this shape (see the README): it needs no new worker
 call and no mixed prefill-and-decode forward; the chunk is a step's extra work, bounded by C.
 It relies on prefix caching (without it each stand-in recomputes from the start: correct, slower).
-One request is staged at a time; the queue behind it is admitted as usual meanwhile.
+One request is staged at a time; meanwhile admission takes the queue in order up to the next long one.
 """
 
 from __future__ import annotations
@@ -64,17 +64,21 @@ class StagedPrefill:
         if len(st.prompt) - n <= chunk:  # the rest is prefilled at its admission, this very step
             self._end_staging()
 
+    def must_stage(self, req: Request) -> bool:
+        """Whether req is long enough to be staged before admission (and was not yet)."""
+        chunk = self.prefill_chunk_tokens
+        return (bool(chunk) and not req.finished and not getattr(req, "staged", False)
+                and len(req.prompt_ids) + len(req.output_ids) > 2 * chunk)
+
     def _start_staging(self, chunk: int) -> _Staging | None:
-        if not chunk or not self.waiting or len(self.running) >= self.max_num_seqs:
+        """Take the first long request of the queue (admission stops at a long one meanwhile)."""
+        if not chunk or len(self.running) >= self.max_num_seqs:
             return None
-        head = self.waiting[0]
-        if head.finished or getattr(head, "staged", False):
+        head = next((r for r in self.waiting if self.must_stage(r)), None)
+        if head is None:
             return None
-        prompt = head.worker_request().prompt_ids
-        if len(prompt) <= 2 * chunk:
-            return None
-        self.waiting.popleft()
-        self._staging = _Staging(head, prompt)
+        self.waiting.remove(head)
+        self._staging = _Staging(head, head.worker_request().prompt_ids)
         return self._staging
 
     def _add_stand_in(self, stand_in: NewRequest) -> bool:
