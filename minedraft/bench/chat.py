@@ -122,7 +122,7 @@ async def multi_turn(address: str, args, system: list[int], users: list[list[lis
         await client.close()
 
 
-def start(args, caching: bool, log_dir: str):
+def start(args, caching: bool, log_dir: str, **flags):
     import types
 
     from minedraft.bench.cli import free_port, service_max_num_seqs
@@ -132,7 +132,7 @@ def start(args, caching: bool, log_dir: str):
                                bind_workers="127.0.0.1", target_port=free_port(), draft_port=free_port(),
                                port=free_port(), bind="127.0.0.1", mode=args.chat_mode, k=args.k,
                                transport=args.transport, pin=args.pin, max_num_seqs=service_max_num_seqs(args),
-                               http_port=0, enable_prefix_caching=caching)
+                               http_port=0, enable_prefix_caching=caching, **flags)
     cluster = LocalCluster(service_commands(ns), log_dir=log_dir)
     cluster.start()
     cluster.addresses = {"target": f"127.0.0.1:{ns.target_port}", "draft": f"127.0.0.1:{ns.draft_port}",

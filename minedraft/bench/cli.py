@@ -49,6 +49,7 @@ import time
 import types
 
 from minedraft.bench import chat as bench_chat
+from minedraft.bench import long_prompt as bench_long
 from minedraft.bench import matrix as bench_matrix
 from minedraft.bench.machine import machine_info
 from minedraft.bench.runners import (
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     bench_matrix.add_arguments(p)
     bench_chat.add_arguments(p)
+    bench_long.add_arguments(p)
     return p
 
 
@@ -420,12 +422,17 @@ def main(argv: list[str] | None = None) -> int:
     import grpc
 
     try:
-        if args.chat:  # a scenario of its own: not part of the default run's time budget
-            report = bench_chat.run(args)
-            print(bench_chat.format_chat(report), flush=True)
+        if args.chat or args.long_prompt:  # scenarios of their own: not in the default run's time budget
+            report = {}
+            if args.chat:
+                report["chat"] = bench_chat.run(args)
+                print(bench_chat.format_chat(report["chat"]), flush=True)
+            if args.long_prompt:
+                report["long_prompt"] = bench_long.run(args)
+                print(bench_long.format_long(report["long_prompt"]), flush=True)
             if args.json:
                 with open(args.json, "w", encoding="utf-8") as f:
-                    json.dump({"chat": report}, f, indent=1)
+                    json.dump(report, f, indent=1)
             return 0
         report = run(args)
     except BenchError as exc:
