@@ -13,6 +13,7 @@ of t/n, as the gateway's histogram does), throughput, and the target's prefix-ca
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -122,7 +123,7 @@ async def multi_turn(address: str, args, system: list[int], users: list[list[lis
         await client.close()
 
 
-def start(args, caching: bool, log_dir: str, **flags):
+def start(args, caching: bool, log_dir: str, log_name: str = "", **flags):
     import types
 
     from minedraft.bench.cli import free_port, service_max_num_seqs
@@ -133,6 +134,8 @@ def start(args, caching: bool, log_dir: str, **flags):
                                port=free_port(), bind="127.0.0.1", mode=args.chat_mode, k=args.k,
                                transport=args.transport, pin=args.pin, max_num_seqs=service_max_num_seqs(args),
                                http_port=0, enable_prefix_caching=caching, **flags)
+    log_dir = os.path.join(log_dir, log_name) if log_name else log_dir
+    os.makedirs(log_dir, exist_ok=True)
     cluster = LocalCluster(service_commands(ns), log_dir=log_dir)
     cluster.start()
     cluster.addresses = {"target": f"127.0.0.1:{ns.target_port}", "draft": f"127.0.0.1:{ns.draft_port}",

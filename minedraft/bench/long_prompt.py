@@ -16,6 +16,8 @@ import time
 
 from minedraft.bench.chat import percentile, start, text_ids
 
+SETTLE_S = 0.3  # the long prompt comes this long after every stream has its first tokens
+
 
 def add_arguments(p) -> None:
     g = p.add_argument_group("long-prompt scenario (--long-prompt: runs it instead of the default bench)")
@@ -24,6 +26,7 @@ def add_arguments(p) -> None:
     g.add_argument("--long-prompt-tokens", type=int, default=470, help="tokens of the long prompt")
     g.add_argument("--long-chunk", type=int, default=64, help="--prefill-chunk-tokens of the staged run")
     g.add_argument("--long-stream-tokens", type=int, default=96, help="tokens each running stream generates")
+    g.add_argument("--long-rounds", type=int, default=3, help="rounds of each, interleaved (medians reported)")
 
 
 async def scenario(address: str, args, shorts: list[list[int]], long_prompt: list[int]) -> dict:
@@ -52,7 +55,7 @@ async def scenario(address: str, args, shorts: list[list[int]], long_prompt: lis
         async def long_one():
             for e in started:
                 await e.wait()
-            await asyncio.sleep(0.2)  # the streams are in their stride
+            await asyncio.sleep(SETTLE_S)  # the streams are in their stride
             window["start"] = time.perf_counter()
             async for chunk in client.generate(long_prompt, max_tokens=8, temperature=0.0, ignore_eos=True,
                                                request_id="long"):
@@ -65,31 +68,44 @@ async def scenario(address: str, args, shorts: list[list[int]], long_prompt: lis
     during = [g for t, g in gaps if window["start"] <= t <= window["end"] + 1e-3]
     all_gaps = [g for _, g in gaps]
     span = window["end"] - window["start"]
-    before = [t for t, _ in gaps if window["start"] - span <= t < window["start"]]
+    before = [t for t, _ in gaps if window["start"] - SETTLE_S <= t < window["start"]]
     return dict(itl_p50_s=percentile(all_gaps, 50), itl_p99_during_s=percentile(during, 99),
                 itl_max_during_s=max(during, default=0.0), long_ttft_s=span,
                 # the running streams' tokens per second while it is prefilled, and just before it came
                 stream_tok_s_during=len(during) / span if span else 0.0,
-                stream_tok_s_before=len(before) / span if span else 0.0)
+                stream_tok_s_before=len(before) / SETTLE_S)
 
 
 def run(args) -> dict:
+    import statistics
+
     from minedraft.runner import hf_adapter
 
     tok = hf_adapter.load_tokenizer(args.target)
     shorts = [text_ids(tok, 12, offset=3 + i) for i in range(args.long_streams)]
     long_prompt = text_ids(tok, args.long_prompt_tokens, offset=60)
     out = {"settings": dict(streams=args.long_streams, long_prompt_tokens=len(long_prompt), mode=args.chat_mode,
-                            stream_tokens=args.long_stream_tokens), "runs": {}}
-    for chunk in (0, args.long_chunk):
-        with tempfile.TemporaryDirectory() as log_dir:
-            cluster = start(args, True, log_dir, prefill_chunk_tokens=chunk)
-            try:
-                result = asyncio.run(scenario(cluster.addresses["gateway"], args, shorts, long_prompt))
-            finally:
+                            stream_tokens=args.long_stream_tokens, rounds=args.long_rounds), "runs": {}}
+    names = {0: "whole", args.long_chunk: f"staged-{args.long_chunk}"}
+    with tempfile.TemporaryDirectory() as log_dir:
+        clusters = {}
+        try:
+            for chunk in names:  # both up at once: their rounds interleave, so load changes hit both alike
+                clusters[chunk] = start(args, True, f"{log_dir}", prefill_chunk_tokens=chunk, log_name=str(chunk))
+            rounds = {chunk: [] for chunk in names}
+            for r in range(args.long_rounds):
+                for chunk, cluster in clusters.items():
+                    tagged = [[r + 5] + s[1:] for s in shorts]  # new prompts each round: nothing cached before
+                    rounds[chunk].append(asyncio.run(scenario(cluster.addresses["gateway"], args, tagged,
+                                                              [r + 5] + long_prompt[1:])))
+        finally:
+            for cluster in clusters.values():
                 cluster.stop()
-        result["itl_p99_during_over_p50"] = result["itl_p99_during_s"] / result["itl_p50_s"]
-        out["runs"]["whole" if chunk == 0 else f"staged-{chunk}"] = result
+    for chunk, results in rounds.items():
+        med = {key: statistics.median(x[key] for x in results) for key in results[0]}
+        med["itl_p99_during_over_p50"] = med["itl_p99_during_s"] / med["itl_p50_s"] if med["itl_p50_s"] else None
+        med["rounds"] = results
+        out["runs"][names[chunk]] = med
     return out
 
 
