@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import torch
+
 from minedraft.config import DEFAULT_MAX_K, EngineConfig
 from minedraft.runner import hf_adapter
 from minedraft.runner.model_runner import ModelRunner
@@ -79,7 +81,9 @@ class Engine:
         # A request must fit both caches (a draft's budget may allow a shorter max_model_len).
         self.context_len = min(r.context_len for r in (self.target_runner, self.draft_runner) if r is not None)
         self.vocab_size = cfg.vocab_size
-        self.scheduler = Scheduler(LocalTargetWorker(self.target_runner), draft_worker, mode,
+        # With a thread count per model, a long prefill still gets torch's own (placement.py).
+        prefill_threads = torch.get_num_threads() if threads_per_model(config) is not None else None
+        self.scheduler = Scheduler(LocalTargetWorker(self.target_runner, prefill_threads), draft_worker, mode,
                                    num_speculative_tokens, max_num_seqs, max_k=max_k,
                                    # staging rides on the prefix cache (see staged_prefill.py)
                                    prefill_chunk_tokens=prefill_chunk_tokens if enable_prefix_caching else 0)

@@ -19,6 +19,7 @@ from minedraft.runner.block_manager import NoRoom
 from minedraft.runner.model_runner import ModelRunner
 from minedraft.runner.transfer import host_tensor, to_device
 from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample, sample_tensor, step_seed
+from minedraft.spec.placement import PREFILL_THREADS_MIN_TOKENS, threads_for
 from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.verification import check_lengths, verify_batch
 from minedraft.spec.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
@@ -298,8 +299,9 @@ class LocalDraftWorker(DraftWorker):
 
 
 class LocalTargetWorker(TargetWorker):
-    def __init__(self, runner: ModelRunner):
+    def __init__(self, runner: ModelRunner, prefill_threads: int | None = None):
         self.runner = runner
+        self.prefill_threads = prefill_threads  # intra-op threads of a long prefill (placement.py)
         self.book = _RowBook(runner, TARGET_STREAM)
         self.context_len = runner.context_len
         self.vocab_size = runner.vocab_size
@@ -307,7 +309,9 @@ class LocalTargetWorker(TargetWorker):
     def add(self, requests):
         admitted = self.book.admit(requests)
         first: dict[int, int] = {}
-        states = self.book.add_all(admitted, lambda st, reqs: self._prefill(st, reqs, first))
+        long = sum(len(r.prompt_ids) for r, _ in admitted) >= PREFILL_THREADS_MIN_TOKENS
+        with threads_for(self.prefill_threads if long else None):
+            states = self.book.add_all(admitted, lambda st, reqs: self._prefill(st, reqs, first))
         return [first.get(id(s)) for s in states]
 
     def _prefill(self, states, requests, first: dict[int, int]) -> None:
