@@ -54,7 +54,7 @@ class StagedPrefill:
         try:
             admitted = self._add_stand_in(stand_in)
         except Exception:
-            self._end_staging()  # a worker failed: the request waits at the front, unstaged
+            self._end_staging(staged=False)  # a worker failed: the request waits at the front, to start over
             raise
         if not admitted:  # no room for it: the request is admitted whole, as without staging
             self._end_staging()
