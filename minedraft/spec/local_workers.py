@@ -309,10 +309,14 @@ class LocalTargetWorker(TargetWorker):
     def add(self, requests):
         admitted = self.book.admit(requests)
         first: dict[int, int] = {}
-        long = sum(len(r.prompt_ids) for r, _ in admitted) >= PREFILL_THREADS_MIN_TOKENS
-        with threads_for(self.prefill_threads if long else None):
-            states = self.book.add_all(admitted, lambda st, reqs: self._prefill(st, reqs, first))
+        states = self.book.add_all(admitted, lambda st, reqs: self._prefill(st, reqs, first))
         return [first.get(id(s)) for s in states]
+
+    def _forward_prefill(self, rows, tokens):
+        """A row with a long prefill runs at prefill_threads (many short ones keep theirs)."""
+        long = max(len(t) for t in tokens) >= PREFILL_THREADS_MIN_TOKENS
+        with threads_for(self.prefill_threads if long else None):
+            return self.runner.forward(rows, tokens)
 
     def _prefill(self, states, requests, first: dict[int, int]) -> None:
         """Prefill what each row's cached prefix does not hold; sample the first token of fresh rows."""
@@ -322,11 +326,11 @@ class LocalTargetWorker(TargetWorker):
         resumed = [(s, r) for s, r in zip(states, requests) if r.resume]
         rows, tokens = self.book.context([s for s, _ in resumed], [r for _, r in resumed], -1)
         if rows:
-            self.runner.forward(rows, tokens)
+            self._forward_prefill(rows, tokens)
         if fresh:
             new_states = [s for s, _ in fresh]
             rows, tokens = self.book.context(new_states, [r for _, r in fresh], 0)  # never empty: see allocate
-            logits = self.runner.forward(rows, tokens)
+            logits = self._forward_prefill(rows, tokens)
             params = [s.params for s in new_states]
             sampled = sample(probs_from_logits(logits, params), params, [s.generator for s in new_states])
             for s, t in zip(new_states, sampled):

@@ -35,7 +35,7 @@ import torch
 # done), so the in-process target prefills at torch's own threads, not cpu_threads_per_model: measured
 # with a Qwen3-0.6B-shaped target, a 2,000-token prompt + 7 short ones in psd took 2.4x transformers'
 # time for the long prompt alone at one thread, 1.1x at torch's two (README, "Memory and long prompts").
-PREFILL_THREADS_MIN_TOKENS = 1024  # below it, two teams spinning beside each other cost more (above)
+PREFILL_THREADS_MIN_TOKENS = 256  # uncached tokens of one row (an admission of many short ones keeps one)
 
 
 def threads_per_model(config) -> int | None:
