@@ -61,3 +61,12 @@ def test_abort_while_staged_ends_it_and_frees_everything():
     assert finished[long_id].finish_reason == "abort" and finished[short].finish_reason == "length"
     for runner in (engine.target_runner, engine.draft_runner):
         assert runner.blocks.num_free == runner.blocks.num_usable
+
+
+def test_up_turns_staging_off_without_prefix_caching():
+    from minedraft.config import UpConfig
+    from minedraft.config.flags import from_flat
+
+    assert from_flat(UpConfig, {}).gateway_config().speculation.prefill_chunk_tokens == 256
+    off = from_flat(UpConfig, {"enable_prefix_caching": False}).gateway_config()
+    assert off.speculation.prefill_chunk_tokens == 0

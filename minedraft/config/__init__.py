@@ -364,9 +364,12 @@ class UpConfig:
                                   transport=self.speculation.transport))
 
     def gateway_config(self) -> GatewayConfig:
+        speculation = self.speculation
+        if not self.cache.enable_prefix_caching:  # staged prefill rides on the workers' prefix cache
+            speculation = dataclasses.replace(speculation, prefill_chunk_tokens=0)
         return GatewayConfig(
             target=f"127.0.0.1:{self.target_port}", draft=f"127.0.0.1:{self.draft_port}",
-            max_num_seqs=self.cache.max_num_seqs, max_waiting=self.max_waiting, speculation=self.speculation,
+            max_num_seqs=self.cache.max_num_seqs, max_waiting=self.max_waiting, speculation=speculation,
             service=ServiceConfig(bind=self.bind, port=self.port), front_door=self.front_door)
 
     def _placement(self, core: int, metrics_port: int) -> PlacementConfig:
