@@ -102,7 +102,8 @@ class Connection:
         except (OSError, ValueError) as exc:
             log.warning("gateway: no tokenizer at %s (%s): token-id prompts only", tokenizer_path, exc)
         mode = args.mode if workers.draft is not None else "ar"
-        scheduler = Scheduler(workers.target, workers.draft, mode, args.k, args.max_num_seqs, max_k=args.max_k)
+        scheduler = Scheduler(workers.target, workers.draft, mode, args.k, args.max_num_seqs, max_k=args.max_k,
+                              prefill_chunk_tokens=args.prefill_chunk_tokens)
         self.metrics.bind(scheduler, workers.target, workers.draft)
         self.recovery = TargetRecovery(workers, self.ready, args.target, args.recovery_timeout_s, stop)
         self.loop = EngineLoop(scheduler, max_waiting=args.max_waiting, observer=self.metrics,

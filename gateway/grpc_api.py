@@ -115,7 +115,26 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if request.reset:
             await self._require_operator(context, "GetStats with reset")
         m = await asyncio.to_thread(self.conn.loop.stats, request.reset)  # waits for the step lock
-        return stats_to_proto(m, self.conn.loop.scheduler.mode)
+        stats = stats_to_proto(m, self.conn.loop.scheduler.mode)
+        for name, info in await asyncio.to_thread(worker_infos, self.conn.workers):
+            stats.prefix_cache[name].CopyFrom(gateway_pb2.PrefixCacheStats(
+                prefix_cache_queries=info.prefix_cache_queries, prefix_cache_hits=info.prefix_cache_hits))
+        return stats
+
+
+def worker_infos(workers) -> list[tuple[str, object]]:
+    """(name, Info) of the target and every draft node the pool holds now (blocking calls: run it off
+    the event loop). A worker away right now is left out; the rest still answer."""
+    out = []
+    nodes = [("target", workers.target)]
+    if workers.draft is not None:
+        nodes += [(f"draft {address}", node) for address, node in list(workers.draft.nodes.items())]
+    for name, worker in nodes:
+        try:
+            out.append((name, worker.info(timeout=1.0)))
+        except Exception:  # noqa: BLE001
+            continue
+    return out
 
 
 def stats_to_proto(m, mode: str) -> gateway_pb2.Stats:

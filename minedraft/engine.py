@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import torch
+
 from minedraft.config import DEFAULT_MAX_K, EngineConfig
 from minedraft.runner import hf_adapter
 from minedraft.runner.model_runner import ModelRunner
@@ -43,6 +45,7 @@ class Engine:
                  full_q: bool = True, q_dtype: str = "float32", kv_cache_memory: float | None = None,
                  gpu_memory_utilization: float = 0.9, max_num_batched_tokens: int | None = None, block_size: int = 16,
                  num_kv_blocks: int | None = None, cuda_graphs: bool | None = None,
+                 enable_prefix_caching: bool = True, prefill_chunk_tokens: int = EngineConfig.prefill_chunk_tokens,
                  cpu_threads_per_model: int | None = EngineConfig.cpu_threads_per_model):
         if target is None:
             target, default_draft = default_model_paths()
@@ -56,6 +59,7 @@ class Engine:
             max_model_len=max_model_len, kv_cache_memory=kv_cache_memory,
             gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
             block_size=block_size, num_kv_blocks=num_kv_blocks, cuda_graphs=cuda_graphs,
+            enable_prefix_caching=enable_prefix_caching, prefill_chunk_tokens=prefill_chunk_tokens,
             cpu_threads_per_model=cpu_threads_per_model)
         lookahead = config.capacity_k + 2  # auto: the KV room of the largest k it may pick
         # Target and draft each get the budget (kv_cache_memory / gpu_memory_utilization) on their device.
@@ -77,8 +81,12 @@ class Engine:
         # A request must fit both caches (a draft's budget may allow a shorter max_model_len).
         self.context_len = min(r.context_len for r in (self.target_runner, self.draft_runner) if r is not None)
         self.vocab_size = cfg.vocab_size
-        self.scheduler = Scheduler(LocalTargetWorker(self.target_runner), draft_worker, mode,
-                                   num_speculative_tokens, max_num_seqs, max_k=max_k)
+        # With a thread count per model, a long prefill still gets torch's own (placement.py).
+        prefill_threads = torch.get_num_threads() if threads_per_model(config) is not None else None
+        self.scheduler = Scheduler(LocalTargetWorker(self.target_runner, prefill_threads), draft_worker, mode,
+                                   num_speculative_tokens, max_num_seqs, max_k=max_k,
+                                   # staging rides on the prefix cache (see staged_prefill.py)
+                                   prefill_chunk_tokens=prefill_chunk_tokens if enable_prefix_caching else 0)
         # On CPU, each thread that runs a model gets cpu_threads_per_model intra-op threads (placement.py).
         self.threads_per_model = threads_per_model(config)
         if self.threads_per_model is not None:

@@ -45,7 +45,8 @@ TOKENIZER = _Tokenizer()
 
 
 def _frontend(tokenizer=TOKENIZER, words=ENGINE_WORDS, context_len=16):
-    scheduler = types.SimpleNamespace(waiting=[], running={}, mode="sd", k=3, max_num_seqs=8, aborted=[])
+    scheduler = types.SimpleNamespace(waiting=[], running={}, mode="sd", k=3, max_num_seqs=8, aborted=[],
+                                      is_staged=lambda request_id: False)
     scheduler.add = scheduler.waiting.append
     scheduler.abort = scheduler.aborted.append
     return Frontend(SchedulerSink(scheduler), tokenizer, (2,), vocab_size=50, context_len=context_len,

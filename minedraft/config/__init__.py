@@ -22,6 +22,7 @@ TRANSPORT_CHOICES = ("auto",) + TRANSPORTS
 Q_DTYPES = ("float32", "bfloat16")
 PORTS = {"gateway": 50051, "target": 50052, "draft": 50053}
 MAX_NUM_SEQS = 64
+PREFILL_CHUNK_TOKENS = 256  # staged prefill of long prompts (minedraft/spec/staged_prefill.py)
 HTTP_PORT_ENV = "MINEDRAFT_HTTP_PORT"
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20  # a prompt of a million tokens or so; far above any context here
 
@@ -119,6 +120,8 @@ class CacheConfig:
                                        shown="from the memory budget")
     cuda_graphs: bool | None = option(None, "CUDA graphs for decode, draft and verify steps",
                                       shown="off until a GPU run has exercised them, see the README's GPU section")
+    enable_prefix_caching: bool = option(True, "automatic prefix caching: full KV blocks of committed tokens are "
+                                               "shared by requests that start with them, and kept until evicted")
 
     def __post_init__(self):
         _int_in("max_num_seqs", self.max_num_seqs, 1)
@@ -132,6 +135,8 @@ class CacheConfig:
         _int_in("num_kv_blocks", self.num_kv_blocks, 2, optional=True)
         if self.cuda_graphs not in (None, True, False):
             raise ValueError(f"cuda_graphs: must be True, False or None, got {self.cuda_graphs!r}")
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise ValueError(f"enable_prefix_caching: must be True or False, got {self.enable_prefix_caching!r}")
 
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -168,11 +173,15 @@ class SpeculationConfig:
                                        "--max-k bounds it too)")
     transport: str = option("auto", "force the token channel's transport", choices=TRANSPORT_CHOICES,
                             shown="auto: the best both ends support")
+    prefill_chunk_tokens: int = option(PREFILL_CHUNK_TOKENS, "schedule: a prompt longer than twice this is "
+                                       "prefilled this many tokens per step before it is admitted, so that the "
+                                       "running streams never wait for a whole long prompt (0: whole prompts)")
 
     def __post_init__(self):
         check_mode_and_k(self.mode, self.k, has_draft=True)  # the draft's presence is checked by the owner
         check_max_k(self.max_k)
         _one_of("transport", self.transport, TRANSPORT_CHOICES)
+        _int_in("prefill_chunk_tokens", self.prefill_chunk_tokens, 0)
 
     @property
     def capacity_k(self) -> int:
@@ -365,9 +374,12 @@ class UpConfig:
                                   transport=self.speculation.transport))
 
     def gateway_config(self) -> GatewayConfig:
+        speculation = self.speculation
+        if not self.cache.enable_prefix_caching:  # staged prefill rides on the workers' prefix cache
+            speculation = dataclasses.replace(speculation, prefill_chunk_tokens=0)
         return GatewayConfig(
             target=f"127.0.0.1:{self.target_port}", draft=f"127.0.0.1:{self.draft_port}",
-            max_num_seqs=self.cache.max_num_seqs, max_waiting=self.max_waiting, speculation=self.speculation,
+            max_num_seqs=self.cache.max_num_seqs, max_waiting=self.max_waiting, speculation=speculation,
             service=ServiceConfig(bind=self.bind, port=self.port, drain_s=self.drain_s), front_door=self.front_door)
 
     def _placement(self, core: int, metrics_port: int) -> PlacementConfig:
@@ -395,6 +407,7 @@ class EngineConfig:
     # On CPU with a draft: torch intra-op threads of each thread that runs a model (None: torch's own);
     # one avoids two models' OpenMP teams spinning against each other (minedraft/spec/placement.py).
     cpu_threads_per_model: int | None = 1
+    prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS  # see SpeculationConfig
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self):
@@ -402,6 +415,7 @@ class EngineConfig:
         check_max_k(self.max_k)
         _one_of("q_dtype", self.q_dtype, Q_DTYPES)
         _int_in("cpu_threads_per_model", self.cpu_threads_per_model, 1, optional=True)
+        _int_in("prefill_chunk_tokens", self.prefill_chunk_tokens, 0)
 
     @property
     def capacity_k(self) -> int:

@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser, cfg, _root=None) -> None:
         if f.metadata.get("append"):
             kwargs["action"] = "append"
         elif kind is bool:
-            kwargs["action"] = (argparse.BooleanOptionalAction if value is None else
+            # --x/--no-x, unless the field names its one flag (to_argv writes the same)
+            negatable = value is None or (value and not f.metadata.get("flags"))
+            kwargs["action"] = (argparse.BooleanOptionalAction if negatable else
                                 "store_false" if value else "store_true")
         else:
             kwargs.update(type=f.metadata.get("parse") or kind, choices=f.metadata.get("choices"),

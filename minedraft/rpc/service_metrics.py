@@ -34,7 +34,10 @@ class ServiceMetrics:
         for name, field, doc in (("kv_cache_usage_perc", "kv_cache_usage", "KV-cache usage, 0..1"),
                                  ("num_kv_blocks", "num_kv_blocks", "KV blocks in all"),
                                  ("num_free_kv_blocks", "num_free_kv_blocks", "KV blocks not held by a request"),
-                                 ("worker_num_active", "num_active", "Requests holding cache rows")):
+                                 ("worker_num_active", "num_active", "Requests holding cache rows"),
+                                 ("prefix_cache_queries", "prefix_cache_queries", "Prompt tokens looked up in the "
+                                  "prefix cache since start"),
+                                 ("prefix_cache_hits", "prefix_cache_hits", "Of those, tokens found cached")):
             Gauge(P + name, doc, registry=r).set_function(functools.partial(self._info_field, field))
 
     def _info_field(self, field: str) -> float:

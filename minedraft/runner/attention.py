@@ -23,6 +23,10 @@ from minedraft.runner.kv_cache import PagedKVCache
 from minedraft.runner.transfer import host_tensor
 
 UNIFORM_MAX_Q = 32  # decode/verify/draft steps; longer uniform chunks take the varlen path
+# The uniform path gathers every row's keys up to the longest row: with one long row among short ones
+# (a 2,000-token prompt's first decode beside 40-token ones) that is mostly padding, so such a batch
+# takes the varlen path (each row reads its own keys) when padding would be this many times the keys.
+UNIFORM_MAX_PADDING, UNIFORM_PADDED_FROM = 3.0, 256
 
 
 def attend_uniform(q: torch.Tensor, cache: PagedKVCache, layer: int, key_slots: torch.Tensor,
@@ -41,6 +45,11 @@ def window_mask(delta: torch.Tensor, window: int | None) -> torch.Tensor:
     """Which keys a query sees, from delta = query position - key position."""
     mask = delta >= 0
     return mask if window is None else mask & (delta < window)
+
+
+def _mostly_padding(seqs) -> bool:
+    kv = [s.start + s.q_len for s in seqs]
+    return max(kv) > UNIFORM_PADDED_FROM and len(kv) * max(kv) > UNIFORM_MAX_PADDING * sum(kv)
 
 
 @dataclasses.dataclass
@@ -69,7 +78,7 @@ class ForwardBatch:
         self.write_slots = host_tensor(slots, torch.long, device)
         self.logits_index = host_tensor(logits_index, torch.long, device)
         q_lens = {s.q_len for s in seqs}
-        self.uniform = len(q_lens) == 1 and next(iter(q_lens)) <= UNIFORM_MAX_Q
+        self.uniform = len(q_lens) == 1 and next(iter(q_lens)) <= UNIFORM_MAX_Q and not _mostly_padding(seqs)
         self._masks: dict = {}
         if self.uniform:
             self._init_uniform(block_tables)

@@ -34,6 +34,17 @@ class PagedKVCache:
         self.k[layer].index_copy_(0, slots, k)
         self.v[layer].index_copy_(0, slots, v)
 
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy whole blocks (source, destination): a shared block's private copy before a write."""
+        if not copies:
+            return
+        bs = self.block_size
+        offsets = torch.arange(bs, device=self.k[0].device)
+        src = torch.cat([s * bs + offsets for s, _ in copies])
+        dst = torch.cat([d * bs + offsets for _, d in copies])
+        for t in self.k + self.v:
+            t.index_copy_(0, dst, t.index_select(0, src))
+
     def gather(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values at `slots` (any shape S): [*S, Hkv, D]."""
         flat = slots.reshape(-1)

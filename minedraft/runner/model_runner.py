@@ -53,7 +53,7 @@ class ModelRunner:
                  max_model_len: int | None = None, lookahead: int = 16, *, kv_cache_memory: float | None = None,
                  gpu_memory_utilization: float = 0.9, block_size: int = DEFAULT_BLOCK_SIZE,
                  max_num_batched_tokens: int | None = None, num_kv_blocks: int | None = None, role: str = "model",
-                 cuda_graphs: bool | None = None, preloaded=None):
+                 cuda_graphs: bool | None = None, enable_prefix_caching: bool = True, preloaded=None):
         self.device = torch.device(device)
         self.graphs: GraphRunner | None = None  # set once the cache exists (the profile runs eagerly)
         self.dtype = resolve_dtype(dtype, device)
@@ -71,7 +71,8 @@ class ModelRunner:
         # A sequence never grows past context_len; `lookahead` more positions let a verify pass of k+1
         # speculative tokens run at the very end of the context.
         self.context_len = self.plan.max_model_len
-        self.blocks = BlockManager(self.plan.num_blocks, block_size)
+        # The cache's hashes are salted with the checkpoint: nothing else here changes a block's K/V.
+        self.blocks = BlockManager(self.plan.num_blocks, block_size, enable_prefix_caching, salt=str(path))
         self.cache = self._new_cache(self.plan.num_blocks, block_size)
         log.info("%s", self.plan.summary(role, lookahead))
         self.graphs = self._graph_runner(cuda_graphs, lookahead, role)
@@ -97,7 +98,8 @@ class ModelRunner:
         """GPU: weights plus the activation peak of one forward at the largest token count we run."""
         n = min(self.max_num_batched_tokens, self.cfg.max_position_embeddings)
         num_blocks = 2 + -(-n // block_size)
-        self.blocks, self.cache = BlockManager(num_blocks, block_size), self._new_cache(num_blocks, block_size)
+        self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
+        self.cache = self._new_cache(num_blocks, block_size)
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         seq = self.allocate()
@@ -109,8 +111,14 @@ class ModelRunner:
         return peak
 
     # -- sequences ----------------------------------------------------------------------------------
-    def allocate(self) -> int:
-        return self.blocks.new_sequence()
+    def allocate(self, committed: list[int] | None = None) -> int:
+        """A new sequence whose committed tokens start with `committed`; with prefix caching its
+        length starts past the leading blocks found cached (forward only the rest)."""
+        return self.blocks.new_sequence(committed)
+
+    def commit(self, seq: int, tokens: list[int]) -> None:
+        """tokens are committed (never rolled back): the blocks they fill become shareable."""
+        self.blocks.commit(seq, tokens)
 
     def free(self, seq: int) -> None:
         self.blocks.free(seq)
@@ -124,7 +132,7 @@ class ModelRunner:
 
     def reserve(self, growth: dict[int, int]) -> None:
         """Make each seq able to hold growth[seq] positions (raises NoRoom, changing nothing)."""
-        self.blocks.reserve(growth)
+        self.cache.copy_blocks(self.blocks.reserve(growth))
 
     # -- compute --------------------------------------------------------------------------------------
     def forward(self, seqs: list[int], tokens: list[list[int]], all_positions: bool = False) -> torch.Tensor:
@@ -140,7 +148,7 @@ class ModelRunner:
                 tokens = [list(t) + [t[-1]] * (q - len(t)) for t in tokens]
             logits = self.graphs.run(shape, tokens, starts, [self.blocks.tables[s] for s in seqs])
             for s, c in zip(seqs, counts):
-                self.blocks.lengths[s] += c
+                self.blocks.advance(s, c)
             if all_positions:
                 return logits
             if q == 1:
@@ -156,7 +164,7 @@ class ModelRunner:
                     pieces[i].append(logits[at:at + want])
                     at += want
         for s, c in zip(seqs, counts):
-            self.blocks.lengths[s] += c
+            self.blocks.advance(s, c)
         if not all_positions:
             return torch.cat([p[-1][-1:] for p in pieces])
         q = max(counts)

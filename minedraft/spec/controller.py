@@ -23,7 +23,8 @@ takes over, and auto's first steps need no warm-up.
 With nothing measured, the first steps try a few k (0 included) so that every term of the fit is
 identified; then exploration keeps the measurements current (see `_pick`), speculating needs
 SPECULATE_MARGIN better goodput than k = 0 and a change between two k > 0 HYSTERESIS. Deterministic
-given its inputs; per step a few hundred float operations. A regime change (speculating or not, held for REGIME_PERSIST decisions) is logged once at INFO.
+given its inputs; per step a few hundred float operations. A regime change (speculating or not, held
+for REGIME_PERSIST decisions) is logged once at INFO.
 
 Exactness is untouched: k and the budget depend on past steps and on draft-side information only.
 """

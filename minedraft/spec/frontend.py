@@ -34,7 +34,8 @@ class SchedulerSink:
 
     def abort(self, request_id: str) -> bool:
         s = self.scheduler
-        found = request_id in s.running or any(r.request_id == request_id for r in s.waiting)
+        found = (request_id in s.running or any(r.request_id == request_id for r in s.waiting)
+                 or s.is_staged(request_id))
         s.abort(request_id)
         return found
 

@@ -15,10 +15,11 @@ import time
 
 import torch
 
-from minedraft.runner.block_manager import NoRoom, blocks_for
+from minedraft.runner.block_manager import NoRoom
 from minedraft.runner.model_runner import ModelRunner
 from minedraft.runner.transfer import host_tensor, to_device
 from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample, sample_tensor, step_seed
+from minedraft.spec.placement import PREFILL_THREADS_MIN_TOKENS, threads_for
 from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.verification import check_lengths, verify_batch
 from minedraft.spec.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
@@ -82,28 +83,61 @@ class _RowBook:
         self.stream = stream
         self.states: dict[str, _RowState] = {}
 
-    def admit(self, requests: list[NewRequest]) -> list[NewRequest]:
-        """The longest prefix of requests whose prefill fits the free blocks, with one block of
-        headroom per running sequence; a request alone always gets its chance."""
+    def kv_ids(self, tokens: list[int]) -> list[int]:
+        """Token ids as this runner's KV holds them (a draft reads ids past its vocabulary as 0)."""
+        v = self.runner.vocab_size
+        return [t if t < v else 0 for t in tokens]
+
+    def admit(self, requests: list[NewRequest]) -> list[tuple[NewRequest, bool]]:
+        """The longest prefix of requests whose prefill fits the free blocks (cached prefix blocks
+        cost nothing), with one block of headroom per running sequence; a request alone always gets
+        its chance. Each comes with whether it shares blocks an earlier one of them writes first."""
         blocks = self.runner.blocks
         free = blocks.num_free
         taken, seen = 0, set()
-        for i, req in enumerate(requests):
+        plan = blocks.prefix_plan([self.kv_ids(r.prompt_ids) for r in requests])
+        for i, (req, (need, _)) in enumerate(zip(requests, plan)):
             if req.request_id in self.states or req.request_id in seen:
                 raise ValueError(f"request_id: {req.request_id!r} is already running")
             seen.add(req.request_id)
-            need = blocks_for(len(req.prompt_ids), blocks.block_size)
             headroom = len(self.states) + i + 1 if (self.states or i) else 0
             if taken + need + headroom > free:
-                return requests[:i]
+                return list(zip(requests[:i], [f for _, f in plan[:i]]))
             taken += need
-        return requests
+        return list(zip(requests, [f for _, f in plan]))
+
+    def add_all(self, admitted: list[tuple[NewRequest, bool]], prefill) -> list[_RowState]:
+        """Allocate and prefill the admitted requests; those sharing a prefix that another one of them
+        writes go second, so that they find its blocks cached. prefill(states, requests) computes."""
+        states: dict[str, _RowState] = {}
+        for second in (False, True):
+            group = [r for r, follower in admitted if follower == second]
+            if group:
+                new = [self.add(r) for r in group]
+                prefill(new, group)
+                states.update((r.request_id, s) for r, s in zip(group, new))
+        return [states[r.request_id] for r, _ in admitted]
 
     def add(self, req: NewRequest) -> _RowState:
         gen = make_generator(step_seed(req.seed, self.stream, len(req.prompt_ids)), self.runner.device)
-        state = _RowState(self.runner.allocate(), req.seed, req.params, gen, _Committed(req.prompt_ids))
+        row = self.runner.allocate(self.kv_ids(req.prompt_ids))  # its cached prefix blocks, if any
+        state = _RowState(row, req.seed, req.params, gen, _Committed(req.prompt_ids))
         self.states[req.request_id] = state
         return state
+
+    def commit(self, state: _RowState, tokens: list[int]) -> None:
+        """Tokens the row committed, after any rollback: its full blocks become shareable."""
+        self.runner.commit(state.row, self.kv_ids(tokens))
+
+    def context(self, states: list[_RowState], requests: list[NewRequest], upto: int):
+        """(rows, tokens) of the prompt positions not yet in each row's KV, below len(prompt) + upto."""
+        rows, tokens = [], []
+        for s, r in zip(states, requests):
+            todo = r.prompt_ids[self.runner.length(s.row):len(r.prompt_ids) + upto]
+            if todo:
+                rows.append(s.row)
+                tokens.append(todo)
+        return rows, tokens
 
     def get(self, request_ids: list[str]) -> list[_RowState]:
         missing = [r for r in request_ids if r not in self.states]
@@ -130,7 +164,8 @@ class _RowBook:
     def kv_usage(self) -> dict:
         b = self.runner.blocks
         return dict(num_kv_blocks=b.num_usable, num_free_kv_blocks=b.num_free, kv_block_size=b.block_size,
-                    kv_cache_usage=b.usage)
+                    kv_cache_usage=b.usage, prefix_cache_queries=b.prefix_cache_queries,
+                    prefix_cache_hits=b.prefix_cache_hits)
 
 
 def normalised_q(q: torch.Tensor | None) -> torch.Tensor | None:
@@ -183,12 +218,14 @@ class LocalDraftWorker(DraftWorker):
 
     def add(self, requests: list[NewRequest]) -> int:
         admitted = self.book.admit(requests)
-        states = [self.book.add(r) for r in admitted]
-        # The last known token stays pending: propose() feeds it and gets the next logits.
-        with_context = [(s, r) for s, r in zip(states, admitted) if len(r.prompt_ids) > 1]
-        if with_context:
-            self._forward([s.row for s, _ in with_context], [r.prompt_ids[:-1] for _, r in with_context])
+        self.book.add_all(admitted, self._prefill)
         return len(admitted)
+
+    def _prefill(self, states, requests) -> None:
+        # The last known token stays pending: propose() feeds it and gets the next logits.
+        rows, tokens = self.book.context(states, requests, -1)
+        if rows:
+            self._forward(rows, tokens)
 
     def _forward(self, rows, tokens):
         """A draft whose vocabulary is a prefix of the target's still reads every committed token:
@@ -211,6 +248,7 @@ class LocalDraftWorker(DraftWorker):
         # At least the last committed token stays pending (fed by the next step): after a discarded
         # proposal (NoRoom, draft failover) no update arrives and the drafts just roll back.
         self.runner.rollback(state.row, min(kv_len, committed + same, committed + len(update) - 1))
+        self.book.commit(state, update)  # after the rollback: the KV below its length now holds them
         state.tokens.extend(update)
         state.tokens.settle(self.runner.length(state.row))
         state.drafted = []
@@ -261,31 +299,44 @@ class LocalDraftWorker(DraftWorker):
 
 
 class LocalTargetWorker(TargetWorker):
-    def __init__(self, runner: ModelRunner):
+    def __init__(self, runner: ModelRunner, prefill_threads: int | None = None):
         self.runner = runner
+        self.prefill_threads = prefill_threads  # intra-op threads of a long prefill (placement.py)
         self.book = _RowBook(runner, TARGET_STREAM)
         self.context_len = runner.context_len
         self.vocab_size = runner.vocab_size
 
     def add(self, requests):
         admitted = self.book.admit(requests)
-        states = [self.book.add(r) for r in admitted]
-        fresh = [(s, r) for s, r in zip(states, admitted) if not r.resume]
+        first: dict[int, int] = {}
+        states = self.book.add_all(admitted, lambda st, reqs: self._prefill(st, reqs, first))
+        return [first.get(id(s)) for s in states]
+
+    def _forward_prefill(self, rows, tokens):
+        """A row with a long prefill runs at prefill_threads (many short ones keep theirs)."""
+        long = max(len(t) for t in tokens) >= PREFILL_THREADS_MIN_TOKENS
+        with threads_for(self.prefill_threads if long else None):
+            return self.runner.forward(rows, tokens)
+
+    def _prefill(self, states, requests, first: dict[int, int]) -> None:
+        """Prefill what each row's cached prefix does not hold; sample the first token of fresh rows."""
+        fresh = [(s, r) for s, r in zip(states, requests) if not r.resume]
         # Resumed requests (preempted, or re-added after a restart) already committed their last
         # token: it stays pending, exactly as it was before they left.
-        ctx = [(s, r) for s, r in zip(states, admitted) if r.resume and len(r.prompt_ids) > 1]
-        if ctx:
-            self.runner.forward([s.row for s, _ in ctx], [r.prompt_ids[:-1] for _, r in ctx])
-        first = {}
+        resumed = [(s, r) for s, r in zip(states, requests) if r.resume]
+        rows, tokens = self.book.context([s for s, _ in resumed], [r for _, r in resumed], -1)
+        if rows:
+            self._forward_prefill(rows, tokens)
         if fresh:
             new_states = [s for s, _ in fresh]
-            logits = self.runner.forward([s.row for s in new_states], [r.prompt_ids for _, r in fresh])
+            rows, tokens = self.book.context(new_states, [r for _, r in fresh], 0)  # never empty: see allocate
+            logits = self._forward_prefill(rows, tokens)
             params = [s.params for s in new_states]
-            tokens = sample(probs_from_logits(logits, params), params, [s.generator for s in new_states])
-            for s, t in zip(new_states, tokens):
+            sampled = sample(probs_from_logits(logits, params), params, [s.generator for s in new_states])
+            for s, t in zip(new_states, sampled):
                 s.tokens.append(t)  # committed, but its KV is written by the next forward
+                self.book.commit(s, [t])
                 first[id(s)] = t
-        return [first.get(id(s)) for s in states]
 
     def decode(self, request_ids):
         t0 = time.perf_counter()
@@ -296,6 +347,7 @@ class LocalTargetWorker(TargetWorker):
         out = sample(probs_from_logits(logits, params), params, [s.generator for s in states])
         for s, t in zip(states, out):
             s.tokens.append(t)
+            self.book.commit(s, [t])
         self.book.settle(states)
         self.last_decode_compute_s = time.perf_counter() - t0
         return out
@@ -317,6 +369,7 @@ class LocalTargetWorker(TargetWorker):
         for s, row, before, v in zip(states, rows, kv_before, verdicts):
             # Keep the pending token and the accepted drafts; the new last token stays pending.
             self.runner.rollback(row, before + 1 + v.num_accepted)
+            self.book.commit(s, v.tokens)  # after the rollback: the rejected drafts are gone
             s.tokens.extend(v.tokens)
         self.book.settle(states)
         return Verdict(list(proposal.request_ids), [v.tokens for v in verdicts],

@@ -27,6 +27,7 @@ from minedraft.config import AUTO_K, DEFAULT_MAX_K, MAX_SPECULATIVE_TOKENS, MODE
 from minedraft.spec.controller import decode_verdict, make_controller
 from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.spec.request import Request
+from minedraft.spec.staged_prefill import StagedPrefill
 from minedraft.spec.worker_failure import WorkerFailureHandling
 from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal, TargetWorker, completed
 
@@ -49,10 +50,12 @@ class _InFlight:
         return set(self.proposal.request_ids if self.proposal is not None else ()) | set(self.drafted_ids)
 
 
-class Scheduler(WorkerFailureHandling):
+class Scheduler(WorkerFailureHandling, StagedPrefill):
     def __init__(self, target: TargetWorker, draft: DraftWorker | None, mode: str = "psd", k: int | str = 4,
-                 max_num_seqs: int = 64, max_k: int | None = None):
+                 max_num_seqs: int = 64, max_k: int | None = None, prefill_chunk_tokens: int = 0):
         check_mode_and_k(mode, k, draft is not None)
+        # > 0: a prompt longer than twice this is prefilled a chunk per step first (staged_prefill.py)
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self.target, self.draft, self.mode, self.k = target, draft, mode, k
         self.auto_max_k = max_k or DEFAULT_MAX_K  # auto: k in 0..this (and the draft's capacity)
         self.controller = make_controller(k, self.auto_max_k, mode, draft)
@@ -84,6 +87,8 @@ class Scheduler(WorkerFailureHandling):
                 req.finish("abort")
         if request_id in self.running:
             self.running[request_id].finish("abort")
+        if self.is_staged(request_id):
+            self._staging.request.finish("abort")  # its stand-in goes at the next step
 
     def committed(self, request_id: str) -> NewRequest:
         """A running request as a resume NewRequest: its prompt and every committed token."""
@@ -95,7 +100,7 @@ class Scheduler(WorkerFailureHandling):
         return self.mode != "ar" and self.draft is not None
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self._staging)
 
     def new_metrics(self) -> SpecDecodeMetrics:
         return SpecDecodeMetrics(self.k if self.k != AUTO_K else self.auto_max_k)
@@ -111,6 +116,7 @@ class Scheduler(WorkerFailureHandling):
         self._drop_aborted_waiting(touched)
         self._collect(touched)
         admit_start = time.perf_counter()
+        self._stage(touched)
         self._admit(touched)
         admit_s = time.perf_counter() - admit_start
         self._close_collected_record(admit_s)
@@ -157,7 +163,8 @@ class Scheduler(WorkerFailureHandling):
 
     def _admit(self, touched) -> None:
         new = []
-        while self.waiting and len(self.running) + len(new) < self.max_num_seqs:
+        while (self.waiting and len(self.running) + len(new) < self.max_num_seqs
+               and not self.must_stage(self.waiting[0])):  # a long prompt waits to be staged
             new.append(self.waiting.popleft())
         if not new:
             return

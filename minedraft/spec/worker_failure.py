@@ -9,6 +9,7 @@ class WorkerFailureHandling:
     def reset_after_failure(self) -> list:
         """A worker call failed mid-step: finish every request with reason "error" and start clean.
         Releasing rows is best effort (the failed worker may be gone)."""
+        self._unstage()
         failed = list(self.waiting) + list(self.running.values())
         for req in failed:
             req.finish("error")
@@ -43,6 +44,7 @@ class WorkerFailureHandling:
         """A worker restarted (its KV cache is gone): every running request goes back to the front of
         the queue, to be re-prefilled from its prompt and committed tokens on the new worker. The
         output stays exactly what an uninterrupted run gives (see _preempt_one). Returns how many."""
+        self._unstage()
         live = [r for r in self.running.values() if not r.finished]
         done = [r for r in self.running.values() if r.finished]
         self.waiting.extendleft(reversed(live))

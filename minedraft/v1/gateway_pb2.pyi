@@ -132,7 +132,7 @@ class StepBreakdown(_message.Message):
     def __init__(self, num_steps: _Optional[int] = ..., wall_s: _Optional[float] = ..., draft_compute_s: _Optional[float] = ..., verify_compute_s: _Optional[float] = ..., draft_call_s: _Optional[float] = ..., verify_call_s: _Optional[float] = ..., draft_idle_s: _Optional[float] = ..., target_idle_s: _Optional[float] = ..., control_plane_s: _Optional[float] = ..., draft_service_s: _Optional[float] = ..., verify_service_s: _Optional[float] = ..., channel_bytes: _Optional[float] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos", "steps", "mode", "k_steps")
+    __slots__ = ("spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos", "steps", "mode", "k_steps", "prefix_cache")
     class KStepsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,13 @@ class Stats(_message.Message):
         key: str
         value: KSteps
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[KSteps, _Mapping]] = ...) -> None: ...
+    class PrefixCacheEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: PrefixCacheStats
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[PrefixCacheStats, _Mapping]] = ...) -> None: ...
     SPEC_DECODE_NUM_DRAFTS_FIELD_NUMBER: _ClassVar[int]
     SPEC_DECODE_NUM_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPEC_DECODE_NUM_ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +154,7 @@ class Stats(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     K_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
     spec_decode_num_drafts: int
     spec_decode_num_draft_tokens: int
     spec_decode_num_accepted_tokens: int
@@ -154,7 +162,16 @@ class Stats(_message.Message):
     steps: StepBreakdown
     mode: str
     k_steps: _containers.MessageMap[str, KSteps]
-    def __init__(self, spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens_per_pos: _Optional[_Iterable[int]] = ..., steps: _Optional[_Union[StepBreakdown, _Mapping]] = ..., mode: _Optional[str] = ..., k_steps: _Optional[_Mapping[str, KSteps]] = ...) -> None: ...
+    prefix_cache: _containers.MessageMap[str, PrefixCacheStats]
+    def __init__(self, spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens_per_pos: _Optional[_Iterable[int]] = ..., steps: _Optional[_Union[StepBreakdown, _Mapping]] = ..., mode: _Optional[str] = ..., k_steps: _Optional[_Mapping[str, KSteps]] = ..., prefix_cache: _Optional[_Mapping[str, PrefixCacheStats]] = ...) -> None: ...
+
+class PrefixCacheStats(_message.Message):
+    __slots__ = ("prefix_cache_queries", "prefix_cache_hits")
+    PREFIX_CACHE_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    def __init__(self, prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ...) -> None: ...
 
 class KSteps(_message.Message):
     __slots__ = ("steps_at_k", "share_k0")

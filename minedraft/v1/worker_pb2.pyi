@@ -12,7 +12,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("role", "model", "device", "device_uuid", "vocab_size", "context_len", "transports", "hostname", "pid", "tokenizer_fingerprint", "architecture", "num_active", "instance_id", "num_kv_blocks", "num_free_kv_blocks", "kv_block_size", "kv_cache_usage", "max_k", "max_num_seqs", "method")
+    __slots__ = ("role", "model", "device", "device_uuid", "vocab_size", "context_len", "transports", "hostname", "pid", "tokenizer_fingerprint", "architecture", "num_active", "instance_id", "num_kv_blocks", "num_free_kv_blocks", "kv_block_size", "kv_cache_usage", "max_k", "max_num_seqs", "method", "prefix_cache_queries", "prefix_cache_hits")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,8 @@ class WorkerInfo(_message.Message):
     MAX_K_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     role: str
     model: str
     device: str
@@ -53,7 +55,9 @@ class WorkerInfo(_message.Message):
     max_k: int
     max_num_seqs: int
     method: str
-    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., architecture: _Optional[str] = ..., num_active: _Optional[int] = ..., instance_id: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_k: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., architecture: _Optional[str] = ..., num_active: _Optional[int] = ..., instance_id: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_k: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., method: _Optional[str] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ...) -> None: ...
 
 class ChannelSpec(_message.Message):
     __slots__ = ("transport", "name", "handle", "device", "num_slots", "slot_bytes", "pid", "hostname", "device_uuid")

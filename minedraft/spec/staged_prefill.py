@@ -1,0 +1,113 @@
+"""A long prompt prefilled one chunk per step, beside the running streams (a mixin of Scheduler).
+
+Admission prefills a request's whole prompt on both workers, and every running stream waits for it.
+With `prefill_chunk_tokens` = C, a prompt longer than 2C is staged first: each step prefills the next
+C tokens of it on both workers (in parallel, as admission does) under a stand-in row of its own id,
+whose full blocks prefix caching registers. The next stand-in starts from those blocks, and the
+request itself, admitted once at most C tokens are left, finds them all: running streams wait for
+one chunk per step, never for a whole prompt. Why this shape (see the README): it needs no new worker
+call and no mixed prefill-and-decode forward; the chunk is a step's extra work, bounded by C.
+It relies on prefix caching (without it each stand-in recomputes from the start: correct, slower).
+One request is staged at a time; meanwhile admission takes the queue in order up to the next long one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from minedraft.spec.request import Request
+from minedraft.spec.sampling import SamplingParams
+from minedraft.spec.workers import NewRequest
+
+STAND_IN_PARAMS = SamplingParams(temperature=0.0, max_tokens=1)  # its one sampled token is thrown away
+
+
+@dataclasses.dataclass
+class _Staging:
+    request: Request
+    prompt: list[int]  # what admission will prefill: the prompt (and, resumed, its committed tokens)
+    done: int = 0  # leading prompt tokens the stand-in row holds
+    row_id: str | None = None  # the stand-in holding them on both workers
+
+
+class StagedPrefill:
+    prefill_chunk_tokens: int = 0
+    _staging: _Staging | None = None
+
+    def is_staged(self, request_id: str) -> bool:
+        return self._staging is not None and self._staging.request.request_id == request_id
+
+    def _stage(self, touched) -> None:
+        """One chunk of the staged prompt (starting to stage the queue's head if it is long)."""
+        chunk = self.prefill_chunk_tokens
+        st = self._staging
+        if st is not None and st.request.finished:  # aborted while staged
+            self._end_staging(requeue=False)
+            touched[st.request.request_id] = st.request
+            return
+        if st is None:
+            st = self._start_staging(chunk)
+            if st is None:
+                return
+        n = min(st.done + chunk, len(st.prompt) - 1)
+        stand_in = NewRequest(f"{st.request.request_id}#prefill-{n}", st.prompt[:n], STAND_IN_PARAMS, seed=0)
+        try:
+            admitted = self._add_stand_in(stand_in)
+        except Exception:
+            self._end_staging(staged=False)  # a worker failed: the request waits at the front, to start over
+            raise
+        if not admitted:  # no room for it: the request is admitted whole, as without staging
+            self._end_staging()
+            return
+        self._release_stand_in(st)
+        st.row_id, st.done = stand_in.request_id, n
+        if len(st.prompt) - n <= chunk:  # the rest is prefilled at its admission, this very step
+            self._end_staging()
+
+    def must_stage(self, req: Request) -> bool:
+        """Whether req is long enough to be staged before admission (and was not yet)."""
+        chunk = self.prefill_chunk_tokens
+        return (bool(chunk) and not req.finished and not getattr(req, "staged", False)
+                and len(req.prompt_ids) + len(req.output_ids) > 2 * chunk)
+
+    def _start_staging(self, chunk: int) -> _Staging | None:
+        """Take the first long request of the queue (admission stops at a long one meanwhile)."""
+        if not chunk or len(self.running) >= self.max_num_seqs:
+            return None
+        head = next((r for r in self.waiting if self.must_stage(r)), None)
+        if head is None:
+            return None
+        self.waiting.remove(head)
+        self._staging = _Staging(head, head.worker_request().prompt_ids)
+        return self._staging
+
+    def _add_stand_in(self, stand_in: NewRequest) -> bool:
+        """Prefill the stand-in on both workers at once; True when both admitted it."""
+        draft_job = self._pool.submit(self.draft.add, [stand_in]) if self.speculating else None
+        try:
+            on_target = len(self.target.add([stand_in])) == 1
+        finally:
+            on_draft = draft_job.result() == 1 if draft_job is not None else True
+        if on_target != on_draft:
+            (self.target if on_target else self.draft).release([stand_in.request_id])
+        return on_target and on_draft
+
+    def _release_stand_in(self, st: _Staging) -> None:
+        """Its blocks stay cached (the LRU) for the next stand-in or the request itself."""
+        if st.row_id is not None:
+            self.target.release_later([st.row_id])
+            if self.speculating:
+                self.draft.release_later([st.row_id])
+            st.row_id = None
+
+    def _end_staging(self, requeue: bool = True, staged: bool = True) -> None:
+        st, self._staging = self._staging, None
+        self._release_stand_in(st)
+        if requeue:  # admitted now, at the front of the queue (and not staged again)
+            st.request.staged = staged
+            self.waiting.appendleft(st.request)
+
+    def _unstage(self) -> None:
+        """A worker failed or restarted: the staged request waits at the front again, to start over."""
+        if self._staging is not None:
+            self._end_staging(staged=False)

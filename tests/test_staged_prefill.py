@@ -1,0 +1,72 @@
+"""Staged prefill (minedraft/spec/staged_prefill.py): a long prompt is prefilled one chunk per step
+while the running streams keep getting tokens; the outputs are those of whole-prompt admission; an
+abort while staged ends the request and leaves no block held."""
+
+import pytest
+
+from minedraft import Engine, SamplingParams
+
+LONG = [1] + [(7 * j) % 300 + 5 for j in range(300)]
+SHORTS = [[1] + [(11 * i + j) % 200 + 3 for j in range(8)] for i in range(4)]
+
+
+def run(mode: str, chunk: int, params: SamplingParams):
+    engine = Engine(mode=mode, num_speculative_tokens=3, prefill_chunk_tokens=chunk)
+    ids = [engine.add_request(s, params) for s in SHORTS]
+    for _ in range(3):
+        engine.step()
+    long_id = engine.add_request(LONG, params)
+    out, steps_before_first, tokens_meanwhile = {}, 0, 0
+    while engine.has_unfinished():
+        done = engine.step()
+        long_started = any(r.request_id == long_id and r.output_ids for r in done)
+        if long_id not in out and not long_started and steps_before_first >= 0:
+            steps_before_first += 1
+            tokens_meanwhile += sum(1 for r in done if r.request_id in ids)
+        if long_started:
+            steps_before_first = -abs(steps_before_first)
+        for r in done:
+            if r.finished:
+                out[r.request_id] = r.output_ids
+    return [out[i] for i in ids + [long_id]], abs(steps_before_first), tokens_meanwhile, engine
+
+
+@pytest.mark.parametrize("mode", ["ar", "psd"])
+def test_long_prompt_is_staged_beside_running_streams_with_the_same_output(mode):
+    for params in (SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True),
+                   SamplingParams(temperature=0.8, seed=3, max_tokens=16, ignore_eos=True)):
+        whole, _, _, _ = run(mode, 0, params)
+        staged, steps, meanwhile, engine = run(mode, 64, params)
+        assert staged == whole
+        assert steps >= 300 // 64 - 1  # one chunk per step, not the whole prompt at once
+        assert meanwhile >= steps - 1  # and the running streams got tokens in those steps
+        b = engine.target_runner.blocks
+        assert b.prefix_cache_hits >= 256 and b.num_free == b.num_usable
+
+
+def test_abort_while_staged_ends_it_and_frees_everything():
+    engine = Engine(mode="psd", num_speculative_tokens=3, prefill_chunk_tokens=64)
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    short = engine.add_request(SHORTS[0], params)
+    engine.step()
+    long_id = engine.add_request(LONG, params)
+    engine.step()
+    assert engine.scheduler.is_staged(long_id)
+    engine.scheduler.abort(long_id)
+    finished = {}
+    while engine.has_unfinished():
+        for r in engine.step():
+            if r.finished:
+                finished[r.request_id] = r
+    assert finished[long_id].finish_reason == "abort" and finished[short].finish_reason == "length"
+    for runner in (engine.target_runner, engine.draft_runner):
+        assert runner.blocks.num_free == runner.blocks.num_usable
+
+
+def test_up_turns_staging_off_without_prefix_caching():
+    from minedraft.config import UpConfig
+    from minedraft.config.flags import from_flat
+
+    assert from_flat(UpConfig, {}).gateway_config().speculation.prefill_chunk_tokens == 256
+    off = from_flat(UpConfig, {"enable_prefix_caching": False}).gateway_config()
+    assert off.speculation.prefill_chunk_tokens == 0
