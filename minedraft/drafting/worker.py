@@ -1,0 +1,80 @@
+"""A DraftWorker without a model: a proposer (ngram.py, suffix.py) over each request's committed
+tokens. No KV cache, so no rollback: the committed tokens that arrive with each proposal (`updates`)
+are simply appended, and a discarded proposal (NoRoom, failover) leaves nothing behind.
+
+Each row gets 0..k tokens (Proposal.lengths; 0: nothing matched, the row decodes target-only in its
+verify), padded to k with token 0 that is never verified. q is one-hot (probs None): the drafts are
+a function of the committed tokens, which keeps verification exact for sampled requests too.
+confidence / top_prob: the proposer's probability of each drafted prefix (1.0 for a copy), 0 past the
+row's length, so that a controller ranking positions (spec/draft_lengths.py) ranks the padding last."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from minedraft.drafting.ngram import NgramProposer
+from minedraft.drafting.suffix import SuffixParams, SuffixProposer
+from minedraft.spec.workers import DraftWorker, NewRequest, Proposal
+
+MODEL_FREE_METHODS = ("ngram", "suffix")
+
+
+def make_proposer(method: str, ngram_min: int = 2, ngram_max: int = 5, suffix: SuffixParams | None = None):
+    if method == "ngram":
+        return NgramProposer(ngram_min, ngram_max)
+    if method == "suffix":
+        return SuffixProposer(suffix)
+    raise ValueError(f"draft_method: a model-free draft is one of {', '.join(MODEL_FREE_METHODS)}, got {method!r}")
+
+
+class _Rows:
+    """What a service reads of a worker's rows (Info's num_active and KV fields): requests held, no KV."""
+
+    def __init__(self, proposer):
+        self.proposer = proposer
+
+    @property
+    def states(self):
+        return self.proposer
+
+    def kv_usage(self) -> dict:
+        return {}
+
+
+class ModelFreeDraftWorker(DraftWorker):
+    def __init__(self, proposer):
+        self.proposer = proposer
+        self.method = proposer.method
+        self.book = _Rows(proposer)
+
+    def add(self, requests: list[NewRequest]) -> int:
+        for r in requests:
+            if r.request_id in self.proposer:
+                raise ValueError(f"request_id: {r.request_id!r} is already running")
+        for r in requests:
+            self.proposer.add(r.request_id, list(r.prompt_ids))
+        return len(requests)  # no KV cache: every request fits
+
+    def propose(self, request_ids, k, updates):
+        t0 = time.perf_counter()
+        missing = [r for r in request_ids if r not in self.proposer]
+        if missing:
+            raise KeyError(f"unknown request ids: {missing}")
+        rows, confs, lengths = [], [], []
+        for rid in request_ids:
+            self.proposer.extend(rid, updates.get(rid, []))
+            draft, probs = self.proposer.propose(rid, k)
+            pad = k - len(draft)
+            rows.append(draft + [0] * pad)
+            confs.append(probs + [0.0] * pad)
+            lengths.append(len(draft))
+        tokens = torch.tensor(rows, dtype=torch.int64).view(len(rows), k)
+        confidence = torch.tensor(confs, dtype=torch.float32).view(len(rows), k)
+        return Proposal(list(request_ids), k, tokens, None, confidence=confidence, top_prob=confidence.clone(),
+                        lengths=lengths, compute_s=time.perf_counter() - t0, channel_bytes=tokens.nbytes)
+
+    def release(self, request_ids):
+        for rid in request_ids:
+            self.proposer.release(rid)
