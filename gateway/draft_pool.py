@@ -361,10 +361,11 @@ class _PendingPoolProposal:
         if failed:
             return pool.propose(self.request_ids, self.k, {})
         ordered, parts, compute, service, nbytes, done_at = [], [], 0.0, 0.0, 0, 0.0
-        confidence, top_prob = [], []
+        confidence, top_prob, lengths = [], [], []
         for address, (_node, ids, _pending) in self.calls.items():
             proposal = results[address]
             ordered.extend(ids)
+            lengths.extend(proposal.verify_lengths())
             confidence.append(proposal.confidence)
             top_prob.append(proposal.top_prob)
             parts.extend(proposal.parts)
@@ -374,6 +375,8 @@ class _PendingPoolProposal:
             done_at = max(done_at, proposal.done_at)
         return Proposal(ordered, self.k, parts=parts, confidence=_rows_in_order(confidence),
                         top_prob=_rows_in_order(top_prob), compute_s=compute, service_s=service,
+                        # a model-free node's rows have their own lengths; a model node's all have k
+                        lengths=lengths if any(results[a].lengths is not None for a in results) else None,
                         channel_bytes=nbytes, done_at=done_at)
 
 

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from minedraft.config import DraftOptions
 from minedraft.drafting.ngram import NgramProposer
 from minedraft.drafting.suffix import SuffixParams, SuffixProposer
 from minedraft.spec.workers import DraftWorker, NewRequest, Proposal
@@ -21,12 +22,19 @@ from minedraft.spec.workers import DraftWorker, NewRequest, Proposal
 MODEL_FREE_METHODS = ("ngram", "suffix")
 
 
-def make_proposer(method: str, ngram_min: int = 2, ngram_max: int = 5, suffix: SuffixParams | None = None):
-    if method == "ngram":
-        return NgramProposer(ngram_min, ngram_max)
-    if method == "suffix":
-        return SuffixProposer(suffix)
-    raise ValueError(f"draft_method: a model-free draft is one of {', '.join(MODEL_FREE_METHODS)}, got {method!r}")
+def make_proposer(options: DraftOptions | str):
+    """The proposer of a draft node's options (minedraft.config.DraftOptions; a method name: its defaults)."""
+    if isinstance(options, str):
+        options = DraftOptions(method=options)
+    if options.method == "ngram":
+        return NgramProposer(options.ngram_min, options.ngram_max)
+    if options.method == "suffix":
+        return SuffixProposer(SuffixParams(
+            depth=options.suffix_depth, max_spec_factor=options.suffix_max_spec_factor,
+            min_token_prob=options.suffix_min_token_prob, max_cached_requests=options.suffix_max_cached_requests,
+            cache_mib=options.suffix_cache_mib))
+    raise ValueError(f"draft_method: a model-free draft is one of {', '.join(MODEL_FREE_METHODS)}, "
+                     f"got {options.method!r}")
 
 
 class _Rows:
