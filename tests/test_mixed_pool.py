@@ -9,13 +9,13 @@ import sys
 import urllib.request
 
 import pytest
+from test_model_free_services import MAX_TOKENS, generate_all, prompts
 
 from minedraft.client import MineDraftClient
 from minedraft.launcher import LocalCluster
 from minedraft.runner.hf_adapter import greedy_generate
 
 from cluster import free_port
-from test_model_free_services import MAX_TOKENS, generate_all, prompts
 
 
 @pytest.fixture(scope="module")
