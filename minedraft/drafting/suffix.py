@@ -148,20 +148,24 @@ class _RequestTrie(SuffixTrie):
         self.extend(tokens)
 
     def extend(self, tokens: list[int]) -> None:
-        root, d = self.root, self.depth
-        for t in tokens:
+        root, keep, active, created = self.root, self.depth - 1, self.active, 0
+        for t in tokens:  # the proposer's hot loop: locals only
             nxt = []
-            for node in [root] + self.active:
+            append = nxt.append
+            for node in (root, *active):
                 node.out += 1
-                child = node.children.get(t)
+                children = node.children
+                child = children.get(t)
                 if child is None:
-                    child = node.children[t] = Node()
-                    self.num_nodes += 1
+                    child = children[t] = Node()
+                    created += 1
                 child.count += 1
-                nxt.append(child)
+                append(child)
             root.count += 1
-            self.active = nxt[:d - 1]  # the deepest (length d) nodes never get children
-            self.tokens.append(t)
+            active = nxt[:keep]  # the deepest (length depth) nodes never get children
+        self.active = active
+        self.num_nodes += created
+        self.tokens.extend(tokens)
 
 
 class SuffixProposer:
