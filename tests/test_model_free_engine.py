@@ -58,3 +58,25 @@ def test_rows_verify_only_what_the_proposer_drafted(llama_pair):
 def test_bad_draft_method_names_the_field():
     with pytest.raises(ValueError, match="draft_method"):
         Engine(draft_method="eagle2")
+
+
+def test_draft_method_through_the_config_tree():
+    """`up --draft-method` reaches the draft's `--method`; bad values name their field."""
+    from minedraft import config as C
+    from minedraft.config.flags import from_flat, service_parser
+    from minedraft.launcher import service_commands
+
+    draft_cmd = service_commands(C.UpConfig(draft_method="suffix"))["draft"]
+    assert draft_cmd[draft_cmd.index("--method") + 1] == "suffix"
+    assert "--method" not in service_commands(C.UpConfig())["draft"]  # model: the default, left out
+    ns = service_parser("draft").parse_args(["--method", "ngram", "--ngram-min", "3", "--ngram-max", "4",
+                                             "--suffix-cache-mib", "8"])
+    d = from_flat(C.DraftConfig, vars(ns)).drafting
+    assert (d.method, d.ngram_min, d.ngram_max, d.suffix_cache_mib) == ("ngram", 3, 4, 8.0)
+    for kwargs, field in ((dict(method="eagle9"), "method"), (dict(ngram_min=4, ngram_max=2), "ngram_max"),
+                          (dict(suffix_min_token_prob=2.0), "suffix_min_token_prob"),
+                          (dict(suffix_cache_mib=0), "suffix_cache_mib")):
+        with pytest.raises(ValueError, match=f"^{field}:"):
+            C.DraftOptions(**kwargs)
+    with pytest.raises(ValueError, match="^draft_method:"):
+        C.UpConfig(draft_method="x")
