@@ -404,11 +404,12 @@ class _PendingPoolProposal:
         if failed:
             return pool.propose(self.request_ids, self.k, {})
         ordered, parts, compute, service, nbytes, done_at = [], [], 0.0, 0.0, 0, 0.0
-        confidence, top_prob, lengths = [], [], []
+        confidence, top_prob, lengths, methods = [], [], [], []
         for address, (_node, ids, _pending) in self.calls.items():
             proposal = results[address]
             ordered.extend(ids)
             lengths.extend(proposal.verify_lengths())
+            methods.extend([pool.kinds.get(address, "model")] * len(ids))
             confidence.append(proposal.confidence)
             top_prob.append(proposal.top_prob)
             parts.extend(proposal.parts)
@@ -420,6 +421,7 @@ class _PendingPoolProposal:
                         top_prob=_rows_in_order(top_prob), compute_s=compute, service_s=service,
                         # a model-free node's rows have their own lengths; a model node's all have k
                         lengths=lengths if any(results[a].lengths is not None for a in results) else None,
+                        methods=methods,
                         channel_bytes=nbytes, done_at=done_at)
 
 

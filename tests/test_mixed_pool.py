@@ -22,7 +22,7 @@ from cluster import free_port
 def system(llama_pair, tmp_path_factory):
     target, draft, ref = llama_pair
     py = [sys.executable, "-m"]
-    p = {n: free_port() for n in ("target", "model", "ngram", "gateway", "model_metrics", "ngram_metrics")}
+    p = {n: free_port() for n in ("target", "model", "ngram", "gateway", "model_metrics", "ngram_metrics", "http")}
     cluster = LocalCluster({
         "target": py + ["target_service", "--model", target, "--port", str(p["target"]), "--threads", "1"],
         "model": py + ["draft_service", "--model", draft, "--port", str(p["model"]), "--threads", "1",
@@ -31,7 +31,7 @@ def system(llama_pair, tmp_path_factory):
                        "--metrics-port", str(p["ngram_metrics"])],
         "gateway": py + ["gateway", "--target", f"127.0.0.1:{p['target']}", "--port", str(p["gateway"]),
                          "--draft", f"127.0.0.1:{p['model']},127.0.0.1:{p['ngram']}", "-k", "3",
-                         "--draft-refresh-s", "0.5"],
+                         "--draft-refresh-s", "0.5", "--http-port", str(p["http"])],
     }, log_dir=str(tmp_path_factory.mktemp("mixed_logs")))
     cluster.start()
     try:
@@ -46,11 +46,20 @@ def system(llama_pair, tmp_path_factory):
     cluster.stop()
 
 
+def scrape(port: int, pattern: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    m = re.search(pattern + r" ([0-9.e+]+)", text)
+    return float(m.group(1)) if m else 0.0
+
+
 def proposes(port: int) -> float:
     """Propose calls a node has answered (its worker_rpc_seconds histogram's count)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    m = re.search(r'minedraft:worker_rpc_seconds_count\{[^}]*rpc="Propose"[^}]*\} ([0-9.e+]+)', text)
-    return float(m.group(1)) if m else 0.0
+    return scrape(port, r'minedraft:worker_rpc_seconds_count\{[^}]*rpc="Propose"[^}]*\}')
+
+
+def method_drafts(system, method: str) -> float:
+    """The gateway's drafts by method (minedraft:spec_decode_method_num_drafts{method})."""
+    return scrape(system.ports["http"], r'minedraft:spec_decode_method_num_drafts_total\{method="%s"\}' % method)
 
 
 @pytest.mark.parametrize("mode", ["sd", "psd"])
@@ -63,8 +72,9 @@ def test_mixed_pool_is_lossless_and_both_kinds_draft(system, mode):
     before = proposes(system.ports["model_metrics"]), proposes(system.ports["ngram_metrics"])
     assert generate_all(gw) == system.expected
     after = proposes(system.ports["model_metrics"]), proposes(system.ports["ngram_metrics"])
-    if mode == "sd":  # the first run: both kinds had their chance
+    if mode == "sd":  # the first run: both kinds had their chance, and the gateway's metrics say so
         assert after[0] > before[0] and after[1] > before[1], (before, after)
+        assert method_drafts(system, "model") > 0 and method_drafts(system, "ngram") > 0
     else:
         assert sum(after) > sum(before)
 

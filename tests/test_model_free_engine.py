@@ -33,6 +33,8 @@ def test_greedy_equals_target_only(llama_pair, expected, method, mode, k):
         # (auto may find that k = 0 pays best here, which is its call)
         assert 0 < m.spec_decode_num_accepted_tokens < m.spec_decode_num_draft_tokens
         assert sum(r.num_drafted for r in results) == m.spec_decode_num_draft_tokens
+        assert m.by_method == {method: [m.spec_decode_num_drafts, m.spec_decode_num_draft_tokens,
+                                        m.spec_decode_num_accepted_tokens]}
 
 
 def test_rows_verify_only_what_the_proposer_drafted(llama_pair):

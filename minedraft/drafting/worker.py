@@ -81,7 +81,8 @@ class ModelFreeDraftWorker(DraftWorker):
         tokens = torch.tensor(rows, dtype=torch.int64).view(len(rows), k)
         confidence = torch.tensor(confs, dtype=torch.float32).view(len(rows), k)
         return Proposal(list(request_ids), k, tokens, None, confidence=confidence, top_prob=confidence.clone(),
-                        lengths=lengths, compute_s=time.perf_counter() - t0, channel_bytes=tokens.nbytes)
+                        lengths=lengths, methods=[self.method] * len(rows), compute_s=time.perf_counter() - t0,
+                        channel_bytes=tokens.nbytes)
 
     def release(self, request_ids):
         for rid in request_ids:

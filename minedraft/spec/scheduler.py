@@ -375,7 +375,7 @@ class Scheduler(WorkerFailureHandling):
         lengths = proposal.verify_lengths()
         record.verify_tokens = sum(lengths) + len(lengths)
         if proposal.k:
-            self.metrics.observe(verdict.num_accepted, proposal.k, lengths)
+            self.metrics.observe(verdict.num_accepted, proposal.k, lengths, proposal.methods)
         self.controller.on_verdict(proposal, verdict)
         for rid, tokens, n, length in zip(verdict.request_ids, verdict.tokens, verdict.num_accepted, lengths):
             req = self.running[rid]
