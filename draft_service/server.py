@@ -103,6 +103,6 @@ def main(argv=None) -> int:
         setup_logging(config.service.log_level)
         log.info("draft: model-free (%s), no model loaded", d.method)
         servicer = DraftServicer(None, d.method, d.max_k, config.model.cache.max_num_seqs, transport=d.transport,
-                                 worker=ModelFreeDraftWorker(make_proposer(d)))
+                                 worker=ModelFreeDraftWorker(make_proposer(d), config.model.cache.max_num_seqs))
     serve(servicer, worker_pb2_grpc.add_DraftWorkerServicer_to_server, SERVICE, args)
     return 0

@@ -212,5 +212,9 @@ def test_model_free_worker_ragged_lengths_and_bookkeeping():
     assert prop.confidence.tolist() == [[1.0] * 4, [0.0] * 4] == prop.top_prob.tolist()
     worker.release(["a", "b", "zz"])
     assert not worker.book.states
+    small = ModelFreeDraftWorker(make_proposer("suffix"), max_rows=2)
+    assert small.add([NewRequest(str(i), [1, 2], params, 0) for i in range(3)]) == 2  # rows its channel holds
+    small.release(["0"])
+    assert small.add([NewRequest("2", [1, 2], params, 0)]) == 1
     with pytest.raises(KeyError):
         worker.propose(["a"], 2, {})

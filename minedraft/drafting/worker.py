@@ -52,8 +52,11 @@ class _Rows:
 
 
 class ModelFreeDraftWorker(DraftWorker):
-    def __init__(self, proposer):
+    def __init__(self, proposer, max_rows: int | None = None):
+        """max_rows: requests held at once (a service's --max-num-seqs, what its token channel is sized
+        for); add admits the longest prefix that fits, as a model draft's KV cache does."""
         self.proposer = proposer
+        self.max_rows = max_rows
         self.method = proposer.method
         self.book = _Rows(proposer)
 
@@ -61,9 +64,11 @@ class ModelFreeDraftWorker(DraftWorker):
         for r in requests:
             if r.request_id in self.proposer:
                 raise ValueError(f"request_id: {r.request_id!r} is already running")
-        for r in requests:
+        room = len(requests) if self.max_rows is None else max(0, self.max_rows - len(self.proposer))
+        admitted = requests[:room]
+        for r in admitted:
             self.proposer.add(r.request_id, list(r.prompt_ids))
-        return len(requests)  # no KV cache: every request fits
+        return len(admitted)
 
     def propose(self, request_ids, k, updates):
         t0 = time.perf_counter()
