@@ -111,9 +111,10 @@ def test_request_trie_grown_by_chunks_equals_one_insert():
 
 
 def brute_suffix_proposal(tokens, depth, k, params):
-    """The longest suffix (<= depth - 1) that occurred followed by a token, then the most frequent
-    continuation by brute-force counts while the prefix probability stays >= min_token_prob."""
-    context = tokens[-(depth - 1):]
+    """The longest suffix (<= depth - k, room for k tokens below it) that occurred followed by a token,
+    then the most frequent continuation by brute-force counts while the prefix probability stays >=
+    min_token_prob."""
+    context = tokens[-max(1, depth - k):]
     m = 0
     for n in range(len(context), 0, -1):
         if brute_counts([tokens], context[len(context) - n:])[1] > 0:
@@ -144,15 +145,19 @@ def brute_suffix_proposal(tokens, depth, k, params):
 
 def test_suffix_proposal_matches_brute_force():
     rng = random.Random(2)
-    params = SuffixParams(depth=6, max_spec_factor=2.0, min_token_prob=0.2, max_cached_requests=0)
-    for _ in range(200):
+    params = SuffixParams(depth=8, max_spec_factor=2.0, min_token_prob=0.2, max_cached_requests=0)
+    full = 0
+    for i in range(300):
         tokens = [rng.randrange(3) for _ in range(rng.randrange(2, 40))]
+        k = 1 + i % 5
         p = SuffixProposer(params)
         p.add("r", tokens)
-        got = p.propose("r", 5)
-        want = brute_suffix_proposal(tokens, params.depth, 5, params)
+        got = p.propose("r", k)
+        want = brute_suffix_proposal(tokens, params.depth, k, params)
         assert got[0] == want[0], tokens
         assert got[1] == pytest.approx(want[1])
+        full += k > 1 and len(got[0]) == k
+    assert full > 20  # drafts of the whole k occur, not just one-token ones
 
 
 def test_suffix_copies_a_repeated_passage_and_learns_from_finished_outputs():

@@ -9,7 +9,8 @@ The trie: every substring of length <= depth of the inserted sequences is a node
 times it occurred and `out` how many of those occurrences were followed by a token, so the estimated
 probability of continuation t after u is u.children[t].count / u.out. Matches are suffix-closed
 (a string that occurred followed by something has every suffix occur followed by the same), so the
-longest matching suffix is found by bisection.
+longest matching suffix is found by bisection. A match is at most depth - k tokens long, so that the
+walk below it has room for k tokens in the depth-bounded trie.
 
 Draft length: at most min(k, max_spec_factor * match length + max_spec_offset), as ArcticInference:
 a long match has earned a long draft, a one-token match a short one. The draft is a function of the
@@ -189,7 +190,8 @@ class SuffixProposer:
     def propose(self, request_id: str, k: int) -> tuple[list[int], list[float]]:
         """(tokens, probability of each prefix): the better of the request's and the global trie's."""
         trie = self.requests[request_id]
-        context = trie.tokens[-(self.params.depth - 1):]
+        # room below the match for k tokens: the trie holds substrings of at most depth tokens
+        context = trie.tokens[-max(1, self.params.depth - k):]
         best: tuple[list[int], list[float]] = ([], [])
         for source in (trie, self.global_trie):
             m, node = source.longest_match(context)
