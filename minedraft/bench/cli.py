@@ -455,8 +455,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main_repetition(args) -> int:
+    """In this process, placed as the default bench's in-process modes: cores {0, 1}, one torch thread
+    per model thread (two threads on a busy 2-core machine ran 10x slower, ours and transformers' alike)."""
     try:
-        report = bench_repetition.run(args)
+        with bench_process_placement(args.pin):
+            if args.pin:
+                import torch
+
+                torch.set_num_threads(1)
+            report = bench_repetition.run(args)
     except BenchError as exc:
         print(f"minedraft bench: FAILED consistency check: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -8,7 +8,8 @@ of the prompt:
 - typo: "repeat this docstring and fix the typo", a letter swap planted in one word.
 `python -m minedraft.bench.repetition --build` rebuilds it (needs the stdlib sources of the corpus).
 
-Modes, in process, interleaved over rounds, one request at a time by default (--concurrency):
+Modes, in process (placed as the default bench's in-process modes: cores {0, 1}, one torch thread),
+interleaved over rounds, one request at a time by default (--concurrency):
   ar; sd-model, sd-ngram, sd-suffix; psd-model, psd-ngram, psd-suffix (the scheduler over a draft
   model or a model-free proposer, minedraft/drafting/); hf-target (transformers' greedy generate) and
   hf-prompt-lookup (`generate(prompt_lookup_num_tokens=k)`, transformers' n-gram drafting).
