@@ -1,5 +1,8 @@
 """DraftWorker over gRPC: prefill, propose k tokens (and q) per request into the token channel
-negotiated at Handshake; the tokens the target committed arrive with the next Propose."""
+negotiated at Handshake; the tokens the target committed arrive with the next Propose.
+
+--method model (default): a draft language model. ngram / suffix: a model-free proposer
+(minedraft/drafting/), no model loaded, no KV cache: 0..k tokens per row, one-hot q."""
 
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ import time
 
 from minedraft.config import MAX_SPECULATIVE_TOKENS, DraftConfig
 from minedraft.config.flags import parse, service_parser
+from minedraft.drafting.worker import ModelFreeDraftWorker, make_proposer
 from minedraft.rpc.channels import choose_transport, host_id, make_writer
-from minedraft.rpc.grpc_common import log, ref_to_proto, spec_to_proto
+from minedraft.rpc.grpc_common import log, ref_to_proto, setup_logging, spec_to_proto
 from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, serve
-from minedraft.spec.local_workers import LocalDraftWorker
+from minedraft.spec.local_workers import Q_DTYPES, LocalDraftWorker
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
 
 SERVICE = "minedraft.v1.DraftWorker"
@@ -21,14 +25,18 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
     role = "draft"
 
     def __init__(self, runner, model_path, max_k: int, max_num_seqs: int, full_q: bool = True,
-                 q_dtype: str = "float32", transport: str = "auto"):
-        worker = LocalDraftWorker(runner, full_q=full_q, q_dtype=q_dtype)
-        super().__init__(runner, model_path, worker, max_num_seqs, max_k=max_k, method="model")
+                 q_dtype: str = "float32", transport: str = "auto", worker=None):
+        """worker: a model-free draft (runner None); else a LocalDraftWorker over runner."""
+        if worker is None:
+            worker = LocalDraftWorker(runner, full_q=full_q, q_dtype=q_dtype)
+        method = getattr(worker, "method", "model")
+        super().__init__(runner, model_path, worker, max_num_seqs, max_k=max_k, method=method)
         self.forced_transport = None if transport in ("", "auto") else transport
         self.writer = None
-        # The ring holds the largest block this draft can write: every row sampling, at max_k.
-        self.capacity = dict(max_batch=max_num_seqs, max_k=max_k, vocab=runner.vocab_size,
-                             probs_dtype=worker.q_dtype)
+        # The ring holds the largest block this draft can write: every row sampling, at max_k
+        # (a model-free draft writes tokens only: vocabulary 0, no q).
+        self.capacity = dict(max_batch=max_num_seqs, max_k=max_k, vocab=runner.vocab_size if runner else 0,
+                             probs_dtype=getattr(worker, "q_dtype", None) or Q_DTYPES["float32"])
 
     def Handshake(self, request, context):
         def run():
@@ -38,7 +46,7 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
                                          same_host=request.reader_hostname == host_id(), forced=forced)
             if self.writer is not None:  # a new gateway (or a restarted one): start a fresh ring
                 self.writer.close()
-            self.writer = make_writer(transport, str(self.runner.device), **self.capacity)
+            self.writer = make_writer(transport, self.info.device, **self.capacity)
             log.info("draft: token channel %r uses transport %s (draft offers %s, target offers %s)",
                      request.channel_id, transport, ",".join(self.info.transports),
                      ",".join(request.reader_transports))
@@ -66,7 +74,7 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
             ref = self.writer.write(proposal.tokens, proposal.probs)
             return worker_pb2.ProposeReply(block=ref_to_proto(ref), compute_s=proposal.compute_s,
                                            confidence=_flat(proposal.confidence), top_prob=_flat(proposal.top_prob),
-                                           service_s=time.perf_counter() - t0)
+                                           lengths=proposal.lengths or [], service_s=time.perf_counter() - t0)
 
         return self.guarded(context, run, request)
 
@@ -86,9 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     config, args = parse(build_parser(), DraftConfig, argv)
-    runner, path = load_runner(config, "draft", lookahead=MAX_SPECULATIVE_TOKENS + 2)
     d = config.drafting
-    servicer = DraftServicer(runner, path, d.max_k, config.model.cache.max_num_seqs, full_q=not d.one_hot_q,
-                             q_dtype=d.q_dtype, transport=d.transport)
+    if d.method == "model":
+        runner, path = load_runner(config, "draft", lookahead=MAX_SPECULATIVE_TOKENS + 2)
+        servicer = DraftServicer(runner, path, d.max_k, config.model.cache.max_num_seqs, full_q=not d.one_hot_q,
+                                 q_dtype=d.q_dtype, transport=d.transport)
+    else:
+        setup_logging(config.service.log_level)
+        log.info("draft: model-free (%s), no model loaded", d.method)
+        servicer = DraftServicer(None, d.method, d.max_k, config.model.cache.max_num_seqs, transport=d.transport,
+                                 worker=ModelFreeDraftWorker(make_proposer(d), config.model.cache.max_num_seqs))
     serve(servicer, worker_pb2_grpc.add_DraftWorkerServicer_to_server, SERVICE, args)
     return 0

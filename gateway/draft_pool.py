@@ -5,6 +5,9 @@
   nodes: each gets its own token channel (handshake with the draft, OpenChannel on the target).
 - Each request lives on one node (its KV cache is there); new requests go to the least-loaded node,
   so a batch is split over the nodes, which draft their shares in parallel.
+- Nodes of different kinds (`Info.method`: a draft model, ngram, suffix) may share the pool: which
+  kind drafts each request is gateway/draft_policy.py's call (measured tokens per verify); within a
+  kind, the least-loaded node.
 - A node that fails a call is dropped; its requests are re-homed on the survivors by prefilling them
   with every token committed so far (the scheduler's record, `attach`), and the call is retried. With no
   node left, `propose` raises NoDraftAvailable and the scheduler decodes target-only until a node is
@@ -23,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import torch
 
+from gateway.draft_policy import KindPolicy
 from minedraft.rpc.remote_workers import RemoteDraftWorker, RemoteTargetWorker
 from minedraft.spec.compat import check_draft_fits_target
 from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal
@@ -69,6 +73,9 @@ class DraftPool(DraftWorker):
         self.transports: dict[str, str] = {}
         self.identities: dict[str, tuple] = {}  # address -> (host id, pid, instance): one process, one node
         self.context_lens: dict[str, int] = {}  # address -> longest sequence its KV budget holds
+        self.kinds: dict[str, str] = {}  # address -> its Info.method
+        self.policy = KindPolicy()
+        self.wanted: dict[str, str] = {}  # request -> the kind it is moving to
         self.homes: dict[str, _Home] = {}
         self.committed = None  # the scheduler's record (attach): request id -> resume NewRequest
         self.lock = threading.RLock()
@@ -133,8 +140,9 @@ class DraftPool(DraftWorker):
                 self.transports[address] = transport
                 self.identities[address] = identity
                 self.context_lens[address] = info.context_len
-            log.info("gateway: draft node %s joined (token channel %s); %d node(s) live",
-                     address, transport, len(self.nodes))
+                self.kinds[address] = info.method or "model"
+            log.info("gateway: draft node %s (%s) joined (token channel %s); %d node(s) live",
+                     address, info.method or "model", transport, len(self.nodes))
 
     def _same_process(self, address: str) -> bool:
         """Whether the node at address is still the process we joined (a restart between requests
@@ -155,6 +163,7 @@ class DraftPool(DraftWorker):
             self.transports.pop(address, None)
             self.identities.pop(address, None)
             self.context_lens.pop(address, None)
+            self.kinds.pop(address, None)
             for home in self.homes.values():
                 if home.node == address:
                     home.node = None
@@ -180,6 +189,7 @@ class DraftPool(DraftWorker):
             self.transports.clear()
             self.identities.clear()
             self.context_lens.clear()
+            self.kinds.clear()
             self.homes.clear()
             self.target, self.target_info = target, target_info
         self.refresh()
@@ -219,7 +229,7 @@ class DraftPool(DraftWorker):
                     load[h.node] += 1
             groups: dict[str, list[str]] = {}
             for rid in homeless:
-                address = min(load, key=load.get)
+                address = self._pick_node(rid, load)
                 load[address] += 1
                 groups.setdefault(address, []).append(rid)
             results, failed = self._parallel({a: (self._prefill, a, [resume(rid) for rid in ids])
@@ -228,6 +238,33 @@ class DraftPool(DraftWorker):
             no_room = [rid for left in results.values() for rid in left]
             if no_room:  # those nodes' caches are full: the scheduler preempts (or admits fewer)
                 raise NoRoom(message=f"no room: draft nodes could not take {len(no_room)} request(s)")
+
+    def _pick_node(self, rid: str, load: dict[str, int]) -> str:
+        """The least-loaded node of the kind the policy wants for rid (any kind when none is live)."""
+        kinds = sorted(set(self.kinds[a] for a in load))
+        if len(kinds) > 1:
+            by_kind = {k: sum(n for a, n in load.items() if self.kinds[a] == k) for k in kinds}
+            kind = self.wanted.pop(rid, None)
+            if kind not in kinds:
+                kind = self.policy.place(kinds, by_kind)
+            load = {a: n for a, n in load.items() if self.kinds[a] == kind}
+        return min(load, key=load.get)
+
+    def _switch_kinds(self, request_ids: list[str], updates) -> None:
+        """Account what each request's last verify committed, and move those that would draft better
+        on another kind: released on their node (with its next call), re-prefilled by _home."""
+        kinds = sorted(set(self.kinds.values()))
+        for rid in request_ids:
+            self.policy.committed(rid, len(updates.get(rid, [])))
+            home = self.homes[rid]
+            if len(kinds) < 2 or home.node not in self.nodes:
+                continue
+            current = self.kinds[home.node]
+            wanted = self.policy.choose(rid, current, kinds)
+            if wanted != current:
+                log.debug("gateway: request %s moves from a %s draft to a %s one", rid, current, wanted)
+                self.nodes[home.node].release_later([rid])
+                home.node, home.unsent, self.wanted[rid] = None, 0, wanted
 
     def _prefill(self, address: str, reqs: list[NewRequest]) -> list[str]:
         """Prefill reqs on a node; return the ids of those it had no room for."""
@@ -285,6 +322,7 @@ class DraftPool(DraftWorker):
         with self.lock:
             for rid, tokens in updates.items():
                 self.homes[rid].unsent += len(tokens)
+            self._switch_kinds(request_ids, updates)
             self._home(request_ids, self.committed)  # a prefill holds every unsent token
             groups: dict[str, list[str]] = {}
             for rid in request_ids:
@@ -298,6 +336,7 @@ class DraftPool(DraftWorker):
                 # are re-homed from every committed token.
                 for rid in ids:
                     self.homes[rid].unsent = 0
+                    self.policy.proposed(rid, self.kinds[address])
         return _PendingPoolProposal(self, list(request_ids), k, calls)
 
     def _unsent(self, rid: str, updates) -> list[int]:
@@ -313,6 +352,8 @@ class DraftPool(DraftWorker):
             groups: dict[str, list[str]] = {}
             for rid in request_ids:
                 home = self.homes.pop(rid, None)
+                self.policy.forget(rid)
+                self.wanted.pop(rid, None)
                 if home is not None and home.node in self.nodes:
                     groups.setdefault(home.node, []).append(rid)
             self._parallel({a: (self.nodes[a].release, ids) for a, ids in groups.items()})
@@ -322,6 +363,8 @@ class DraftPool(DraftWorker):
         with self.lock:
             for rid in request_ids:
                 home = self.homes.pop(rid, None)
+                self.policy.forget(rid)
+                self.wanted.pop(rid, None)
                 if home is not None and home.node in self.nodes:
                     self.nodes[home.node].release_later([rid])
 
@@ -361,10 +404,12 @@ class _PendingPoolProposal:
         if failed:
             return pool.propose(self.request_ids, self.k, {})
         ordered, parts, compute, service, nbytes, done_at = [], [], 0.0, 0.0, 0, 0.0
-        confidence, top_prob = [], []
+        confidence, top_prob, lengths, methods = [], [], [], []
         for address, (_node, ids, _pending) in self.calls.items():
             proposal = results[address]
             ordered.extend(ids)
+            lengths.extend(proposal.verify_lengths())
+            methods.extend([pool.kinds.get(address, "model")] * len(ids))
             confidence.append(proposal.confidence)
             top_prob.append(proposal.top_prob)
             parts.extend(proposal.parts)
@@ -374,6 +419,9 @@ class _PendingPoolProposal:
             done_at = max(done_at, proposal.done_at)
         return Proposal(ordered, self.k, parts=parts, confidence=_rows_in_order(confidence),
                         top_prob=_rows_in_order(top_prob), compute_s=compute, service_s=service,
+                        # a model-free node's rows have their own lengths; a model node's all have k
+                        lengths=lengths if any(results[a].lengths is not None for a in results) else None,
+                        methods=methods,
                         channel_bytes=nbytes, done_at=done_at)
 
 

@@ -47,6 +47,11 @@ class GatewayMetrics:
         self.num_accepted = Counter(P + "spec_decode_num_accepted_tokens", "Draft tokens accepted", registry=r)
         self.accepted_per_pos = Counter(P + "spec_decode_num_accepted_tokens_per_pos",
                                         "Drafts whose token at this position was accepted", ["position"], registry=r)
+        # The same three by draft method (model, ngram, suffix): in a mixed pool, what each kind drafted
+        self.method_counters = [Counter(P + "spec_decode_method_" + name, doc + ", by draft method", ["method"],
+                                        registry=r) for name, doc in (
+            ("num_drafts", "Verifications of a draft"), ("num_draft_tokens", "Draft tokens proposed"),
+            ("num_accepted_tokens", "Draft tokens accepted"))]
         self.prompt_tokens = Counter(P + "prompt_tokens", "Prompt tokens prefilled", registry=r)
         self.generation_tokens = Counter(P + "generation_tokens", "Tokens generated", registry=r)
         self.request_success = Counter(P + "request_success", "Requests finished, by reason", ["finished_reason"],
@@ -67,6 +72,7 @@ class GatewayMetrics:
                                 "0: the batch decoded target-only), by mode", ["mode"], buckets=K_BUCKETS, registry=r)
         self._seen_metrics = None  # the scheduler's SpecDecodeMetrics object last looked at ...
         self._seen = (0, 0, 0, [], 0)  # ... and its counters then: drafts, draft tokens, accepted, per pos, steps
+        self._seen_by_method: dict[str, list[int]] = {}
         self._step_children: dict[str, dict] = {}
         self._k_children: dict[str, object] = {}
         self._last_emit: dict[str, float] = {}  # request id -> time of its previous tokens (ITL)
@@ -96,6 +102,13 @@ class GatewayMetrics:
     def on_step(self, m) -> None:
         if m is not self._seen_metrics:  # reset or reconfigured: a fresh object that started at zero
             self._seen_metrics, self._seen = m, (0, 0, 0, [0] * len(m.spec_decode_num_accepted_tokens_per_pos), 0)
+            self._seen_by_method = {}
+        for method, counts in m.by_method.items():
+            seen = self._seen_by_method.setdefault(method, [0, 0, 0])
+            for counter, i in zip(self.method_counters, range(3)):
+                if counts[i] != seen[i]:
+                    counter.labels(method=method).inc(counts[i] - seen[i])
+                    seen[i] = counts[i]
         drafts, draft_tokens, accepted, per_pos, nsteps = self._seen
         self.num_drafts.inc(m.spec_decode_num_drafts - drafts)
         self.num_draft_tokens.inc(m.spec_decode_num_draft_tokens - draft_tokens)

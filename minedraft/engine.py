@@ -9,6 +9,7 @@ import itertools
 import torch
 
 from minedraft.config import DEFAULT_MAX_K, EngineConfig
+from minedraft.drafting.worker import ModelFreeDraftWorker, make_proposer
 from minedraft.runner import hf_adapter
 from minedraft.runner.model_runner import ModelRunner
 from minedraft.spec.compat import check_draft_fits_target, tokenizer_digest
@@ -46,10 +47,13 @@ class Engine:
                  gpu_memory_utilization: float = 0.9, max_num_batched_tokens: int | None = None, block_size: int = 16,
                  num_kv_blocks: int | None = None, cuda_graphs: bool | None = None,
                  enable_prefix_caching: bool = True, prefill_chunk_tokens: int = EngineConfig.prefill_chunk_tokens,
-                 cpu_threads_per_model: int | None = EngineConfig.cpu_threads_per_model):
+                 cpu_threads_per_model: int | None = EngineConfig.cpu_threads_per_model,
+                 draft_method: str = "model"):
+        if draft_method != "model":
+            draft = None  # model-free drafting (minedraft/drafting/): no draft model to load
         if target is None:
             target, default_draft = default_model_paths()
-            draft = draft if draft is not None else default_draft
+            draft = draft if draft is not None or draft_method != "model" else default_draft
         # Every keyword checked before anything loads (minedraft.config names the field that is wrong).
         # cuda_graphs: None = runner.CUDA_GRAPHS_DEFAULT (off until a GPU run has exercised them).
         config = EngineConfig.from_kwargs(
@@ -60,7 +64,7 @@ class Engine:
             gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
             block_size=block_size, num_kv_blocks=num_kv_blocks, cuda_graphs=cuda_graphs,
             enable_prefix_caching=enable_prefix_caching, prefill_chunk_tokens=prefill_chunk_tokens,
-            cpu_threads_per_model=cpu_threads_per_model)
+            cpu_threads_per_model=cpu_threads_per_model, draft_method=draft_method)
         lookahead = config.capacity_k + 2  # auto: the KV room of the largest k it may pick
         # Target and draft each get the budget (kv_cache_memory / gpu_memory_utilization) on their device.
         memory = config.cache_kwargs()
@@ -76,6 +80,8 @@ class Engine:
                                     tokenizer_digest(hf_adapter.load_tokenizer(draft)),
                                     tokenizer_digest(self.tokenizer))
             draft_worker = LocalDraftWorker(self.draft_runner, full_q=full_q, q_dtype=q_dtype)
+        elif draft_method != "model":  # costs nothing to hold, so ar mode keeps it too (reconfigure)
+            draft_worker = ModelFreeDraftWorker(make_proposer(draft_method))
         cfg = self.target_runner.cfg
         self.eos_token_ids = frozenset(cfg.eos_token_ids)
         # A request must fit both caches (a draft's budget may allow a shorter max_model_len).

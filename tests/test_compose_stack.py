@@ -159,7 +159,8 @@ def _exercise(compose, env, address, figures, prompts, expected):
 
     # All three healthy (up --wait already required it; check what compose reports).
     states = {c["Service"]: (c["State"], c.get("Health", "")) for c in _containers(compose, env)}
-    assert states == {s: ("running", "healthy") for s in ("target-cpu", "draft-cpu", "gateway-cpu")}, states
+    services = ("target-cpu", "draft-cpu", "draft-ngram", "gateway-cpu")
+    assert states == {s: ("running", "healthy") for s in services}, states
     published = _run(["docker", "port", _containers(compose, env, "gateway-cpu")[0]["ID"], "50051"], 60).stdout
     assert published.split() == [address], f"gateway must be published on loopback only: {published!r}"
 
@@ -175,9 +176,9 @@ def _exercise(compose, env, address, figures, prompts, expected):
             ids.extend(chunk.token_ids)
     assert ids == expected[0]
 
-    # Two draft replicas: the gateway finds both by DNS; output unchanged.
+    # Two draft replicas: the gateway finds both by DNS (beside the n-gram node); output unchanged.
     _run(compose + ["up", "-d", "--wait", "--wait-timeout", "300", "--scale", "draft-cpu=2"], 420, env)
-    _wait_for(lambda: _live_drafts(address) == 2, 60, "gateway reports two live draft nodes")
+    _wait_for(lambda: _live_drafts(address) == 3, 60, "gateway reports three live draft nodes")
     assert [_generate(address, p) for p in prompts] == expected
 
     # Lose one draft container: requests still complete, still lossless.
@@ -185,7 +186,7 @@ def _exercise(compose, env, address, figures, prompts, expected):
     assert len(drafts) == 2
     _run(["docker", "kill", drafts[0]["ID"]], 60)
     assert [_generate(address, p) for p in prompts] == expected
-    _wait_for(lambda: _live_drafts(address) == 1, 60, "the gateway drops the killed draft node")
+    _wait_for(lambda: _live_drafts(address) == 2, 60, "the gateway drops the killed draft node")
 
     # The documented stop command leaves nothing of the project behind.
     _run(compose + ["down", "--timeout", "10"], 300, env)

@@ -170,7 +170,7 @@ def test_gateway_reaches_services_by_dns_name(compose):
     assert flag(gw, "-k") == "auto" and flag(gw, "--max-k") == "8"  # the controller picks k, within 8
     gw_cpu = services(compose)["gateway-cpu"]["command"]
     assert flag(gw_cpu, "--target") == "target-cpu:50052"
-    assert flag(gw_cpu, "--draft") == "draft-cpu:50053"
+    assert flag(gw_cpu, "--draft") == "draft-cpu:50053,draft-ngram:50053"  # a model node and an n-gram node
 
 
 # --- compose: GPUs ------------------------------------------------------------------------
@@ -280,8 +280,17 @@ def test_every_service_has_a_health_check(compose):
     assert services(compose)["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
 
 
+def test_cpu_stack_has_a_model_free_ngram_node(compose):
+    svc = services(compose)["draft-ngram"]
+    assert svc["profiles"] == ["cpu"]
+    cmd = svc["command"]
+    assert cmd[:2] == ["serve", "draft"] and flag(cmd, "--method") == "ngram"
+    assert flag(cmd, "--port") == "50053" and flag(cmd, "--model") is None  # no model to load
+    assert "ports" not in svc
+
+
 def test_gateway_waits_for_healthy_target_and_draft(compose):
-    for gw, deps in (("gateway", ("target", "draft")), ("gateway-cpu", ("target-cpu", "draft-cpu"))):
+    for gw, deps in (("gateway", ("target", "draft")), ("gateway-cpu", ("target-cpu", "draft-cpu", "draft-ngram"))):
         depends = services(compose)[gw]["depends_on"]
         assert isinstance(depends, dict), "long syntax, so a condition can be set"
         assert set(depends) == set(deps)

@@ -51,6 +51,7 @@ import types
 from minedraft.bench import chat as bench_chat
 from minedraft.bench import long_prompt as bench_long
 from minedraft.bench import matrix as bench_matrix
+from minedraft.bench import repetition as bench_repetition
 from minedraft.bench.machine import machine_info
 from minedraft.bench.runners import (
     ALL_MODES,
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_matrix.add_arguments(p)
     bench_chat.add_arguments(p)
     bench_long.add_arguments(p)
+    bench_repetition.add_arguments(p)
     return p
 
 
@@ -417,8 +419,15 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = resolve_args(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if args.repetition:  # its own scenario: one request at a time and long copies unless told otherwise
+        args.concurrency = args.concurrency or 1
+        args.max_tokens = args.max_tokens or (8 if args.quick else 128)
+        args.matrix = "off"
+    args = resolve_args(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.repetition:
+        return _main_repetition(args)
     import grpc
 
     try:
@@ -458,6 +467,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         for path in write_plot(report, args.plot):
             print(f"minedraft bench: wrote {path}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _main_repetition(args) -> int:
+    """In this process, placed as the default bench's in-process modes: cores {0, 1}, one torch thread
+    per model thread (two threads on a busy 2-core machine ran 10x slower, ours and transformers' alike)."""
+    try:
+        with bench_process_placement(args.pin):
+            if args.pin:
+                import torch
+
+                torch.set_num_threads(1)
+            report = bench_repetition.run(args)
+    except BenchError as exc:
+        print(f"minedraft bench: FAILED consistency check: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(bench_repetition.format_report(report), flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
     return 0
 
 

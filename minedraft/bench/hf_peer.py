@@ -3,7 +3,9 @@
 * `hf-target`: target-only greedy (or sampled) `generate`;
 * `hf-assisted`: `generate(assistant_model=draft)`, HF's assisted generation (speculative
   decoding; it requires batch size 1), with the assistant fixed to `k` draft tokens per step
-  (constant schedule, no confidence early-stop) so that it drafts like our `sd`.
+  (constant schedule, no confidence early-stop) so that it drafts like our `sd`;
+* `hf-prompt-lookup`: `generate(prompt_lookup_num_tokens=k)`, HF's prompt lookup decoding (n-gram
+  drafts from the prompt and output, batch 1): the peer of our ngram / suffix drafts.
 
 Every request generates exactly `max_tokens` tokens (`min_new_tokens == max_new_tokens`), as our
 modes do with `ignore_eos`. HF reports no acceptance counters; we count the target's forward passes
@@ -66,7 +68,7 @@ class HFPeer:
         self.forwards += 1
 
     def generate_one(self, prompt_ids: list[int], max_tokens: int, temperature: float, seed: int,
-                     assisted: bool) -> tuple[int, float | None, int]:
+                     assisted: bool, lookup: bool = False) -> tuple[int, float | None, int]:
         """Returns (tokens generated, TTFT or None, target forward passes)."""
         torch = self.torch
         ids = torch.tensor([prompt_ids], device=self.device)
@@ -79,6 +81,8 @@ class HFPeer:
             kwargs.update(do_sample=False)
         if assisted:
             kwargs["assistant_model"] = self.draft
+        if lookup:
+            kwargs["prompt_lookup_num_tokens"] = self.k
         timer = _FirstTokenTimer()
         self.forwards = 0
         with torch.no_grad():
@@ -89,19 +93,19 @@ class HFPeer:
 
 
 def run_hf_round(peer: HFPeer, mode: str, workload: Workload, round_index: int, indices: list[int]) -> RoundResult:
-    assisted = mode == "hf-assisted"
+    assisted, lookup = mode == "hf-assisted", mode == "hf-prompt-lookup"
     records = []
     start = time.perf_counter()
     for i in indices:
         sent = time.perf_counter()
         n, first_s, forwards = peer.generate_one(workload.prompts[i], workload.max_tokens, workload.temperature,
-                                                 workload.seed + i, assisted)
+                                                 workload.seed + i, assisted, lookup)
         done = time.perf_counter()
         records.append(RequestRecord(i, done - sent, (first_s - sent) if first_s else None, n, n,
                                      finish_reason="length", target_forwards=forwards))
     wall = time.perf_counter() - start
     counters = None
-    if assisted:  # estimated from the target's forward passes (one per verified block)
+    if assisted or lookup:  # estimated from the target's forward passes (one per verified block)
         verifications = sum(r.target_forwards for r in records)
         accepted = max(0, sum(r.num_tokens for r in records) - verifications)
         counters = dict(num_drafts=verifications, num_draft_tokens=verifications * peer.k,

@@ -20,6 +20,8 @@ DEFAULT_MAX_K = 8  # a draft's token channel is sized for this k unless --max-k 
 TRANSPORTS = ("cuda_ipc", "shm", "inline")
 TRANSPORT_CHOICES = ("auto",) + TRANSPORTS
 Q_DTYPES = ("float32", "bfloat16")
+# How a draft node makes tokens: a draft model, or model-free (minedraft/drafting/ngram.py, suffix.py)
+DRAFT_METHODS = ("model", "ngram", "suffix")
 PORTS = {"gateway": 50051, "target": 50052, "draft": 50053}
 MAX_NUM_SEQS = 64
 PREFILL_CHUNK_TOKENS = 256  # staged prefill of long prompts (minedraft/spec/staged_prefill.py)
@@ -240,11 +242,35 @@ class DraftOptions:
     q_dtype: str = option("float32", "dtype of the q sent for sampled requests (bfloat16: half the bytes, still "
                                      "exact)", choices=Q_DTYPES)
     one_hot_q: bool = option(False, "for sampled requests, draft greedily and send no distributions")
+    method: str = option("model", "how tokens are drafted: model (a draft LM), ngram (prompt lookup: what followed "
+                                  "the longest earlier match of the last tokens) or suffix (suffix tries over the "
+                                  "request and recent outputs); ngram and suffix load no model",
+                         choices=DRAFT_METHODS)
+    ngram_min: int = option(2, "ngram: shortest match (one token matches nearly anywhere and predicts little)")
+    ngram_max: int = option(5, "ngram: longest match tried (past five tokens the source of a copy rarely changes)")
+    suffix_depth: int = option(24, "suffix: longest substring kept in the tries")
+    suffix_min_token_prob: float = option(0.1, "suffix: stop extending a draft when its estimated probability "
+                                               "falls below this")
+    suffix_max_spec_factor: float = option(1.0, "suffix: a draft is at most this many tokens per matched token")
+    suffix_max_cached_requests: int = option(1000, "suffix: finished requests whose outputs the global trie keeps "
+                                                   "(LRU; 0: no global trie)")
+    suffix_cache_mib: float = option(256.0, "suffix: memory cap of the global trie, MiB (oldest outputs leave "
+                                            "first)")
 
     def __post_init__(self):
         _int_in("max_k", self.max_k, 1, MAX_SPECULATIVE_TOKENS)
         _one_of("transport", self.transport, TRANSPORT_CHOICES)
         _one_of("q_dtype", self.q_dtype, Q_DTYPES)
+        _one_of("method", self.method, DRAFT_METHODS)
+        _int_in("ngram_min", self.ngram_min, 1)
+        _int_in("ngram_max", self.ngram_max, self.ngram_min if isinstance(self.ngram_min, int) else 1)
+        _int_in("suffix_depth", self.suffix_depth, 2)
+        p = self.suffix_min_token_prob
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"suffix_min_token_prob: must be in [0, 1], got {p!r}")
+        _positive("suffix_max_spec_factor", self.suffix_max_spec_factor)
+        _int_in("suffix_max_cached_requests", self.suffix_max_cached_requests, 0)
+        _positive("suffix_cache_mib", self.suffix_cache_mib)
 
 
 @dataclass(frozen=True)
@@ -327,6 +353,8 @@ class UpConfig:
     draft: str | None = option(None, "draft checkpoint folder", shown="the bundled tiny draft")
     device: str = option("cpu", "target device (cpu, cuda:0)")
     draft_device: str | None = option(None, "draft device", shown="--device")
+    draft_method: str = option("model", "the draft node's --method: model, ngram or suffix (no draft model loaded)",
+                               choices=DRAFT_METHODS)
     port: int = option(PORTS["gateway"], "gateway's gRPC port")
     target_port: int = option(PORTS["target"], "target's gRPC port")
     draft_port: int = option(PORTS["draft"], "draft's gRPC port")
@@ -351,6 +379,7 @@ class UpConfig:
         check_device("device", self.device)
         if self.draft_device is not None:
             check_device("draft_device", self.draft_device)
+        _one_of("draft_method", self.draft_method, DRAFT_METHODS)
         for name in ("port", "target_port", "draft_port", "target_metrics_port", "draft_metrics_port"):
             _port(name, getattr(self, name))
         _positive("startup_timeout", self.startup_timeout)
@@ -371,7 +400,7 @@ class UpConfig:
             placement=self._placement(1, self.draft_metrics_port),
             # the token channel must hold the gateway's k
             drafting=DraftOptions(max_k=max(self.speculation.capacity_k, DEFAULT_MAX_K),
-                                  transport=self.speculation.transport))
+                                  transport=self.speculation.transport, method=self.draft_method))
 
     def gateway_config(self) -> GatewayConfig:
         speculation = self.speculation
@@ -404,6 +433,7 @@ class EngineConfig:
     dtype: str | None = None
     full_q: bool = True
     q_dtype: str = "float32"
+    draft_method: str = "model"  # ngram / suffix: model-free (draft is then ignored), DraftOptions' defaults
     # On CPU with a draft: torch intra-op threads of each thread that runs a model (None: torch's own);
     # one avoids two models' OpenMP teams spinning against each other (minedraft/spec/placement.py).
     cpu_threads_per_model: int | None = 1
@@ -411,7 +441,8 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self):
-        check_mode_and_k(self.mode, self.num_speculative_tokens, self.draft is not None)
+        _one_of("draft_method", self.draft_method, DRAFT_METHODS)
+        check_mode_and_k(self.mode, self.num_speculative_tokens, self.has_draft)
         check_max_k(self.max_k)
         _one_of("q_dtype", self.q_dtype, Q_DTYPES)
         _int_in("cpu_threads_per_model", self.cpu_threads_per_model, 1, optional=True)
@@ -420,6 +451,10 @@ class EngineConfig:
     @property
     def capacity_k(self) -> int:
         return self.max_k if self.num_speculative_tokens == AUTO_K else self.num_speculative_tokens
+
+    @property
+    def has_draft(self) -> bool:
+        return self.draft is not None or self.draft_method != "model"
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EngineConfig:

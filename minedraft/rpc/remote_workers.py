@@ -91,12 +91,22 @@ def _rows(values, b: int, k: int, name: str) -> torch.Tensor | None:
     return torch.tensor(values, dtype=torch.float32).view(b, k)
 
 
+def _lengths(values, b: int, k: int) -> list[int] | None:
+    """A model-free draft's per-row lengths (None when empty: every row has k)."""
+    if not values:
+        return None
+    if len(values) != b or any(not 0 <= n <= k for n in values):
+        raise ValueError(f"lengths: {list(values)} for {b} rows of at most {k}")
+    return list(values)
+
+
 def _proposal(reply: worker_pb2.ProposeReply, request_ids: list[str], k: int, channel_id: str,
               done_at: float) -> Proposal:
     b = len(request_ids)
     return Proposal(request_ids, k, parts=[(channel_id, reply.block, b)],
                     confidence=_rows(reply.confidence, b, k, "confidence"),
-                    top_prob=_rows(reply.top_prob, b, k, "top_prob"), compute_s=reply.compute_s,
+                    top_prob=_rows(reply.top_prob, b, k, "top_prob"), lengths=_lengths(reply.lengths, b, k),
+                    compute_s=reply.compute_s,
                     service_s=reply.service_s, channel_bytes=reply.block.nbytes, done_at=done_at)
 
 

@@ -42,24 +42,34 @@ def device_uuid(device: str) -> str:
     return ""
 
 
+MODEL_FREE_CONTEXT = 2**31 - 1  # WorkerInfo.context_len of a draft without a KV cache: no limit
+
+
 class WorkerServicerBase:
     role = ""
 
-    def __init__(self, runner: ModelRunner, model_path: str, worker, max_num_seqs: int,
+    def __init__(self, runner: ModelRunner | None, model_path: str, worker, max_num_seqs: int,
                  max_k: int = MAX_SPECULATIVE_TOKENS, method: str = ""):
+        """runner None: a model-free draft (minedraft/drafting/worker.py), which holds no vocabulary,
+        tokenizer or context limit of its own: it reads the target's ids and any length."""
         self.runner = runner
         # The target checks ids against its vocabulary; a draft also reads the ids of a larger target
         # vocabulary (it has a prefix of it; see LocalDraftWorker._forward).
         self.accepts_ids_below = runner.vocab_size if self.role == "target" else 1 << 31
         self.worker = worker
         self.lock = threading.Lock()
+        if runner is not None:
+            facts = dict(device=str(runner.device), device_uuid=device_uuid(str(runner.device)),
+                         vocab_size=runner.vocab_size, context_len=runner.context_len,
+                         architecture=runner.cfg.architecture,
+                         # the pool's compat check
+                         tokenizer_fingerprint=tokenizer_digest(hf_adapter.load_tokenizer(model_path)))
+        else:  # vocabulary 0 and no tokenizer pass the pool's compat check against any target
+            facts = dict(device="cpu", vocab_size=0, context_len=MODEL_FREE_CONTEXT)
         self.info = worker_pb2.WorkerInfo(
-            role=self.role, model=model_path, device=str(runner.device), device_uuid=device_uuid(str(runner.device)),
-            vocab_size=runner.vocab_size, context_len=runner.context_len,
-            transports=local_capabilities(str(runner.device)), hostname=host_id(), pid=os.getpid(),
-            tokenizer_fingerprint=tokenizer_digest(hf_adapter.load_tokenizer(model_path)),  # the pool's compat check
-            architecture=runner.cfg.architecture, max_k=max_k, max_num_seqs=max_num_seqs, method=method,
-            instance_id=uuid.uuid4().hex)  # new at every start: the gateway sees a restart by it
+            role=self.role, model=model_path, transports=local_capabilities(facts["device"]), hostname=host_id(),
+            pid=os.getpid(), max_k=max_k, max_num_seqs=max_num_seqs, method=method,
+            instance_id=uuid.uuid4().hex, **facts)  # new at every start: the gateway sees a restart by it
 
     def Info(self, request, context):
         reply = worker_pb2.WorkerInfo()
@@ -85,7 +95,7 @@ class WorkerServicerBase:
             raise ValueError("prompt_ids: empty prompt")
         if any(not 0 <= t < self.accepts_ids_below for t in ids):
             raise ValueError(f"prompt_ids: token id outside the vocabulary [0, {self.accepts_ids_below})")
-        if len(ids) >= self.runner.context_len + (1 if r.resume else 0):
+        if len(ids) >= self.info.context_len + (1 if r.resume else 0):
             raise ValueError(f"prompt_ids: {len(ids)} tokens leave no room in the context")
         return NewRequest(r.request_id, ids, params_from_proto(r.params), r.seed, resume=r.resume)
 

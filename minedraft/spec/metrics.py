@@ -60,6 +60,8 @@ class SpecDecodeMetrics:
     folded: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(BREAKDOWN_FIELDS, 0.0))
     num_folded: int = 0  # older steps, kept only as sums in `folded`
     k_steps: dict = dataclasses.field(default_factory=dict)  # mode -> steps at k = 0, 1, ... (never folded)
+    # draft method (Proposal.methods: model, ngram, suffix) -> [drafts, draft tokens, accepted tokens]
+    by_method: dict = dataclasses.field(default_factory=dict)
 
     MAX_KEPT_STEPS = 20_000  # a long-running gateway must not keep every step it ever ran
 
@@ -95,15 +97,22 @@ class SpecDecodeMetrics:
         counts = self.k_steps.get(mode, [])
         return (counts[k] if k < len(counts) else 0) / max(1, sum(counts))
 
-    def observe(self, num_accepted: list[int], k: int, lengths: list[int] | None = None) -> None:
+    def observe(self, num_accepted: list[int], k: int, lengths: list[int] | None = None,
+                methods: list[str] | None = None) -> None:
         """One verification; lengths: the drafts each row verified (None: k each; a row that
-        verified none decoded target-only and is no draft)."""
+        verified none decoded target-only and is no draft); methods: each row's draft method
+        (None: "model")."""
         for i, n in enumerate(num_accepted):
             if lengths is not None and lengths[i] == 0:
                 continue
+            drafted = k if lengths is None else lengths[i]
             self.spec_decode_num_drafts += 1
-            self.spec_decode_num_draft_tokens += k if lengths is None else lengths[i]
+            self.spec_decode_num_draft_tokens += drafted
             self.spec_decode_num_accepted_tokens += n
+            per = self.by_method.setdefault(methods[i] if methods else "model", [0, 0, 0])
+            per[0] += 1
+            per[1] += drafted
+            per[2] += n
             for pos in range(min(n, len(self.spec_decode_num_accepted_tokens_per_pos))):
                 self.spec_decode_num_accepted_tokens_per_pos[pos] += 1
 

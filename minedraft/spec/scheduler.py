@@ -106,7 +106,12 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
         return SpecDecodeMetrics(self.k if self.k != AUTO_K else self.auto_max_k)
 
     def _set_lengths(self, proposal: Proposal) -> Proposal:
-        proposal.lengths = self.controller.budget_for(proposal, self.running) or proposal.lengths
+        """The controller's per-row lengths, within the proposer's own (a model-free draft proposes
+        0..k per row). Both depend on draft-side information only, and so does their minimum."""
+        chosen = self.controller.budget_for(proposal, self.running)
+        if chosen is not None and proposal.lengths is not None:
+            chosen = [min(a, b) for a, b in zip(chosen, proposal.lengths)]
+        proposal.lengths = chosen or proposal.lengths
         return proposal
 
     # -- one step -----------------------------------------------------------------------------------
@@ -409,7 +414,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
         lengths = proposal.verify_lengths()
         record.verify_tokens = sum(lengths) + len(lengths)
         if proposal.k:
-            self.metrics.observe(verdict.num_accepted, proposal.k, lengths)
+            self.metrics.observe(verdict.num_accepted, proposal.k, lengths, proposal.methods)
         self.controller.on_verdict(proposal, verdict)
         for rid, tokens, n, length in zip(verdict.request_ids, verdict.tokens, verdict.num_accepted, lengths):
             req = self.running[rid]

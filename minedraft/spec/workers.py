@@ -48,7 +48,9 @@ class Proposal:
     target-only in this verify). None: every row verifies all k. The scheduler sets it between the
     proposal and its verify, from draft-side information only, which keeps verification exact.
     parts: when the proposal travelled through token channels (remote workers), where it lies:
-    [(channel_id, block_ref, num_requests)] covering request_ids in order; the target reads them."""
+    [(channel_id, block_ref, num_requests)] covering request_ids in order; the target reads them.
+    methods: per row, how its tokens were drafted (model, ngram, suffix; None: all by a draft model),
+    for the metrics by method."""
 
     request_ids: list[str]
     k: int
@@ -58,6 +60,7 @@ class Proposal:
     top_prob: Any = None
     lengths: list[int] | None = None
     parts: list = dataclasses.field(default_factory=list)
+    methods: list[str] | None = None
     compute_s: float = 0.0  # time the draft spent in forward passes and sampling
     service_s: float = 0.0  # remote: time inside the draft service's handler (compute + channel)
     channel_bytes: int = 0  # bytes of tokens and q this proposal puts through the token channel

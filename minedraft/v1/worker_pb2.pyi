@@ -193,18 +193,20 @@ class ProposeRequest(_message.Message):
     def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., updates: _Optional[_Mapping[str, _common_pb2.TokenList]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProposeReply(_message.Message):
-    __slots__ = ("block", "compute_s", "service_s", "confidence", "top_prob")
+    __slots__ = ("block", "compute_s", "service_s", "confidence", "top_prob", "lengths")
     BLOCK_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     SERVICE_S_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     TOP_PROB_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
     block: BlockRef
     compute_s: float
     service_s: float
     confidence: _containers.RepeatedScalarFieldContainer[float]
     top_prob: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, block: _Optional[_Union[BlockRef, _Mapping]] = ..., compute_s: _Optional[float] = ..., service_s: _Optional[float] = ..., confidence: _Optional[_Iterable[float]] = ..., top_prob: _Optional[_Iterable[float]] = ...) -> None: ...
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, block: _Optional[_Union[BlockRef, _Mapping]] = ..., compute_s: _Optional[float] = ..., service_s: _Optional[float] = ..., confidence: _Optional[_Iterable[float]] = ..., top_prob: _Optional[_Iterable[float]] = ..., lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ProposalPart(_message.Message):
     __slots__ = ("channel_id", "block", "num_requests")
