@@ -239,15 +239,19 @@ class DraftPool(DraftWorker):
             if no_room:  # those nodes' caches are full: the scheduler preempts (or admits fewer)
                 raise NoRoom(message=f"no room: draft nodes could not take {len(no_room)} request(s)")
 
+    def kind(self, address: str) -> str:
+        """A node's draft method (what its Info said when it joined; "model" until then)."""
+        return self.kinds.get(address, "model")
+
     def _pick_node(self, rid: str, load: dict[str, int]) -> str:
         """The least-loaded node of the kind the policy wants for rid (any kind when none is live)."""
-        kinds = sorted(set(self.kinds[a] for a in load))
+        kinds = sorted(set(self.kind(a) for a in load))
         if len(kinds) > 1:
-            by_kind = {k: sum(n for a, n in load.items() if self.kinds[a] == k) for k in kinds}
+            by_kind = {k: sum(n for a, n in load.items() if self.kind(a) == k) for k in kinds}
             kind = self.wanted.pop(rid, None)
             if kind not in kinds:
                 kind = self.policy.place(kinds, by_kind)
-            load = {a: n for a, n in load.items() if self.kinds[a] == kind}
+            load = {a: n for a, n in load.items() if self.kind(a) == kind}
         return min(load, key=load.get)
 
     def _switch_kinds(self, request_ids: list[str], updates) -> None:
@@ -259,7 +263,7 @@ class DraftPool(DraftWorker):
             home = self.homes[rid]
             if len(kinds) < 2 or home.node not in self.nodes:
                 continue
-            current = self.kinds[home.node]
+            current = self.kind(home.node)
             wanted = self.policy.choose(rid, current, kinds)
             if wanted != current:
                 log.debug("gateway: request %s moves from a %s draft to a %s one", rid, current, wanted)
@@ -336,7 +340,7 @@ class DraftPool(DraftWorker):
                 # are re-homed from every committed token.
                 for rid in ids:
                     self.homes[rid].unsent = 0
-                    self.policy.proposed(rid, self.kinds[address])
+                    self.policy.proposed(rid, self.kind(address))
         return _PendingPoolProposal(self, list(request_ids), k, calls)
 
     def _unsent(self, rid: str, updates) -> list[int]:
@@ -409,7 +413,7 @@ class _PendingPoolProposal:
             proposal = results[address]
             ordered.extend(ids)
             lengths.extend(proposal.verify_lengths())
-            methods.extend([pool.kinds.get(address, "model")] * len(ids))
+            methods.extend([pool.kind(address)] * len(ids))
             confidence.append(proposal.confidence)
             top_prob.append(proposal.top_prob)
             parts.extend(proposal.parts)
