@@ -265,6 +265,9 @@ def test_budget_keeps_the_likely_drafts():
     world, c = World(alpha=0.7, rows=2), SpeculationController(4, "sd")
     world.run_sd(c, steps=60)
     conf = torch.tensor([[0.97, 0.96, 0.95, 0.95], [0.05, 0.05, 0.05, 0.05]])
+    assert c.budget_for(Proposal(world.ids, 4, confidence=conf, top_prob=conf.clone()), world.requests) is None
+    c.use_budget = True  # off by default (see SpeculationController.use_budget)
+    conf = torch.tensor([[0.97, 0.96, 0.95, 0.95], [0.05, 0.05, 0.05, 0.05]])
     proposal = Proposal(world.ids, 4, confidence=conf, top_prob=conf.clone())
     lengths = c.budget_for(proposal, world.requests)
     assert lengths[0] > lengths[1] and lengths[0] >= 2 and lengths[1] <= 1
