@@ -317,7 +317,8 @@ def target_only():
 
 class Scripted(SpeculationController):
     """The controller's feeding, with decisions that walk every path: k = 0 (sd: a decode; psd: the
-    batch is not drafted), merged psd steps, pipeline restarts, and ks up to max_k."""
+    batch is not drafted), merged psd steps, pipeline restarts, ks up to max_k, and requests admitted
+    while target-only (the draft prefills them before their first proposal)."""
 
     KS = (0, 2, 0, 3, 1, 4, 0, 0, 2)
     MERGES = (True, False, False, True, True, False, False, False, False, True, False)
@@ -335,6 +336,9 @@ class Scripted(SpeculationController):
     def merge(self, batches, requests, max_k=None):
         self.j += 1
         return self.MERGES[self.j % len(self.MERGES)]
+
+    def drafts_soon(self):  # admissions to the target alone, joining the draft at their first proposal
+        return (self.i + self.j) % 3 != 0
 
 
 @pytest.mark.parametrize("mode", ["sd", "psd"])

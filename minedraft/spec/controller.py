@@ -167,6 +167,9 @@ class FixedK(_Feeding):
     def budget_for(self, proposal, requests, slack_s: float = 0.0):
         return None
 
+    def drafts_soon(self) -> bool:
+        return True
+
 
 class SpeculationController(_Feeding):
     # Per-row lengths under a budget: off by default. Measured in process on the bundled pair (one
@@ -348,6 +351,12 @@ class SpeculationController(_Feeding):
         self._merged = merged
         self.decide_s += time.perf_counter() - t0
         return merged
+
+    def drafts_soon(self) -> bool:
+        """Whether requests admitted now should be prefilled on the draft too. Not while target-only
+        (sd: k = 0; psd: merged): a request joins the draft before its first proposal instead, so that
+        target-only serving does not pay the draft's prefill of every prompt."""
+        return not (self._merged if self.mode == "psd" else self.best == 0)
 
     def budget_for(self, proposal, requests, slack_s: float = 0.0) -> list[int] | None:
         """Per-row lengths for the proposal (None: verify every drafted token, e.g. no confidences, or

@@ -30,6 +30,7 @@ class Request:
     # How many of output_ids the draft has been given (in its prefill or with a proposal); the rest
     # ride with the next proposal, also after target-only steps (no draft node, or mode ar fallback).
     draft_known: int = 0
+    in_draft: bool = False  # whether the draft holds it (a target-only regime admits to the target alone)
 
     @property
     def finished(self) -> bool:

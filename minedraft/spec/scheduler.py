@@ -174,8 +174,9 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
         if not new:
             return
         reqs = [r.worker_request() for r in new]
-        self._threads(shared=self.speculating)
-        draft_job = self._pool.submit(self.draft.add, reqs) if self.speculating else None
+        to_draft = self.speculating and self.controller.drafts_soon()  # else: before its first proposal
+        self._threads(shared=to_draft)
+        draft_job = self._pool.submit(self.draft.add, reqs) if to_draft else None
         try:
             try:
                 first_tokens = self.target.add(reqs)  # the prefix that fits the target's KV cache
@@ -196,6 +197,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
         for req, token in zip(new[:n], first_tokens[:n]):
             self.running[req.request_id] = req
             req.draft_known = len(req.output_ids)  # what its prefill held
+            req.in_draft = to_draft
             if token is not None:  # None: a resumed request, its tokens are already committed
                 req.append([token])
             touched[req.request_id] = req
@@ -374,9 +376,23 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
         if no_room is not None:
             self._preempt_one(no_room, touched)
 
+    def _join_draft(self, ids: list[str]) -> None:
+        """Requests admitted while target-only join the draft before their first proposal: prefilled
+        from their prompt and committed tokens, as a resumed request is (NoRoom: a preemption follows)."""
+        missing = [rid for rid in ids if not self.running[rid].in_draft]
+        if not missing:
+            return
+        n = self.draft.add([self.running[rid].worker_request(resume=True) for rid in missing])
+        for rid in missing[:n]:
+            req = self.running[rid]
+            req.in_draft, req.draft_known = True, len(req.output_ids)
+        if n < len(missing):
+            raise NoRoom(message=f"no room: the draft could not take {len(missing) - n} request(s)")
+
     def _take_updates(self, ids: list[str]) -> dict[str, list[int]]:
         """The committed tokens each request's draft has not been given yet. From now on it has them:
-        the draft absorbs them even when it answers NoRoom."""
+        the draft absorbs them even when it answers NoRoom. Requests it does not hold join it first."""
+        self._join_draft(ids)
         updates = {}
         for rid in ids:
             req = self.running[rid]
@@ -392,8 +408,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
         return self._record_proposal(proposal, record)
 
     def _start_propose(self, ids: list[str], k: int):
-        updates = self._take_updates(ids)
         try:
+            updates = self._take_updates(ids)
             return self.draft.start_propose(ids, k, updates, self._pool)
         except Exception as exc:  # noqa: BLE001 - raised by .result() in _collect, as from the call itself
             failed = Future()
