@@ -82,7 +82,8 @@ class Recorder:
                     num_requests=len(self.ttft), wall_s=wall)
 
 
-async def shared_system(address: str, args, system: list[int], users: list[list[int]], tag: str) -> dict:
+async def _timed(address: str, run) -> dict:
+    """One workload on its own client: run(client, rec) sends its requests; the Recorder's summary."""
     from minedraft.client import AsyncMineDraftClient
 
     client = AsyncMineDraftClient(address)
@@ -90,26 +91,25 @@ async def shared_system(address: str, args, system: list[int], users: list[list[
     try:
         await client.channel.channel_ready()
         start = time.perf_counter()
-
-        async def one(i):
-            await asyncio.sleep(i / args.chat_rate)
-            await rec.send(client, system + users[i], args.chat_max_tokens, f"chat-{tag}-{i}")
-
-        await asyncio.gather(*(one(i) for i in range(len(users))))
+        await run(client, rec)
         return rec.summary(time.perf_counter() - start)
     finally:
         await client.close()
 
 
+async def shared_system(address: str, args, system: list[int], users: list[list[int]], tag: str) -> dict:
+    async def run(client, rec):
+        async def one(i):
+            await asyncio.sleep(i / args.chat_rate)
+            await rec.send(client, system + users[i], args.chat_max_tokens, f"chat-{tag}-{i}")
+
+        await asyncio.gather(*(one(i) for i in range(len(users))))
+
+    return await _timed(address, run)
+
+
 async def multi_turn(address: str, args, system: list[int], users: list[list[list[int]]], tag: str) -> dict:
-    from minedraft.client import AsyncMineDraftClient
-
-    client = AsyncMineDraftClient(address)
-    rec = Recorder()
-    try:
-        await client.channel.channel_ready()
-        start = time.perf_counter()
-
+    async def run(client, rec):
         async def conversation(c):
             await asyncio.sleep(c / args.chat_rate)
             history = list(system)
@@ -118,9 +118,8 @@ async def multi_turn(address: str, args, system: list[int], users: list[list[lis
                 history += await rec.send(client, history, args.chat_max_tokens, f"chat-{tag}-{c}-{t}")
 
         await asyncio.gather(*(conversation(c) for c in range(len(users))))
-        return rec.summary(time.perf_counter() - start)
-    finally:
-        await client.close()
+
+    return await _timed(address, run)
 
 
 def start(args, caching: bool, log_dir: str, log_name: str = "", **flags):
