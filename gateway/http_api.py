@@ -47,18 +47,42 @@ log = logging.getLogger("minedraft.gateway.http")
 OFF_LOOP_BYTES = 16 << 10  # bodies larger than this are tokenised on a worker thread
 
 
+DRAIN_BYTES = 16 << 20  # an oversized body is read and dropped up to this much before the 413 goes out
+DRAIN_S = 5.0
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 past `limit` bytes without reading the rest."""
+    """The body, refused with 413 past `limit` bytes without keeping the rest."""
     declared = request.headers.get("content-length")
+    body = request.stream()
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        await _drain(body)
         raise _too_large(int(declared), limit)
     chunks, n = [], 0
-    async for chunk in request.stream():
+    async for chunk in body:
         n += len(chunk)
         if n > limit:
+            await _drain(body)
             raise _too_large(n, limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _drain(body) -> None:
+    """Read and drop what the client is still sending (bounded), so that it is not cut off mid-send with a
+    reset before it can read the 413: closing on unread data makes the kernel send RST, which can discard
+    the reply in the client's receive buffer. Past DRAIN_BYTES or DRAIN_S the connection is simply closed."""
+    n = 0
+
+    async def drop() -> None:
+        nonlocal n
+        async for chunk in body:
+            n += len(chunk)
+            if n > DRAIN_BYTES:
+                return
+
+    with anyio.move_on_after(DRAIN_S):
+        await drop()
 
 
 def _too_large(n: int, limit: int) -> ApiError:

@@ -167,3 +167,12 @@ def test_health_on_the_event_loop_checks_and_watches(stack):
         watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=5)
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()
+
+
+def test_oversized_bodies_always_get_their_413(stack):
+    """The gateway reads and drops an oversized body (bounded) before answering, so a client still
+    sending is never reset before it can read the 413 (a CI run once saw BrokenPipe here)."""
+    raw = json.dumps({"model": stack.model, "max_tokens": 2, "prompt": "x" * (4 * LIMIT)}).encode()
+    for _ in range(20):
+        status, reply = post(stack, "/v1/completions", raw)
+        assert status == 413 and "--max-request-bytes" in reply["error"]["message"]
