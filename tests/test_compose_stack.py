@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -135,6 +136,10 @@ def _live_drafts(address: str) -> int:
         return len(client.model_info().draft_endpoints)
 
 
+def _restart_count(container: str) -> int:
+    return int(_run(["docker", "inspect", "-f", "{{.RestartCount}}", container], 60).stdout)
+
+
 def _wait_for(predicate, timeout: float, what: str):
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
@@ -187,6 +192,19 @@ def _exercise(compose, env, address, figures, prompts, expected):
     _run(["docker", "kill", drafts[0]["ID"]], 60)
     assert [_generate(address, p) for p in prompts] == expected
     _wait_for(lambda: _live_drafts(address) == 2, 60, "the gateway drops the killed draft node")
+
+    # A target that crashes (its container's main process SIGKILLed from the host, not `docker kill`,
+    # which Docker counts as a manual stop) comes back by `restart: unless-stopped`, and the gateway
+    # picks it up again by itself: output still lossless.
+    target = _containers(compose, env, "target-cpu")[0]["ID"]
+    before = _restart_count(target)
+    pid = int(_run(["docker", "inspect", "-f", "{{.State.Pid}}", target], 60).stdout)
+    os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: _restart_count(target) > before, 60, "Docker restarts the crashed target container")
+    _wait_for(lambda: [(c["State"], c.get("Health", "")) for c in _containers(compose, env, "target-cpu")]
+              == [("running", "healthy")], 300, "the restarted target is healthy")
+    assert [_generate(address, p) for p in prompts] == expected
+    figures["target_restarts"] = _restart_count(target) - before
 
     # The documented stop command leaves nothing of the project behind.
     _run(compose + ["down", "--timeout", "10"], 300, env)
