@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from minedraft.spec.controller import SpeculationController
+from minedraft.spec.controller import IDLE_BACKOFF_MAX, IdleExploration, SpeculationController
 from minedraft.spec.cost_model import AcceptanceModel, OnlineCostModel
 from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.spec.theory import CostModel, expected_tokens_per_step
@@ -199,6 +199,25 @@ def test_psd_merges_when_drafting_cannot_pay_and_pipelines_when_it_does():
     c = SpeculationController(8, "psd")
     ks, merged = World(alpha=0.85).run_psd(c, steps=200)
     assert merged <= 10 and sum(k > 0 for k in ks[-50:]) >= 45
+
+
+def test_idle_tries_back_off_and_start_again_when_speculation_pays():
+    idle = IdleExploration(base=4, burst=2)
+    tries = [i for i in range(200) if idle.due()]
+    # bursts of 2 at the end of intervals 4, 8, 16, 32, 64 (the cap: 16 x 4), 64
+    assert tries == [2, 3, 10, 11, 26, 27, 58, 59, 122, 123, 186, 187]
+    assert idle.every == IDLE_BACKOFF_MAX * 4
+    idle.reset()
+    assert [i for i in range(8) if idle.due()] == [2, 3]
+
+
+def test_target_only_serving_tries_speculation_ever_more_rarely():
+    # where nothing is accepted, the tries (each dear: the draft catches up) thin out: over the last
+    # 1,500 of 2,000 decisions at most two (the interval doubles per try up to 16 x 64 decisions)
+    ks = World(alpha=0.02).run_sd(c := SpeculationController(8, "sd"), steps=2000)
+    assert c.best == 0 and sum(k > 0 for k in ks[500:]) <= 2
+    ks, merged = World(alpha=0.02).run_psd(SpeculationController(8, "psd"), steps=2000)
+    assert sum(k > 0 for k in ks[500:]) <= 2 * 3  # a psd try: three pipeline steps
 
 
 @pytest.mark.parametrize("alpha,rows,hidden_s", [(0.9, 16, 0.0015), (0.9, 1, 0.0005)])

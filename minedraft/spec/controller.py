@@ -49,8 +49,36 @@ SPECULATE_MARGIN = 0.05  # speculating must beat target-only by this much
 KNOWN_TRIALS = 64.0  # drafts at position 1 (decayed) before the acceptance counts as known
 EXPLORE_PIPELINE_EVERY = 64  # psd while merged: three pipeline steps (dearer: half-batch steps)
 HYSTERESIS = 0.03
+IDLE_BACKOFF_MAX = 16  # target-only tries back off to this many times their interval at most
 REGIME_PERSIST = 8  # decisions a new regime (speculating or not) must last before it is logged
 MERGE = -1  # psd: decode every row in one step
+
+
+class IdleExploration:
+    """While target-only, when to try speculating again. A try is dear (the draft catches up on the
+    tokens it skipped; psd: half-batch pipeline steps), and on a machine where speculation does not
+    pay, trying every `base` decisions cost 64-token rounds ~15% against ar. So each try the model
+    does not follow (it still picks target-only after it) doubles the interval, up to
+    IDLE_BACKOFF_MAX x base; a decision for speculation starts again at base.
+    burst: decisions in a row that one try lasts (psd: three pipeline steps)."""
+
+    def __init__(self, base: int, burst: int = 1):
+        self.base, self.burst = base, burst
+        self.every, self.idle = base, 0
+
+    def due(self) -> bool:
+        """One more target-only decision: whether it should try speculating instead."""
+        self.idle += 1
+        if self.idle < self.every - self.burst + 1:
+            return False
+        if self.idle >= self.every:  # the try's last decision: the next one waits twice as long
+            self.idle, self.every = 0, min(2 * self.every, IDLE_BACKOFF_MAX * self.base)
+        return True
+
+    def reset(self) -> None:
+        """The model chose to speculate: speculation pays here again, so tries come at base again,
+        counted from when target-only resumes."""
+        self.every, self.idle = self.base, 0
 
 
 def make_controller(k, max_k: int, mode: str, draft=None, previous=None):
@@ -83,6 +111,9 @@ class Learned:
         self.acceptance = AcceptanceModel(max_k)
         self.periods = PeriodTable()
         self.calibration = [1.0, 1.0]  # budget: accepted drafts, summed scores of verified drafts
+        # when target-only serving tries speculating again (kept across a reconfigure, as the rest)
+        self.idle_sd = IdleExploration(EXPLORE_IDLE_EVERY)
+        self.idle_psd = IdleExploration(EXPLORE_PIPELINE_EVERY, burst=3)
         self._pending: tuple | None = None  # a decode step's record, until the next step starts
 
     def on_step_start(self, admit_s: float) -> None:
@@ -196,6 +227,7 @@ class SpeculationController(_Feeding):
         self._curves: dict = {}
         self._curves_at = -1
         self.decide_s = 0.0  # time spent deciding (the controller must stay cheap)
+        self.idle_sd, self.idle_psd = self.learned.idle_sd, self.learned.idle_psd
 
     # -- the models' view -------------------------------------------------------------------------------
     def _curve(self, ids: list[str], requests, k_max: int) -> list[float]:
@@ -255,8 +287,8 @@ class SpeculationController(_Feeding):
         after target-only steps, the risk of a noisy estimate; target-only never loses to ar); among
         k > 0 a change needs HYSTERESIS. Exploring: while speculating, the least measured neighbour
         every EXPLORE_EVERY decisions and k = 0 every fourth time; while target-only, the best k > 0
-        every EXPLORE_IDLE_EVERY decisions once the acceptance is known (each such step makes the
-        draft catch up on the tokens it skipped), every EXPLORE_EVERY until then."""
+        every EXPLORE_EVERY decisions until the acceptance is known, then from every
+        EXPLORE_IDLE_EVERY decisions on, backing off while the tries do not pay (IdleExploration)."""
         spec = max(range(1, k_max + 1), key=lambda k: (goodput[k], -k), default=0)
         if spec and self.best is not None and 1 <= self.best <= k_max and \
                 goodput[spec] <= goodput[self.best] * (1 + HYSTERESIS):
@@ -264,11 +296,11 @@ class SpeculationController(_Feeding):
         best = spec if spec and goodput[spec] > goodput[0] * (1 + SPECULATE_MARGIN) else 0
         self.best = best
         if best == 0:
-            # rarely, once the acceptance is known; as often as while speculating until it is
-            every = EXPLORE_IDLE_EVERY if self.acceptance.trials[0] >= KNOWN_TRIALS else EXPLORE_EVERY
-            if spec and self.decisions % every == every - 1:
-                return spec
-            return 0
+            if not spec:
+                return 0
+            if self.acceptance.trials[0] < KNOWN_TRIALS:  # as often as while speculating until it is known
+                return spec if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1 else 0
+            return spec if self.idle_sd.due() else 0
         if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1:
             if (self.decisions // EXPLORE_EVERY) % 4 == 3:
                 return 0
@@ -304,6 +336,8 @@ class SpeculationController(_Feeding):
         if k is None:
             goodput = self._sd_goodput(ids, requests, k_max)
             k = self._pick(goodput, k_max, "sd", n)
+            if self.best:
+                self.idle_sd.reset()
             self._log_regime(n, goodput)
         self.decisions += 1
         self.decide_s += time.perf_counter() - t0
@@ -330,8 +364,9 @@ class SpeculationController(_Feeding):
 
     def merge(self, batches: list[list[str]], requests, max_k: int | None = None) -> bool:
         """psd: whether this step should decode every row at once instead (no k pays for the pipeline).
-        The first step does (it measures the decode); while merged, three steps in every
-        EXPLORE_PIPELINE_EVERY run the pipeline again."""
+        The first step does (it measures the decode); while merged, three steps run the pipeline again
+        after EXPLORE_PIPELINE_EVERY decisions, then after ever longer runs while it does not pay
+        (IdleExploration)."""
         t0 = time.perf_counter()
         k_max = self._bound(max_k)
         n = len(batches[0]) + len(batches[1])
@@ -344,7 +379,9 @@ class SpeculationController(_Feeding):
             ar, spec = goodput[0], max(range(1, k_max + 1), key=lambda k: goodput[k])
             merged = ar > goodput[spec] * (1 + HYSTERESIS if not self._merged else 1 - HYSTERESIS)
             self._log_regime(n, goodput, merged=merged, spec_k=spec)
-            if merged and self.decisions % EXPLORE_PIPELINE_EVERY >= EXPLORE_PIPELINE_EVERY - 3:
+            if not merged:
+                self.idle_psd.reset()
+            elif self.idle_psd.due():
                 merged = False
         if merged:
             self.decisions += 1
