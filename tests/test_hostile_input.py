@@ -11,9 +11,10 @@ import urllib.request
 
 import grpc
 import pytest
-from test_recovery import PROMPTS, Stack, expected_tokens
+from test_recovery import PROMPTS, Stack
 
-from minedraft import SamplingParams
+from minedraft import Engine, SamplingParams
+from minedraft.assets import load_heldout_prompts
 from minedraft.client import MineDraftClient
 from minedraft.rpc.grpc_common import insecure_channel
 from minedraft.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -21,6 +22,7 @@ from minedraft.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from cluster import free_port
 
 N_TOKENS = 48
+STREAMS = load_heldout_prompts(16)  # the figure: 16 greedy streams beside the hostile requests
 LIMIT = 1 << 20  # --max-request-bytes
 
 
@@ -65,13 +67,14 @@ def hostile_http(model: str) -> list[tuple[str, bytes, int, str | None, str]]:
 
 
 def test_hostile_requests_hurt_nobody_else(stack):
-    expected = expected_tokens(SamplingParams(max_tokens=N_TOKENS, ignore_eos=True), "ar")
-    results = [[[], None] for _ in PROMPTS]
+    expected = [r.token_ids for r in Engine(mode="ar").generate(STREAMS, SamplingParams(max_tokens=N_TOKENS,
+                                                                                         ignore_eos=True))]
+    results = [[[], None] for _ in STREAMS]
 
     def stream(i):
         try:
             with MineDraftClient(stack.addr["gateway"]) as client:
-                for chunk in client.generate(PROMPTS[i], timeout=180, max_tokens=N_TOKENS, ignore_eos=True):
+                for chunk in client.generate(STREAMS[i], timeout=180, max_tokens=N_TOKENS, ignore_eos=True):
                     results[i][0].extend(chunk.token_ids)
         except grpc.RpcError as exc:
             results[i][1] = exc
@@ -86,7 +89,7 @@ def test_hostile_requests_hurt_nobody_else(stack):
             health_s.append(time.perf_counter() - t0)
             time.sleep(0.02)
 
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(PROMPTS))]
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(STREAMS))]
     poller = threading.Thread(target=poll_health)
     for t in threads + [poller]:
         t.start()
@@ -115,7 +118,7 @@ def test_hostile_requests_hurt_nobody_else(stack):
         t.join(240)
     stop.set()
     poller.join(30)
-    assert [err for _, err in results] == [None] * len(PROMPTS)
+    assert [err for _, err in results] == [None] * len(STREAMS)
     assert [tokens for tokens, _ in results] == expected
     health_s.sort()
     p99 = health_s[int(0.99 * (len(health_s) - 1))]
