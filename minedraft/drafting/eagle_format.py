@@ -17,13 +17,22 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from minedraft.drafting.eagle_head import EagleHead
-from minedraft.runner.hf_adapter import check_checkpoint_folder, load_model_config
+from minedraft.runner.hf_adapter import check_checkpoint_folder, load_model_config, model_config_from_hf
 
 WEIGHTS = "model.safetensors"
 
 
 class UnsupportedHead(ValueError):
     """A head folder in a layout this project does not run (its message says which and why)."""
+
+
+def head_config(folder: Path):
+    """The head's config.json (a published head ships weights as .bin, which load_model_config refuses)."""
+    from transformers import AutoConfig
+
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"draft: {folder} has no config.json (an EAGLE head folder)")
+    return model_config_from_hf(AutoConfig.from_pretrained(str(folder)))
 
 
 def read_head_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -78,7 +87,7 @@ def read_target_ends(target_dir: str, tied: bool) -> tuple[torch.Tensor, torch.T
 def load_head(head_dir: str, target_dir: str, device: str = "cpu", dtype=torch.float32) -> EagleHead:
     """The head of head_dir with the target's embeddings and LM head (only those are kept of it)."""
     folder = Path(head_dir)
-    cfg = load_model_config(folder)
+    cfg = head_config(folder)
     state = read_head_weights(folder)
     check_supported(state, cfg.hidden_size)
     target_cfg = load_model_config(target_dir)
