@@ -111,6 +111,10 @@ def save_head(head: EagleHead, folder: str, target_dir: str) -> None:
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     config = json.loads((Path(target_dir) / "config.json").read_text())
+    layers = config.get("num_hidden_layers")
+    for key, value in list(config.items()):  # per-layer lists (Qwen's layer_types) keep layer 0's entry
+        if isinstance(value, list) and len(value) == layers and key != "architectures":
+            config[key] = value[:1]
     config.update(num_hidden_layers=1, architectures=config.get("architectures", ["LlamaForCausalLM"]))
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file({k: v.detach().contiguous().cpu() for k, v in head.own_state_dict().items()}, str(out / WEIGHTS),
