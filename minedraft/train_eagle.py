@@ -41,6 +41,7 @@ def parse_args(argv):
     p.add_argument("--ce-weight", type=float, default=0.5, help="weight of the cross-entropy term")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, help="continue training this EAGLE-1 head folder")
     args = p.parse_args(argv)
     for name in ("minutes", "lr", "ce_weight"):
         if getattr(args, name) <= 0:
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     eval_chunks = to_chunks(encode_stream(tok, [text for _, text in corpus.heldout]))[:16]
     print(f"[train-eagle] {len(train_chunks)} train windows, {len(eval_chunks)} held out; "
           f"data {time.perf_counter() - t0:.1f} s", flush=True)
-    head = new_head(args.target, args.seed)
+    head = load_head(args.init, args.target) if args.init else new_head(args.target, args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     spec = TrainSpec("eagle", args.batch, args.lr, args.minutes * 60, args.steps, warmup_steps=20,
                      weight_decay=0.0, eval_every_s=args.minutes * 60 / 4)
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     save_head(head, args.out, args.target)
     final = evaluate(load_head(args.out, args.target), target, eval_chunks, args.ce_weight)  # as users load it
     trained = sum(p.numel() for p in head.parameters() if p.requires_grad)
-    log = {"command": command, "seed": args.seed, "target": args.target, "format": "EAGLE-1",
+    log = {"command": command, "seed": args.seed, "target": args.target, "format": "EAGLE-1", "init": args.init,
            "loss": f"smooth_l1(feature) + {args.ce_weight} * CE(target p, lm_head(feature))",
            "params_trained": trained, "params_with_frozen_ends": n_params(head), **run,
            "heldout_final": final, "wall_s": round(time.perf_counter() - t0, 1)}

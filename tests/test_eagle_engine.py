@@ -41,7 +41,7 @@ def test_bundled_head_greedy_equals_target_only(bundled_expected, mode, k):
     assert [r.token_ids for r in results] == expected
     drafted, accepted = sum(r.num_drafted for r in results), sum(r.num_accepted for r in results)
     print(f"eagle {mode} k={k}: accepted {accepted}/{drafted}")
-    assert drafted > 0 and accepted > 0.3 * drafted  # the trained head drafts what the target says
+    assert drafted > 0 and accepted > 0.2 * drafted  # the trained head drafts what the target says (random: ~0.01)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])

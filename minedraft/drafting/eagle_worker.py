@@ -190,6 +190,6 @@ class EagleDraftWorker(DraftWorker):
         lengths = [k if i in set(live) else 0 for i in range(len(rows))]
         nbytes = drafted.nbytes + (probs.nbytes if probs is not None else 0)
         return Proposal(list(request_ids), k, drafted, probs, confidence=conf, top_prob=top,
-                        lengths=None if len(live) == len(rows) else lengths,
+                        lengths=None if len(live) == len(rows) else lengths, methods=["eagle"] * len(rows),
                         compute_s=time.perf_counter() - t0, channel_bytes=nbytes)
 
