@@ -89,7 +89,8 @@ class Engine:
                                     tokenizer_digest(self.tokenizer))
             draft_worker = LocalDraftWorker(self.draft_runner, full_q=full_q, q_dtype=q_dtype)
         elif eagle_head is not None and mode != "ar":
-            draft_worker = self._eagle_worker(eagle_head, target, device, max_num_seqs, lookahead, block_size)
+            draft_worker = self._eagle_worker(eagle_head, target, draft_device or device, max_num_seqs, lookahead,
+                                              block_size)
         elif draft_method not in ("model", "eagle"):  # costs nothing to hold, so ar mode keeps it too
             draft_worker = ModelFreeDraftWorker(make_proposer(draft_method))
         cfg = self.target_runner.cfg
