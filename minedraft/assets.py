@@ -22,6 +22,11 @@ def default_draft_path() -> str:
     return str(assets_dir() / "tiny-draft")
 
 
+def default_eagle_path() -> str:
+    """The EAGLE-1 head trained for tiny-target (`minedraft train-eagle`)."""
+    return str(assets_dir() / "tiny-eagle")
+
+
 def heldout_prompts_path() -> str:
     return str(assets_dir() / "heldout_prompts.jsonl")
 

@@ -1,4 +1,5 @@
-"""The `minedraft` command: up, serve {target,draft,gateway}, generate, bench, health, train-tiny."""
+"""The `minedraft` command: up, serve {target,draft,gateway}, generate, bench, health, train-tiny,
+train-eagle."""
 
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="AR vs SD vs PSD benchmark: minedraft bench --help", add_help=False)
     sub.add_parser("train-tiny", help="train the bundled tiny draft/target pair", add_help=False)
+    sub.add_parser("train-eagle", help="train an EAGLE-1 draft head for a target", add_help=False)
     return parser
 
 
@@ -114,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         from minedraft.train_tiny import main as train_main
 
         return train_main(argv[1:])
+    if argv and argv[0] == "train-eagle":
+        from minedraft.train_eagle import main as train_eagle_main
+
+        return train_eagle_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":  # a bad value is refused here, before the service imports torch

@@ -49,8 +49,16 @@ class Engine:
                  enable_prefix_caching: bool = True, prefill_chunk_tokens: int = EngineConfig.prefill_chunk_tokens,
                  cpu_threads_per_model: int | None = EngineConfig.cpu_threads_per_model,
                  draft_method: str = "model"):
+        eagle_head = None
+        if draft_method == "eagle":  # the draft is a head folder (default: the bundled tiny-eagle)
+            from minedraft.assets import default_eagle_path
+
+            eagle_head = draft or default_eagle_path()
+            # The target forwards every committed position, so each one's feature reaches the head:
+            # prefix-cached blocks would skip that forward (staged prefill rides on the cache too).
+            enable_prefix_caching, prefill_chunk_tokens = False, 0
         if draft_method != "model":
-            draft = None  # model-free drafting (minedraft/drafting/): no draft model to load
+            draft = None  # model-free drafting or an EAGLE head (minedraft/drafting/): no draft model
         if target is None:
             target, default_draft = default_model_paths()
             draft = draft if draft is not None or draft_method != "model" else default_draft
@@ -80,7 +88,10 @@ class Engine:
                                     tokenizer_digest(hf_adapter.load_tokenizer(draft)),
                                     tokenizer_digest(self.tokenizer))
             draft_worker = LocalDraftWorker(self.draft_runner, full_q=full_q, q_dtype=q_dtype)
-        elif draft_method != "model":  # costs nothing to hold, so ar mode keeps it too (reconfigure)
+        elif eagle_head is not None and mode != "ar":
+            draft_worker = self._eagle_worker(eagle_head, target, draft_device or device, max_num_seqs, lookahead,
+                                              block_size)
+        elif draft_method not in ("model", "eagle"):  # costs nothing to hold, so ar mode keeps it too
             draft_worker = ModelFreeDraftWorker(make_proposer(draft_method))
         cfg = self.target_runner.cfg
         self.eos_token_ids = frozenset(cfg.eos_token_ids)
@@ -89,7 +100,9 @@ class Engine:
         self.vocab_size = cfg.vocab_size
         # With a thread count per model, a long prefill still gets torch's own (placement.py).
         prefill_threads = torch.get_num_threads() if threads_per_model(config) is not None else None
-        self.scheduler = Scheduler(LocalTargetWorker(self.target_runner, prefill_threads), draft_worker, mode,
+        feature_store = getattr(draft_worker, "store", None)  # only an EAGLE draft reads target features
+        self.scheduler = Scheduler(LocalTargetWorker(self.target_runner, prefill_threads, feature_store),
+                                   draft_worker, mode,
                                    num_speculative_tokens, max_num_seqs, max_k=max_k,
                                    # staging rides on the prefix cache (see staged_prefill.py)
                                    prefill_chunk_tokens=prefill_chunk_tokens if enable_prefix_caching else 0)
@@ -101,6 +114,15 @@ class Engine:
         self.frontend = Frontend(SchedulerSink(self.scheduler), self.tokenizer, self.eos_token_ids, self.vocab_size,
                                  self.context_len, model=target)
         self._ids = itertools.count()
+
+    def _eagle_worker(self, head_dir, target, device, max_num_seqs, lookahead, block_size):
+        from minedraft.drafting.eagle_format import load_head
+        from minedraft.drafting.eagle_worker import EagleDraftWorker
+        from minedraft.drafting.features import FeatureStore
+
+        head = load_head(head_dir, target, device=device, dtype=self.target_runner.dtype)
+        return EagleDraftWorker(head, FeatureStore(), self.target_runner.context_len, max_num_seqs=max_num_seqs,
+                                lookahead=lookahead, block_size=block_size, device=device)
 
     # -- incremental API (the bench and the tests use it) ---------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:

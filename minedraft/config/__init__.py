@@ -22,6 +22,8 @@ TRANSPORT_CHOICES = ("auto",) + TRANSPORTS
 Q_DTYPES = ("float32", "bfloat16")
 # How a draft node makes tokens: a draft model, or model-free (minedraft/drafting/ngram.py, suffix.py)
 DRAFT_METHODS = ("model", "ngram", "suffix")
+# In process only for now: an EAGLE head needs the target's features (drafting/eagle_worker.py).
+ENGINE_DRAFT_METHODS = DRAFT_METHODS + ("eagle",)
 PORTS = {"gateway": 50051, "target": 50052, "draft": 50053}
 MAX_NUM_SEQS = 64
 PREFILL_CHUNK_TOKENS = 256  # staged prefill of long prompts (minedraft/spec/staged_prefill.py)
@@ -433,7 +435,7 @@ class EngineConfig:
     dtype: str | None = None
     full_q: bool = True
     q_dtype: str = "float32"
-    draft_method: str = "model"  # ngram / suffix: model-free (draft is then ignored), DraftOptions' defaults
+    draft_method: str = "model"  # ngram / suffix: model-free (draft ignored); eagle: draft is a head folder
     # On CPU with a draft: torch intra-op threads of each thread that runs a model (None: torch's own);
     # one avoids two models' OpenMP teams spinning against each other (minedraft/spec/placement.py).
     cpu_threads_per_model: int | None = 1
@@ -441,7 +443,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self):
-        _one_of("draft_method", self.draft_method, DRAFT_METHODS)
+        _one_of("draft_method", self.draft_method, ENGINE_DRAFT_METHODS)
         check_mode_and_k(self.mode, self.num_speculative_tokens, self.has_draft)
         check_max_k(self.max_k)
         _one_of("q_dtype", self.q_dtype, Q_DTYPES)

@@ -134,11 +134,16 @@ class Model(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     @torch.inference_mode()
-    def forward(self, batch: ForwardBatch, cache: PagedKVCache) -> torch.Tensor:
-        """The packed tokens of `batch` -> logits [M, V] (fp32) at batch.logits_index [M]."""
+    def forward(self, batch: ForwardBatch, cache: PagedKVCache, with_features: bool = False):
+        """The packed tokens of `batch` -> logits [M, V] (fp32) at batch.logits_index [M].
+        with_features: also every token's final-normed hidden state [N, hidden], the state the LM head
+        reads (an EAGLE-1 head's input feature; only computed when an EAGLE draft asks for it)."""
         x = self.model.embed_tokens(batch.input_ids)  # [N, hidden]
         cos, sin = self._rope(batch.positions, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin, batch, cache)
+        if with_features:
+            normed = self.model.norm(x)
+            return self.lm_head(normed[batch.logits_index]).float(), normed
         x = self.model.norm(x[batch.logits_index])  # per-token norm: only the rows whose logits we need
         return self.lm_head(x).float()

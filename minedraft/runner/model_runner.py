@@ -135,13 +135,16 @@ class ModelRunner:
         self.cache.copy_blocks(self.blocks.reserve(growth))
 
     # -- compute --------------------------------------------------------------------------------------
-    def forward(self, seqs: list[int], tokens: list[list[int]], all_positions: bool = False) -> torch.Tensor:
+    def forward(self, seqs: list[int], tokens: list[list[int]], all_positions: bool = False,
+                with_features: bool = False):
         """Append tokens[i] to seqs[i]; return the logits of each sequence's last token [B, V], or of
-        every position [B, Q, V] (rows shorter than Q are zero-padded)."""
+        every position [B, Q, V] (rows shorter than Q are zero-padded).
+        with_features: return (logits, features), features[i] the final-normed hidden states [len(tokens[i]),
+        hidden] of every token forwarded for seqs[i] (what an EAGLE head drafts from); runs eagerly."""
         counts = [len(t) for t in tokens]
         starts = [self.blocks.lengths[s] for s in seqs]
         self.reserve({s: st + c for s, st, c in zip(seqs, starts, counts)})
-        shape = self._graph_shape(seqs, counts, starts, all_positions)
+        shape = None if with_features else self._graph_shape(seqs, counts, starts, all_positions)
         if shape is not None:
             q = shape[1]
             if any(c != q for c in counts):  # fillers: repeat each short row's last token
@@ -156,8 +159,15 @@ class ModelRunner:
             last = host_tensor([c - 1 for c in counts], torch.long, logits.device)  # each row's last real token
             return logits[torch.arange(len(seqs), device=logits.device), last]
         pieces: list[list[torch.Tensor]] = [[] for _ in seqs]
+        features: list[list[torch.Tensor]] = [[] for _ in seqs]
         for chunk in self._chunks(seqs, starts, tokens, all_positions):
-            logits = self._run_chunk(chunk)
+            logits = self._run_chunk(chunk, with_features)
+            if with_features:
+                logits, hidden = logits
+                at = 0
+                for i, sl, _want in chunk:
+                    features[i].append(hidden[at:at + sl.q_len])
+                    at += sl.q_len
             at = 0
             for i, _sl, want in chunk:
                 if want:
@@ -166,12 +176,15 @@ class ModelRunner:
         for s, c in zip(seqs, counts):
             self.blocks.advance(s, c)
         if not all_positions:
-            return torch.cat([p[-1][-1:] for p in pieces])
-        q = max(counts)
-        out = torch.zeros(len(seqs), q, self.vocab_size, device=self.device)
-        for i, p in enumerate(pieces):
-            rows = torch.cat(p)
-            out[i, :rows.shape[0]] = rows
+            out = torch.cat([p[-1][-1:] for p in pieces])
+        else:
+            q = max(counts)
+            out = torch.zeros(len(seqs), q, self.vocab_size, device=self.device)
+            for i, p in enumerate(pieces):
+                rows = torch.cat(p)
+                out[i, :rows.shape[0]] = rows
+        if with_features:
+            return out, [torch.cat(f) for f in features]
         return out
 
     def _graph_shape(self, seqs, counts, starts, all_positions):
@@ -213,7 +226,7 @@ class ModelRunner:
         if chunk:
             yield chunk
 
-    def _run_chunk(self, chunk) -> torch.Tensor:
+    def _run_chunk(self, chunk, with_features: bool = False):
         slices = [sl for _, sl, _ in chunk]
         if torch.is_tensor(slices[0].tokens):  # a draft step's tokens, still on the device
             flat = torch.cat([sl.tokens for sl in slices])
@@ -225,4 +238,6 @@ class ModelRunner:
             at += sl.q_len
         tables = [self.blocks.tables[sl.seq] for sl in slices]
         batch = ForwardBatch(slices, flat, tables, self.blocks.block_size, index, self.device)
+        if with_features:
+            return self.model(batch, self.cache, with_features=True)
         return self.model(batch, self.cache)

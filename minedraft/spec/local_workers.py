@@ -299,8 +299,11 @@ class LocalDraftWorker(DraftWorker):
 
 
 class LocalTargetWorker(TargetWorker):
-    def __init__(self, runner: ModelRunner, prefill_threads: int | None = None):
+    def __init__(self, runner: ModelRunner, prefill_threads: int | None = None, feature_store=None):
+        """feature_store: a drafting.features.FeatureStore when an EAGLE draft is attached; every forward
+        then also writes the committed positions' features there (None: no features computed)."""
         self.runner = runner
+        self.features = feature_store
         self.prefill_threads = prefill_threads  # intra-op threads of a long prefill (placement.py)
         self.book = _RowBook(runner, TARGET_STREAM)
         self.context_len = runner.context_len
@@ -316,7 +319,21 @@ class LocalTargetWorker(TargetWorker):
         """A row with a long prefill runs at prefill_threads (many short ones keep theirs)."""
         long = max(len(t) for t in tokens) >= PREFILL_THREADS_MIN_TOKENS
         with threads_for(self.prefill_threads if long else None):
-            return self.runner.forward(rows, tokens)
+            return self._forward(rows, tokens)
+
+    def _forward(self, rows, tokens, all_positions=False, all_committed=True):
+        """runner.forward; with a feature store, the features of the forwarded positions go there when
+        they are all committed (prefill, decode); a verify keeps them until it knows what it accepted."""
+        if self.features is None:
+            return self.runner.forward(rows, tokens, all_positions=all_positions)
+        starts = [self.runner.length(r) for r in rows]
+        logits, feats = self.runner.forward(rows, tokens, all_positions=all_positions, with_features=True)
+        self._last_features = (rows, starts, feats)
+        if all_committed:
+            owner = self._request_of
+            for row, start, f in zip(rows, starts, feats):
+                self.features.put(owner[row], start, f)
+        return logits
 
     def _prefill(self, states, requests, first: dict[int, int]) -> None:
         """Prefill what each row's cached prefix does not hold; sample the first token of fresh rows."""
@@ -342,7 +359,7 @@ class LocalTargetWorker(TargetWorker):
         t0 = time.perf_counter()
         states = self.book.get(request_ids)
         self.book.reseed(states)
-        logits = self.runner.forward([s.row for s in states], [[s.tokens.last] for s in states])
+        logits = self._forward([s.row for s in states], [[s.tokens.last] for s in states])
         params = [s.params for s in states]
         out = sample(probs_from_logits(logits, params), params, [s.generator for s in states])
         for s, t in zip(states, out):
@@ -366,6 +383,7 @@ class LocalTargetWorker(TargetWorker):
         p = probs_from_logits(logits, params)
         verdicts = verify_batch(p, drafts, normalised_q(proposal.probs), params,
                                 [s.generator for s in states], lengths)
+        features = self._export_verified(proposal.request_ids, kv_before, verdicts)
         for s, row, before, v in zip(states, rows, kv_before, verdicts):
             # Keep the pending token and the accepted drafts; the new last token stays pending.
             self.runner.rollback(row, before + 1 + v.num_accepted)
@@ -373,22 +391,42 @@ class LocalTargetWorker(TargetWorker):
             s.tokens.extend(v.tokens)
         self.book.settle(states)
         return Verdict(list(proposal.request_ids), [v.tokens for v in verdicts],
-                       [v.num_accepted for v in verdicts], compute_s=time.perf_counter() - t0)
+                       [v.num_accepted for v in verdicts], compute_s=time.perf_counter() - t0, features=features)
+
+    def _export_verified(self, request_ids, kv_before, verdicts):
+        """With a feature store: the features of the positions this verify committed (the pending
+        token's and the accepted drafts'), stored and returned per request; None without one."""
+        if self.features is None:
+            return None
+        _rows, _starts, feats = self._last_features
+        out = []
+        for rid, before, f, v in zip(request_ids, kv_before, feats, verdicts):
+            kept = f[:1 + v.num_accepted]
+            self.features.put(rid, before, kept)
+            out.append(kept)
+        return out
 
     def _forward_verify(self, rows, last, drafts, lengths) -> torch.Tensor:
         """Every position's logits; NoRoom before any compute. Padded rows need more blocks: when
         they are not there, the verified tokens alone may still fit."""
         tokens = _verify_input(last, drafts, lengths)
         try:
-            return self.runner.forward(rows, tokens, all_positions=True)
+            return self._forward(rows, tokens, all_positions=True, all_committed=False)
         except NoRoom:
             if lengths is None or not torch.is_tensor(tokens) or len(set(lengths)) == 1:
                 raise
-            return self.runner.forward(rows, _verify_input(last, drafts, lengths, ragged_only=True),
-                                       all_positions=True)
+            return self._forward(rows, _verify_input(last, drafts, lengths, ragged_only=True),
+                                 all_positions=True, all_committed=False)
+
+    @property
+    def _request_of(self) -> dict[int, str]:
+        """sequence handle -> request id (feature export only: prefill and decode forward by row)."""
+        return {s.row: rid for rid, s in self.book.states.items()}
 
     def release(self, request_ids):
         self.book.release(request_ids)
+        if self.features is not None:
+            self.features.drop(request_ids)
 
 
 # A ragged forward runs attention per sequence; at 16 rows on 2 CPU cores that costs about as much as

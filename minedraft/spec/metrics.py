@@ -60,7 +60,7 @@ class SpecDecodeMetrics:
     folded: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(BREAKDOWN_FIELDS, 0.0))
     num_folded: int = 0  # older steps, kept only as sums in `folded`
     k_steps: dict = dataclasses.field(default_factory=dict)  # mode -> steps at k = 0, 1, ... (never folded)
-    # draft method (Proposal.methods: model, ngram, suffix) -> [drafts, draft tokens, accepted tokens]
+    # draft method (Proposal.methods: model, ngram, suffix, eagle) -> [drafts, draft tokens, accepted tokens]
     by_method: dict = dataclasses.field(default_factory=dict)
 
     MAX_KEPT_STEPS = 20_000  # a long-running gateway must not keep every step it ever ran

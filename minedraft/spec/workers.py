@@ -78,6 +78,9 @@ class Verdict:
     num_accepted: list[int]
     compute_s: float = 0.0
     service_s: float = 0.0  # remote: time inside the target service's handler (channel + compute)
+    # Only with an EAGLE draft attached: per request, the target's features [1 + num_accepted, hidden]
+    # of the positions it committed in this verify (its pending token's and the accepted drafts').
+    features: list | None = None
     done_at: float = 0.0  # perf_counter() when the reply was in (start_verify): the call's true end
 
 

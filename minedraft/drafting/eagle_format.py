@@ -1,0 +1,121 @@
+"""EAGLE head folders: config.json (the target's architecture, num_hidden_layers 1) plus the head's
+weights (model.safetensors, or pytorch_model.bin as the published heads ship them).
+
+Supported: EAGLE-1 and EAGLE-2 heads (EAGLE-2 changes the draft tree, not the head): keys `fc.weight`
+[H, 2H], optional `fc.bias`, `layers.0.*` of a Llama/Qwen decoder layer (no input_layernorm), and
+optionally `embed_tokens.weight` (ignored: the target's embeddings are used, as EAGLE does).
+Recognised but refused with a clear error: EAGLE-3 (`midlayer.*`, fc [H, 3H] over three target layers,
+its own `lm_head` / `norm`, `d2t`/`t2d` vocabulary maps), and heads of more than one layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from minedraft.drafting.eagle_head import EagleHead
+from minedraft.runner.hf_adapter import check_checkpoint_folder, load_model_config, model_config_from_hf
+
+WEIGHTS = "model.safetensors"
+
+
+class UnsupportedHead(ValueError):
+    """A head folder in a layout this project does not run (its message says which and why)."""
+
+
+def head_config(folder: Path):
+    """The head's config.json (a published head ships weights as .bin, which load_model_config refuses)."""
+    from transformers import AutoConfig
+
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"draft: {folder} has no config.json (an EAGLE head folder)")
+    return model_config_from_hf(AutoConfig.from_pretrained(str(folder)))
+
+
+def read_head_weights(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / WEIGHTS).exists():
+        return load_file(str(folder / WEIGHTS))
+    if (folder / "pytorch_model.bin").exists():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"draft: {folder} holds no {WEIGHTS} or pytorch_model.bin (an EAGLE head folder)")
+
+
+def head_variant(state: dict[str, torch.Tensor]) -> str:
+    """'eagle1' or 'eagle3', from the key layout alone."""
+    if any(k.startswith("midlayer.") for k in state) or "d2t" in state or "t2d" in state:
+        return "eagle3"
+    if "fc.weight" in state and any(k.startswith("layers.0.") for k in state):
+        return "eagle1"
+    raise UnsupportedHead(f"draft: not an EAGLE head (no fc.weight with layers.0.* or midlayer.*); keys: "
+                          f"{', '.join(sorted(state)[:6])}")
+
+
+def check_supported(state: dict[str, torch.Tensor], hidden_size: int) -> None:
+    variant = head_variant(state)
+    if variant == "eagle3":
+        fc = state.get("fc.weight")
+        shape = "x".join(map(str, fc.shape)) if fc is not None else "?"
+        raise UnsupportedHead(
+            f"draft: an EAGLE-3 head (midlayer.*, fc {shape}, d2t/t2d: {'d2t' in state}) is not supported: "
+            "only EAGLE-1/EAGLE-2 heads (fc.weight [H, 2H] + layers.0.*) run here; EAGLE-3 needs the target's "
+            "states entering three layers, which the target does not export yet")
+    if any(k.startswith("layers.1.") for k in state):
+        raise UnsupportedHead("draft: an EAGLE head with more than one decoder layer is not supported")
+    if tuple(state["fc.weight"].shape) != (hidden_size, 2 * hidden_size):
+        raise UnsupportedHead(f"draft: fc.weight is {tuple(state['fc.weight'].shape)}, an EAGLE-1 head for this "
+                              f"target has ({hidden_size}, {2 * hidden_size})")
+
+
+def read_target_ends(target_dir: str, tied: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's embedding and LM head matrices, read alone from its safetensors shards."""
+    want = {"model.embed_tokens.weight": None, "lm_head.weight": None}
+    for shard in sorted(check_checkpoint_folder(target_dir).glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            for name in want:
+                if name in f.keys():
+                    want[name] = f.get_tensor(name).float()
+    embed = want["model.embed_tokens.weight"]
+    lm_head = embed if tied or want["lm_head.weight"] is None else want["lm_head.weight"]
+    if embed is None or lm_head is None:
+        raise ValueError(f"draft: the target {target_dir} lacks model.embed_tokens.weight or lm_head.weight")
+    return embed, lm_head
+
+
+def load_head(head_dir: str, target_dir: str, device: str = "cpu", dtype=torch.float32) -> EagleHead:
+    """The head of head_dir with the target's embeddings and LM head (only those are kept of it)."""
+    folder = Path(head_dir)
+    cfg = head_config(folder)
+    state = read_head_weights(folder)
+    check_supported(state, cfg.hidden_size)
+    target_cfg = load_model_config(target_dir)
+    if (target_cfg.hidden_size, target_cfg.vocab_size) != (cfg.hidden_size, cfg.vocab_size):
+        raise ValueError(f"draft: head {folder} is for hidden {cfg.hidden_size} / vocab {cfg.vocab_size}, the "
+                         f"target {target_dir} has {target_cfg.hidden_size} / {target_cfg.vocab_size}")
+    head = EagleHead(cfg, fc_bias="fc.bias" in state)
+    own = {("layer." + k[len("layers.0."):] if k.startswith("layers.0.") else k): v
+           for k, v in state.items() if k.startswith(("fc.", "layers.0."))}
+    embed, lm_head = read_target_ends(target_dir, target_cfg.tie_word_embeddings)
+    own["embed_tokens.weight"], own["lm_head.weight"] = embed, lm_head
+    missing, unexpected = head.load_state_dict(own, strict=False)
+    if missing or unexpected:
+        raise UnsupportedHead(f"draft: head {folder} does not match an EAGLE-1 layer: missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]}")
+    return head.to(device=device, dtype=dtype).eval()
+
+
+def save_head(head: EagleHead, folder: str, target_dir: str) -> None:
+    """An EAGLE-1 head folder: the target's config.json with one layer, and the head's own weights."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    config = json.loads((Path(target_dir) / "config.json").read_text())
+    layers = config.get("num_hidden_layers")
+    for key, value in list(config.items()):  # per-layer lists (Qwen's layer_types) keep layer 0's entry
+        if isinstance(value, list) and len(value) == layers and key != "architectures":
+            config[key] = value[:1]
+    config.update(num_hidden_layers=1, architectures=config.get("architectures", ["LlamaForCausalLM"]))
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file({k: v.detach().contiguous().cpu() for k, v in head.own_state_dict().items()}, str(out / WEIGHTS),
+              metadata={"format": "pt", "eagle": "1"})

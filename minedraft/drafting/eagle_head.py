@@ -1,0 +1,90 @@
+"""An EAGLE-1 draft head (Li et al., 2024; SafeAILab/EAGLE, eagle/model/cnets.py).
+
+    feature f_t: the target's final-normed hidden state at position t (what its LM head reads)
+    x = fc(concat(embed(token_{t+1}), f_t))        fc: [H, 2H], with or without bias
+    h = one decoder layer of the target's architecture, without its input norm (layer 0 in EAGLE)
+    h predicts f_{t+1}; logits = target's lm_head(h), no final norm
+
+The embeddings and LM head are the target's, frozen (loaded from its checkpoint: nothing else of it).
+`forward_paged` runs over the project's paged KV cache (drafting); `forward_dense` is the same math
+with a plain causal mask over whole sequences (training)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minedraft.runner.attention import ForwardBatch
+from minedraft.runner.hf_adapter import ModelConfig
+from minedraft.runner.kv_cache import PagedKVCache
+from minedraft.runner.model import DecoderLayer, rope_inv_freq
+
+
+class EagleHead(nn.Module):
+    def __init__(self, cfg: ModelConfig, fc_bias: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.hidden_size
+        self.fc = nn.Linear(2 * h, h, bias=fc_bias)
+        self.layer = DecoderLayer(cfg, 0)
+        self.layer.input_layernorm = nn.Identity()  # EAGLE's layer 0: fc's output enters attention as is
+        # Frozen, the target's: filled by eagle_format.load_head (not part of the head's own weights).
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, h)
+        self.lm_head = nn.Linear(h, cfg.vocab_size, bias=False)
+        self.embed_tokens.requires_grad_(False)
+        self.lm_head.requires_grad_(False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    def own_state_dict(self) -> dict[str, torch.Tensor]:
+        """The head's trained weights under the EAGLE-1 key names (fc.*, layers.0.*)."""
+        out = {}
+        for name, value in self.state_dict().items():
+            if name.startswith("fc."):
+                out[name] = value
+            elif name.startswith("layer."):
+                out["layers.0." + name[len("layer."):]] = value
+        return out
+
+    def _rope(self, positions: torch.Tensor, dtype):
+        freqs = positions[..., None].float() * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)[..., None, :]  # broadcast over heads
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def fuse(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat((self.embed_tokens(tokens), features.to(self.fc.weight.dtype)), dim=-1))
+
+    @torch.inference_mode()
+    def forward_paged(self, batch: ForwardBatch, features: torch.Tensor, cache: PagedKVCache):
+        """batch's packed tokens [N] with their features [N, H] -> (hidden [M, H], logits [M, V] fp32)
+        at batch.logits_index; the layer's K/V are written to `cache` (layer 0)."""
+        x = self.fuse(batch.input_ids, features)
+        cos, sin = self._rope(batch.positions, x.dtype)
+        h = self.layer(x, cos, sin, batch, cache)[batch.logits_index]
+        return h, self.lm_head(h).float()
+
+    def forward_dense(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T], features [B, T, H] (entry t: token_{t+1} and f_t) -> predicted features [B, T, H]."""
+        b, t = tokens.shape
+        x = self.fuse(tokens, features)
+        attn = self.layer.self_attn
+        cos, sin = self._rope(torch.arange(t, device=x.device), x.dtype)  # [T, 1, D]
+
+        def heads(proj, n):
+            return proj(x).view(b, t, n, attn.head_dim)
+
+        q, k, v = heads(attn.q_proj, attn.num_heads), heads(attn.k_proj, attn.num_kv_heads), heads(
+            attn.v_proj, attn.num_kv_heads)
+        if attn.q_norm is not None:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             is_causal=True, enable_gqa=attn.num_heads != attn.num_kv_heads)
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        return x + self.layer.mlp(self.layer.post_attention_layernorm(x))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
