@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 
 import torch
 
@@ -19,6 +20,8 @@ from minedraft.spec.placement import CallerThreads, threads_per_model, worker_th
 from minedraft.spec.request import Request
 from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.scheduler import Scheduler
+
+log = logging.getLogger("minedraft")
 
 
 @dataclasses.dataclass
@@ -56,6 +59,9 @@ class Engine:
             eagle_head = draft or default_eagle_path()
             # The target forwards every committed position, so each one's feature reaches the head:
             # prefix-cached blocks would skip that forward (staged prefill rides on the cache too).
+            if enable_prefix_caching or prefill_chunk_tokens:
+                log.info("draft_method eagle: prefix caching and staged prefill are off (every committed "
+                         "position must be forwarded for its feature)")
             enable_prefix_caching, prefill_chunk_tokens = False, 0
         if draft_method != "model":
             draft = None  # model-free drafting or an EAGLE head (minedraft/drafting/): no draft model
