@@ -73,16 +73,11 @@ async def _drain(body) -> None:
     reset before it can read the 413: closing on unread data makes the kernel send RST, which can discard
     the reply in the client's receive buffer. Past DRAIN_BYTES or DRAIN_S the connection is simply closed."""
     n = 0
-
-    async def drop() -> None:
-        nonlocal n
+    with anyio.move_on_after(DRAIN_S):
         async for chunk in body:
             n += len(chunk)
             if n > DRAIN_BYTES:
                 return
-
-    with anyio.move_on_after(DRAIN_S):
-        await drop()
 
 
 def _too_large(n: int, limit: int) -> ApiError:

@@ -58,7 +58,7 @@ MERGE = -1  # psd: decode every row in one step
 class IdleExploration:
     """While target-only, when to try speculating again. A try is dear (the draft catches up on the
     tokens it skipped; psd: half-batch pipeline steps), and on a machine where speculation does not
-    pay, trying every `base` decisions cost 64-token rounds ~15% against ar. So each try the model
+    pay, trying every `base` decisions put 2-4 speculative steps into every 64-token round. So each try the model
     does not follow (it still picks target-only after it) doubles the interval, up to
     IDLE_BACKOFF_MAX x base; a decision for speculation starts again at base.
     burst: decisions in a row that one try lasts (psd: three pipeline steps)."""
@@ -223,13 +223,12 @@ class SpeculationController(_Feeding):
         self.best: int | None = None  # the k the model prefers (exploration aside)
         self.psd_k = 1  # psd: the k the last drafted batch got (a guess for the other batch's next draft)
         self._merged = False
-        self._merge_held, self._merge_age = None, 0  # (rows, k bound) of the last full merge check; since
+        self._merge_held, self._merge_age = None, 0  # (rows, k bound) of the last full merge check, decisions since
         self._regime: bool | None = None  # speculating or not, as last logged
         self._flips = 0  # decisions in a row that disagreed with _regime
         self._curves: dict = {}
         self._curves_at = -1
         self.decide_s = 0.0  # time spent deciding (the controller must stay cheap)
-        self.idle_sd, self.idle_psd = self.learned.idle_sd, self.learned.idle_psd
 
     # -- the models' view -------------------------------------------------------------------------------
     def _curve(self, ids: list[str], requests, k_max: int) -> list[float]:
@@ -302,7 +301,7 @@ class SpeculationController(_Feeding):
                 return 0
             if self.acceptance.trials[0] < KNOWN_TRIALS:  # as often as while speculating until it is known
                 return spec if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1 else 0
-            return spec if self.idle_sd.due() else 0
+            return spec if self.learned.idle_sd.due() else 0
         if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1:
             if (self.decisions // EXPLORE_EVERY) % 4 == 3:
                 return 0
@@ -339,7 +338,7 @@ class SpeculationController(_Feeding):
             goodput = self._sd_goodput(ids, requests, k_max)
             k = self._pick(goodput, k_max, "sd", n)
             if self.best:
-                self.idle_sd.reset()
+                self.learned.idle_sd.reset()
             self._log_regime(n, goodput)
         self.decisions += 1
         self.decide_s += time.perf_counter() - t0
@@ -380,7 +379,7 @@ class SpeculationController(_Feeding):
             # merged at these rows a few decisions ago: nothing the decode steps measure since can
             # change the answer much, and the check costs ~2.5% of a tiny-model decode step (0.2 of 7.5 ms)
             self._merge_age += 1
-            merged = not self.idle_psd.due()
+            merged = not self.learned.idle_psd.due()
         else:
             self._merge_held, self._merge_age = (n, k_max), 1
             goodput = self._psd_goodput(batches, requests, k_max)
@@ -388,8 +387,8 @@ class SpeculationController(_Feeding):
             merged = ar > goodput[spec] * (1 + HYSTERESIS if not self._merged else 1 - HYSTERESIS)
             self._log_regime(n, goodput, merged=merged, spec_k=spec)
             if not merged:
-                self.idle_psd.reset()
-            elif self.idle_psd.due():
+                self.learned.idle_psd.reset()
+            elif self.learned.idle_psd.due():
                 merged = False
         if merged:
             self.decisions += 1
