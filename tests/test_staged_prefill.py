@@ -70,3 +70,30 @@ def test_up_turns_staging_off_without_prefix_caching():
     assert from_flat(UpConfig, {}).gateway_config().speculation.prefill_chunk_tokens == 256
     off = from_flat(UpConfig, {"enable_prefix_caching": False}).gateway_config()
     assert off.speculation.prefill_chunk_tokens == 0
+
+
+@pytest.mark.parametrize("mode", ["ar", "psd"])
+def test_no_step_prefills_more_than_one_chunk(mode):
+    """The last chunk is the request's own admission, in a step of its own (not a stand-in chunk and
+    the rest together, which made the final step twice as long)."""
+    chunk = 64
+    engine = Engine(mode=mode, num_speculative_tokens=3, prefill_chunk_tokens=chunk)
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    runner = engine.target_runner
+    forward, step_tokens = runner.forward, [0]
+
+    def counting_forward(seqs, tokens, *args, **kwargs):
+        step_tokens[0] += sum(len(t) for t in tokens if len(t) > 8)  # prefill rows (verify rows hold k+1)
+        return forward(seqs, tokens, *args, **kwargs)
+
+    runner.forward = counting_forward
+    engine.add_request(SHORTS[0], params)
+    engine.step()
+    engine.add_request(LONG, params)
+    per_step = []
+    while engine.has_unfinished():
+        step_tokens[0] = 0
+        engine.step()
+        per_step.append(step_tokens[0])
+    assert sum(per_step) >= len(LONG) - chunk  # the long prompt went through here, mostly staged
+    assert max(per_step) <= chunk + runner.blocks.block_size  # a chunk (and its copied partial block)

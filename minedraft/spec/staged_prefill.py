@@ -49,6 +49,9 @@ class StagedPrefill:
             st = self._start_staging(chunk)
             if st is None:
                 return
+        if len(st.prompt) - st.done <= chunk:  # the rest is one chunk: admission prefills it, this step
+            self._end_staging()  # (not a stand-in chunk and then the rest: that would be two in one step)
+            return
         n = min(st.done + chunk, len(st.prompt) - 1)
         stand_in = NewRequest(f"{st.request.request_id}#prefill-{n}", st.prompt[:n], STAND_IN_PARAMS, seed=0)
         try:
@@ -61,8 +64,6 @@ class StagedPrefill:
             return
         self._release_stand_in(st)
         st.row_id, st.done = stand_in.request_id, n
-        if len(st.prompt) - n <= chunk:  # the rest is prefilled at its admission, this very step
-            self._end_staging()
 
     def must_stage(self, req: Request) -> bool:
         """Whether req is long enough to be staged before admission (and was not yet)."""
