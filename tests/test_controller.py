@@ -258,6 +258,32 @@ def test_auto_after_fixed_runs_starts_from_what_they_measured():
     assert ks.count(0) >= 18  # no warm-up at k = 1, 2, 4: it knows k = 0 wins
 
 
+@pytest.mark.parametrize("mode", ["sd", "psd"])
+def test_auto_after_target_only_auto_starts_target_only(mode):
+    """Its first admission must not prefill the draft (drafts_soon) when the last auto found that
+    speculation does not pay; a cold start assumes it does."""
+    from minedraft.spec.controller import make_controller
+
+    class Draft:
+        capacity_k = None
+
+    first = make_controller("auto", 8, mode, Draft())
+    assert first.drafts_soon()  # nothing known: speculating is the starting assumption
+    world = World(alpha=0.02)
+    world.run_sd(first) if mode == "sd" else world.run_psd(first)
+    assert first.learned.target_only
+    ar = make_controller(4, 8, "ar", Draft(), previous=first)
+    again = make_controller("auto", 8, mode, Draft(), previous=ar)
+    assert not again.drafts_soon()
+    ks = world.run_sd(again, steps=20) if mode == "sd" else world.run_psd(again, steps=20)[0]
+    assert again.learned.target_only and not again.drafts_soon()
+    paying = make_controller("auto", 8, mode, Draft())
+    World(alpha=0.9).run_sd(paying, steps=100) if mode == "sd" else World(alpha=0.9).run_psd(paying, steps=100)
+    assert paying.learned.target_only is False
+    assert make_controller("auto", 8, mode, Draft(), previous=paying).drafts_soon()
+    assert ks.count(0) >= 18 or mode == "psd"
+
+
 class FixedKAt0:
     """ar mode as the scheduler runs it: decodes, fed to the policy like any step."""
 

@@ -16,7 +16,8 @@ the nearest measured k:
   at once. Otherwise the batch about to be drafted gets the best pipeline k.
 Everything measured lives in `Learned`, which every policy feeds, a fixed k included, and which a
 reconfigure hands on: a server that ran at k = 4 or target-only knows what those cost when auto
-takes over, and auto's first steps need no warm-up.
+takes over, and auto's first steps need no warm-up; an auto that follows target-only serving starts
+target-only (its first admission does not prefill the draft).
 - the budget: with the draft's confidences, the (row, position) drafts ranked as select_lengths ranks
   them are kept while one more is expected to add tokens faster than the step makes them (its
   calibrated acceptance probability against the verify's cost of one more token).
@@ -115,6 +116,9 @@ class Learned:
         # when target-only serving tries speculating again (kept across a reconfigure, as the rest)
         self.idle_sd = IdleExploration(EXPLORE_IDLE_EVERY)
         self.idle_psd = IdleExploration(EXPLORE_PIPELINE_EVERY, burst=3)
+        # the last auto policy's answer (None: none decided yet). An auto that follows starts from it,
+        # so that after target-only serving the first admission does not prefill the draft for nothing
+        self.target_only: bool | None = None
         self._pending: tuple | None = None  # a decode step's record, until the next step starts
 
     def on_step_start(self, admit_s: float) -> None:
@@ -220,9 +224,10 @@ class SpeculationController(_Feeding):
         self.learned.acceptance.grow(max_k)
         self.costs, self.acceptance, self.periods = self.learned.costs, self.learned.acceptance, self.learned.periods
         self.decisions = 0
-        self.best: int | None = None  # the k the model prefers (exploration aside)
+        # the k the model prefers (exploration aside); after target-only serving, 0 until it decides
+        self.best: int | None = 0 if self.learned.target_only else None
         self.psd_k = 1  # psd: the k the last drafted batch got (a guess for the other batch's next draft)
-        self._merged = False
+        self._merged = bool(self.learned.target_only)
         self._merge_held, self._merge_age = None, 0  # (rows, k bound) of the last full merge check, decisions since
         self._regime: bool | None = None  # speculating or not, as last logged
         self._flips = 0  # decisions in a row that disagreed with _regime
@@ -337,6 +342,7 @@ class SpeculationController(_Feeding):
         if k is None:
             goodput = self._sd_goodput(ids, requests, k_max)
             k = self._pick(goodput, k_max, "sd", n)
+            self.learned.target_only = self.best == 0
             if self.best:
                 self.learned.idle_sd.reset()
             self._log_regime(n, goodput)
@@ -385,6 +391,7 @@ class SpeculationController(_Feeding):
             goodput = self._psd_goodput(batches, requests, k_max)
             ar, spec = goodput[0], max(range(1, k_max + 1), key=lambda k: goodput[k])
             merged = ar > goodput[spec] * (1 + HYSTERESIS if not self._merged else 1 - HYSTERESIS)
+            self.learned.target_only = merged
             self._log_regime(n, goodput, merged=merged, spec_k=spec)
             if not merged:
                 self.learned.idle_psd.reset()

@@ -1,0 +1,77 @@
+"""A Qwen3-0.6B-shaped checkpoint (random weights): one 2,000-token prompt + 7 short ones, 8 new
+tokens each, in psd on the Engine's defaults, against transformers' time for the long prompt alone
+(issue 21's aim: <= 1.2x). Each measurement runs in a fresh process (this script re-runs itself
+with --one), the two alternate over --rounds, and the best (least) time of each is compared.
+
+    PYTHONPATH=. python3 scripts/long_prefill_vs_hf.py [--rounds 2] [--folder /tmp/qwen3-shape]
+"""
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+LONG, SHORT, NUM_SHORT, NEW = 2000, 40, 7, 8
+
+
+def prompts():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return ([torch.randint(10, 150_000, (LONG,), generator=g).tolist()]
+            + [torch.randint(10, 150_000, (SHORT,), generator=g).tolist() for _ in range(NUM_SHORT)])
+
+
+def one(kind: str, target: str, draft: str) -> float:
+    import torch
+
+    ps = prompts()
+    if kind == "hf":
+        from minedraft.runner.hf_adapter import reference_model
+
+        model = reference_model(target)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(torch.tensor([ps[0]]), max_new_tokens=NEW, do_sample=False,
+                           attention_mask=torch.ones(1, LONG, dtype=torch.long))
+        return time.perf_counter() - t0
+    from minedraft import Engine, SamplingParams
+
+    engine = Engine(target, draft, mode="psd")
+    t0 = time.perf_counter()
+    engine.generate(ps, SamplingParams(max_tokens=NEW, ignore_eos=True))
+    return time.perf_counter() - t0
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--folder", default="/tmp/qwen3-shape")
+    p.add_argument("--one", choices=("hf", "engine"))
+    args = p.parse_args()
+    sys.path.insert(0, str(ROOT / "tests"))
+    from real_scale_models import draft_small, target_0_6b
+
+    folder = pathlib.Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target, draft = target_0_6b(folder), draft_small(folder)
+    if args.one:
+        print(json.dumps({"seconds": one(args.one, target, draft)}))
+        return
+    times = {"hf": [], "engine": []}
+    for r in range(args.rounds):
+        for kind in (("hf", "engine") if r % 2 == 0 else ("engine", "hf")):
+            out = subprocess.run([sys.executable, __file__, "--one", kind, "--folder", args.folder],
+                                 capture_output=True, text=True, timeout=900, check=True)
+            times[kind].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+            print(f"round {r + 1} {kind}: {times[kind][-1]:.1f} s", flush=True)
+    best = {k: min(v) for k, v in times.items()}
+    print(f"transformers, long prompt alone: {best['hf']:.1f} s; engine psd, long + {NUM_SHORT} short: "
+          f"{best['engine']:.1f} s; ratio {best['engine'] / best['hf']:.2f} (aim <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()
