@@ -3,11 +3,18 @@
 Teacher forcing: the frozen target gives every position's final-normed hidden state f_t; head entry t
 reads (token_{t+1}, f_t) and predicts f_{t+1}. The loss is EAGLE's: smooth L1 on the feature plus
 cross-entropy of the target's next-token distribution against lm_head(predicted feature), through
-the frozen LM head. Writes an EAGLE-1 head folder (drafting/eagle_format.py) and a training log."""
+the frozen LM head. Writes an EAGLE-1 head folder (drafting/eagle_format.py) and a training log.
+
+--draft-vocab D gives the head EAGLE-3's reduced vocabulary: the D most frequent target tokens of
+the training corpus (and EOS), an own LM head over them initialised from the target's rows and
+trained; the CE term then reads the target's p restricted to them, renormalised. --feature-noise a
+adds EAGLE's uniform noise U(-a, a) x (the features' std) to the input features, so chains that
+feed back the head's own predicted features hold up. --intermediate-size shrinks the head's MLP."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -42,6 +49,12 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="continue training this EAGLE-1 head folder")
+    p.add_argument("--draft-vocab", type=int, default=None,
+                   help="reduced draft vocabulary size (EAGLE-3's d2t; default: the full vocabulary)")
+    p.add_argument("--feature-noise", type=float, default=0.0,
+                   help="uniform input-feature noise amplitude, in units of the features' std (EAGLE: 0.1)")
+    p.add_argument("--intermediate-size", type=int, default=None,
+                   help="the head's MLP width (default: the target's; a fresh head only)")
     args = p.parse_args(argv)
     for name in ("minutes", "lr", "ce_weight"):
         if getattr(args, name) <= 0:
@@ -51,30 +64,64 @@ def parse_args(argv):
             p.error(f"--{name}: must be >= 1, got {getattr(args, name)}")
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps: must be >= 1, got {args.steps}")
+    for name in ("draft_vocab", "intermediate_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    if args.feature_noise < 0:
+        p.error(f"--feature-noise: must be >= 0, got {args.feature_noise}")
+    if args.init and args.intermediate_size is not None:
+        p.error("--intermediate-size: applies to a fresh head only, not with --init")
     return args
 
 
-def new_head(target_dir: str, seed: int) -> EagleHead:
-    """A fresh head with the target's frozen embeddings and LM head."""
+def new_head(target_dir: str, seed: int, draft_ids: torch.Tensor | None = None,
+             intermediate_size: int | None = None) -> EagleHead:
+    """A fresh head with the target's frozen embeddings and its LM head (or, with draft_ids, the
+    target's LM head rows of those tokens as the head's own)."""
     torch.manual_seed(seed)
     cfg = load_model_config(target_dir)
-    head = EagleHead(cfg)
+    if intermediate_size is not None:
+        cfg = dataclasses.replace(cfg, intermediate_size=intermediate_size)
+    head = EagleHead(cfg, draft_ids=draft_ids)
     embed, lm_head = read_target_ends(target_dir, cfg.tie_word_embeddings)
     head.embed_tokens.weight.data.copy_(embed)
-    head.lm_head.weight.data.copy_(lm_head)
+    head.lm_head.weight.data.copy_(lm_head if draft_ids is None else lm_head[draft_ids])
     return head
 
 
-def eagle_loss(head: EagleHead, target, ids: torch.Tensor, ce_weight: float, return_parts: bool = False):
+def most_frequent(stream: torch.Tensor, vocab_size: int, size: int, always: tuple = ()) -> torch.Tensor:
+    """The `size` most frequent ids of stream (ids in `always` first), ascending (EAGLE-3's d2t order)."""
+    if size > vocab_size:
+        raise ValueError(f"--draft-vocab: {size} exceeds the target vocabulary ({vocab_size})")
+    counts = torch.bincount(stream, minlength=vocab_size).float()
+    counts[list(always)] = float("inf")
+    return counts.topk(size).indices.sort().values
+
+
+def with_draft_vocab(head: EagleHead, target_dir: str, draft_ids: torch.Tensor) -> EagleHead:
+    """A full-vocabulary head's trained fc and layer under a reduced vocabulary (--init)."""
+    out = new_head(target_dir, 0, draft_ids, head.cfg.intermediate_size)
+    own = {k: v for k, v in head.state_dict().items() if k.startswith(("fc.", "layer."))}
+    out.load_state_dict(own, strict=False)
+    return out
+
+
+def eagle_loss(head: EagleHead, target, ids: torch.Tensor, ce_weight: float, return_parts: bool = False,
+               noise: float = 0.0):
     with torch.no_grad():
         feats = target.model(input_ids=ids).last_hidden_state  # final-normed: what lm_head reads
         p = F.softmax(target.lm_head(feats[:, 1:]).float(), -1)
-    pred = head.forward_dense(ids[:, 1:], feats[:, :-1])
+        inputs = feats[:, :-1]
+        if noise and head.training:  # EAGLE's uniform input noise, scaled to the features
+            inputs = inputs + (torch.rand_like(inputs) * 2 - 1) * (noise * inputs.std())
+    pred = head.forward_dense(ids[:, 1:], inputs)
     v_loss = F.smooth_l1_loss(pred, feats[:, 1:])
     logq = F.log_softmax(head.lm_head(pred).float(), -1)
-    p_loss = -(p * logq).sum(-1).mean()
+    p_draft = p[..., head.draft_ids] if head.reduced else p
+    p_draft = p_draft / p_draft.sum(-1, keepdim=True).clamp_min(1e-12)
+    p_loss = -(p_draft * logq).sum(-1).mean()
     if return_parts:
-        top1 = (logq.argmax(-1) == p.argmax(-1)).float().mean()
+        top1 = (head.to_target(logq.argmax(-1)) == p.argmax(-1)).float().mean()
         return v_loss, p_loss, top1
     return v_loss + ce_weight * p_loss
 
@@ -98,20 +145,35 @@ def main(argv=None) -> int:
 
     tok = load_tokenizer(args.target).backend_tokenizer
     corpus = load_corpus(args.stdlib)
-    train_chunks = to_chunks(encode_stream(tok, [text for _, text in corpus.train]))
+    stream = encode_stream(tok, [text for _, text in corpus.train])
+    train_chunks = to_chunks(stream)
     eval_chunks = to_chunks(encode_stream(tok, [text for _, text in corpus.heldout]))[:16]
     print(f"[train-eagle] {len(train_chunks)} train windows, {len(eval_chunks)} held out; "
           f"data {time.perf_counter() - t0:.1f} s", flush=True)
-    head = load_head(args.init, args.target) if args.init else new_head(args.target, args.seed)
+    cfg = load_model_config(args.target)
+    draft_ids = None
+    if args.draft_vocab is not None:  # counted on the training corpus, EOS always in
+        draft_ids = most_frequent(stream, cfg.vocab_size, args.draft_vocab, cfg.eos_token_ids)
+        covered = torch.isin(stream, draft_ids).float().mean().item()
+        print(f"[train-eagle] draft vocabulary {args.draft_vocab}: {covered:.4f} of the corpus tokens", flush=True)
+    if args.init:
+        head = load_head(args.init, args.target)
+        if draft_ids is not None and not head.reduced:
+            head = with_draft_vocab(head, args.target, draft_ids)
+    else:
+        head = new_head(args.target, args.seed, draft_ids, args.intermediate_size)
     gen = torch.Generator().manual_seed(args.seed)
     spec = TrainSpec("eagle", args.batch, args.lr, args.minutes * 60, args.steps, warmup_steps=20,
                      weight_decay=0.0, eval_every_s=args.minutes * 60 / 4)
-    run = train(head, spec, train_chunks, gen, lambda x, _y: eagle_loss(head, target, x, args.ce_weight),
+    run = train(head, spec, train_chunks, gen,
+                lambda x, _y: eagle_loss(head, target, x, args.ce_weight, noise=args.feature_noise),
                 lambda: evaluate(head, target, eval_chunks, args.ce_weight))
     save_head(head, args.out, args.target)
     final = evaluate(load_head(args.out, args.target), target, eval_chunks, args.ce_weight)  # as users load it
     trained = sum(p.numel() for p in head.parameters() if p.requires_grad)
     log = {"command": command, "seed": args.seed, "target": args.target, "format": "EAGLE-1", "init": args.init,
+           "draft_vocab_size": head.draft_vocab_size, "intermediate_size": head.cfg.intermediate_size,
+           "feature_noise": args.feature_noise,
            "loss": f"smooth_l1(feature) + {args.ce_weight} * CE(target p, lm_head(feature))",
            "params_trained": trained, "params_with_frozen_ends": n_params(head), **run,
            "heldout_final": final, "wall_s": round(time.perf_counter() - t0, 1)}

@@ -1,7 +1,10 @@
-"""Model draft vs EAGLE head on the bundled pair, in process (Engine), greedy: acceptance per drafted
-token and the draft's compute per step (Proposal.compute_s summed over steps, divided by steps).
+"""Model draft vs EAGLE head(s) on the bundled pair, in process (Engine), greedy by default: acceptance
+per drafted token and per position, and the draft's compute per step (Proposal.compute_s summed over
+steps, divided by steps). Several heads (--heads) and modes (--modes) run interleaved, --rounds times,
+so a shared machine's load hits every row alike.
 
-    PYTHONPATH=. python3 scripts/compare_drafts.py --requests 16 --max-tokens 64 -k 4 --mode sd
+    PYTHONPATH=. python3 scripts/compare_drafts.py --requests 8 --max-tokens 48 -k 4 --modes sd psd \\
+        --heads minedraft/assets/tiny-eagle /tmp/new-head
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from minedraft import Engine, SamplingParams
 from minedraft.assets import load_heldout_prompts
 
 
-def measure(method: str, args) -> dict:
+def measure(method: str, head: str | None, mode: str, args) -> dict:
     prompts = load_heldout_prompts(args.requests)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
-    with Engine(draft_method=method, mode=args.mode, num_speculative_tokens=args.k,
+    with Engine(draft=head, draft_method=method, mode=mode, num_speculative_tokens=args.k,
                 max_num_seqs=args.requests) as engine:
         t0 = time.perf_counter()
         results = engine.generate(prompts, params)
@@ -25,7 +28,7 @@ def measure(method: str, args) -> dict:
         m = engine.metrics
         steps = m.breakdown()
     tokens = sum(len(r.token_ids) for r in results)
-    return {"method": method, "acceptance_per_drafted_token": round(m.acceptance_rate, 3),
+    return {"mode": mode, "method": method, "head": head, "acceptance_per_drafted_token": round(m.acceptance_rate, 3),
             "acceptance_per_pos": [round(a, 3) for a in m.acceptance_per_pos],
             "draft_step_ms": round(1000 * steps["draft_compute_s"] / max(1, steps["num_steps"]), 2),
             "steps": steps["num_steps"], "tokens_per_s": round(tokens / wall, 1)}
@@ -36,13 +39,21 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("-k", type=int, default=4)
-    p.add_argument("--mode", default="sd", choices=["sd", "psd"])
+    p.add_argument("--modes", nargs="+", default=["sd"], choices=["sd", "psd"])
+    p.add_argument("--heads", nargs="+", default=[None], help="EAGLE head folders (default: the bundled head)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the interleaved rows this many times")
     p.add_argument("--temperature", type=float, default=0.0)
     args = p.parse_args()
-    rows = [measure(method, args) for method in ("model", "eagle")]
-    for row in rows:
-        print(json.dumps(row))
-    print(f"eagle/model draft step: {rows[1]['draft_step_ms'] / max(rows[0]['draft_step_ms'], 1e-9):.2f}")
+    runs = [("model", None)] + [("eagle", h) for h in args.heads]
+    for rnd in range(args.rounds):
+        for mode in args.modes:
+            rows = [measure(method, head, mode, args) for method, head in runs]
+            for row in rows:
+                print(json.dumps({"round": rnd, **row}), flush=True)
+            for row in rows[1:]:
+                ratio = row["draft_step_ms"] / max(rows[0]["draft_step_ms"], 1e-9)
+                print(f"round {rnd} {mode}: eagle {row['head'] or 'bundled'} / model draft step: {ratio:.2f}",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@
     h predicts f_{t+1}; logits = target's lm_head(h), no final norm
 
 The embeddings and LM head are the target's, frozen (loaded from its checkpoint: nothing else of it).
+With a reduced draft vocabulary (EAGLE-3's d2t), the LM head is the head's own [draft_vocab, H]
+(initialised from the target's rows for those tokens): logits cover draft indices, which `to_target`
+maps to target ids, and `full_q` spreads a q over the draft vocabulary onto the target's, zeros
+elsewhere, so rejection sampling against the target stays exact.
 `forward_paged` runs over the project's paged KV cache (drafting); `forward_dense` is the same math
 with a plain causal mask over whole sequences (training)."""
 
@@ -22,7 +26,8 @@ from minedraft.runner.model import DecoderLayer, rope_inv_freq
 
 
 class EagleHead(nn.Module):
-    def __init__(self, cfg: ModelConfig, fc_bias: bool = True):
+    def __init__(self, cfg: ModelConfig, fc_bias: bool = True, draft_ids: torch.Tensor | None = None):
+        """draft_ids: the target ids of the draft vocabulary, ascending (None: the full vocabulary)."""
         super().__init__()
         self.cfg = cfg
         h = cfg.hidden_size
@@ -31,9 +36,11 @@ class EagleHead(nn.Module):
         self.layer.input_layernorm = nn.Identity()  # EAGLE's layer 0: fc's output enters attention as is
         # Frozen, the target's: filled by eagle_format.load_head (not part of the head's own weights).
         self.embed_tokens = nn.Embedding(cfg.vocab_size, h)
-        self.lm_head = nn.Linear(h, cfg.vocab_size, bias=False)
+        self.reduced = draft_ids is not None
+        self.lm_head = nn.Linear(h, len(draft_ids) if self.reduced else cfg.vocab_size, bias=False)
         self.embed_tokens.requires_grad_(False)
-        self.lm_head.requires_grad_(False)
+        self.lm_head.requires_grad_(self.reduced)  # reduced: the head's own, trained
+        self.register_buffer("draft_ids", draft_ids.long() if self.reduced else torch.zeros(0, dtype=torch.long))
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
     def own_state_dict(self) -> dict[str, torch.Tensor]:
@@ -44,7 +51,27 @@ class EagleHead(nn.Module):
                 out[name] = value
             elif name.startswith("layer."):
                 out["layers.0." + name[len("layer."):]] = value
+        if self.reduced:  # EAGLE-3's names and encoding: d2t offsets (target = index + d2t), t2d mask
+            out["lm_head.weight"] = self.lm_head.weight
+            out["d2t"] = self.draft_ids - torch.arange(len(self.draft_ids), device=self.draft_ids.device)
+            t2d = torch.zeros(self.cfg.vocab_size, dtype=torch.bool, device=self.draft_ids.device)
+            out["t2d"] = t2d.index_fill_(0, self.draft_ids, True)
         return out
+
+    @property
+    def draft_vocab_size(self) -> int:
+        return self.lm_head.out_features
+
+    def to_target(self, index: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary indices -> target token ids."""
+        return self.draft_ids[index] if self.reduced else index
+
+    def full_q(self, q: torch.Tensor) -> torch.Tensor:
+        """q [..., draft_vocab] -> [..., target vocab] with zeros outside the draft vocabulary."""
+        if not self.reduced:
+            return q
+        out = q.new_zeros(*q.shape[:-1], self.cfg.vocab_size)
+        return out.index_copy_(-1, self.draft_ids, q)
 
     def _rope(self, positions: torch.Tensor, dtype):
         freqs = positions[..., None].float() * self.inv_freq.float()

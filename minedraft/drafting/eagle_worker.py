@@ -6,7 +6,8 @@ yet) the entries 0..n-1 hold true features; a proposal runs those not yet in the
 each step feeds the drafted token with the head's own predicted feature, as EAGLE does. The drafted
 entries are rolled back at the next proposal, which recomputes the accepted positions from the
 target's true features (EAGLE-1's convention). Greedy rows draft the argmax; sampled rows draw from
-the head's q and send it, so the target's rejection sampling stays exact.
+the head's q and send it, so the target's rejection sampling stays exact. A head with a reduced
+vocabulary (d2t) drafts over it; its ids and q are mapped onto the target's vocabulary.
 
 Features come from a drafting.features.FeatureStore that the in-process target fills. A missing
 feature (none expected) reads as zeros: that can only lower acceptance, never change the output."""
@@ -167,10 +168,10 @@ class EagleDraftWorker(DraftWorker):
                     hidden, logits = self._run(lrows, steps[-1], hidden, [1] * len(lrows))
                 q = probs_from_logits(logits, params)
                 chosen = sample_tensor(q, params, gens)
-                steps.append(chosen)
                 beliefs.append(_confidence(logits, q, chosen, with_q))
+                steps.append(self.head.to_target(chosen))  # a reduced vocabulary's index -> target id
                 if lsampled:
-                    qs.append(q[lsampled])
+                    qs.append(self.head.full_q(q[lsampled]))  # zeros outside the draft vocabulary
             tok_host, conf_host, top_host = _to_host(steps, beliefs)
             at = torch.tensor(live)
             drafted[at], conf[at], top[at] = tok_host, conf_host, top_host
