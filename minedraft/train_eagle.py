@@ -99,7 +99,7 @@ def most_frequent(stream: torch.Tensor, vocab_size: int, size: int, always: tupl
 
 
 def with_draft_vocab(head: EagleHead, target_dir: str, draft_ids: torch.Tensor) -> EagleHead:
-    """A full-vocabulary head's trained fc and layer under a reduced vocabulary (--init)."""
+    """A head's trained fc and layer under a (new) reduced vocabulary, LM head rows from the target."""
     out = new_head(target_dir, 0, draft_ids, head.cfg.intermediate_size)
     own = {k: v for k, v in head.state_dict().items() if k.startswith(("fc.", "layer."))}
     out.load_state_dict(own, strict=False)
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         print(f"[train-eagle] draft vocabulary {args.draft_vocab}: {covered:.4f} of the corpus tokens", flush=True)
     if args.init:
         head = load_head(args.init, args.target)
-        if draft_ids is not None and not head.reduced:
+        if draft_ids is not None and not (head.reduced and torch.equal(head.draft_ids, draft_ids)):
             head = with_draft_vocab(head, args.target, draft_ids)
     else:
         head = new_head(args.target, args.seed, draft_ids, args.intermediate_size)

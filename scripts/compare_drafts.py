@@ -1,7 +1,8 @@
 """Model draft vs EAGLE head(s) on the bundled pair, in process (Engine), greedy by default: acceptance
 per drafted token and per position, and the draft's compute per step (Proposal.compute_s summed over
-steps, divided by steps). Several heads (--heads) and modes (--modes) run interleaved, --rounds times,
-so a shared machine's load hits every row alike.
+steps, divided by steps; and its median over proposals, which a shared machine's load spikes move
+less). Several heads (--heads) and modes (--modes) run interleaved, --rounds times, so a
+shared machine's load hits every row alike.
 
     PYTHONPATH=. python3 scripts/compare_drafts.py --requests 8 --max-tokens 48 -k 4 --modes sd psd \\
         --heads minedraft/assets/tiny-eagle /tmp/new-head
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 from minedraft import Engine, SamplingParams
@@ -22,6 +24,15 @@ def measure(method: str, head: str | None, mode: str, args) -> dict:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
     with Engine(draft=head, draft_method=method, mode=mode, num_speculative_tokens=args.k,
                 max_num_seqs=args.requests) as engine:
+        draft, each = engine.scheduler.draft, []
+        propose = draft.propose
+
+        def timed(*a, **kw):
+            out = propose(*a, **kw)
+            each.append(out.compute_s)
+            return out
+
+        draft.propose = timed
         t0 = time.perf_counter()
         results = engine.generate(prompts, params)
         wall = time.perf_counter() - t0
@@ -31,6 +42,7 @@ def measure(method: str, head: str | None, mode: str, args) -> dict:
     return {"mode": mode, "method": method, "head": head, "acceptance_per_drafted_token": round(m.acceptance_rate, 3),
             "acceptance_per_pos": [round(a, 3) for a in m.acceptance_per_pos],
             "draft_step_ms": round(1000 * steps["draft_compute_s"] / max(1, steps["num_steps"]), 2),
+            "draft_proposal_median_ms": round(1000 * statistics.median(each), 2) if each else None,
             "steps": steps["num_steps"], "tokens_per_s": round(tokens / wall, 1)}
 
 

@@ -61,9 +61,11 @@ def test_reduced_vocab_round_trip(tmp_path):
     assert torch.equal(loaded.to_target(torch.tensor([0, 5])), ids[[0, 5]])
 
 
-def test_full_vocab_head_has_no_map():
-    head = load_head(default_eagle_path(), TARGET)
+def test_full_vocab_head_has_no_map(tmp_path):
+    save_head(new_head(TARGET, 0), tmp_path / "h", TARGET)  # an EAGLE-1 folder: no d2t, the target's LM head
+    head = load_head(str(tmp_path / "h"), TARGET)
     assert not head.reduced and head.lm_head.out_features == head.cfg.vocab_size
+    assert "draft_vocab_size" not in json.loads((tmp_path / "h" / "config.json").read_text())
 
 
 @pytest.mark.parametrize("field,edit", [
