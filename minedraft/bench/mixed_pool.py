@@ -5,12 +5,14 @@ Three stacks of real processes, each started fresh for this run: target + a mode
 gateway (`model`), target + an ngram node + gateway (`ngram`), target + both nodes behind one gateway
 (`mixed`: gateway/draft_policy.py picks the kind per request). Rounds interleave the stacks (the order
 rotates each round, so that machine drift hits all alike); a stack's figure is its best round
-(throughput), and the report is mixed / best single kind (the issue's aim: >= 0.97).
+(throughput), and the report is mixed / best single kind (the issue's aim: >= 0.97), with the CPU
+seconds per token of each stack's processes (median round: less moved by other jobs than wall time).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -86,7 +88,8 @@ def run(args) -> dict:
                 for name in names[r % len(names):] + names[:r % len(names)]:
                     before = method_counts(clusters[name].http)
                     with MineDraftClient(clusters[name].addresses["gateway"]) as client:
-                        result = run_service_round(client, args.mixed_mode, args.k, workload, r)
+                        pids = {n: proc.pid for n, proc in clusters[name].procs.items()}
+                        result = run_service_round(client, args.mixed_mode, args.k, workload, r, pids=pids)
                     check_round(result, workload, len(prompts))
                     result.mode = name
                     results.append(result)
@@ -102,7 +105,10 @@ def run(args) -> dict:
     runs = []
     for run_ in bench_report.aggregate(results, args.k):
         thr = run_["throughput_tok_s_rounds"]
+        cpu = [sum(v for n, v in x.cpu_s.items() if n != "client") / x.num_tokens for x in results
+               if x.mode == run_["mode"] and x.cpu_s]
         runs.append(dict(pool=run_["mode"], kinds=list(POOLS[run_["mode"]]), best_tok_s=max(thr),
+                         services_cpu_ms_per_token=1e3 * statistics.median(cpu) if cpu else None,
                          mean_tok_s=run_["throughput_tok_s"], tok_s_rounds=thr,
                          mean_accepted_length=run_["mean_accepted_length"],
                          acceptance_rate=run_["acceptance_rate"], latency_mean_s=run_["latency_mean_s"],
@@ -124,10 +130,11 @@ def format_report(report: dict) -> str:
     c = m["config"]
     lines = [f"minedraft bench --mixed-pool: {c['num_requests']} prompts ({c['prompts']}), concurrency "
              f"{c['concurrency']}, {c['mode']} k={c['k']}, {c['max_tokens']} tokens, {c['rounds']} interleaved rounds",
-             f"{'pool':<8}{'best tok/s':>11}{'mean tok/s':>11}{'acc len':>9}  rounds"]
+             f"{'pool':<8}{'best tok/s':>11}{'mean tok/s':>11}{'acc len':>9}{'cpu ms/tok':>11}  rounds"]
     for r in m["runs"]:
         alen = "-" if r["mean_accepted_length"] is None else f"{r['mean_accepted_length']:.2f}"
-        lines.append(f"{r['pool']:<8}{r['best_tok_s']:>11.1f}{r['mean_tok_s']:>11.1f}{alen:>9}  "
+        cpu = "-" if r["services_cpu_ms_per_token"] is None else f"{r['services_cpu_ms_per_token']:.2f}"
+        lines.append(f"{r['pool']:<8}{r['best_tok_s']:>11.1f}{r['mean_tok_s']:>11.1f}{alen:>9}{cpu:>11}  "
                      + " ".join(f"{x:.0f}" for x in r["tok_s_rounds"]))
     lines.append(f"  mixed / best single ({m['best_single']}): {m['mixed_over_best_single']:.3f} best round, "
                  f"{m['mixed_over_best_single_mean']:.3f} mean")
