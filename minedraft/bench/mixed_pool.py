@@ -107,8 +107,12 @@ def run(args) -> dict:
         thr = run_["throughput_tok_s_rounds"]
         cpu = [sum(v for n, v in x.cpu_s.items() if n != "client") / x.num_tokens for x in results
                if x.mode == run_["mode"] and x.cpu_s]
+        mine = [x for x in results if x.mode == run_["mode"] and x.cpu_s]
+        by_process = {n: round(1e3 * statistics.median(x.cpu_s[n] / x.num_tokens for x in mine), 3)
+                      for n in (mine[0].cpu_s if mine else {}) if n != "client"}
         runs.append(dict(pool=run_["mode"], kinds=list(POOLS[run_["mode"]]), best_tok_s=max(thr),
                          services_cpu_ms_per_token=1e3 * statistics.median(cpu) if cpu else None,
+                         cpu_ms_per_token_by_process=by_process,
                          mean_tok_s=run_["throughput_tok_s"], tok_s_rounds=thr,
                          mean_accepted_length=run_["mean_accepted_length"],
                          acceptance_rate=run_["acceptance_rate"], latency_mean_s=run_["latency_mean_s"],
