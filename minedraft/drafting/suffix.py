@@ -21,7 +21,9 @@ committed tokens (and of finished requests' outputs): q is one-hot and verificat
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import gc
 
 import numpy as np
 
@@ -74,14 +76,16 @@ class SuffixTrie:
     def insert(self, tokens: list[int]) -> None:
         """Add every substring of tokens (up to depth) once per occurrence."""
         d = self.depth
-        for start in range(len(tokens)):
-            self._walk_add(tokens[start:start + d], +1)
+        with _collector_paused():
+            for start in range(len(tokens)):
+                self._walk_add(tokens[start:start + d], +1)
 
     def remove(self, tokens: list[int]) -> None:
         """Undo insert(tokens); nodes left with no occurrence are freed."""
         d = self.depth
-        for start in range(len(tokens)):
-            self._walk_add(tokens[start:start + d], -1)
+        with _collector_paused():
+            for start in range(len(tokens)):
+                self._walk_add(tokens[start:start + d], -1)
 
     def _walk_add(self, path: list[int], delta: int) -> None:
         node = self.root
@@ -132,6 +136,25 @@ class SuffixTrie:
             probs.append(p)
             node = child
         return tokens, probs
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """An output's insert makes ~depth nodes per token, and every 700 of them the cyclic collector
+    ran and, now and then, walked the whole heap: a finished request (152 tokens, in a process
+    holding three engines) cost 23-26 ms,
+    3-9 ms with the collector paused here, 1.5-2.6 ms with it off. The trie holds no cycles (parents
+    own children), so reference counting frees it; the collector runs again, once, with the next
+    allocations after this. Nodes the collector does not track at all (flat arrays) would be the
+    whole fix."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _size(node: Node) -> int:
