@@ -413,6 +413,9 @@ class _PendingPoolProposal:
             proposal = results[address]
             ordered.extend(ids)
             lengths.extend(proposal.verify_lengths())
+            with pool.lock:
+                for rid, length in zip(ids, proposal.verify_lengths()):
+                    pool.policy.drafted(rid, length)
             methods.extend([pool.kind(address)] * len(ids))
             confidence.append(proposal.confidence)
             top_prob.append(proposal.top_prob)
