@@ -165,6 +165,16 @@ class DraftPool(DraftWorker):
         self.target.relay = self.relay
         return reply.transport
 
+    def _refeature(self, reqs: list[NewRequest]) -> None:
+        """The target forwards the requests' committed tokens again: their features, into the relay. A
+        target that fails here fails the next verify too (recovery re-prefills them all); the node then
+        drafts from zeros meanwhile, which only costs acceptance."""
+        try:
+            self.target.features(reqs)
+        except grpc.RpcError as exc:
+            log.warning("gateway: the target could not resend features of %d request(s): %s", len(reqs),
+                        exc.code().name)
+
     def _features_for(self, address: str, request_ids: list[str]) -> list:
         """The feature blocks the node at address needs for these requests (none for a non-EAGLE node,
         whose requests' spans are dropped)."""
@@ -245,9 +255,11 @@ class DraftPool(DraftWorker):
         return ",".join(sorted(set(self.transports.values()))) or "none"
 
     # -- placement -----------------------------------------------------------------------------------
-    def _home(self, request_ids: list[str], resume) -> None:
+    def _home(self, request_ids: list[str], resume, taken_over: bool = True) -> None:
         """Give every request a live node, prefilling the ones that have none (new or orphaned) with
-        `resume(request_id)`: every committed token, the last one pending."""
+        `resume(request_id)`: every committed token, the last one pending. taken_over: they ran
+        elsewhere before (orphaned, or moving between kinds): an EAGLE node gets their features anew
+        (new requests' come from their target prefill)."""
         homeless = [rid for rid in request_ids if self.homes[rid].node not in self.nodes]
         if not homeless:
             return
@@ -265,7 +277,7 @@ class DraftPool(DraftWorker):
                 address = self._pick_node(rid, load)
                 load[address] += 1
                 groups.setdefault(address, []).append(rid)
-            results, failed = self._parallel({a: (self._prefill, a, [resume(rid) for rid in ids])
+            results, failed = self._parallel({a: (self._prefill, a, [resume(rid) for rid in ids], taken_over)
                                               for a, ids in groups.items()})
             homeless = [rid for a in failed for rid in groups[a]]
             no_room = [rid for left in results.values() for rid in left]
@@ -303,8 +315,10 @@ class DraftPool(DraftWorker):
                 self.nodes[home.node].release_later([rid])
                 home.node, home.unsent, self.wanted[rid] = None, 0, wanted
 
-    def _prefill(self, address: str, reqs: list[NewRequest]) -> list[str]:
+    def _prefill(self, address: str, reqs: list[NewRequest], taken_over: bool = False) -> list[str]:
         """Prefill reqs on a node; return the ids of those it had no room for."""
+        if taken_over and address in self.feature_channels:
+            self._refeature(reqs)
         admitted = self.nodes[address].add(reqs, self._features_for(address, [r.request_id for r in reqs]))
         for r in reqs[:admitted]:
             home = self.homes[r.request_id]
@@ -341,7 +355,7 @@ class DraftPool(DraftWorker):
             for r in requests:
                 self.homes[r.request_id] = _Home()
             try:
-                self._home([r.request_id for r in requests], given.__getitem__)
+                self._home([r.request_id for r in requests], given.__getitem__, taken_over=False)
             except NoDraftAvailable:
                 pass  # they get a node when one is back
             except NoRoom:

@@ -59,12 +59,24 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
 
         return self.guarded(context, run)
 
+    def Features(self, request, context):
+        def run():
+            t0 = time.perf_counter()
+            if self.worker.features is None:
+                raise ValueError("features: no EAGLE node is attached (call ExportFeatures first)")
+            rows = self.worker.features_of(self._new_requests(request))
+            return worker_pb2.AddReply(compute_s=time.perf_counter() - t0, features=self._write_features(rows))
+
+        return self.guarded(context, run, request)
+
     def _export(self, request_ids) -> list:
         """The features this call committed, one block per feature channel (none without an EAGLE node)."""
         store = self.worker.features
         if store is None:
             return []
-        rows = [(rid, start, f) for rid in request_ids for start, f in store.take(rid)]
+        return self._write_features([(rid, start, f) for rid in request_ids for start, f in store.take(rid)])
+
+    def _write_features(self, rows) -> list:
         blocks = []
         for transport, writer in self.feature_writers.items():
             written = writer.write(rows)

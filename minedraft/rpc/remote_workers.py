@@ -235,6 +235,12 @@ class RemoteTargetWorker(_Remote, TargetWorker):
             return 0
         return self.relay.put(reply.features)
 
+    def features(self, requests: list[NewRequest]) -> int:
+        """The target forwards these running requests' committed tokens again for their features (into
+        the relay); returns their bytes."""
+        reply = self.stub.Features(_new_requests_proto(requests), timeout=self.prefill_s)
+        return self._relay(reply)
+
     def open_channel(self, channel_id: str, spec) -> str:
         reply = self.stub.OpenChannel(worker_pb2.OpenChannelRequest(channel_id=channel_id, spec=spec),
                                       timeout=30.0)

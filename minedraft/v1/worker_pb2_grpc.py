@@ -362,6 +362,11 @@ class TargetWorkerStub:
                 request_serializer=minedraft_dot_v1_dot_worker__pb2.HandshakeRequest.SerializeToString,
                 response_deserializer=minedraft_dot_v1_dot_worker__pb2.HandshakeReply.FromString,
                 _registered_method=True)
+        self.Features = channel.unary_unary(
+                '/minedraft.v1.TargetWorker/Features',
+                request_serializer=minedraft_dot_v1_dot_worker__pb2.AddRequest.SerializeToString,
+                response_deserializer=minedraft_dot_v1_dot_worker__pb2.AddReply.FromString,
+                _registered_method=True)
 
 
 class TargetWorkerServicer:
@@ -413,6 +418,15 @@ class TargetWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Features(self, request, context):
+        """The features of every committed position but the last of running requests (prompt_ids: all their
+        committed tokens), forwarded on scratch rows: for an EAGLE node that takes a request over (draft
+        failover, a move from a node of another kind). Changes no request's state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TargetWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -450,6 +464,11 @@ def add_TargetWorkerServicer_to_server(servicer, server):
                     servicer.ExportFeatures,
                     request_deserializer=minedraft_dot_v1_dot_worker__pb2.HandshakeRequest.FromString,
                     response_serializer=minedraft_dot_v1_dot_worker__pb2.HandshakeReply.SerializeToString,
+            ),
+            'Features': grpc.unary_unary_rpc_method_handler(
+                    servicer.Features,
+                    request_deserializer=minedraft_dot_v1_dot_worker__pb2.AddRequest.FromString,
+                    response_serializer=minedraft_dot_v1_dot_worker__pb2.AddReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -641,6 +660,33 @@ class TargetWorker:
             '/minedraft.v1.TargetWorker/ExportFeatures',
             minedraft_dot_v1_dot_worker__pb2.HandshakeRequest.SerializeToString,
             minedraft_dot_v1_dot_worker__pb2.HandshakeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Features(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minedraft.v1.TargetWorker/Features',
+            minedraft_dot_v1_dot_worker__pb2.AddRequest.SerializeToString,
+            minedraft_dot_v1_dot_worker__pb2.AddReply.FromString,
             options,
             channel_credentials,
             insecure,
