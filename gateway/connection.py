@@ -113,8 +113,8 @@ class Connection:
         scheduler = Scheduler(workers.target, workers.draft, mode, args.k, args.max_num_seqs, max_k=args.max_k,
                               prefill_chunk_tokens=args.prefill_chunk_tokens)
         if workers.draft is not None:
-            workers.draft.on_features = lambda: _stop_staging(scheduler)
-            if workers.draft.feature_channels:
+            workers.draft.features.on_first = lambda: _stop_staging(scheduler)
+            if workers.draft.features.channels:
                 _stop_staging(scheduler)
         self.metrics.bind(scheduler, workers.target, workers.draft)
         self.recovery = TargetRecovery(workers, self.ready, args.target, args.recovery_timeout_s, stop)

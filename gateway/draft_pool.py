@@ -8,10 +8,8 @@
 - Nodes of different kinds (`Info.method`: a draft model, ngram, suffix) may share the pool: which
   kind drafts each request is gateway/draft_policy.py's call (measured tokens per verify); within a
   kind, the least-loaded node.
-- EAGLE nodes (`Info.method` eagle) also read the target's hidden states: at join the target exports a
-  feature channel the node opens (the target writes, the node reads: same transports as the token
-  channel), and each Add/Propose to the node carries the feature blocks of its requests that the
-  target's replies named since (minedraft/rpc/feature_relay.py).
+- EAGLE nodes (`Info.method` eagle) also read the target's hidden states through a feature channel
+  (gateway/feature_path.py).
 - A node that fails a call is dropped; its requests are re-homed on the survivors by prefilling them
   with every token committed so far (the scheduler's record, `attach`), and the call is retried. With no
   node left, `propose` raises NoDraftAvailable and the scheduler decodes target-only until a node is
@@ -31,7 +29,7 @@ import grpc
 import torch
 
 from gateway.draft_policy import KindPolicy
-from minedraft.rpc.feature_relay import FeatureRelay
+from gateway.feature_path import FeaturePath
 from minedraft.rpc.remote_workers import RemoteDraftWorker, RemoteTargetWorker
 from minedraft.spec.compat import check_draft_fits_target
 from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal
@@ -79,9 +77,7 @@ class DraftPool(DraftWorker):
         self.identities: dict[str, tuple] = {}  # address -> (host id, pid, instance): one process, one node
         self.context_lens: dict[str, int] = {}  # address -> longest sequence its KV budget holds
         self.kinds: dict[str, str] = {}  # address -> its Info.method
-        self.feature_channels: dict[str, str] = {}  # EAGLE node address -> its feature channel's transport
-        self.relay = FeatureRelay()
-        self.on_features = None  # called when the first EAGLE node joins (the gateway stops staged prefill)
+        self.features = FeaturePath()  # the EAGLE nodes' feature channels
         self.policy = KindPolicy()
         self.wanted: dict[str, str] = {}  # request -> the kind it is moving to
         self.homes: dict[str, _Home] = {}
@@ -137,7 +133,8 @@ class DraftPool(DraftWorker):
                 node.max_k = info.max_k
                 reply = node.handshake(self.target_info, self.forced)
                 transport = self.target.open_channel(node.channel_id, reply.spec)
-                features = self._open_features(node, info) if info.method == "eagle" else None
+                features = None if info.method != "eagle" else self.features.open(self.target, node, info,
+                                                                                  self.forced)
             except (grpc.RpcError, ValueError) as exc:
                 node.close()
                 if isinstance(exc, ValueError):
@@ -150,39 +147,11 @@ class DraftPool(DraftWorker):
                 self.identities[address] = identity
                 self.context_lens[address] = info.context_len
                 self.kinds[address] = info.method or "model"
-                if features is not None:
-                    self.feature_channels[address] = features
+                if features is not None:  # before any request is homed there
+                    self.features.joined(address, features)
             log.info("gateway: draft node %s (%s) joined (token channel %s%s); %d node(s) live",
                      address, info.method or "model", transport,
                      f", feature channel {features}" if features else "", len(self.nodes))
-            if features is not None and self.on_features is not None:
-                self.on_features()
-
-    def _open_features(self, node: RemoteDraftWorker, info) -> str:
-        """The target exports a feature channel (from now on it sends features) that the node opens."""
-        reply = self.target.export_features(info, self.forced, node.channel_id + "#features")
-        node.open_features(reply.spec)
-        self.target.relay = self.relay
-        return reply.transport
-
-    def _refeature(self, reqs: list[NewRequest]) -> None:
-        """The target forwards the requests' committed tokens again: their features, into the relay. A
-        target that fails here fails the next verify too (recovery re-prefills them all); the node then
-        drafts from zeros meanwhile, which only costs acceptance."""
-        try:
-            self.target.features(reqs)
-        except grpc.RpcError as exc:
-            log.warning("gateway: the target could not resend features of %d request(s): %s", len(reqs),
-                        exc.code().name)
-
-    def _features_for(self, address: str, request_ids: list[str]) -> list:
-        """The feature blocks the node at address needs for these requests (none for a non-EAGLE node,
-        whose requests' spans are dropped)."""
-        channel = self.feature_channels.get(address)
-        if channel is None:
-            self.relay.drop(request_ids)
-            return []
-        return self.relay.take(request_ids, channel)
 
     def _same_process(self, address: str) -> bool:
         """Whether the node at address is still the process we joined (a restart between requests
@@ -204,7 +173,7 @@ class DraftPool(DraftWorker):
             self.identities.pop(address, None)
             self.context_lens.pop(address, None)
             self.kinds.pop(address, None)
-            self.feature_channels.pop(address, None)
+            self.features.forget(address)
             for home in self.homes.values():
                 if home.node == address:
                     home.node = None
@@ -231,9 +200,8 @@ class DraftPool(DraftWorker):
             self.identities.clear()
             self.context_lens.clear()
             self.kinds.clear()
-            self.feature_channels.clear()
+            self.features.clear()
             self.homes.clear()
-            self.relay.clear()  # blocks of the old target (or of steps the scheduler re-does)
             self.target, self.target_info = target, target_info
         self.refresh()
 
@@ -317,9 +285,9 @@ class DraftPool(DraftWorker):
 
     def _prefill(self, address: str, reqs: list[NewRequest], taken_over: bool = False) -> list[str]:
         """Prefill reqs on a node; return the ids of those it had no room for."""
-        if taken_over and address in self.feature_channels:
-            self._refeature(reqs)
-        admitted = self.nodes[address].add(reqs, self._features_for(address, [r.request_id for r in reqs]))
+        if taken_over:
+            self.features.take_over(self.target, address, reqs)
+        admitted = self.nodes[address].add(reqs, self.features.for_node(address, [r.request_id for r in reqs]))
         for r in reqs[:admitted]:
             home = self.homes[r.request_id]
             home.node, home.unsent = address, 0
@@ -383,7 +351,7 @@ class DraftPool(DraftWorker):
                 node = self.nodes[address]
                 calls[address] = (node, ids, node.start_propose(ids, k, {rid: self._unsent(rid, updates)
                                                                          for rid in ids},
-                                                                   features=self._features_for(address, ids)))
+                                                                   features=self.features.for_node(address, ids)))
                 # Sent: a node absorbs them even when it answers NoRoom, and a failed node's requests
                 # are re-homed from every committed token.
                 for rid in ids:
@@ -402,7 +370,7 @@ class DraftPool(DraftWorker):
     def release(self, request_ids) -> None:
         with self.lock:
             groups: dict[str, list[str]] = {}
-            self.relay.drop(request_ids)
+            self.features.drop(request_ids)
             for rid in request_ids:
                 home = self.homes.pop(rid, None)
                 self.policy.forget(rid)
@@ -414,7 +382,7 @@ class DraftPool(DraftWorker):
     def release_later(self, request_ids) -> None:
         """Each node keeps its share and sends it with its next Add or Propose (or flush_releases)."""
         with self.lock:
-            self.relay.drop(request_ids)
+            self.features.drop(request_ids)
             for rid in request_ids:
                 home = self.homes.pop(rid, None)
                 self.policy.forget(rid)
