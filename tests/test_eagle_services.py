@@ -16,6 +16,8 @@ import pytest
 from minedraft import Engine, SamplingParams
 from minedraft.assets import default_eagle_path, load_heldout_prompts
 from minedraft.client import MineDraftClient
+from minedraft.config import UpConfig
+from minedraft.config.flags import to_argv
 from minedraft.launcher import LocalCluster
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
 
@@ -120,3 +122,12 @@ def test_head_for_another_target_is_refused_naming_the_field(llama_pair):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "hidden_size 256" in proc.stderr and "hidden_size 64" in proc.stderr
+
+
+def test_up_with_an_eagle_draft_wires_the_head_to_its_target():
+    up = UpConfig(target="/models/t", draft="/models/head", draft_method="eagle")
+    argv = to_argv(up.draft_config())
+    assert argv[argv.index("--method") + 1] == "eagle" and argv[argv.index("--model") + 1] == "/models/head"
+    assert argv[argv.index("--target-model") + 1] == "/models/t"
+    assert up.gateway_config().speculation.prefill_chunk_tokens == 0  # staged prefill is off with EAGLE
+    assert "--target-model" not in to_argv(UpConfig(target="/models/t").draft_config())
