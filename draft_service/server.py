@@ -46,8 +46,8 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
         self.writer = None
         self.features: FeatureReader | None = None  # an EAGLE node: the target's feature channel
         # The ring holds the largest block this draft can write: every row sampling, at max_k
-        # (a model-free draft writes tokens only: vocabulary 0, no q).
-        self.capacity = dict(max_batch=max_num_seqs, max_k=max_k, vocab=self.info.vocab_size if facts or runner else 0,
+        # (a model-free draft writes tokens only: its Info's vocabulary is 0, no q).
+        self.capacity = dict(max_batch=max_num_seqs, max_k=max_k, vocab=self.info.vocab_size,
                              probs_dtype=getattr(worker, "q_dtype", None) or Q_DTYPES["float32"])
 
     def Handshake(self, request, context):
