@@ -92,8 +92,9 @@ def load_head(head_dir: str, target_dir: str, device: str = "cpu", dtype=torch.f
     check_supported(state, cfg.hidden_size)
     target_cfg = load_model_config(target_dir)
     if (target_cfg.hidden_size, target_cfg.vocab_size) != (cfg.hidden_size, cfg.vocab_size):
-        raise ValueError(f"draft: head {folder} is for hidden {cfg.hidden_size} / vocab {cfg.vocab_size}, the "
-                         f"target {target_dir} has {target_cfg.hidden_size} / {target_cfg.vocab_size}")
+        raise ValueError(f"draft: the head {folder} is for hidden_size {cfg.hidden_size} / vocab_size "
+                         f"{cfg.vocab_size}, but the target {target_dir} has hidden_size {target_cfg.hidden_size} / "
+                         f"vocab_size {target_cfg.vocab_size} (a head runs on the target it was trained for)")
     head = EagleHead(cfg, fc_bias="fc.bias" in state)
     own = {("layer." + k[len("layers.0."):] if k.startswith("layers.0.") else k): v
            for k, v in state.items() if k.startswith(("fc.", "layers.0."))}

@@ -264,6 +264,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
             return
         record.verify_call_s = record.wall_s = time.perf_counter() - t0
         record.verify_s = record.verify_service_s = self.target.last_decode_compute_s or record.verify_call_s
+        record.feature_bytes = self.target.last_decode_feature_bytes
         record.num_verified, record.num_tokens = len(ids), len(ids)
         self.metrics.add_step(record)
         self.controller.on_record(record, synchronous=True)
@@ -432,6 +433,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
     def _commit(self, proposal: Proposal, verdict, touched, record) -> None:
         record.verify_s = verdict.compute_s
         record.verify_service_s = verdict.service_s or verdict.compute_s
+        record.feature_bytes = verdict.feature_bytes
         record.num_verified = len(verdict.request_ids)
         lengths = proposal.verify_lengths()
         record.verify_tokens = sum(lengths) + len(lengths)
