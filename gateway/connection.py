@@ -51,6 +51,14 @@ class Workers:
         return min(self.target_info.context_len, draft or self.target_info.context_len)
 
 
+def _stop_staging(scheduler) -> None:
+    """An EAGLE node needs the features of every committed position: a staged chunk's stand-in request
+    would take them under another id (and the target's prefix cache, which staging rides on, is off)."""
+    if scheduler.prefill_chunk_tokens:
+        log.info("gateway: an EAGLE draft node is attached: staged prefill is off (--prefill-chunk-tokens 0)")
+    scheduler.prefill_chunk_tokens = 0
+
+
 class Readiness:
     """Whether the gateway takes requests: one flag, which grpc.health reports (SERVING / NOT_SERVING,
     gateway/aio_host.py) and both APIs check."""
@@ -104,6 +112,10 @@ class Connection:
         mode = args.mode if workers.draft is not None else "ar"
         scheduler = Scheduler(workers.target, workers.draft, mode, args.k, args.max_num_seqs, max_k=args.max_k,
                               prefill_chunk_tokens=args.prefill_chunk_tokens)
+        if workers.draft is not None:
+            workers.draft.features.on_first = lambda: _stop_staging(scheduler)
+            if workers.draft.features.channels:
+                _stop_staging(scheduler)
         self.metrics.bind(scheduler, workers.target, workers.draft)
         self.recovery = TargetRecovery(workers, self.ready, args.target, args.recovery_timeout_s, stop)
         self.loop = EngineLoop(scheduler, max_waiting=args.max_waiting, observer=self.metrics,

@@ -13,7 +13,10 @@ With one kind in the pool nothing changes: every request stays where the least-l
 Exactness does not depend on any of it: which node drafts changes only speed.
 
 What a verify committed is read from the tokens the next proposal hands the request's node (the
-pool sees no verdicts); a target-only step in between adds its token to the figure.
+pool sees no verdicts). Target-only steps in between (a batch the schedule did not send, e.g. rows
+a model-free node kept finding nothing for: spec/dry_rows.py) add a token each: those count as
+verifies of one token, as many as the tokens beyond the draft's length + 1, so that a node whose
+answers are empty is not credited with the target's tokens.
 """
 
 from __future__ import annotations
@@ -28,23 +31,30 @@ class KindPolicy:
     def __init__(self):
         self.totals: dict[str, list[float]] = {}  # kind -> [tokens, verifies], pool-wide
         self.own: dict[str, dict[str, list[float]]] = {}  # request -> kind -> [tokens, verifies]
-        self.pending: dict[str, str] = {}  # request -> kind of its proposal not yet accounted for
+        self.pending: dict[str, list] = {}  # request -> [kind, drafted length] of its proposal not yet accounted for
         self.switches = 0
 
     # -- measuring ------------------------------------------------------------------------------------
     def proposed(self, request_id: str, kind: str) -> None:
-        self.pending[request_id] = kind
+        self.pending[request_id] = [kind, None]
+
+    def drafted(self, request_id: str, length: int) -> None:
+        """How many tokens the node drafted for the request's pending proposal."""
+        if request_id in self.pending:
+            self.pending[request_id][1] = length
 
     def committed(self, request_id: str, num_tokens: int) -> None:
         """Tokens handed to the request's node since its last proposal: what that proposal's verify
-        committed (0: no verify happened, e.g. the proposal was discarded)."""
-        kind = self.pending.pop(request_id, None)
+        committed, plus a token per target-only step since (0: no verify happened, e.g. the proposal
+        was discarded)."""
+        kind, length = self.pending.pop(request_id, (None, None))
         if kind is None or num_tokens <= 0:
             return
+        verifies = 1 if length is None else 1 + max(0, num_tokens - length - 1)
         for stats in (self.totals.setdefault(kind, [0.0, 0.0]),
                       self.own.setdefault(request_id, {}).setdefault(kind, [0.0, 0.0])):
             stats[0] += num_tokens
-            stats[1] += 1
+            stats[1] += verifies
 
     def forget(self, request_id: str) -> None:
         self.own.pop(request_id, None)

@@ -8,6 +8,8 @@
 - Nodes of different kinds (`Info.method`: a draft model, ngram, suffix) may share the pool: which
   kind drafts each request is gateway/draft_policy.py's call (measured tokens per verify); within a
   kind, the least-loaded node.
+- EAGLE nodes (`Info.method` eagle) also read the target's hidden states through a feature channel
+  (gateway/feature_path.py).
 - A node that fails a call is dropped; its requests are re-homed on the survivors by prefilling them
   with every token committed so far (the scheduler's record, `attach`), and the call is retried. With no
   node left, `propose` raises NoDraftAvailable and the scheduler decodes target-only until a node is
@@ -27,6 +29,7 @@ import grpc
 import torch
 
 from gateway.draft_policy import KindPolicy
+from gateway.feature_path import FeaturePath
 from minedraft.rpc.remote_workers import RemoteDraftWorker, RemoteTargetWorker
 from minedraft.spec.compat import check_draft_fits_target
 from minedraft.spec.workers import DraftWorker, NewRequest, NoDraftAvailable, NoRoom, Proposal
@@ -74,6 +77,7 @@ class DraftPool(DraftWorker):
         self.identities: dict[str, tuple] = {}  # address -> (host id, pid, instance): one process, one node
         self.context_lens: dict[str, int] = {}  # address -> longest sequence its KV budget holds
         self.kinds: dict[str, str] = {}  # address -> its Info.method
+        self.features = FeaturePath()  # the EAGLE nodes' feature channels
         self.policy = KindPolicy()
         self.wanted: dict[str, str] = {}  # request -> the kind it is moving to
         self.homes: dict[str, _Home] = {}
@@ -129,6 +133,8 @@ class DraftPool(DraftWorker):
                 node.max_k = info.max_k
                 reply = node.handshake(self.target_info, self.forced)
                 transport = self.target.open_channel(node.channel_id, reply.spec)
+                features = None if info.method != "eagle" else self.features.open(self.target, node, info,
+                                                                                  self.forced)
             except (grpc.RpcError, ValueError) as exc:
                 node.close()
                 if isinstance(exc, ValueError):
@@ -141,8 +147,11 @@ class DraftPool(DraftWorker):
                 self.identities[address] = identity
                 self.context_lens[address] = info.context_len
                 self.kinds[address] = info.method or "model"
-            log.info("gateway: draft node %s (%s) joined (token channel %s); %d node(s) live",
-                     address, info.method or "model", transport, len(self.nodes))
+                if features is not None:  # before any request is homed there
+                    self.features.joined(address, features)
+            log.info("gateway: draft node %s (%s) joined (token channel %s%s); %d node(s) live",
+                     address, info.method or "model", transport,
+                     f", feature channel {features}" if features else "", len(self.nodes))
 
     def _same_process(self, address: str) -> bool:
         """Whether the node at address is still the process we joined (a restart between requests
@@ -164,6 +173,7 @@ class DraftPool(DraftWorker):
             self.identities.pop(address, None)
             self.context_lens.pop(address, None)
             self.kinds.pop(address, None)
+            self.features.forget(address)
             for home in self.homes.values():
                 if home.node == address:
                     home.node = None
@@ -190,6 +200,7 @@ class DraftPool(DraftWorker):
             self.identities.clear()
             self.context_lens.clear()
             self.kinds.clear()
+            self.features.clear()
             self.homes.clear()
             self.target, self.target_info = target, target_info
         self.refresh()
@@ -212,9 +223,11 @@ class DraftPool(DraftWorker):
         return ",".join(sorted(set(self.transports.values()))) or "none"
 
     # -- placement -----------------------------------------------------------------------------------
-    def _home(self, request_ids: list[str], resume) -> None:
+    def _home(self, request_ids: list[str], resume, taken_over: bool = True) -> None:
         """Give every request a live node, prefilling the ones that have none (new or orphaned) with
-        `resume(request_id)`: every committed token, the last one pending."""
+        `resume(request_id)`: every committed token, the last one pending. taken_over: they ran
+        elsewhere before (orphaned, or moving between kinds): an EAGLE node gets their features anew
+        (new requests' come from their target prefill)."""
         homeless = [rid for rid in request_ids if self.homes[rid].node not in self.nodes]
         if not homeless:
             return
@@ -232,7 +245,7 @@ class DraftPool(DraftWorker):
                 address = self._pick_node(rid, load)
                 load[address] += 1
                 groups.setdefault(address, []).append(rid)
-            results, failed = self._parallel({a: (self._prefill, a, [resume(rid) for rid in ids])
+            results, failed = self._parallel({a: (self._prefill, a, [resume(rid) for rid in ids], taken_over)
                                               for a, ids in groups.items()})
             homeless = [rid for a in failed for rid in groups[a]]
             no_room = [rid for left in results.values() for rid in left]
@@ -270,9 +283,11 @@ class DraftPool(DraftWorker):
                 self.nodes[home.node].release_later([rid])
                 home.node, home.unsent, self.wanted[rid] = None, 0, wanted
 
-    def _prefill(self, address: str, reqs: list[NewRequest]) -> list[str]:
+    def _prefill(self, address: str, reqs: list[NewRequest], taken_over: bool = False) -> list[str]:
         """Prefill reqs on a node; return the ids of those it had no room for."""
-        admitted = self.nodes[address].add(reqs)
+        if taken_over:
+            self.features.take_over(self.target, address, reqs)
+        admitted = self.nodes[address].add(reqs, self.features.for_node(address, [r.request_id for r in reqs]))
         for r in reqs[:admitted]:
             home = self.homes[r.request_id]
             home.node, home.unsent = address, 0
@@ -308,7 +323,7 @@ class DraftPool(DraftWorker):
             for r in requests:
                 self.homes[r.request_id] = _Home()
             try:
-                self._home([r.request_id for r in requests], given.__getitem__)
+                self._home([r.request_id for r in requests], given.__getitem__, taken_over=False)
             except NoDraftAvailable:
                 pass  # they get a node when one is back
             except NoRoom:
@@ -335,7 +350,8 @@ class DraftPool(DraftWorker):
             for address, ids in groups.items():
                 node = self.nodes[address]
                 calls[address] = (node, ids, node.start_propose(ids, k, {rid: self._unsent(rid, updates)
-                                                                         for rid in ids}))
+                                                                         for rid in ids},
+                                                                   features=self.features.for_node(address, ids)))
                 # Sent: a node absorbs them even when it answers NoRoom, and a failed node's requests
                 # are re-homed from every committed token.
                 for rid in ids:
@@ -354,6 +370,7 @@ class DraftPool(DraftWorker):
     def release(self, request_ids) -> None:
         with self.lock:
             groups: dict[str, list[str]] = {}
+            self.features.drop(request_ids)
             for rid in request_ids:
                 home = self.homes.pop(rid, None)
                 self.policy.forget(rid)
@@ -365,6 +382,7 @@ class DraftPool(DraftWorker):
     def release_later(self, request_ids) -> None:
         """Each node keeps its share and sends it with its next Add or Propose (or flush_releases)."""
         with self.lock:
+            self.features.drop(request_ids)
             for rid in request_ids:
                 home = self.homes.pop(rid, None)
                 self.policy.forget(rid)
@@ -413,6 +431,9 @@ class _PendingPoolProposal:
             proposal = results[address]
             ordered.extend(ids)
             lengths.extend(proposal.verify_lengths())
+            with pool.lock:
+                for rid, length in zip(ids, proposal.verify_lengths()):
+                    pool.policy.drafted(rid, length)
             methods.extend([pool.kind(address)] * len(ids))
             confidence.append(proposal.confidence)
             top_prob.append(proposal.top_prob)

@@ -1,5 +1,10 @@
 """TargetWorker over gRPC: prefill, verify k+1 positions (draft tokens read from the token channel),
-accept/reject, KV rollback; plain decode for AR mode."""
+accept/reject, KV rollback; plain decode for AR mode.
+
+With an EAGLE node attached (ExportFeatures), every Add/Verify/Decode also writes the hidden states of
+the positions it committed into the feature channel(s) and returns their block refs; the gateway
+hands them to the node with its next call. Its prefix cache is then off: a cached block is never
+forwarded, so it would have no feature (and the gateway turns staged prefill off for the same reason)."""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ import torch.nn.functional as F
 
 from minedraft.config import MAX_SPECULATIVE_TOKENS, TargetConfig
 from minedraft.config.flags import parse, service_parser
-from minedraft.rpc.channels import open_reader
-from minedraft.rpc.grpc_common import log, ref_from_proto, spec_from_proto
+from minedraft.drafting.features import FeatureStore
+from minedraft.rpc.channels import choose_transport, host_id, open_reader
+from minedraft.rpc.channels.features import FeatureWriter, rows_per_slot
+from minedraft.rpc.grpc_common import feature_block_to_proto, log, ref_from_proto, spec_from_proto, spec_to_proto
 from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, serve
 from minedraft.spec.local_workers import LocalTargetWorker
 from minedraft.spec.verification import check_lengths
@@ -28,6 +35,54 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
     def __init__(self, runner, model_path, max_num_seqs: int):
         super().__init__(runner, model_path, LocalTargetWorker(runner), max_num_seqs)
         self.readers = {}  # channel id -> reader, opened once and cached
+        self.feature_writers: dict[str, FeatureWriter] = {}  # transport -> the feature channel using it
+
+    def ExportFeatures(self, request, context):
+        def run():
+            forced = request.forced_transport if request.forced_transport not in ("", "auto") else None
+            transport = choose_transport(list(self.info.transports), list(request.reader_transports),
+                                         same_host=request.reader_hostname == host_id(), forced=forced)
+            if self.worker.features is None:
+                self.worker.features = FeatureStore()
+                if self.runner.blocks.caching:
+                    log.info("target: an EAGLE node is attached: prefix caching is off from now on (every "
+                             "committed position must be forwarded for its feature)")
+                self.runner.blocks.caching = False
+            writer = self.feature_writers.get(transport)
+            if writer is None:
+                cfg = self.runner.cfg
+                writer = self.feature_writers[transport] = FeatureWriter(
+                    transport, str(self.runner.device), cfg.hidden_size, self.runner.dtype,
+                    rows_per_slot(self.info.max_num_seqs, MAX_SPECULATIVE_TOKENS))
+            log.info("target: feature channel %r uses transport %s", request.channel_id, transport)
+            return worker_pb2.HandshakeReply(spec=spec_to_proto(writer.spec()), transport=transport)
+
+        return self.guarded(context, run)
+
+    def Features(self, request, context):
+        def run():
+            t0 = time.perf_counter()
+            if self.worker.features is None:
+                raise ValueError("features: no EAGLE node is attached (call ExportFeatures first)")
+            rows = self.worker.features_of(self._new_requests(request))
+            return worker_pb2.AddReply(compute_s=time.perf_counter() - t0, features=self._write_features(rows))
+
+        return self.guarded(context, run, request)
+
+    def _export(self, request_ids) -> list:
+        """The features this call committed, one block per feature channel (none without an EAGLE node)."""
+        store = self.worker.features
+        if store is None:
+            return []
+        return self._write_features([(rid, start, f) for rid in request_ids for start, f in store.take(rid)])
+
+    def _write_features(self, rows) -> list:
+        blocks = []
+        for transport, writer in self.feature_writers.items():
+            written = writer.write(rows)
+            if written is not None:
+                blocks.append(feature_block_to_proto(transport, *written))
+        return blocks
 
     def OpenChannel(self, request, context):
         def run():
@@ -46,7 +101,8 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             t0 = time.perf_counter()
             first = self.worker.add(self._new_requests(request))
             return worker_pb2.AddReply(first_tokens=[-1 if t is None else t for t in first], num_admitted=len(first),
-                                       compute_s=time.perf_counter() - t0)
+                                       compute_s=time.perf_counter() - t0,
+                                       features=self._export([r.request_id for r in request.requests]))
 
         return self.guarded(context, run, request)
 
@@ -59,6 +115,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             verdict = self.worker.verify(proposal)
             return worker_pb2.VerifyReply(tokens=[common_pb2.TokenList(tokens=t) for t in verdict.tokens],
                                           num_accepted=verdict.num_accepted, compute_s=verdict.compute_s,
+                                          features=self._export(request.request_ids),
                                           service_s=time.perf_counter() - t0)
 
         return self.guarded(context, run, request)
@@ -102,13 +159,16 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
         def run():
             t0 = time.perf_counter()
             tokens = self.worker.decode(list(request.request_ids))
-            return worker_pb2.DecodeReply(tokens=tokens, compute_s=time.perf_counter() - t0)
+            return worker_pb2.DecodeReply(tokens=tokens, compute_s=time.perf_counter() - t0,
+                                          features=self._export(request.request_ids))
 
         return self.guarded(context, run, request)
 
     def close(self):
         for reader in self.readers.values():
             reader.close()
+        for writer in self.feature_writers.values():
+            writer.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

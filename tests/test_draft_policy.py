@@ -47,3 +47,15 @@ def test_discarded_proposals_and_first_tokens_are_not_counted():
     assert "ngram" not in p.totals
     p.forget("r")
     assert "r" not in p.own and "r" not in p.pending
+
+
+def test_target_only_steps_after_an_empty_draft_count_as_verifies_of_one_token():
+    p = KindPolicy()
+    p.proposed("r", "ngram")
+    p.drafted("r", 0)  # nothing matched; its batch then went unsent for 7 steps (spec/dry_rows.py)
+    p.committed("r", 8)
+    assert p.own["r"]["ngram"] == [8.0, 8.0]  # 1 token per step, not 8 per verify
+    p.proposed("r", "ngram")
+    p.drafted("r", 3)
+    p.committed("r", 4)  # the whole draft accepted and the bonus token: one verify
+    assert p.own["r"]["ngram"] == [12.0, 9.0]

@@ -1,6 +1,7 @@
 """The target's feature export: with a FeatureStore, prefill and verify hand over the final-normed
 hidden state of exactly the positions they committed (the pending token's and the accepted drafts',
-not the rejected ones), equal to transformers' last_hidden_state at those positions."""
+not the rejected ones), equal to transformers' last_hidden_state at those positions; features_of
+forwards a request's committed context again (an EAGLE node taking it over) to the same values."""
 
 import torch
 
@@ -38,6 +39,14 @@ def test_prefill_and_verify_export_the_committed_positions_features():
     with torch.no_grad():
         expected = ref.model(input_ids=torch.tensor([prompt + greedy[:3]])).last_hidden_state[0]
     torch.testing.assert_close(torch.cat([prefill_feats, verify_feats]), expected, atol=1e-4, rtol=1e-4)
+    # An EAGLE node that takes the request over: every committed position but the last (still pending)
+    # forwarded again on scratch rows, the request's own row and the store untouched.
+    committed = prompt + greedy[:4]
+    free, length = runner.blocks.num_free, runner.length(target.book.states["r"].row)
+    (rid, start, again), = target.features_of([NewRequest("r", committed, SamplingParams(), seed=0, resume=True)])
+    assert (rid, start) == ("r", 0) and again.shape[0] == len(committed) - 1
+    torch.testing.assert_close(again, expected, atol=1e-4, rtol=1e-4)
+    assert (runner.blocks.num_free, runner.length(target.book.states["r"].row), len(store)) == (free, length, 0)
     target.release(["r"])
     assert len(store) == 0
 

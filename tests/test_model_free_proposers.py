@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from minedraft.drafting.ngram import NgramProposer, ngram_propose
-from minedraft.drafting.suffix import NODE_BYTES, SuffixParams, SuffixProposer, SuffixTrie, _RequestTrie
+from minedraft.drafting.suffix import NODE_BYTES, RequestIndex, SuffixParams, SuffixProposer, SuffixTrie
 from minedraft.drafting.worker import ModelFreeDraftWorker, make_proposer
 from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.workers import NewRequest
@@ -95,19 +95,36 @@ def test_suffix_trie_counts_match_brute_force_with_removal():
     assert trie.num_nodes == 1 and not trie.root.children
 
 
-def test_request_trie_grown_by_chunks_equals_one_insert():
+def test_request_index_grown_by_chunks_answers_as_the_trie_of_its_tokens():
+    """The request's array index against the trie the proposer kept before (a SuffixTrie of the same
+    tokens): the same match length and the same walk, at every step of a request grown in chunks."""
     rng = random.Random(1)
-    for _ in range(30):
-        tokens = [rng.randrange(3) for _ in range(rng.randrange(1, 50))]
-        depth = rng.randrange(2, 7)
+    compared = 0
+    for _ in range(60):
+        tokens = [rng.randrange(rng.choice([2, 3, 6])) for _ in range(rng.randrange(1, 60))]
+        depth = rng.randrange(2, 9)
         cut = rng.randrange(1, len(tokens) + 1)
-        grown = _RequestTrie(depth, tokens[:cut])
+        index = RequestIndex(depth, tokens[:cut])
         i = cut
-        while i < len(tokens):
+        while True:
+            trie = SuffixTrie(depth)
+            trie.insert(tokens[:i])
+            for k in (1, 3, depth + 2):  # k past depth: the depth bound stops the walk
+                room = max(1, depth - k)
+                m_trie, node = trie.longest_match(tokens[:i][-room:])
+                m, ends = index.longest_match(room)
+                assert m == m_trie, (tokens[:i], depth, k)
+                if m:
+                    for min_prob in (0.0, 0.3):
+                        want = trie.walk(node, k, min_prob)
+                        assert index.walk(ends, m, k, min_prob) == want
+                        compared += len(want[0]) > 1
+            if i == len(tokens):
+                break
             j = min(len(tokens), i + rng.randrange(1, 4))
-            grown.extend(tokens[i:j])
+            index.extend(tokens[i:j])
             i = j
-        _check_against(grown, [tokens], depth)
+    assert compared > 100  # walks of several tokens were compared, not just empty ones
 
 
 def brute_suffix_proposal(tokens, depth, k, params):
@@ -158,6 +175,63 @@ def test_suffix_proposal_matches_brute_force():
         assert got[1] == pytest.approx(want[1])
         full += k > 1 and len(got[0]) == k
     assert full > 20  # drafts of the whole k occur, not just one-token ones
+
+
+def test_suffix_proposal_with_finished_outputs_matches_brute_force():
+    """The request's walk against the global trie's (finished outputs): the one expecting more
+    accepted tokens wins (the request's on a tie), each as brute-force counts give it."""
+    rng = random.Random(5)
+    params = SuffixParams(depth=7, max_spec_factor=2.0, min_token_prob=0.15, max_cached_requests=4)
+    from_global = 0
+    for i in range(150):
+        p = SuffixProposer(params)
+        outputs = []
+        for j in range(rng.randrange(1, 5)):
+            p.add(f"old{j}", [rng.randrange(3)])
+            out = [rng.randrange(3) for _ in range(rng.randrange(1, 25))]
+            p.extend(f"old{j}", out)
+            p.release(f"old{j}")
+            outputs.append(out)
+        tokens = [rng.randrange(3) for _ in range(rng.randrange(2, 30))]
+        k = 1 + i % 5
+        p.add("r", tokens)
+        own = brute_suffix_proposal(tokens, params.depth, k, params)
+        glob = brute_global_proposal(outputs, tokens, params.depth, k, params)
+        want = glob if sum(glob[1]) > sum(own[1]) else own
+        got = p.propose("r", k)
+        assert got[0] == want[0], (outputs, tokens, k)
+        assert got[1] == pytest.approx(want[1])
+        from_global += want is glob and len(glob[0]) > 0
+    assert from_global > 10
+
+
+def brute_global_proposal(seqs, tokens, depth, k, params):
+    """As brute_suffix_proposal, over the finished outputs `seqs`, matching the request's suffix."""
+    context = tokens[-max(1, depth - k):]
+    m = 0
+    for n in range(min(len(context), depth - 1), 0, -1):
+        if brute_counts(seqs, context[len(context) - n:])[1] > 0:
+            m = n
+            break
+    if m == 0:
+        return [], []
+    limit = min(k, int(params.max_spec_factor * m + params.max_spec_offset))
+    path, out, probs, p = context[len(context) - m:], [], [], 1.0
+    while len(out) < limit and len(path) < depth:
+        follow = brute_counts(seqs, path)[1]
+        if follow == 0:
+            break
+        firsts = [s[i + len(path)] for s in seqs for i in range(len(s) - len(path))
+                  if s[i:i + len(path)] == path]
+        options = {t: brute_counts(seqs, path + [t])[0] for t in firsts}
+        best = max(dict.fromkeys(firsts), key=lambda t: options[t])
+        p *= options[best] / follow
+        if p < params.min_token_prob:
+            break
+        out.append(best)
+        probs.append(p)
+        path = path + [best]
+    return out, probs
 
 
 def test_suffix_copies_a_repeated_passage_and_learns_from_finished_outputs():

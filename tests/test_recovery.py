@@ -28,8 +28,10 @@ PROMPTS = load_heldout_prompts(6)
 class Stack:
     """Target, draft and gateway as separate processes, each restartable on its own port."""
 
-    def __init__(self, tmp_path, gateway_flags=(), wait=("target", "draft", "gateway"), target_program=None):
-        """target_program: argv that runs a target service in place of `python -m target_service`."""
+    def __init__(self, tmp_path, gateway_flags=(), wait=("target", "draft", "gateway"), target_program=None,
+                 draft_flags=()):
+        """target_program: argv that runs a target service in place of `python -m target_service`;
+        draft_flags: more flags of the draft service (e.g. --method eagle)."""
         self.ports = {name: free_port() for name in ("target", "draft", "gateway")}
         self.addr = {name: f"127.0.0.1:{p}" for name, p in self.ports.items()}
         self.logs = tmp_path
@@ -37,7 +39,7 @@ class Stack:
         self.commands = {
             "target": (target_program or py + ["target_service"]) + ["--port", str(self.ports["target"]),
                                                                       "--threads", "1"],
-            "draft": py + ["draft_service", "--port", str(self.ports["draft"]), "--threads", "1"],
+            "draft": py + ["draft_service", "--port", str(self.ports["draft"]), "--threads", "1", *draft_flags],
             "gateway": py + ["gateway", "--target", self.addr["target"], "--draft", self.addr["draft"],
                              "--port", str(self.ports["gateway"]), "--http-port", "0", "-k", str(K),
                              "--draft-refresh-s", "0.5", *gateway_flags],

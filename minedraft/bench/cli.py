@@ -51,6 +51,7 @@ import types
 from minedraft.bench import chat as bench_chat
 from minedraft.bench import long_prompt as bench_long
 from minedraft.bench import matrix as bench_matrix
+from minedraft.bench import mixed_pool as bench_mixed_pool
 from minedraft.bench import repetition as bench_repetition
 from minedraft.bench.machine import machine_info
 from minedraft.bench.runners import (
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_chat.add_arguments(p)
     bench_long.add_arguments(p)
     bench_repetition.add_arguments(p)
+    bench_mixed_pool.add_arguments(p)
     return p
 
 
@@ -428,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.repetition:
         return _main_repetition(args)
+    if args.mixed_pool:
+        return _main_mixed_pool(args)
     import grpc
 
     try:
@@ -484,6 +488,19 @@ def _main_repetition(args) -> int:
         print(f"minedraft bench: FAILED consistency check: {exc}", file=sys.stderr, flush=True)
         return 1
     print(bench_repetition.format_report(report), flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+def _main_mixed_pool(args) -> int:
+    try:
+        report = bench_mixed_pool.run(args)
+    except (BenchError, RuntimeError, TimeoutError) as exc:
+        print(f"minedraft bench: --mixed-pool: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(bench_mixed_pool.format_report(report), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)

@@ -170,7 +170,9 @@ def proposer_cost(engine_target, prompts: list[list[int]], rows: int, k: int, st
             t0 = time.perf_counter()
             worker.propose(ids, k, updates)
             t.append(time.perf_counter() - t0)
-        worker.release(ids)
+        t0 = time.perf_counter()
+        worker.release(ids)  # suffix: each output joins the global trie, a cost per finished request
+        out[f"{method}_release_s"] = (time.perf_counter() - t0) / rows
         out[f"{method}_s"] = statistics.median(t)
     target = LocalTargetWorker(engine_target.target_runner)  # the engine is idle: its runner has room
     target.add(reqs)
@@ -185,7 +187,7 @@ def proposer_cost(engine_target, prompts: list[list[int]], rows: int, k: int, st
     out["target_verify_s"] = statistics.median(t)
     for method in ("ngram", "suffix"):
         out[f"{method}_share"] = out[f"{method}_s"] / out["target_verify_s"]
-    out.update(rows=rows, k=k)
+    out.update(rows=rows, k=k, steps=steps)
     return out
 
 
@@ -275,7 +277,9 @@ def format_report(report: dict) -> str:
     c = report["proposer_cost"]
     lines.append(f"proposer cost at {c['rows']} rows, k={c['k']}: ngram {1e3 * c['ngram_s']:.2f} ms "
                  f"({100 * c['ngram_share']:.1f}% of the target's verify, {1e3 * c['target_verify_s']:.1f} ms), "
-                 f"suffix {1e3 * c['suffix_s']:.2f} ms ({100 * c['suffix_share']:.1f}%)")
+                 f"suffix {1e3 * c['suffix_s']:.2f} ms ({100 * c['suffix_share']:.1f}%); a finished request "
+                 f"({(c['steps'] - 1) * c['k']} output tokens) costs suffix {1e3 * c['suffix_release_s']:.2f} ms "
+                 "more (its output joins the global trie)")
     return "\n".join(lines)
 
 

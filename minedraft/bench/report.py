@@ -94,6 +94,7 @@ def breakdown_fractions(b: dict) -> dict:
         "draft_idle": b["draft_idle_s"] / wall,
         "target_idle": b["target_idle_s"] / wall,
         "channel_bytes_per_step": b.get("channel_bytes", 0.0) / max(1, b["num_steps"]),
+        "feature_bytes_per_step": b.get("feature_bytes", 0.0) / max(1, b["num_steps"]),  # EAGLE nodes only
     }
 
 

@@ -79,17 +79,19 @@ def format_table(report: dict) -> str:
                       "= 1; cp total = control plane of both sides)",
                   f"{'mode':<12}{'steps':>7}{'step ms':>9}{'draft cmp':>11}{'draft cp':>10}{'draft idle':>11}"
                   f"{'verify cmp':>12}{'target cp':>11}{'target idle':>12}{'cp total':>10}{'in svc':>8}{'between':>9}"
-                  f"{'KB/step':>9}"]
+                  f"{'KB/step':>9}{'feat KB':>9}"]
         for r in bd:
             f = r["step_breakdown"]["fractions"]
             lines.append(f"{r['mode']:<12}{f['num_steps']:>7}{1e3 * f['mean_step_s']:>9.2f}{f['draft_compute']:>11.1%}"
                          f"{f['draft_control_plane']:>10.1%}{f['draft_idle']:>11.1%}{f['verify_compute']:>12.1%}"
                          f"{f['target_control_plane']:>11.1%}{f['target_idle']:>12.1%}{f['control_plane']:>10.1%}"
                          f"{f['control_plane_in_services']:>8.1%}{f['control_plane_transport']:>9.1%}"
-                         f"{f.get('channel_bytes_per_step', 0.0) / 1024:>9.1f}")
+                         f"{f.get('channel_bytes_per_step', 0.0) / 1024:>9.1f}"
+                         f"{f.get('feature_bytes_per_step', 0.0) / 1024:>9.1f}")
         lines.append("(cp total = in svc (channel read/write and bookkeeping inside the services) + between (gRPC, "
                      "(de)serialisation, gateway work, scheduling delays); KB/step = what the drafts wrote into "
-                     "the token channel per step: tokens, and q for the sampled rows only)")
+                     "the token channel per step: tokens, and q for the sampled rows only; feat KB = what the target "
+                     "wrote into feature channels per step, EAGLE nodes only)")
     cpu = [r for r in report["runs"] if r.get("cpu_ms_per_step")]
     if cpu:
         names = list(cpu[0]["cpu_ms_per_step"])

@@ -20,10 +20,10 @@ DEFAULT_MAX_K = 8  # a draft's token channel is sized for this k unless --max-k 
 TRANSPORTS = ("cuda_ipc", "shm", "inline")
 TRANSPORT_CHOICES = ("auto",) + TRANSPORTS
 Q_DTYPES = ("float32", "bfloat16")
-# How a draft node makes tokens: a draft model, or model-free (minedraft/drafting/ngram.py, suffix.py)
-DRAFT_METHODS = ("model", "ngram", "suffix")
-# In process only for now: an EAGLE head needs the target's features (drafting/eagle_worker.py).
-ENGINE_DRAFT_METHODS = DRAFT_METHODS + ("eagle",)
+# How a draft node makes tokens: a draft model, model-free (minedraft/drafting/ngram.py, suffix.py), or an
+# EAGLE head fed the target's features (drafting/eagle_worker.py; over the services: a feature channel)
+DRAFT_METHODS = ("model", "ngram", "suffix", "eagle")
+ENGINE_DRAFT_METHODS = DRAFT_METHODS
 PORTS = {"gateway": 50051, "target": 50052, "draft": 50053}
 MAX_NUM_SEQS = 64
 PREFILL_CHUNK_TOKENS = 256  # staged prefill of long prompts (minedraft/spec/staged_prefill.py)
@@ -245,9 +245,12 @@ class DraftOptions:
                                      "exact)", choices=Q_DTYPES)
     one_hot_q: bool = option(False, "for sampled requests, draft greedily and send no distributions")
     method: str = option("model", "how tokens are drafted: model (a draft LM), ngram (prompt lookup: what followed "
-                                  "the longest earlier match of the last tokens) or suffix (suffix tries over the "
-                                  "request and recent outputs); ngram and suffix load no model",
+                                  "the longest earlier match of the last tokens), suffix (suffix tries over the "
+                                  "request and recent outputs) or eagle (--model is an EAGLE head folder, fed the "
+                                  "target's hidden states); ngram and suffix load no model",
                          choices=DRAFT_METHODS)
+    target_model: str | None = option(None, "eagle: the target's checkpoint folder (only its embeddings and LM "
+                                            "head are loaded)", shown="the bundled tiny target, with no --model")
     ngram_min: int = option(2, "ngram: shortest match (one token matches nearly anywhere and predicts little)")
     ngram_max: int = option(5, "ngram: longest match tried (past five tokens the source of a copy rarely changes)")
     suffix_depth: int = option(24, "suffix: longest substring kept in the tries")
@@ -355,8 +358,8 @@ class UpConfig:
     draft: str | None = option(None, "draft checkpoint folder", shown="the bundled tiny draft")
     device: str = option("cpu", "target device (cpu, cuda:0)")
     draft_device: str | None = option(None, "draft device", shown="--device")
-    draft_method: str = option("model", "the draft node's --method: model, ngram or suffix (no draft model loaded)",
-                               choices=DRAFT_METHODS)
+    draft_method: str = option("model", "the draft node's --method: model, ngram or suffix (no draft model loaded) "
+                                        "or eagle (--draft is an EAGLE head folder)", choices=DRAFT_METHODS)
     port: int = option(PORTS["gateway"], "gateway's gRPC port")
     target_port: int = option(PORTS["target"], "target's gRPC port")
     draft_port: int = option(PORTS["draft"], "draft's gRPC port")
@@ -402,11 +405,14 @@ class UpConfig:
             placement=self._placement(1, self.draft_metrics_port),
             # the token channel must hold the gateway's k
             drafting=DraftOptions(max_k=max(self.speculation.capacity_k, DEFAULT_MAX_K),
-                                  transport=self.speculation.transport, method=self.draft_method))
+                                  transport=self.speculation.transport, method=self.draft_method,
+                                  # an EAGLE head reads its target's embeddings and LM head
+                                  target_model=self.target if self.draft_method == "eagle" else None))
 
     def gateway_config(self) -> GatewayConfig:
         speculation = self.speculation
-        if not self.cache.enable_prefix_caching:  # staged prefill rides on the workers' prefix cache
+        # staged prefill rides on the workers' prefix cache, which is off with an EAGLE node
+        if not self.cache.enable_prefix_caching or self.draft_method == "eagle":
             speculation = dataclasses.replace(speculation, prefill_chunk_tokens=0)
         return GatewayConfig(
             target=f"127.0.0.1:{self.target_port}", draft=f"127.0.0.1:{self.draft_port}",

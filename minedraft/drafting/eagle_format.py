@@ -131,8 +131,9 @@ def load_head(head_dir: str, target_dir: str, device: str = "cpu", dtype=torch.f
     check_supported(state, cfg.hidden_size)
     target_cfg = load_model_config(target_dir)
     if (target_cfg.hidden_size, target_cfg.vocab_size) != (cfg.hidden_size, cfg.vocab_size):
-        raise ValueError(f"draft: head {folder} is for hidden {cfg.hidden_size} / vocab {cfg.vocab_size}, the "
-                         f"target {target_dir} has {target_cfg.hidden_size} / {target_cfg.vocab_size}")
+        raise ValueError(f"draft: the head {folder} is for hidden_size {cfg.hidden_size} / vocab_size "
+                         f"{cfg.vocab_size}, but the target {target_dir} has hidden_size {target_cfg.hidden_size} / "
+                         f"vocab_size {target_cfg.vocab_size} (a head runs on the target it was trained for)")
     raw = json.loads((folder / "config.json").read_text())
     ids = draft_vocab_ids(state, cfg.vocab_size, cfg.hidden_size, raw.get("draft_vocab_size"))
     head = EagleHead(cfg, fc_bias="fc.bias" in state, draft_ids=ids)

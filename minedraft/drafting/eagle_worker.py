@@ -9,8 +9,10 @@ target's true features (EAGLE-1's convention). Greedy rows draft the argmax; sam
 the head's q and send it, so the target's rejection sampling stays exact. A head with a reduced
 vocabulary (d2t) drafts over it; its ids and q are mapped onto the target's vocabulary.
 
-Features come from a drafting.features.FeatureStore that the in-process target fills. A missing
-feature (none expected) reads as zeros: that can only lower acceptance, never change the output."""
+Features come from a drafting.features.FeatureStore: the in-process target fills it, or, on a draft
+node, the draft service from the target's feature channel. A missing feature (none expected in
+process; over the services, see README) reads as zeros and is counted in `missing_features`: that can
+only lower acceptance, never change the output."""
 
 from __future__ import annotations
 
@@ -55,15 +57,17 @@ class _HeadRow:
         self.features = torch.cat([self.features[:keep], rows])
         self.feature_base = min(self.feature_base, start)
 
-    def feature_rows(self, lo: int, hi: int, hidden: int) -> torch.Tensor:
-        """Features of positions lo..hi-1, zeros where none arrived."""
+    def feature_rows(self, lo: int, hi: int, hidden: int) -> tuple[torch.Tensor, int]:
+        """Features of positions lo..hi-1, zeros where none arrived; and how many did not."""
         out = torch.zeros(hi - lo, hidden, dtype=torch.float32,
                           device=self.features.device if self.features is not None else "cpu")
+        found = 0
         if self.features is not None:
             a, b = max(lo, self.feature_base), min(hi, self.feature_base + self.features.shape[0])
             if a < b:
                 out[a - lo:b - lo] = self.features[a - self.feature_base:b - self.feature_base]
-        return out
+                found = b - a
+        return out, hi - lo - found
 
     def forget_features_below(self, position: int) -> None:
         if self.features is not None and position > self.feature_base:
@@ -71,7 +75,25 @@ class _HeadRow:
             self.feature_base = position
 
 
+class _Book:
+    """What a service reads of the worker's rows (Info's num_active and KV fields)."""
+
+    def __init__(self, worker: "EagleDraftWorker"):
+        self.worker = worker
+
+    @property
+    def states(self):
+        return self.worker.rows
+
+    def kv_usage(self) -> dict:
+        b = self.worker.blocks
+        return dict(num_kv_blocks=b.num_usable, num_free_kv_blocks=b.num_free, kv_block_size=b.block_size,
+                    kv_cache_usage=b.usage)
+
+
 class EagleDraftWorker(DraftWorker):
+    method = "eagle"
+
     def __init__(self, head: EagleHead, features: FeatureStore, context_len: int, max_num_seqs: int = 64,
                  lookahead: int = 16, block_size: int = 16, device: str = "cpu"):
         self.head = head
@@ -85,6 +107,8 @@ class EagleDraftWorker(DraftWorker):
                                   head.fc.weight.dtype, self.device)
         self.context_len = context_len
         self.rows: dict[str, _HeadRow] = {}
+        self.book = _Book(self)
+        self.missing_features = 0  # committed positions whose feature never arrived (read as zeros)
 
     # -- requests -------------------------------------------------------------------------------------
     def add(self, requests: list[NewRequest]) -> int:
@@ -102,6 +126,7 @@ class EagleDraftWorker(DraftWorker):
             row = self.rows.pop(rid, None)
             if row is not None:
                 self.blocks.free(row.seq)
+        self.store.drop(request_ids)
 
     # -- drafting -------------------------------------------------------------------------------------
     def _catch_up(self, request_id: str, row: _HeadRow, update: list[int]) -> list[int]:
@@ -153,7 +178,9 @@ class EagleDraftWorker(DraftWorker):
         if live:
             lrows = [rows[i] for i in live]
             tokens = [[rows[i].tokens[j + 1] for j in todo[i]] for i in live]
-            feats = torch.cat([rows[i].feature_rows(todo[i][0], todo[i][-1] + 1, self.hidden) for i in live])
+            got = [rows[i].feature_rows(todo[i][0], todo[i][-1] + 1, self.hidden) for i in live]
+            feats = torch.cat([f for f, _ in got])
+            self.missing_features += sum(n for _, n in got)
             params = [r.params for r in lrows]
             gens = [r.generator for r in lrows]
             lsampled = [n for n, r in enumerate(lrows) if not r.params.greedy]

@@ -208,3 +208,15 @@ def abort_with(context: grpc.ServicerContext, exc: Exception):
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{type(exc).__name__}: {exc}")
     log.exception("internal error")
     context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def feature_block_to_proto(channel: str, ref: BlockRef, spans) -> worker_pb2.FeatureBlock:
+    return worker_pb2.FeatureBlock(channel=channel, block=ref_to_proto(ref), spans=[
+        worker_pb2.FeatureSpan(request_id=s.request_id, start=s.start, row=s.row, rows=s.rows) for s in spans])
+
+
+def feature_block_from_proto(msg: worker_pb2.FeatureBlock):
+    """(channel, BlockRef, [Span])."""
+    from minedraft.rpc.channels.features import Span
+
+    return msg.channel, ref_from_proto(msg.block), [Span(s.request_id, s.start, s.row, s.rows) for s in msg.spans]

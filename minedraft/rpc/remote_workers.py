@@ -116,6 +116,13 @@ def _propose_request(request_ids, k: int, updates, release_ids: list[str]) -> wo
                                      release_ids=release_ids)
 
 
+def _handshake_request(reader: worker_pb2.WorkerInfo, forced: str | None, channel_id: str):
+    """A channel's negotiation, as its reader (`reader`'s Info) offers it."""
+    return worker_pb2.HandshakeRequest(reader_transports=list(reader.transports), reader_hostname=reader.hostname,
+                                       reader_device=reader.device, forced_transport=forced or "",
+                                       channel_id=channel_id)
+
+
 DEFAULT_TIMEOUTS = TimeoutConfig()  # frozen: one instance serves every default
 
 
@@ -181,13 +188,16 @@ class RemoteDraftWorker(_Remote, DraftWorker):
         self.max_k = 0  # from its Info when it joins a pool (0: unknown, an older node)
 
     def handshake(self, target_info: worker_pb2.WorkerInfo, forced: str | None) -> worker_pb2.HandshakeReply:
-        return self.stub.Handshake(worker_pb2.HandshakeRequest(
-            reader_transports=list(target_info.transports), reader_hostname=target_info.hostname,
-            reader_device=target_info.device, forced_transport=forced or "", channel_id=self.channel_id),
-            timeout=30.0)
+        return self.stub.Handshake(_handshake_request(target_info, forced, self.channel_id), timeout=30.0)
 
-    def add(self, requests):
+    def open_features(self, spec) -> str:
+        """An EAGLE node opens the target's feature channel (see RemoteTargetWorker.export_features)."""
+        return self.stub.OpenFeatures(worker_pb2.OpenFeaturesRequest(spec=spec), timeout=30.0).transport
+
+    def add(self, requests, features=()):
+        """features: FeatureBlocks for an EAGLE node (the relay's, for these requests)."""
         message = _new_requests_proto(requests)  # may raise RequestFault: nothing taken yet
+        message.features.extend(features)
         held = self._take_held()
         message.release_ids.extend(held)
         return self._send(self.stub.Add, message, self.prefill_s, held).num_admitted
@@ -195,9 +205,11 @@ class RemoteDraftWorker(_Remote, DraftWorker):
     def propose(self, request_ids, k, updates):
         return self.start_propose(request_ids, k, updates).result()
 
-    def start_propose(self, request_ids, k, updates, pool=None) -> _CallInFlight:
+    def start_propose(self, request_ids, k, updates, pool=None, features=()) -> _CallInFlight:
         ids, held = list(request_ids), self._take_held()
-        call = self.stub.Propose.future(_propose_request(ids, k, updates, held), timeout=self.step_s)
+        message = _propose_request(ids, k, updates, held)
+        message.features.extend(features)
+        call = self.stub.Propose.future(message, timeout=self.step_s)
         return _CallInFlight(call, lambda reply, done_at: _proposal(reply, ids, k, self.channel_id, done_at),
                              on_failure=lambda: self._hold_again(held))
 
@@ -209,6 +221,25 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         super().__init__(address, worker_pb2_grpc.TargetWorkerStub, timeouts)
         info = info or self.info()
         self.context_len, self.vocab_size = info.context_len, info.vocab_size
+        self.relay = None  # a FeatureRelay once an EAGLE node is attached (the gateway's DraftPool sets it)
+        self.last_decode_feature_bytes = 0
+
+    def export_features(self, node_info: worker_pb2.WorkerInfo, forced: str | None, channel_id: str):
+        """From now on the target exports its features; returns the HandshakeReply (spec, transport)
+        of the feature channel the node at node_info reads."""
+        return self.stub.ExportFeatures(_handshake_request(node_info, forced, channel_id), timeout=30.0)
+
+    def _relay(self, reply) -> int:
+        """Hand the reply's feature blocks to the relay; their bytes."""
+        if self.relay is None or not reply.features:
+            return 0
+        return self.relay.put(reply.features)
+
+    def features(self, requests: list[NewRequest]) -> int:
+        """The target forwards these running requests' committed tokens again for their features (into
+        the relay); returns their bytes."""
+        reply = self.stub.Features(_new_requests_proto(requests), timeout=self.prefill_s)
+        return self._relay(reply)
 
     def open_channel(self, channel_id: str, spec) -> str:
         reply = self.stub.OpenChannel(worker_pb2.OpenChannelRequest(channel_id=channel_id, spec=spec),
@@ -220,6 +251,7 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         held = self._take_held()
         message.release_ids.extend(held)
         reply = self._send(self.stub.Add, message, self.prefill_s, held)
+        self._relay(reply)
         return [None if t < 0 else t for t in reply.first_tokens[:reply.num_admitted]]
 
     def verify(self, proposal: Proposal) -> Verdict:
@@ -235,7 +267,8 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         ids = list(proposal.request_ids)
         return _CallInFlight(call, lambda reply, done_at: Verdict(
             ids, [list(t.tokens) for t in reply.tokens], list(reply.num_accepted), compute_s=reply.compute_s,
-            service_s=reply.service_s, done_at=done_at), on_failure=lambda: self._hold_again(held))
+            service_s=reply.service_s, feature_bytes=self._relay(reply), done_at=done_at),
+            on_failure=lambda: self._hold_again(held))
 
     @_no_room_as_exception
     def decode(self, request_ids):
@@ -243,5 +276,6 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         reply = self._send(self.stub.Decode, worker_pb2.DecodeRequest(request_ids=list(request_ids), release_ids=held),
                            self.step_s, held)
         self.last_decode_compute_s = reply.compute_s
+        self.last_decode_feature_bytes = self._relay(reply)
         return list(reply.tokens)
 

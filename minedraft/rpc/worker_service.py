@@ -49,9 +49,10 @@ class WorkerServicerBase:
     role = ""
 
     def __init__(self, runner: ModelRunner | None, model_path: str, worker, max_num_seqs: int,
-                 max_k: int = MAX_SPECULATIVE_TOKENS, method: str = ""):
+                 max_k: int = MAX_SPECULATIVE_TOKENS, method: str = "", facts: dict | None = None):
         """runner None: a model-free draft (minedraft/drafting/worker.py), which holds no vocabulary,
-        tokenizer or context limit of its own: it reads the target's ids and any length."""
+        tokenizer or context limit of its own: it reads the target's ids and any length; or an EAGLE
+        head, whose facts (the target's vocabulary, tokenizer and context) come in `facts`."""
         self.runner = runner
         # The target checks ids against its vocabulary; a draft also reads the ids of a larger target
         # vocabulary (it has a prefix of it; see LocalDraftWorker._forward).
@@ -64,7 +65,7 @@ class WorkerServicerBase:
                          architecture=runner.cfg.architecture,
                          # the pool's compat check
                          tokenizer_fingerprint=tokenizer_digest(hf_adapter.load_tokenizer(model_path)))
-        else:  # vocabulary 0 and no tokenizer pass the pool's compat check against any target
+        elif facts is None:  # vocabulary 0 and no tokenizer pass the pool's compat check against any target
             facts = dict(device="cpu", vocab_size=0, context_len=MODEL_FREE_CONTEXT)
         self.info = worker_pb2.WorkerInfo(
             role=self.role, model=model_path, transports=local_capabilities(facts["device"]), hostname=host_id(),
@@ -77,6 +78,7 @@ class WorkerServicerBase:
         reply.num_active = len(self.worker.book.states)
         for name, value in self.worker.book.kv_usage().items():
             setattr(reply, name, value)
+        reply.missing_features = getattr(self.worker, "missing_features", 0)
         return reply
 
     def _new_requests(self, request) -> list[NewRequest]:

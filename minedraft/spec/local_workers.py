@@ -418,6 +418,24 @@ class LocalTargetWorker(TargetWorker):
             return self._forward(rows, _verify_input(last, drafts, lengths, ragged_only=True),
                                  all_positions=True, all_committed=False)
 
+    def features_of(self, requests: list[NewRequest]) -> list[tuple[str, int, torch.Tensor]]:
+        """(request id, 0, features [n - 1, hidden]) of each request's committed tokens but the last
+        (whose feature its next verify or decode exports), forwarded on scratch rows freed after: an
+        EAGLE draft that takes a request over needs them all. No room for the rows: none (the draft
+        reads missing features as zeros, which only costs acceptance)."""
+        todo = [(r.request_id, self.book.kv_ids(r.prompt_ids[:-1])) for r in requests if len(r.prompt_ids) > 1]
+        rows = [self.runner.allocate() for _ in todo]
+        try:
+            if not rows:
+                return []
+            _logits, feats = self.runner.forward(rows, [t for _, t in todo], with_features=True)
+        except NoRoom:
+            return []
+        finally:
+            for row in rows:
+                self.runner.free(row)
+        return [(rid, 0, f) for (rid, _), f in zip(todo, feats)]
+
     @property
     def _request_of(self) -> dict[int, str]:
         """sequence handle -> request id (feature export only: prefill and decode forward by row)."""

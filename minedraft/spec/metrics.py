@@ -18,6 +18,7 @@ class StepRecord:
     num_verified: int = 0  # requests verified (or decoded) this step
     num_tokens: int = 0  # tokens committed this step
     channel_bytes: int = 0  # what the draft wrote into the token channel (tokens + q of sampled rows)
+    feature_bytes: int = 0  # what the target wrote into feature channels (an EAGLE node attached)
     k: int | None = None  # sd/psd: the k this step drafted (0: a target-only step); None: no choice (ar)
     draft_rows: int = 0  # rows drafted this step
     verify_tokens: int = 0  # tokens the verify scored: per row its verified drafts + 1 (a decode: 1)
@@ -25,7 +26,7 @@ class StepRecord:
 
 BREAKDOWN_FIELDS = ("num_steps", "wall_s", "draft_compute_s", "verify_compute_s", "draft_call_s", "verify_call_s",
                     "draft_idle_s", "target_idle_s", "control_plane_s", "draft_service_s", "verify_service_s",
-                    "channel_bytes")
+                    "channel_bytes", "feature_bytes")
 
 
 def sum_steps(steps: list[StepRecord]) -> dict:
@@ -45,6 +46,7 @@ def sum_steps(steps: list[StepRecord]) -> dict:
         b["draft_service_s"] += s.draft_service_s
         b["verify_service_s"] += s.verify_service_s
         b["channel_bytes"] += s.channel_bytes
+        b["feature_bytes"] += s.feature_bytes
     return b
 
 

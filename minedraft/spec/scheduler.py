@@ -25,6 +25,7 @@ from typing import Any
 
 from minedraft.config import AUTO_K, DEFAULT_MAX_K, MAX_SPECULATIVE_TOKENS, MODES, check_mode_and_k  # noqa: F401
 from minedraft.spec.controller import decode_verdict, make_controller
+from minedraft.spec.dry_rows import DryRows
 from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.spec.request import Request
 from minedraft.spec.staged_prefill import StagedPrefill
@@ -68,6 +69,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
         self.in_flight: _InFlight | None = None  # sent by the previous step, collected by the next
         self._collected: _InFlight | None = None  # collected; its record closes when the next calls go out
         self._no_draft = False  # psd: the last proposal found no draft node
+        self.dry = DryRows()  # rows a model-free draft keeps finding nothing for: no call for them
         self._period: tuple | None = None  # the last step's (start, record, arm): its goodput, next step
         self._arm: tuple | None = None  # what the step being dispatched runs: (record, family, rows, k)
         self.metrics = self.new_metrics()
@@ -262,6 +264,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
             return
         record.verify_call_s = record.wall_s = time.perf_counter() - t0
         record.verify_s = record.verify_service_s = self.target.last_decode_compute_s or record.verify_call_s
+        record.feature_bytes = self.target.last_decode_feature_bytes
         record.num_verified, record.num_tokens = len(ids), len(ids)
         self.metrics.add_step(record)
         self.controller.on_record(record, synchronous=True)
@@ -282,6 +285,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
         if not ids:
             return
         k = self.controller.k_for(ids, self.running)
+        if k and self.dry.skip(ids):
+            k = 0
         if k == 0:
             self._step_ar(touched, ids, mode=self.mode)
             return
@@ -332,6 +337,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
             job.drafted_ids, job.drafted_batch = ids, d
             k = self.controller.psd_k_for(ids, self.proposal.request_ids if pb is not None else [],
                                           self.proposal.k if pb is not None else 0, self.running)
+            if k and self.dry.skip(ids):
+                k = 0
             job.record.k, job.record.draft_rows = k, len(ids) if k else 0
             job.propose_t0 = time.perf_counter()
             # k = 0: not drafted; its verify slot decodes it target-only (its updates wait for a proposal)
@@ -416,8 +423,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
             failed.set_exception(exc)
             return failed
 
-    @staticmethod
-    def _record_proposal(proposal: Proposal, record: StepRecord) -> Proposal:
+    def _record_proposal(self, proposal: Proposal, record: StepRecord) -> Proposal:
+        self.dry.observe(proposal.request_ids, proposal.lengths)
         record.draft_s = proposal.compute_s
         record.draft_service_s = proposal.service_s or proposal.compute_s
         record.channel_bytes = proposal.channel_bytes
@@ -426,6 +433,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
     def _commit(self, proposal: Proposal, verdict, touched, record) -> None:
         record.verify_s = verdict.compute_s
         record.verify_service_s = verdict.service_s or verdict.compute_s
+        record.feature_bytes = verdict.feature_bytes
         record.num_verified = len(verdict.request_ids)
         lengths = proposal.verify_lengths()
         record.verify_tokens = sum(lengths) + len(lengths)
@@ -469,6 +477,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
             getattr(self.draft, release)(request_ids)
         for rid in request_ids:
             del self.running[rid]
+        self.dry.forget(request_ids)
         gone = set(request_ids)
         self.batches = [[r for r in b if r not in gone] for b in self.batches]
 

@@ -81,6 +81,7 @@ class Verdict:
     # Only with an EAGLE draft attached: per request, the target's features [1 + num_accepted, hidden]
     # of the positions it committed in this verify (its pending token's and the accepted drafts').
     features: list | None = None
+    feature_bytes: int = 0  # remote: bytes of those features the target wrote into feature channels
     done_at: float = 0.0  # perf_counter() when the reply was in (start_verify): the call's true end
 
 
@@ -164,6 +165,7 @@ class TargetWorker(abc.ABC):
     context_len: int
     vocab_size: int
     last_decode_compute_s: float = 0.0  # compute time of the latest decode() (for the step breakdown)
+    last_decode_feature_bytes: int = 0  # feature-channel bytes of the latest decode() (remote, EAGLE only)
 
     @abc.abstractmethod
     def add(self, requests: list[NewRequest]) -> list[int | None]:

@@ -104,7 +104,7 @@ class StatsRequest(_message.Message):
     def __init__(self, reset: _Optional[bool] = ...) -> None: ...
 
 class StepBreakdown(_message.Message):
-    __slots__ = ("num_steps", "wall_s", "draft_compute_s", "verify_compute_s", "draft_call_s", "verify_call_s", "draft_idle_s", "target_idle_s", "control_plane_s", "draft_service_s", "verify_service_s", "channel_bytes")
+    __slots__ = ("num_steps", "wall_s", "draft_compute_s", "verify_compute_s", "draft_call_s", "verify_call_s", "draft_idle_s", "target_idle_s", "control_plane_s", "draft_service_s", "verify_service_s", "channel_bytes", "feature_bytes")
     NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
     WALL_S_FIELD_NUMBER: _ClassVar[int]
     DRAFT_COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,7 @@ class StepBreakdown(_message.Message):
     DRAFT_SERVICE_S_FIELD_NUMBER: _ClassVar[int]
     VERIFY_SERVICE_S_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_BYTES_FIELD_NUMBER: _ClassVar[int]
     num_steps: int
     wall_s: float
     draft_compute_s: float
@@ -129,7 +130,8 @@ class StepBreakdown(_message.Message):
     draft_service_s: float
     verify_service_s: float
     channel_bytes: float
-    def __init__(self, num_steps: _Optional[int] = ..., wall_s: _Optional[float] = ..., draft_compute_s: _Optional[float] = ..., verify_compute_s: _Optional[float] = ..., draft_call_s: _Optional[float] = ..., verify_call_s: _Optional[float] = ..., draft_idle_s: _Optional[float] = ..., target_idle_s: _Optional[float] = ..., control_plane_s: _Optional[float] = ..., draft_service_s: _Optional[float] = ..., verify_service_s: _Optional[float] = ..., channel_bytes: _Optional[float] = ...) -> None: ...
+    feature_bytes: float
+    def __init__(self, num_steps: _Optional[int] = ..., wall_s: _Optional[float] = ..., draft_compute_s: _Optional[float] = ..., verify_compute_s: _Optional[float] = ..., draft_call_s: _Optional[float] = ..., verify_call_s: _Optional[float] = ..., draft_idle_s: _Optional[float] = ..., target_idle_s: _Optional[float] = ..., control_plane_s: _Optional[float] = ..., draft_service_s: _Optional[float] = ..., verify_service_s: _Optional[float] = ..., channel_bytes: _Optional[float] = ..., feature_bytes: _Optional[float] = ...) -> None: ...
 
 class Stats(_message.Message):
     __slots__ = ("spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos", "steps", "mode", "k_steps", "prefix_cache")

@@ -12,7 +12,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("role", "model", "device", "device_uuid", "vocab_size", "context_len", "transports", "hostname", "pid", "tokenizer_fingerprint", "architecture", "num_active", "instance_id", "num_kv_blocks", "num_free_kv_blocks", "kv_block_size", "kv_cache_usage", "max_k", "max_num_seqs", "method", "prefix_cache_queries", "prefix_cache_hits")
+    __slots__ = ("role", "model", "device", "device_uuid", "vocab_size", "context_len", "transports", "hostname", "pid", "tokenizer_fingerprint", "architecture", "num_active", "instance_id", "num_kv_blocks", "num_free_kv_blocks", "kv_block_size", "kv_cache_usage", "max_k", "max_num_seqs", "method", "prefix_cache_queries", "prefix_cache_hits", "missing_features")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class WorkerInfo(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_QUERIES_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FEATURES_FIELD_NUMBER: _ClassVar[int]
     role: str
     model: str
     device: str
@@ -57,7 +58,8 @@ class WorkerInfo(_message.Message):
     method: str
     prefix_cache_queries: int
     prefix_cache_hits: int
-    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., architecture: _Optional[str] = ..., num_active: _Optional[int] = ..., instance_id: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_k: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., method: _Optional[str] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ...) -> None: ...
+    missing_features: int
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., architecture: _Optional[str] = ..., num_active: _Optional[int] = ..., instance_id: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_k: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., method: _Optional[str] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., missing_features: _Optional[int] = ...) -> None: ...
 
 class ChannelSpec(_message.Message):
     __slots__ = ("transport", "name", "handle", "device", "num_slots", "slot_bytes", "pid", "hostname", "device_uuid")
@@ -141,6 +143,34 @@ class OpenChannelReply(_message.Message):
     transport: str
     def __init__(self, transport: _Optional[str] = ...) -> None: ...
 
+class FeatureSpan(_message.Message):
+    __slots__ = ("request_id", "start", "row", "rows")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    start: int
+    row: int
+    rows: int
+    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[int] = ..., row: _Optional[int] = ..., rows: _Optional[int] = ...) -> None: ...
+
+class FeatureBlock(_message.Message):
+    __slots__ = ("channel", "block", "spans")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    SPANS_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    block: BlockRef
+    spans: _containers.RepeatedCompositeFieldContainer[FeatureSpan]
+    def __init__(self, channel: _Optional[str] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ..., spans: _Optional[_Iterable[_Union[FeatureSpan, _Mapping]]] = ...) -> None: ...
+
+class OpenFeaturesRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: ChannelSpec
+    def __init__(self, spec: _Optional[_Union[ChannelSpec, _Mapping]] = ...) -> None: ...
+
 class NewRequest(_message.Message):
     __slots__ = ("request_id", "prompt_ids", "params", "seed", "resume")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -156,25 +186,29 @@ class NewRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., resume: _Optional[bool] = ...) -> None: ...
 
 class AddRequest(_message.Message):
-    __slots__ = ("requests", "release_ids")
+    __slots__ = ("requests", "features", "release_ids")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     RELEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[NewRequest]
+    features: _containers.RepeatedCompositeFieldContainer[FeatureBlock]
     release_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., features: _Optional[_Iterable[_Union[FeatureBlock, _Mapping]]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddReply(_message.Message):
-    __slots__ = ("first_tokens", "compute_s", "num_admitted")
+    __slots__ = ("first_tokens", "compute_s", "num_admitted", "features")
     FIRST_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     NUM_ADMITTED_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     first_tokens: _containers.RepeatedScalarFieldContainer[int]
     compute_s: float
     num_admitted: int
-    def __init__(self, first_tokens: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ..., num_admitted: _Optional[int] = ...) -> None: ...
+    features: _containers.RepeatedCompositeFieldContainer[FeatureBlock]
+    def __init__(self, first_tokens: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ..., num_admitted: _Optional[int] = ..., features: _Optional[_Iterable[_Union[FeatureBlock, _Mapping]]] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("request_ids", "k", "updates", "release_ids")
+    __slots__ = ("request_ids", "k", "updates", "features", "release_ids")
     class UpdatesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -185,12 +219,14 @@ class ProposeRequest(_message.Message):
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     RELEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     k: int
     updates: _containers.MessageMap[str, _common_pb2.TokenList]
+    features: _containers.RepeatedCompositeFieldContainer[FeatureBlock]
     release_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., updates: _Optional[_Mapping[str, _common_pb2.TokenList]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., updates: _Optional[_Mapping[str, _common_pb2.TokenList]] = ..., features: _Optional[_Iterable[_Union[FeatureBlock, _Mapping]]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProposeReply(_message.Message):
     __slots__ = ("block", "compute_s", "service_s", "confidence", "top_prob", "lengths")
@@ -233,16 +269,18 @@ class VerifyRequest(_message.Message):
     def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[ProposalPart, _Mapping]]] = ..., lengths: _Optional[_Iterable[int]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
-    __slots__ = ("tokens", "num_accepted", "compute_s", "service_s")
+    __slots__ = ("tokens", "num_accepted", "compute_s", "service_s", "features")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     SERVICE_S_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenList]
     num_accepted: _containers.RepeatedScalarFieldContainer[int]
     compute_s: float
     service_s: float
-    def __init__(self, tokens: _Optional[_Iterable[_Union[_common_pb2.TokenList, _Mapping]]] = ..., num_accepted: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ..., service_s: _Optional[float] = ...) -> None: ...
+    features: _containers.RepeatedCompositeFieldContainer[FeatureBlock]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[_common_pb2.TokenList, _Mapping]]] = ..., num_accepted: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ..., service_s: _Optional[float] = ..., features: _Optional[_Iterable[_Union[FeatureBlock, _Mapping]]] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
     __slots__ = ("request_ids", "release_ids")
@@ -253,12 +291,14 @@ class DecodeRequest(_message.Message):
     def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DecodeReply(_message.Message):
-    __slots__ = ("tokens", "compute_s")
+    __slots__ = ("tokens", "compute_s", "features")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
     compute_s: float
-    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ...) -> None: ...
+    features: _containers.RepeatedCompositeFieldContainer[FeatureBlock]
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ..., features: _Optional[_Iterable[_Union[FeatureBlock, _Mapping]]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("request_ids",)

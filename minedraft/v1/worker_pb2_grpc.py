@@ -60,6 +60,11 @@ class DraftWorkerStub:
                 request_serializer=minedraft_dot_v1_dot_worker__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=minedraft_dot_v1_dot_worker__pb2.ReleaseReply.FromString,
                 _registered_method=True)
+        self.OpenFeatures = channel.unary_unary(
+                '/minedraft.v1.DraftWorker/OpenFeatures',
+                request_serializer=minedraft_dot_v1_dot_worker__pb2.OpenFeaturesRequest.SerializeToString,
+                response_deserializer=minedraft_dot_v1_dot_worker__pb2.OpenChannelReply.FromString,
+                _registered_method=True)
 
 
 class DraftWorkerServicer:
@@ -98,6 +103,13 @@ class DraftWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenFeatures(self, request, context):
+        """An EAGLE node: open (once) the reader side of the target's feature channel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DraftWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +137,11 @@ def add_DraftWorkerServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=minedraft_dot_v1_dot_worker__pb2.ReleaseRequest.FromString,
                     response_serializer=minedraft_dot_v1_dot_worker__pb2.ReleaseReply.SerializeToString,
+            ),
+            'OpenFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenFeatures,
+                    request_deserializer=minedraft_dot_v1_dot_worker__pb2.OpenFeaturesRequest.FromString,
+                    response_serializer=minedraft_dot_v1_dot_worker__pb2.OpenChannelReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +290,33 @@ class DraftWorker:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def OpenFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minedraft.v1.DraftWorker/OpenFeatures',
+            minedraft_dot_v1_dot_worker__pb2.OpenFeaturesRequest.SerializeToString,
+            minedraft_dot_v1_dot_worker__pb2.OpenChannelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class TargetWorkerStub:
     """Missing associated documentation comment in .proto file."""
@@ -312,6 +356,16 @@ class TargetWorkerStub:
                 '/minedraft.v1.TargetWorker/Release',
                 request_serializer=minedraft_dot_v1_dot_worker__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=minedraft_dot_v1_dot_worker__pb2.ReleaseReply.FromString,
+                _registered_method=True)
+        self.ExportFeatures = channel.unary_unary(
+                '/minedraft.v1.TargetWorker/ExportFeatures',
+                request_serializer=minedraft_dot_v1_dot_worker__pb2.HandshakeRequest.SerializeToString,
+                response_deserializer=minedraft_dot_v1_dot_worker__pb2.HandshakeReply.FromString,
+                _registered_method=True)
+        self.Features = channel.unary_unary(
+                '/minedraft.v1.TargetWorker/Features',
+                request_serializer=minedraft_dot_v1_dot_worker__pb2.AddRequest.SerializeToString,
+                response_deserializer=minedraft_dot_v1_dot_worker__pb2.AddReply.FromString,
                 _registered_method=True)
 
 
@@ -355,6 +409,24 @@ class TargetWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportFeatures(self, request, context):
+        """An EAGLE node is attached: from now on every Add/Verify/Decode also exports the hidden states of
+        the positions it committed, into a feature channel the target writes (transport chosen as for the
+        token channel, the target being the writer). Called once per EAGLE node; a writer per transport.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Features(self, request, context):
+        """The features of every committed position but the last of running requests (prompt_ids: all their
+        committed tokens), forwarded on scratch rows: for an EAGLE node that takes a request over (draft
+        failover, a move from a node of another kind). Changes no request's state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TargetWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -387,6 +459,16 @@ def add_TargetWorkerServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=minedraft_dot_v1_dot_worker__pb2.ReleaseRequest.FromString,
                     response_serializer=minedraft_dot_v1_dot_worker__pb2.ReleaseReply.SerializeToString,
+            ),
+            'ExportFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportFeatures,
+                    request_deserializer=minedraft_dot_v1_dot_worker__pb2.HandshakeRequest.FromString,
+                    response_serializer=minedraft_dot_v1_dot_worker__pb2.HandshakeReply.SerializeToString,
+            ),
+            'Features': grpc.unary_unary_rpc_method_handler(
+                    servicer.Features,
+                    request_deserializer=minedraft_dot_v1_dot_worker__pb2.AddRequest.FromString,
+                    response_serializer=minedraft_dot_v1_dot_worker__pb2.AddReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -551,6 +633,60 @@ class TargetWorker:
             '/minedraft.v1.TargetWorker/Release',
             minedraft_dot_v1_dot_worker__pb2.ReleaseRequest.SerializeToString,
             minedraft_dot_v1_dot_worker__pb2.ReleaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minedraft.v1.TargetWorker/ExportFeatures',
+            minedraft_dot_v1_dot_worker__pb2.HandshakeRequest.SerializeToString,
+            minedraft_dot_v1_dot_worker__pb2.HandshakeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Features(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minedraft.v1.TargetWorker/Features',
+            minedraft_dot_v1_dot_worker__pb2.AddRequest.SerializeToString,
+            minedraft_dot_v1_dot_worker__pb2.AddReply.FromString,
             options,
             channel_credentials,
             insecure,

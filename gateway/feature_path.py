@@ -1,0 +1,69 @@
+"""The pool's EAGLE side: which node reads which of the target's feature channels, and the relay of
+feature blocks from the target's replies to the nodes' next calls (minedraft/rpc/feature_relay.py).
+
+At join the target exports a feature channel (from then on it sends features; the target writes, the
+node reads: same transports as the token channel) that the node opens. Each Add/Propose to an EAGLE
+node carries the blocks of its requests that the target named since; a request an EAGLE node takes
+over (draft failover, a move from a node of another kind) first gets the features of its whole
+committed context, which the target forwards again (TargetWorker.Features)."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from minedraft.rpc.feature_relay import FeatureRelay
+
+log = logging.getLogger("minedraft.gateway")
+
+
+class FeaturePath:
+    def __init__(self):
+        self.channels: dict[str, str] = {}  # EAGLE node address -> its feature channel's transport
+        self.relay = FeatureRelay()
+        self.on_first = None  # called when an EAGLE node joins (the gateway turns staged prefill off)
+
+    def open(self, target, node, info, forced: str | None) -> str:
+        """The target exports a feature channel that the node opens; returns its transport."""
+        reply = target.export_features(info, forced, node.channel_id + "#features")
+        node.open_features(reply.spec)
+        target.relay = self.relay
+        return reply.transport
+
+    def joined(self, address: str, transport: str) -> None:
+        self.channels[address] = transport
+        if self.on_first is not None:
+            self.on_first()
+
+    def forget(self, address: str) -> None:
+        self.channels.pop(address, None)
+
+    def clear(self) -> None:
+        """A new target (or a reconnect): every node joins again, the old blocks are gone."""
+        self.channels.clear()
+        self.relay.clear()
+
+    def drop(self, request_ids) -> None:
+        self.relay.drop(request_ids)
+
+    def for_node(self, address: str, request_ids: list[str]) -> list:
+        """The feature blocks the node at address needs for these requests (none for a non-EAGLE node,
+        whose requests' spans are dropped)."""
+        channel = self.channels.get(address)
+        if channel is None:
+            self.relay.drop(request_ids)
+            return []
+        return self.relay.take(request_ids, channel)
+
+    def take_over(self, target, address: str, reqs) -> None:
+        """reqs move onto the node at address: an EAGLE node gets their whole context's features (the
+        target forwards them again, into the relay). A target that fails here fails the next verify too
+        (recovery re-prefills them all); meanwhile the node drafts from zeros, which only costs acceptance."""
+        if address not in self.channels:
+            return
+        try:
+            target.features(reqs)
+        except grpc.RpcError as exc:
+            log.warning("gateway: the target could not resend features of %d request(s): %s", len(reqs),
+                        exc.code().name)

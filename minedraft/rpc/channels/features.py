@@ -1,0 +1,99 @@
+"""Feature channels: the target's hidden states on their way to an EAGLE draft node.
+
+The same transports and block layout as the token channel, in the other direction (the target
+writes, the draft node reads): a block's "tokens" are the positions [N, 1] (int64) and its "q" the
+features [N, 1, hidden], so the ring code, its seqlock and its checks are reused unchanged. Which
+rows belong to which request travels beside the BlockRef as spans (request id, start position, first
+row, rows). A block larger than a ring slot (a long prefill) travels inline instead; the reader
+takes either."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from minedraft.rpc.channels.base import BlockRef, BlockTooLargeError, ChannelError, ChannelSpec
+from minedraft.rpc.channels.negotiate import make_writer, open_reader
+
+NUM_SLOTS = 16  # a request's features wait for its next Propose: PSD's other batch writes meanwhile
+SPILL_BYTES = 256 << 20  # an inline block this large still fits a gRPC message (grpc_common)
+
+
+@dataclasses.dataclass
+class Span:
+    request_id: str
+    start: int  # position of the span's first row
+    row: int  # its first row in the block
+    rows: int
+
+
+def rows_per_slot(max_num_seqs: int, max_k: int) -> int:
+    """What one verify of a full batch commits (pending token + max_k accepted per row)."""
+    return max_num_seqs * (max_k + 1)
+
+
+class FeatureWriter:
+    """One feature channel of the target (one per transport in use)."""
+
+    def __init__(self, transport: str, device: str, hidden: int, dtype: torch.dtype, max_rows: int,
+                 num_slots: int = NUM_SLOTS):
+        self.transport = transport
+        capacity = dict(max_batch=max_rows, max_k=1, vocab=hidden, probs_dtype=dtype)
+        kwargs = {} if transport == "inline" else {"num_slots": num_slots}
+        self.ring = make_writer(transport, device, **capacity, **kwargs) if transport != "inline" else None
+        self.spill = make_writer("inline", "cpu", **capacity, slot_bytes=SPILL_BYTES)
+
+    def spec(self) -> ChannelSpec:
+        return (self.ring or self.spill).spec()
+
+    def write(self, rows: list[tuple[str, int, torch.Tensor]]) -> tuple[BlockRef, list[Span]] | None:
+        """rows: (request id, start position, features [n, hidden]); None when there are none."""
+        rows = [r for r in rows if r[2].shape[0]]
+        if not rows:
+            return None
+        spans, at = [], 0
+        for rid, start, f in rows:
+            spans.append(Span(rid, start, at, f.shape[0]))
+            at += f.shape[0]
+        feats = torch.cat([f for _, _, f in rows]).contiguous()
+        positions = torch.cat([torch.arange(s.start, s.start + s.rows) for s in spans])[:, None]
+        probs = feats[:, None, :]
+        if self.ring is not None:
+            try:
+                return self.ring.write(positions, probs), spans
+            except BlockTooLargeError:
+                pass  # a long prefill: inline, in the reply itself
+        return self.spill.write(positions, probs.cpu()), spans
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+        self.spill.close()
+
+
+class FeatureReader:
+    """The draft node's end of one feature channel (and of its inline spill)."""
+
+    def __init__(self, spec: ChannelSpec):
+        self.transport = spec.transport
+        self.ring = open_reader(spec) if spec.transport != "inline" else None
+        self.inline = open_reader(ChannelSpec("inline"))
+
+    def read(self, ref: BlockRef, spans: list[Span], device="cpu") -> list[tuple[str, int, torch.Tensor]]:
+        """(request id, start, features [rows, hidden]) per span. Raises StaleBlockError when the
+        ring slot was overwritten before this read (the caller counts those positions missing)."""
+        reader = self.inline if ref.transport == "inline" else self.ring
+        if reader is None:
+            raise ChannelError(f"a {ref.transport} feature block on an inline feature channel")
+        positions, feats = reader.read(ref, device)
+        out = []
+        for s in spans:
+            if s.row < 0 or s.row + s.rows > positions.shape[0] or int(positions[s.row, 0]) != s.start:
+                raise ChannelError(f"feature span {s} does not match its block of {positions.shape[0]} rows")
+            out.append((s.request_id, s.start, feats[s.row:s.row + s.rows, 0]))
+        return out
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
