@@ -68,7 +68,7 @@ from minedraft.bench.runners import (
     run_inproc_round,
     run_service_round,
 )
-from minedraft.config import TRANSPORT_CHOICES
+from minedraft.config import ENGINE_DRAFT_METHODS, TRANSPORT_CHOICES
 
 QUICK = dict(num_requests=4, max_tokens=8, rounds=2, hf_requests=2, paper_batch=2)
 DEFAULTS = dict(num_requests=16, max_tokens=64, rounds=5, hf_requests=4, paper_batch=16)
@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[2:]))
     p.add_argument("--target", default=None, help="target checkpoint folder (default: the bundled tiny target)")
-    p.add_argument("--draft", default=None, help="draft checkpoint folder (default: the bundled tiny draft)")
+    p.add_argument("--draft", default=None, help="draft checkpoint folder (default: the bundled tiny draft, or "
+                                                  "with --draft-method eagle the bundled head)")
+    p.add_argument("--draft-method", default="model", choices=ENGINE_DRAFT_METHODS,
+                   help="how sd/psd draft, in process and over the services: model (--draft), eagle (--draft is a "
+                        "head folder), ngram or suffix (no draft model); the hf-* peers keep the bundled draft model")
     p.add_argument("--prompts", default=None,
                    help='JSONL file, one {"prompt": str} (or {"prompt_ids": [int, ...]}) per line '
                         "(default: the held-out prompts bundled with the pair)")
@@ -147,13 +151,18 @@ def resolve_args(args) -> argparse.Namespace:
     bench_matrix.resolve(args)
     if args.matrix == "only":
         args.modes = []
-    if args.target is None:
-        from minedraft.assets import default_draft_path, default_target_path
+    if args.target is None:  # the bundled pair (and head)
+        from minedraft.assets import default_draft_path, default_eagle_path, default_target_path
 
         args.target = default_target_path()
-        args.draft = args.draft or default_draft_path()
+        bundled_draft = default_draft_path()
+        args.draft = args.draft or {"model": bundled_draft, "eagle": default_eagle_path()}.get(args.draft_method)
+    else:
+        bundled_draft = None
+    # transformers' assisted generation (hf-assisted) needs a draft model, whatever sd/psd draft with
+    args.peer_draft = args.draft if args.draft_method == "model" else bundled_draft
     needs_draft = args.matrix != "off" or any(m != "ar" and m != "hf-target" for m in args.modes)
-    if needs_draft and not args.draft:
+    if needs_draft and not args.draft and args.draft_method in ("model", "eagle"):
         raise SystemExit("minedraft bench: --draft is needed for the speculative modes")
     for path in (args.target, args.draft):
         if path and not os.path.isdir(path):
@@ -266,7 +275,8 @@ def start_cluster(args, log_dir: str):
     ns = types.SimpleNamespace(target=args.target, draft=args.draft, device=args.device, draft_device=None,
                                bind_workers="127.0.0.1", target_port=free_port(), draft_port=free_port(),
                                port=free_port(), bind="127.0.0.1", mode="sd", k=args.k, transport=args.transport,
-                               pin=args.pin, max_num_seqs=service_max_num_seqs(args), http_port=0)
+                               pin=args.pin, max_num_seqs=service_max_num_seqs(args), http_port=0,
+                               draft_method=args.draft_method)
     cluster = LocalCluster(service_commands(ns), log_dir=log_dir)
     cluster.start()
     cluster.addresses = {"target": f"127.0.0.1:{ns.target_port}", "draft": f"127.0.0.1:{ns.draft_port}",
@@ -298,11 +308,11 @@ class Bench:
                 # room for every k the matrix verifies
                 k = max([args.k] + [x for x in args.ks if x != "auto"]) if matrix_on["inproc"] else args.k
                 self.engine = Engine(args.target, args.draft, mode="sd", num_speculative_tokens=k,
-                                     device=args.device)
+                                     device=args.device, draft_method=args.draft_method)
             if any(m in HF_MODES for m in args.modes):
                 from minedraft.bench.hf_peer import HFPeer
 
-                self.peer = HFPeer(args.target, args.draft, args.device, args.k)
+                self.peer = HFPeer(args.target, args.peer_draft, args.device, args.k)
         if self.cluster is None:
             return ""
         from minedraft.client import MineDraftClient
@@ -370,7 +380,8 @@ def run(args) -> dict:
                 bar.set_postfix_str(f"round {r + 1} {mode}")
                 w = paper if mode in PAPER_MODES else workload
                 result = bench.run_round(mode, w, r, hf_indices)
-                check_round(result, w, args.hf_requests if mode in BATCH1_MODES else len(w.prompts))
+                check_round(result, w, args.hf_requests if mode in BATCH1_MODES else len(w.prompts),
+                            allow_no_drafts=args.draft_method in ("ngram", "suffix"))  # nothing may match
                 results.append(result)
                 bar.update(1)
         bar.close()
@@ -387,9 +398,10 @@ def run(args) -> dict:
         if r["mode"] in PAPER_MODES:  # running at once; the rest of the 4N wait in the gateway's queue
             r["concurrency"] = PAPER_MODES[r["mode"]][1] * args.paper_batch
             r["requests_queued"] = len(paper.prompts)
-    config = {key: getattr(args, key) for key in ("target", "draft", "num_requests", "concurrency", "rate", "k",
-                                                  "temperature", "max_tokens", "rounds", "modes", "hf_requests",
-                                                  "paper_batch", "device", "pin", "seed", "warmup", "quick")}
+    config = {key: getattr(args, key) for key in ("target", "draft", "draft_method", "num_requests", "concurrency",
+                                                  "rate", "k", "temperature", "max_tokens", "rounds", "modes",
+                                                  "hf_requests", "paper_batch", "device", "pin", "seed", "warmup",
+                                                  "quick")}
     config.update(prompt_source=source, prompts_truncated=cut, ignore_eos=True, transport=transport,
                   log_dir=log_dir, arrivals=f"Poisson {args.rate:g} req/s" if args.rate else "all at once",
                   mode_order="each round rotates the mode list by one; modes interleaved within every round",

@@ -114,7 +114,8 @@ def counters_from_metrics(m) -> dict:
 def check_round(result: RoundResult, workload: Workload, num_requests: int, allow_no_drafts: bool = False) -> None:
     """Tokens counted must equal tokens returned, and every request must get exactly max_tokens
     (EOS is ignored in every mode); speculative counters must add up. Raises BenchError.
-    `allow_no_drafts`: k = auto may decode a whole round target-only (k = 0 every step)."""
+    `allow_no_drafts`: k = auto may decode a whole round target-only (k = 0 every step), and a
+    model-free proposer may find nothing to copy."""
     where = f"{result.mode} round {result.round}"
     if len(result.requests) != num_requests:
         raise BenchError(f"{where}: {len(result.requests)} of {num_requests} requests completed")

@@ -51,7 +51,8 @@ def format_table(report: dict) -> str:
         f"minedraft bench: {cfg['num_requests']} requests ({cfg['arrivals']}), concurrency {cfg['concurrency']}, "
         f"k={cfg['k']}, temperature {cfg['temperature']}, max_tokens {cfg['max_tokens']}, {cfg['rounds']} rounds "
         f"interleaved; batch-1 modes on {cfg['hf_requests']} prompts",
-        f"target {cfg['target']}  draft {cfg['draft']}  prompts: {cfg['prompt_source']}",
+        f"target {cfg['target']}  draft {cfg['draft']} ({cfg.get('draft_method', 'model')})  "
+        f"prompts: {cfg['prompt_source']}",
         "EOS ignored in every mode: each request generates exactly max_tokens tokens "
         "(ours: ignore_eos; transformers: min_new_tokens = max_new_tokens)",
         f"machine: {machine['cpu_model']}, {machine['logical_cores']} cores, torch {machine['torch']}, "
