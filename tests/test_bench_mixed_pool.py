@@ -20,7 +20,9 @@ def test_mixed_pool_bench_runs_the_three_pools(tmp_path):
     assert list(runs) == ["model", "ngram", "mixed"]
     for name, r in runs.items():
         assert r["best_tok_s"] > 0 and r["services_cpu_ms_per_token"] > 0
-        drafted = set(r["by_method_rounds"][0])
-        assert drafted <= set(r["kinds"]) and drafted, (name, r["by_method_rounds"])  # each pool drafts its kinds
+        drafted = {m for m, counts in r["by_method_rounds"][0].items() if counts[0] > 0}
+        assert drafted <= set(r["kinds"]), (name, r["by_method_rounds"])  # each pool drafts with its kinds only
+    assert "model" in {m for m, c in runs["model"]["by_method_rounds"][0].items() if c[0] > 0}  # ngram may
+    # find nothing to copy in 12 tokens, and the mixed pool may route a request there
     assert report["best_single"] in ("model", "ngram") and report["mixed_over_best_single"] > 0
     assert "mixed / best single" in proc.stdout

@@ -23,7 +23,7 @@ class FakeNode(DraftWorker):
     def __init__(self, room: int = 8):
         self.room, self.rows, self.fail, self.added = room, {}, False, []
 
-    def add(self, requests):
+    def add(self, requests, features=()):  # features: what a pool hands an EAGLE node (none here)
         n = min(len(requests), self.room - len(self.rows))
         for r in requests[:n]:
             self.rows[r.request_id] = list(r.prompt_ids)
@@ -40,7 +40,7 @@ class FakeNode(DraftWorker):
     def propose(self, ids, k, updates):
         return self._propose(ids, k, updates)
 
-    def start_propose(self, ids, k, updates, pool=None):
+    def start_propose(self, ids, k, updates, pool=None, features=()):
         return completed(self._propose, ids, k, updates)
 
     def release(self, ids):

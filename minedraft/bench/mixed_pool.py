@@ -90,7 +90,8 @@ def run(args) -> dict:
                     with MineDraftClient(clusters[name].addresses["gateway"]) as client:
                         pids = {n: proc.pid for n, proc in clusters[name].procs.items()}
                         result = run_service_round(client, args.mixed_mode, args.k, workload, r, pids=pids)
-                    check_round(result, workload, len(prompts))
+                    # a model-free node may find nothing to copy in a short round (and then is not called)
+                    check_round(result, workload, len(prompts), allow_no_drafts=POOLS[name] != ("model",))
                     result.mode = name
                     results.append(result)
                     after = method_counts(clusters[name].http)
