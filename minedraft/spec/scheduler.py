@@ -20,11 +20,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from minedraft.config import AUTO_K, DEFAULT_MAX_K, MAX_SPECULATIVE_TOKENS, MODES, check_mode_and_k  # noqa: F401
 from minedraft.spec.controller import decode_verdict, make_controller
+from minedraft.spec.draft_feeding import DraftFeeding
 from minedraft.spec.dry_rows import DryRows
 from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.spec.request import Request
@@ -51,7 +52,7 @@ class _InFlight:
         return set(self.proposal.request_ids if self.proposal is not None else ()) | set(self.drafted_ids)
 
 
-class Scheduler(WorkerFailureHandling, StagedPrefill):
+class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
     def __init__(self, target: TargetWorker, draft: DraftWorker | None, mode: str = "psd", k: int | str = 4,
                  max_num_seqs: int = 64, max_k: int | None = None, prefill_chunk_tokens: int = 0):
         check_mode_and_k(mode, k, draft is not None)
@@ -382,53 +383,6 @@ class Scheduler(WorkerFailureHandling, StagedPrefill):
                 no_room = exc
         if no_room is not None:
             self._preempt_one(no_room, touched)
-
-    def _join_draft(self, ids: list[str]) -> None:
-        """Requests admitted while target-only join the draft before their first proposal: prefilled
-        from their prompt and committed tokens, as a resumed request is (NoRoom: a preemption follows)."""
-        missing = [rid for rid in ids if not self.running[rid].in_draft]
-        if not missing:
-            return
-        n = self.draft.add([self.running[rid].worker_request(resume=True) for rid in missing])
-        for rid in missing[:n]:
-            req = self.running[rid]
-            req.in_draft, req.draft_known = True, len(req.output_ids)
-        if n < len(missing):
-            raise NoRoom(message=f"no room: the draft could not take {len(missing) - n} request(s)")
-
-    def _take_updates(self, ids: list[str]) -> dict[str, list[int]]:
-        """The committed tokens each request's draft has not been given yet. From now on it has them:
-        the draft absorbs them even when it answers NoRoom. Requests it does not hold join it first."""
-        self._join_draft(ids)
-        updates = {}
-        for rid in ids:
-            req = self.running[rid]
-            updates[rid] = req.output_ids[req.draft_known:]
-            req.draft_known = len(req.output_ids)
-        return updates
-
-    def _timed_propose(self, ids: list[str], record: StepRecord, k: int) -> Proposal:
-        updates = self._take_updates(ids)
-        t0 = time.perf_counter()
-        proposal = self.draft.propose(ids, k, updates)
-        record.draft_call_s = time.perf_counter() - t0
-        return self._record_proposal(proposal, record)
-
-    def _start_propose(self, ids: list[str], k: int):
-        try:
-            updates = self._take_updates(ids)
-            return self.draft.start_propose(ids, k, updates, self._pool)
-        except Exception as exc:  # noqa: BLE001 - raised by .result() in _collect, as from the call itself
-            failed = Future()
-            failed.set_exception(exc)
-            return failed
-
-    def _record_proposal(self, proposal: Proposal, record: StepRecord) -> Proposal:
-        self.dry.observe(proposal.request_ids, proposal.lengths)
-        record.draft_s = proposal.compute_s
-        record.draft_service_s = proposal.service_s or proposal.compute_s
-        record.channel_bytes = proposal.channel_bytes
-        return proposal
 
     def _commit(self, proposal: Proposal, verdict, touched, record) -> None:
         record.verify_s = verdict.compute_s
