@@ -27,15 +27,22 @@ def start_cluster(target: str, draft: str | None, transport: str = "auto", mode:
     }
     if draft:
         commands["draft"] = py + ["draft_service", "--model", draft, "--port", str(ports.draft), "--threads", "1"]
-    cluster = LocalCluster(commands, log_dir=log_dir)
-    cluster.start()
     addresses = {"target": f"127.0.0.1:{ports.target}", "gateway": f"127.0.0.1:{ports.gateway}"}
     if draft:
         addresses["draft"] = f"127.0.0.1:{ports.draft}"
+    cluster = start_healthy(commands, addresses, log_dir)
+    cluster.addresses = addresses
+    return cluster
+
+
+def start_healthy(commands: dict[str, list[str]], addresses: dict[str, str], log_dir: str | None,
+                  timeout: float = 120):
+    """Start the commands and wait until every address answers health (all stopped if one does not)."""
+    cluster = LocalCluster(commands, log_dir=log_dir)
+    cluster.start()
     try:
-        cluster.wait_healthy(addresses, timeout=120, progress=lambda m: None)
+        cluster.wait_healthy(addresses, timeout=timeout, progress=lambda m: None)
     except Exception:
         cluster.stop()
         raise
-    cluster.addresses = addresses
     return cluster

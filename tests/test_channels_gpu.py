@@ -5,21 +5,11 @@ import multiprocessing as mp
 
 import pytest
 import torch
+from gpu_support import cuda_and_cupy
 
 from minedraft.rpc.channels import BlockRef, ChannelError, StaleBlockError, make_writer, open_reader
 
-
-def _cuda_and_cupy() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _cuda_and_cupy(), reason="needs CUDA and CuPy")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_and_cupy(), reason="needs CUDA and CuPy")]
 two_gpus = pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2,
                               reason="needs 2 GPUs")
 

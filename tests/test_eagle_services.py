@@ -18,10 +18,9 @@ from minedraft.assets import default_eagle_path, load_heldout_prompts
 from minedraft.client import MineDraftClient
 from minedraft.config import UpConfig
 from minedraft.config.flags import to_argv
-from minedraft.launcher import LocalCluster
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
 
-from cluster import free_port
+from cluster import free_port, start_healthy
 
 MAX_TOKENS = 24
 PROMPTS = load_heldout_prompts(6)
@@ -40,13 +39,8 @@ def system(tmp_path_factory):
         commands[f"gw_{t}"] = py + ["gateway", "--target", f"127.0.0.1:{ports['target']}", "--port",
                                     str(ports[f"gw_{t}"]), "--http-port", "0", "--draft",
                                     f"127.0.0.1:{ports[f'eagle_{t}']}", "--transport", t, "-k", "3"]
-    cluster = LocalCluster(commands, log_dir=str(tmp_path_factory.mktemp("eagle_logs")))
-    cluster.start()
-    try:
-        cluster.wait_healthy({n: f"127.0.0.1:{p}" for n, p in ports.items()}, timeout=120, progress=lambda m: None)
-    except Exception:
-        cluster.stop()
-        raise
+    cluster = start_healthy(commands, {n: f"127.0.0.1:{p}" for n, p in ports.items()},
+                            str(tmp_path_factory.mktemp("eagle_logs")))
     cluster.ports = ports
     with Engine(mode="ar", max_num_seqs=8) as engine:
         cluster.expected = [r.token_ids for r in engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_TOKENS,

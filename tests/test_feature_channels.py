@@ -7,6 +7,7 @@ import multiprocessing as mp
 
 import pytest
 import torch
+from gpu_support import cuda_and_cupy
 
 from minedraft.rpc.channels import ChannelError, StaleBlockError
 from minedraft.rpc.channels.base import BlockRef, ChannelSpec
@@ -112,18 +113,10 @@ def test_relay_hands_each_node_only_its_requests_rows():
     assert len(relay) == 0
 
 
-def _cuda_and_cupy() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda_and_cupy(), reason="needs CUDA and CuPy")
+@pytest.mark.skipif(not cuda_and_cupy(), reason="needs CUDA and CuPy")
 def test_cuda_ipc_rows_cross_processes_exactly():
     writer = FeatureWriter("cuda_ipc", "cuda:0", HIDDEN, torch.bfloat16, max_rows=16, num_slots=4)
     try:

@@ -12,11 +12,10 @@ import grpc
 import pytest
 
 from minedraft.client import MineDraftClient
-from minedraft.launcher import LocalCluster
 from minedraft.runner.hf_adapter import greedy_generate
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
 
-from cluster import free_port
+from cluster import free_port, start_healthy
 
 MAX_TOKENS = 32
 METHODS = ("ngram", "suffix")
@@ -42,13 +41,8 @@ def system(llama_pair, tmp_path_factory):
             "gateway", "--target", f"127.0.0.1:{ports['target']}", "--port", str(ports[f"gw_{method}"]),
             "--draft", f"127.0.0.1:{ports[method + '1']},127.0.0.1:{ports[method + '2']}", "-k", "3",
             "--draft-refresh-s", "0.5"]
-    cluster = LocalCluster(commands, log_dir=str(tmp_path_factory.mktemp("model_free_logs")))
-    cluster.start()
-    try:
-        cluster.wait_healthy({n: f"127.0.0.1:{p}" for n, p in ports.items()}, timeout=120, progress=lambda m: None)
-    except Exception:
-        cluster.stop()
-        raise
+    cluster = start_healthy(commands, {n: f"127.0.0.1:{p}" for n, p in ports.items()},
+                            str(tmp_path_factory.mktemp("model_free_logs")))
     cluster.ports = ports
     cluster.expected = [greedy_generate(ref, p, MAX_TOKENS) for p in prompts()]
     yield cluster
