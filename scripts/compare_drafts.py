@@ -1,7 +1,8 @@
 """Model draft vs EAGLE head(s) on the bundled pair, in process (Engine), greedy by default: acceptance
 per drafted token and per position, and the draft's compute per step (Proposal.compute_s summed over
 steps, divided by steps; and its median over proposals, which a shared machine's load spikes move
-less). Several heads (--heads) and modes (--modes) run interleaved, --rounds times, so a
+less; and the CPU time of the drafting thread per proposal, which other processes' load moves least:
+the in-process draft runs at one intra-op thread, so its work is that thread's). Several heads (--heads) and modes (--modes) run interleaved, --rounds times, so a
 shared machine's load hits every row alike.
 
     PYTHONPATH=. python3 scripts/compare_drafts.py --requests 8 --max-tokens 48 -k 4 --modes sd psd \\
@@ -24,11 +25,13 @@ def measure(method: str, head: str | None, mode: str, args) -> dict:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
     with Engine(draft=head, draft_method=method, mode=mode, num_speculative_tokens=args.k,
                 max_num_seqs=args.requests) as engine:
-        draft, each = engine.scheduler.draft, []
+        draft, each, cpu = engine.scheduler.draft, [], []
         propose = draft.propose
 
         def timed(*a, **kw):
+            c0 = time.thread_time()
             out = propose(*a, **kw)
+            cpu.append(time.thread_time() - c0)
             each.append(out.compute_s)
             return out
 
@@ -43,6 +46,7 @@ def measure(method: str, head: str | None, mode: str, args) -> dict:
             "acceptance_per_pos": [round(a, 3) for a in m.acceptance_per_pos],
             "draft_step_ms": round(1000 * steps["draft_compute_s"] / max(1, steps["num_steps"]), 2),
             "draft_proposal_median_ms": round(1000 * statistics.median(each), 2) if each else None,
+            "draft_cpu_ms": round(1000 * statistics.median(cpu), 2) if cpu else None,
             "steps": steps["num_steps"], "tokens_per_s": round(tokens / wall, 1)}
 
 
@@ -64,8 +68,9 @@ def main() -> None:
                 print(json.dumps({"round": rnd, **row}), flush=True)
             for row in rows[1:]:
                 ratio = row["draft_step_ms"] / max(rows[0]["draft_step_ms"], 1e-9)
-                print(f"round {rnd} {mode}: eagle {row['head'] or 'bundled'} / model draft step: {ratio:.2f}",
-                      flush=True)
+                cpu = row["draft_cpu_ms"] / max(rows[0]["draft_cpu_ms"], 1e-9)
+                print(f"round {rnd} {mode}: eagle {row['head'] or 'bundled'} / model draft step: {ratio:.2f} "
+                      f"(drafting thread's CPU time: {cpu:.2f})", flush=True)
 
 
 if __name__ == "__main__":

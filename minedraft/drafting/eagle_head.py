@@ -11,7 +11,9 @@ With a reduced draft vocabulary (EAGLE-3's d2t), the LM head is the head's own [
 maps to target ids, and `full_q` spreads a q over the draft vocabulary onto the target's, zeros
 elsewhere, so rejection sampling against the target stays exact.
 `forward_paged` runs over the project's paged KV cache (drafting); `forward_dense` is the same math
-with a plain causal mask over whole sequences (training)."""
+with a plain causal mask over whole sequences (training). A drafting worker folds fc's embedding half
+into the embedding table once (`fold_embeddings`): a pass then runs one [H, H] product on the feature
+instead of a concat and a [2H, H] product."""
 
 from __future__ import annotations
 
@@ -42,9 +44,36 @@ class EagleHead(nn.Module):
         self.lm_head.requires_grad_(self.reduced)  # reduced: the head's own, trained
         self.register_buffer("draft_ids", draft_ids.long() if self.reduced else torch.zeros(0, dtype=torch.long))
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.folded = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @torch.no_grad()
+    def fold_embeddings(self) -> None:
+        """For drafting only: fc(concat(embed(t), f)) = E'[t] + W_f f, with E' = embed @ W_e^T + bias.
+        E' replaces the embedding table in place (same size: the head reads embeddings only through
+        fc) and W_f replaces fc. A folded head can draft, not train or be saved."""
+        if self.folded:
+            return
+        h, w = self.cfg.hidden_size, self.fc.weight
+        table = self.embed_tokens.weight.float() @ w[:, :h].float().T
+        if self.fc.bias is not None:
+            table += self.fc.bias.float()
+        self.embed_tokens.weight.copy_(table.to(w.dtype))
+        feature_fc = nn.Linear(h, h, bias=False, device=w.device, dtype=w.dtype)
+        feature_fc.weight.copy_(w[:, h:])
+        self.fc = feature_fc
+        self.folded = True
+
+    def _check_unfolded(self, what: str) -> None:
+        if self.folded:
+            raise RuntimeError(f"EagleHead: {what} needs the head's own fc; this one was folded for drafting")
 
     def own_state_dict(self) -> dict[str, torch.Tensor]:
         """The head's trained weights under the EAGLE-1 key names (fc.*, layers.0.*)."""
+        self._check_unfolded("saving")
         out = {}
         for name, value in self.state_dict().items():
             if name.startswith("fc."):
@@ -79,6 +108,8 @@ class EagleHead(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def fuse(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        if self.folded:
+            return torch.addmm(self.embed_tokens(tokens), features.to(self.dtype), self.fc.weight.T)
         return self.fc(torch.cat((self.embed_tokens(tokens), features.to(self.fc.weight.dtype)), dim=-1))
 
     @torch.inference_mode()
@@ -92,6 +123,7 @@ class EagleHead(nn.Module):
 
     def forward_dense(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """tokens [B, T], features [B, T, H] (entry t: token_{t+1} and f_t) -> predicted features [B, T, H]."""
+        self._check_unfolded("training")
         b, t = tokens.shape
         x = self.fuse(tokens, features)
         attn = self.layer.self_attn

@@ -25,6 +25,7 @@ from minedraft.drafting.eagle_head import EagleHead
 from minedraft.drafting.features import FeatureStore
 from minedraft.runner.attention import ForwardBatch, SeqSlice
 from minedraft.runner.block_manager import BlockManager, blocks_for
+from minedraft.runner.chain_batch import ChainSteps
 from minedraft.runner.kv_cache import PagedKVCache
 from minedraft.runner.transfer import host_tensor
 from minedraft.spec.local_workers import DRAFT_STREAM, _confidence, _to_host
@@ -96,6 +97,7 @@ class EagleDraftWorker(DraftWorker):
 
     def __init__(self, head: EagleHead, features: FeatureStore, context_len: int, max_num_seqs: int = 64,
                  lookahead: int = 16, block_size: int = 16, device: str = "cpu"):
+        head.fold_embeddings()  # drafting only from here on
         self.head = head
         self.store = features
         self.device = torch.device(device)
@@ -104,7 +106,7 @@ class EagleDraftWorker(DraftWorker):
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
         cfg = head.cfg
         self.cache = PagedKVCache(1, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim,
-                                  head.fc.weight.dtype, self.device)
+                                  head.dtype, self.device)
         self.context_len = context_len
         self.rows: dict[str, _HeadRow] = {}
         self.book = _Book(self)
@@ -156,6 +158,15 @@ class EagleDraftWorker(DraftWorker):
             self.blocks.advance(row.seq, c)
         return out
 
+    def _step(self, rows: list[_HeadRow], chain: ChainSteps, step: int, tokens: torch.Tensor, features):
+        """A one-token pass of the chain after its first: tokens [B] and features [B, H] on the device."""
+        if not chain.usable:
+            return self._run(rows, tokens, features, [1] * len(rows))
+        out = self.head.forward_paged(chain.batch(step, tokens), features, self.cache)
+        for row in rows:
+            self.blocks.advance(row.seq, 1)
+        return out
+
     def propose(self, request_ids, k, updates):
         t0 = time.perf_counter()
         missing = [r for r in request_ids if r not in self.rows]
@@ -190,9 +201,11 @@ class EagleDraftWorker(DraftWorker):
                 row.true_entries = t[-1] + 1
                 row.forget_features_below(t[-1])  # the last true entry is recomputed if nothing new comes
             steps, beliefs, qs = [], [], []
+            chain = ChainSteps([self.blocks.lengths[r.seq] for r in lrows], [self.blocks.tables[r.seq] for r in lrows],
+                               self.blocks.block_size, k - 1, self.device)
             for step in range(k):
                 if step:  # the drafted token with the head's own predicted feature
-                    hidden, logits = self._run(lrows, steps[-1], hidden, [1] * len(lrows))
+                    hidden, logits = self._step(lrows, chain, step - 1, steps[-1], hidden)
                 q = probs_from_logits(logits, params)
                 chosen = sample_tensor(q, params, gens)
                 beliefs.append(_confidence(logits, q, chosen, with_q))
