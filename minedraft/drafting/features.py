@@ -13,7 +13,10 @@ import torch
 
 
 class FeatureStore:
-    def __init__(self):
+    def __init__(self, layers: tuple[int, ...] | None = None):
+        """layers: which features the draft reads (Model.forward's feature_layers): None, the target's
+        final-normed state (EAGLE-1, width H); EAGLE-3's auxiliary layer ids (width len(layers) * H)."""
+        self.layers = tuple(layers) if layers else None
         self._lock = threading.Lock()  # PSD: the target writes one batch while the draft reads the other
         self._pending: dict[str, list[tuple[int, torch.Tensor]]] = {}
 
