@@ -77,6 +77,7 @@ class Eagle3Head(nn.Module):
         self.lm_head = nn.Linear(h, len(draft_ids) if self.reduced else cfg.vocab_size, bias=False)
         self.register_buffer("draft_ids", draft_ids.long() if self.reduced else torch.zeros(0, dtype=torch.long))
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.config_json: dict | None = None  # the folder's config.json, when loaded from one
 
     # -- the worker's interface (as EagleHead's) --------------------------------------------------------
     @property

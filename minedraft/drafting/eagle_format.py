@@ -183,8 +183,10 @@ def load_eagle3(folder: Path, state: dict[str, torch.Tensor], target_dir: str) -
     if cfg.vocab_size != target_cfg.vocab_size:
         raise ValueError(f"draft: the head {folder} is for vocab_size {cfg.vocab_size}, but the target {target_dir} "
                          f"has {target_cfg.vocab_size} (a head runs on the target it was trained for)")
-    if raw.get("num_hidden_layers", 1) != 1 or any(k.startswith("layers.") for k in state):
-        raise UnsupportedHead("draft: an EAGLE-3 head with more than one decoder layer is not supported")
+    more = sorted(k for k in state if k.startswith("layers."))
+    if raw.get("num_hidden_layers", 1) != 1 or more:
+        raise UnsupportedHead(f"draft: an EAGLE-3 head with more than one decoder layer is not supported "
+                              f"(num_hidden_layers {raw.get('num_hidden_layers', 1)}; {', '.join(more[:3])})")
     eagle = raw.get("eagle_config") or {}
     if eagle.get("use_aux_hidden_state", True) is False:
         raise UnsupportedHead("draft: eagle_config.use_aux_hidden_state: false (a head without fc over three "
@@ -220,6 +222,7 @@ def load_eagle3(folder: Path, state: dict[str, torch.Tensor], target_dir: str) -
     own["embed_tokens.weight"] = embed
     own["draft_ids"] = head.draft_ids
     head.load_state_dict(own, strict=True)
+    head.config_json = raw  # save_head writes the head's own config back (its rope, eps, sizes)
     return head
 
 
@@ -229,7 +232,8 @@ def save_head(head: EagleHead | Eagle3Head, folder: str, target_dir: str) -> Non
     head's own weights under the published names (with d2t/t2d if reduced)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    config = json.loads((Path(target_dir) / "config.json").read_text())
+    own_config = getattr(head, "config_json", None)
+    config = dict(own_config) if own_config else json.loads((Path(target_dir) / "config.json").read_text())
     layers = config.get("num_hidden_layers")
     for key, value in list(config.items()):  # per-layer lists (Qwen's layer_types) keep layer 0's entry
         if isinstance(value, list) and len(value) == layers and key != "architectures":
