@@ -1,10 +1,12 @@
 """TargetWorker over gRPC: prefill, verify k+1 positions (draft tokens read from the token channel),
 accept/reject, KV rollback; plain decode for AR mode.
 
-With an EAGLE node attached (ExportFeatures), every Add/Verify/Decode also writes the hidden states of
-the positions it committed into the feature channel(s) and returns their block refs; the gateway
-hands them to the node with its next call. Its prefix cache is then off: a cached block is never
-forwarded, so it would have no feature (and the gateway turns staged prefill off for the same reason)."""
+With an EAGLE node attached (ExportFeatures), every Add/Verify/Decode also writes the features of the
+positions it committed (the node's feature_layers: empty, the final-normed hidden state, EAGLE-1's; or
+EAGLE-3's residual states entering those layers, concatenated, 3H wide) into the feature channel(s)
+and returns their block refs; the gateway hands them to the node with its next call. Its prefix cache
+is then off: a cached block is never forwarded, so it would have no feature (and the gateway turns
+staged prefill off for the same reason)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Target features on their way to an EAGLE draft, in process.
 
 The target writes, after each forward of a request's committed positions (prefill, verify, decode),
-the hidden states of those positions; the EAGLE draft takes them at its next proposal. Features are
-keyed by position, so the draft needs no assumption about which call produced them, and a gap
+the features of those positions (the store's `layers`: EAGLE-1's final-normed hidden state, or
+EAGLE-3's residual states entering three layers, concatenated); the EAGLE draft takes them at its next
+proposal. Features are keyed by position, so the draft needs no assumption about which call produced them, and a gap
 (never expected: see Engine, which turns the target's prefix cache off) is visible to it."""
 
 from __future__ import annotations
