@@ -96,7 +96,7 @@ def test_published_layout_loads_and_drafts_as_the_reference(tmp_path, llama, bin
 
 def test_round_trip_keeps_the_published_names(tmp_path, llama):
     target_dir, _, cfg = llama
-    write_head(tmp_path / "a", cfg, torch.arange(0, cfg.vocab_size, 3), seed=2, layers=[1, 3, 6])
+    write_head(tmp_path / "a", cfg, torch.arange(0, cfg.vocab_size, 3), seed=2, layers=[6, 1, 3])  # ascending
     head = load_head(str(tmp_path / "a"), target_dir)
     save_head(head, tmp_path / "b", target_dir)
     assert set(load_file(str(tmp_path / "b" / "model.safetensors"))) == set(

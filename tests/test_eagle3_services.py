@@ -108,3 +108,21 @@ def test_another_feature_layout_on_the_same_target_is_refused(system):
         with pytest.raises(grpc.RpcError) as err:
             stub.ExportFeatures(worker_pb2.HandshakeRequest(feature_layers=[2, 4, 8], **request), timeout=10)
         assert "feature_layers: [8] outside the target's layers [0, 8)" in err.value.details()
+
+
+def test_the_gateway_rejects_a_node_of_another_layout_naming_why(system):
+    """The pool's join path (FeaturePath.open): the target's refusal becomes a ValueError, which the pool
+    logs and records as the node's rejection, instead of a silent retry."""
+    import types
+
+    from gateway.feature_path import FeaturePath
+    from minedraft.rpc.remote_workers import RemoteTargetWorker
+
+    target = RemoteTargetWorker(f"127.0.0.1:{system.ports['target']}")
+    node = types.SimpleNamespace(channel_id="eagle1-node", open_features=lambda spec: None)
+    eagle1 = worker_pb2.WorkerInfo(transports=["inline"], hostname="elsewhere", method="eagle")
+    try:
+        with pytest.raises(ValueError, match=r"the target refuses its features: feature_layers: .*\[2, 4, 5\]"):
+            FeaturePath().open(target, node, eagle1, None)
+    finally:
+        target.close()

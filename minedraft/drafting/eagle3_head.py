@@ -2,7 +2,8 @@
 
     feature g_t: the concat of the target's residual-stream states entering its layers (a, b, c) at
         position t (default (2, L // 2, L - 3) for a target of L layers, or the config's
-        eagle_config.eagle_aux_hidden_state_layer_ids), width 3H
+        eagle_config.eagle_aux_hidden_state_layer_ids, taken in ascending order as vLLM collects them),
+        width 3H
     h_t = fc(g_t)                                   fc: [H, 3H], no bias; the first step only
     e = input_layernorm(embed(token_{t+1}))
     r = h_t                                         (config norm_before_residual: r = hidden_norm(h_t))

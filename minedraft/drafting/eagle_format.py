@@ -193,7 +193,8 @@ def load_eagle3(folder: Path, state: dict[str, torch.Tensor], target_dir: str) -
                               "target layers) is not supported")
     layers = eagle.get("eagle_aux_hidden_state_layer_ids") or default_aux_layers(target_cfg.num_layers)
     try:
-        layers = check_feature_layers(layers, target_cfg.num_layers)
+        # ascending, as vLLM collects them (each target layer's entering state, in layer order)
+        layers = tuple(sorted(check_feature_layers(layers, target_cfg.num_layers)))
     except ValueError as exc:
         raise UnsupportedHead(f"draft: eagle_aux_hidden_state_layer_ids: {exc} (target {target_dir})") from None
     size = raw.get("draft_vocab_size")
