@@ -39,9 +39,10 @@ def load_eagle_worker(config) -> tuple[EagleDraftWorker, str, dict]:
     target_cfg = hf_adapter.load_model_config(target_dir)
     cache = model.cache
     context_len = min(cache.max_model_len or target_cfg.max_position_embeddings, target_cfg.max_position_embeddings)
-    worker = EagleDraftWorker(head, FeatureStore(), context_len, max_num_seqs=cache.max_num_seqs,
+    worker = EagleDraftWorker(head, FeatureStore(head.feature_layers), context_len, max_num_seqs=cache.max_num_seqs,
                               lookahead=MAX_SPECULATIVE_TOKENS + 2, block_size=cache.block_size, device=device)
     facts = dict(device=device, device_uuid=device_uuid(device), vocab_size=target_cfg.vocab_size,
                  context_len=context_len, architecture=target_cfg.architecture,
-                 tokenizer_fingerprint=tokenizer_digest(hf_adapter.load_tokenizer(target_dir)))
+                 tokenizer_fingerprint=tokenizer_digest(hf_adapter.load_tokenizer(target_dir)),
+                 feature_layers=list(head.feature_layers))  # the target exports these (EAGLE-3; EAGLE-1: none)
     return worker, head_dir, facts

@@ -25,8 +25,15 @@ class FeaturePath:
         self.on_first = None  # called when an EAGLE node joins (the gateway turns staged prefill off)
 
     def open(self, target, node, info, forced: str | None) -> str:
-        """The target exports a feature channel that the node opens; returns its transport."""
-        reply = target.export_features(info, forced, node.channel_id + "#features")
+        """The target exports a feature channel that the node opens; returns its transport. A target
+        that refuses the node's features (another feature layout than its other EAGLE nodes') rejects
+        the node: ValueError, which the pool logs and records."""
+        try:
+            reply = target.export_features(info, forced, node.channel_id + "#features")
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise ValueError(f"the target refuses its features: {exc.details()}") from None
+            raise
         node.open_features(reply.spec)
         target.relay = self.relay
         return reply.transport

@@ -127,8 +127,9 @@ class Engine:
         from minedraft.drafting.features import FeatureStore
 
         head = load_head(head_dir, target, device=device, dtype=self.target_runner.dtype)
-        return EagleDraftWorker(head, FeatureStore(), self.target_runner.context_len, max_num_seqs=max_num_seqs,
-                                lookahead=lookahead, block_size=block_size, device=device)
+        # EAGLE-3: the target exports the states entering the head's layers (FeatureStore.layers)
+        return EagleDraftWorker(head, FeatureStore(head.feature_layers), self.target_runner.context_len,
+                                max_num_seqs=max_num_seqs, lookahead=lookahead, block_size=block_size, device=device)
 
     # -- incremental API (the bench and the tests use it) ---------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:

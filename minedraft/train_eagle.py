@@ -158,6 +158,9 @@ def main(argv=None) -> int:
         print(f"[train-eagle] draft vocabulary {args.draft_vocab}: {covered:.4f} of the corpus tokens", flush=True)
     if args.init:
         head = load_head(args.init, args.target)
+        if head.variant != "eagle1":
+            raise SystemExit(f"train-eagle: --init {args.init} is an EAGLE-3 head; train-eagle trains EAGLE-1-layout "
+                             "heads only (EAGLE-3 heads run, but are trained elsewhere)")
         if draft_ids is not None and not (head.reduced and torch.equal(head.draft_ids, draft_ids)):
             head = with_draft_vocab(head, args.target, draft_ids)
     else:

@@ -1,10 +1,12 @@
 """TargetWorker over gRPC: prefill, verify k+1 positions (draft tokens read from the token channel),
 accept/reject, KV rollback; plain decode for AR mode.
 
-With an EAGLE node attached (ExportFeatures), every Add/Verify/Decode also writes the hidden states of
-the positions it committed into the feature channel(s) and returns their block refs; the gateway
-hands them to the node with its next call. Its prefix cache is then off: a cached block is never
-forwarded, so it would have no feature (and the gateway turns staged prefill off for the same reason)."""
+With an EAGLE node attached (ExportFeatures), every Add/Verify/Decode also writes the features of the
+positions it committed (the node's feature_layers: empty, the final-normed hidden state, EAGLE-1's; or
+EAGLE-3's residual states entering those layers, concatenated, 3H wide) into the feature channel(s)
+and returns their block refs; the gateway hands them to the node with its next call. Its prefix cache
+is then off: a cached block is never forwarded, so it would have no feature (and the gateway turns
+staged prefill off for the same reason)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from minedraft.rpc.channels import choose_transport, host_id, open_reader
 from minedraft.rpc.channels.features import FeatureWriter, rows_per_slot
 from minedraft.rpc.grpc_common import feature_block_to_proto, log, ref_from_proto, spec_from_proto, spec_to_proto
 from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, serve
+from minedraft.runner.model import check_feature_layers
 from minedraft.spec.local_workers import LocalTargetWorker
 from minedraft.spec.verification import check_lengths
 from minedraft.spec.workers import Proposal
@@ -42,8 +45,13 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             forced = request.forced_transport if request.forced_transport not in ("", "auto") else None
             transport = choose_transport(list(self.info.transports), list(request.reader_transports),
                                          same_host=request.reader_hostname == host_id(), forced=forced)
+            layers = check_feature_layers(request.feature_layers, self.runner.cfg.num_layers)
+            if self.worker.features is not None and self.worker.features.layers != layers:
+                now = _feature_kind(self.worker.features.layers)
+                raise ValueError(f"feature_layers: this target already exports {now} to an EAGLE node; a node "
+                                 f"reading {_feature_kind(layers)} cannot join it (one feature layout per target)")
             if self.worker.features is None:
-                self.worker.features = FeatureStore()
+                self.worker.features = FeatureStore(layers)
                 if self.runner.blocks.caching:
                     log.info("target: an EAGLE node is attached: prefix caching is off from now on (every "
                              "committed position must be forwarded for its feature)")
@@ -51,10 +59,12 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             writer = self.feature_writers.get(transport)
             if writer is None:
                 cfg = self.runner.cfg
+                width = cfg.hidden_size * (len(layers) if layers else 1)  # EAGLE-3: the three states side by side
                 writer = self.feature_writers[transport] = FeatureWriter(
-                    transport, str(self.runner.device), cfg.hidden_size, self.runner.dtype,
+                    transport, str(self.runner.device), width, self.runner.dtype,
                     rows_per_slot(self.info.max_num_seqs, MAX_SPECULATIVE_TOKENS))
-            log.info("target: feature channel %r uses transport %s", request.channel_id, transport)
+            log.info("target: feature channel %r uses transport %s, features: %s", request.channel_id, transport,
+                     _feature_kind(layers))
             return worker_pb2.HandshakeReply(spec=spec_to_proto(writer.spec()), transport=transport)
 
         return self.guarded(context, run)
@@ -169,6 +179,10 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             reader.close()
         for writer in self.feature_writers.values():
             writer.close()
+
+
+def _feature_kind(layers) -> str:
+    return f"the states entering layers {list(layers)} (EAGLE-3)" if layers else "the final-normed state (EAGLE-1)"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
 """EAGLE head folders: an EAGLE-1 head round-trips through save/load under the published key names,
-a published-style pytorch_model.bin (with its own embed_tokens) loads, and EAGLE-3 is refused clearly."""
+a published-style pytorch_model.bin (with its own embed_tokens) loads, and an incomplete EAGLE-3 head is
+refused naming what it lacks (EAGLE-3 proper: tests/test_eagle3.py)."""
 
 import json
 
@@ -55,18 +56,19 @@ def test_published_bin_with_own_embeddings_loads(tmp_path):
     assert torch.equal(_probe(load_head(str(folder), TARGET)), _probe(head))
 
 
-def test_eagle3_layout_is_refused_by_name(tmp_path):
+def test_incomplete_eagle3_layout_is_refused_naming_what_it_lacks(tmp_path):
+    """EAGLE-3 heads load (tests/test_eagle3.py); one missing tensors is refused, naming them."""
     head = new_head(TARGET, seed=0)
     save_head(head, tmp_path / "e3", TARGET)
     h, v = head.cfg.hidden_size, head.cfg.vocab_size
     state = {"fc.weight": torch.zeros(h, 3 * h), "midlayer.self_attn.q_proj.weight": torch.zeros(h, 2 * h),
              "midlayer.hidden_norm.weight": torch.ones(h), "norm.weight": torch.ones(h),
              "lm_head.weight": torch.zeros(v // 2, h), "d2t": torch.zeros(v // 2, dtype=torch.long),
-             "t2d": torch.zeros(v, dtype=torch.bool)}
+             "t2d": torch.zeros(v, dtype=torch.bool).index_fill_(0, torch.arange(v // 2), True)}
     from safetensors.torch import save_file
 
     save_file(state, str(tmp_path / "e3" / "model.safetensors"))
-    with pytest.raises(UnsupportedHead, match="EAGLE-3"):
+    with pytest.raises(UnsupportedHead, match=r"EAGLE-3 head .* lacks midlayer\.input_layernorm\.weight"):
         load_head(str(tmp_path / "e3"), TARGET)
 
 

@@ -87,6 +87,14 @@ class EagleHead(nn.Module):
             out["t2d"] = t2d.index_fill_(0, self.draft_ids, True)
         return out
 
+    variant = "eagle1"
+    feature_layers: tuple[int, ...] = ()  # the target's final-normed state (not EAGLE-3's auxiliary layers)
+
+    @property
+    def feature_width(self) -> int:
+        """Width of the target's feature this head reads (H)."""
+        return self.cfg.hidden_size
+
     @property
     def draft_vocab_size(self) -> int:
         return self.lm_head.out_features

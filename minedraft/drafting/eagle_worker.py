@@ -1,4 +1,6 @@
-"""A DraftWorker over an EAGLE-1 head (drafting/eagle_head.py), fed by the target's features.
+"""A DraftWorker over an EAGLE head (EAGLE-1: drafting/eagle_head.py; EAGLE-3: drafting/eagle3_head.py,
+whose target feature is 3H wide and whose fed-back hidden is its own H-wide pre-norm output), fed by the
+target's features.
 
 Head entry j pairs committed token j+1 with the target's feature f_j, and sits at position j of the
 head's own paged KV cache (one layer). With committed tokens x_0..x_n (x_n just sampled, so no feature
@@ -21,6 +23,7 @@ import time
 
 import torch
 
+from minedraft.drafting.eagle3_head import Eagle3Head
 from minedraft.drafting.eagle_head import EagleHead
 from minedraft.drafting.features import FeatureStore
 from minedraft.runner.attention import ForwardBatch, SeqSlice
@@ -95,13 +98,13 @@ class _Book:
 class EagleDraftWorker(DraftWorker):
     method = "eagle"
 
-    def __init__(self, head: EagleHead, features: FeatureStore, context_len: int, max_num_seqs: int = 64,
+    def __init__(self, head: EagleHead | Eagle3Head, features: FeatureStore, context_len: int, max_num_seqs: int = 64,
                  lookahead: int = 16, block_size: int = 16, device: str = "cpu"):
         head.fold_embeddings()  # drafting only from here on
         self.head = head
         self.store = features
         self.device = torch.device(device)
-        self.hidden = head.cfg.hidden_size
+        self.hidden = head.feature_width  # the target's feature: H (EAGLE-1) or 3H (EAGLE-3)
         num_blocks = 1 + max_num_seqs * blocks_for(context_len + lookahead, block_size)  # block 0: null
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
         cfg = head.cfg
@@ -136,6 +139,9 @@ class EagleDraftWorker(DraftWorker):
         indices to run with true features (always at least the last one, whose output starts the chain)."""
         row.tokens.extend(update)
         for start, rows in self.store.take(request_id):
+            if rows.shape[-1] != self.hidden:
+                raise ValueError(f"features: the target sent width {rows.shape[-1]}, this {self.head.variant} head "
+                                 f"reads {self.hidden} (feature layers {list(self.head.feature_layers)})")
             row.add_features(start, rows.to(self.device, torch.float32))
         entries = len(row.tokens) - 1
         row.true_entries = min(row.true_entries, max(entries - 1, 0))

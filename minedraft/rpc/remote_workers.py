@@ -120,7 +120,7 @@ def _handshake_request(reader: worker_pb2.WorkerInfo, forced: str | None, channe
     """A channel's negotiation, as its reader (`reader`'s Info) offers it."""
     return worker_pb2.HandshakeRequest(reader_transports=list(reader.transports), reader_hostname=reader.hostname,
                                        reader_device=reader.device, forced_transport=forced or "",
-                                       channel_id=channel_id)
+                                       channel_id=channel_id, feature_layers=list(reader.feature_layers))
 
 
 DEFAULT_TIMEOUTS = TimeoutConfig()  # frozen: one instance serves every default

@@ -134,16 +134,38 @@ class Model(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     @torch.inference_mode()
-    def forward(self, batch: ForwardBatch, cache: PagedKVCache, with_features: bool = False):
+    def forward(self, batch: ForwardBatch, cache: PagedKVCache, with_features: bool = False,
+                feature_layers: tuple[int, ...] | None = None):
         """The packed tokens of `batch` -> logits [M, V] (fp32) at batch.logits_index [M].
-        with_features: also every token's final-normed hidden state [N, hidden], the state the LM head
-        reads (an EAGLE-1 head's input feature; only computed when an EAGLE draft asks for it)."""
+        with_features: also every token's feature [N, width], only computed when an EAGLE draft asks:
+        feature_layers None: the final-normed hidden state, the state the LM head reads (EAGLE-1, width H);
+        else the residual-stream states entering those layers, concatenated in that order (EAGLE-3's
+        auxiliary states, width len * H; transformers' hidden_states[i] for i in feature_layers)."""
         x = self.model.embed_tokens(batch.input_ids)  # [N, hidden]
         cos, sin = self._rope(batch.positions, x.dtype)
-        for layer in self.model.layers:
+        aux = {}
+        for i, layer in enumerate(self.model.layers):
+            if with_features and feature_layers and i in feature_layers:
+                aux[i] = x
             x = layer(x, cos, sin, batch, cache)
         if with_features:
             normed = self.model.norm(x)
-            return self.lm_head(normed[batch.logits_index]).float(), normed
+            logits = self.lm_head(normed[batch.logits_index]).float()
+            if feature_layers:
+                return logits, torch.cat([aux[i] for i in feature_layers], dim=-1)
+            return logits, normed
         x = self.model.norm(x[batch.logits_index])  # per-token norm: only the rows whose logits we need
         return self.lm_head(x).float()
+
+
+def check_feature_layers(layers, num_layers: int) -> tuple[int, ...] | None:
+    """EAGLE-3's auxiliary layer ids, checked against the target's depth (None or empty: EAGLE-1's
+    final-normed state)."""
+    if not layers:
+        return None
+    layers = tuple(int(i) for i in layers)
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"feature_layers: {bad} outside the target's layers [0, {num_layers}) (the state "
+                         f"entering layer i is exported)")
+    return layers

@@ -136,11 +136,13 @@ class ModelRunner:
 
     # -- compute --------------------------------------------------------------------------------------
     def forward(self, seqs: list[int], tokens: list[list[int]], all_positions: bool = False,
-                with_features: bool = False):
+                with_features: bool = False, feature_layers: tuple[int, ...] | None = None):
         """Append tokens[i] to seqs[i]; return the logits of each sequence's last token [B, V], or of
         every position [B, Q, V] (rows shorter than Q are zero-padded).
         with_features: return (logits, features), features[i] the final-normed hidden states [len(tokens[i]),
-        hidden] of every token forwarded for seqs[i] (what an EAGLE head drafts from); runs eagerly."""
+        hidden] of every token forwarded for seqs[i] (what an EAGLE head drafts from); runs eagerly.
+        feature_layers: EAGLE-3's, the states entering those layers concatenated instead ([.., len * hidden],
+        see Model.forward)."""
         counts = [len(t) for t in tokens]
         starts = [self.blocks.lengths[s] for s in seqs]
         self.reserve({s: st + c for s, st, c in zip(seqs, starts, counts)})
@@ -161,7 +163,7 @@ class ModelRunner:
         pieces: list[list[torch.Tensor]] = [[] for _ in seqs]
         features: list[list[torch.Tensor]] = [[] for _ in seqs]
         for chunk in self._chunks(seqs, starts, tokens, all_positions):
-            logits = self._run_chunk(chunk, with_features)
+            logits = self._run_chunk(chunk, with_features, feature_layers)
             if with_features:
                 logits, hidden = logits
                 at = 0
@@ -226,7 +228,7 @@ class ModelRunner:
         if chunk:
             yield chunk
 
-    def _run_chunk(self, chunk, with_features: bool = False):
+    def _run_chunk(self, chunk, with_features: bool = False, feature_layers=None):
         slices = [sl for _, sl, _ in chunk]
         if torch.is_tensor(slices[0].tokens):  # a draft step's tokens, still on the device
             flat = torch.cat([sl.tokens for sl in slices])
@@ -239,5 +241,5 @@ class ModelRunner:
         tables = [self.blocks.tables[sl.seq] for sl in slices]
         batch = ForwardBatch(slices, flat, tables, self.blocks.block_size, index, self.device)
         if with_features:
-            return self.model(batch, self.cache, with_features=True)
+            return self.model(batch, self.cache, with_features=True, feature_layers=feature_layers)
         return self.model(batch, self.cache)

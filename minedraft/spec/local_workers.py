@@ -327,7 +327,8 @@ class LocalTargetWorker(TargetWorker):
         if self.features is None:
             return self.runner.forward(rows, tokens, all_positions=all_positions)
         starts = [self.runner.length(r) for r in rows]
-        logits, feats = self.runner.forward(rows, tokens, all_positions=all_positions, with_features=True)
+        logits, feats = self.runner.forward(rows, tokens, all_positions=all_positions, with_features=True,
+                                            feature_layers=self.features.layers)
         self._last_features = (rows, starts, feats)
         if all_committed:
             owner = self._request_of
@@ -428,7 +429,8 @@ class LocalTargetWorker(TargetWorker):
         try:
             if not rows:
                 return []
-            _logits, feats = self.runner.forward(rows, [t for _, t in todo], with_features=True)
+            _logits, feats = self.runner.forward(rows, [t for _, t in todo], with_features=True,
+                                                 feature_layers=self.features.layers)
         except NoRoom:
             return []
         finally:

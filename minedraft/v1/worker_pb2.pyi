@@ -12,7 +12,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("role", "model", "device", "device_uuid", "vocab_size", "context_len", "transports", "hostname", "pid", "tokenizer_fingerprint", "architecture", "num_active", "instance_id", "num_kv_blocks", "num_free_kv_blocks", "kv_block_size", "kv_cache_usage", "max_k", "max_num_seqs", "method", "prefix_cache_queries", "prefix_cache_hits", "missing_features")
+    __slots__ = ("role", "model", "device", "device_uuid", "vocab_size", "context_len", "transports", "hostname", "pid", "tokenizer_fingerprint", "architecture", "num_active", "instance_id", "num_kv_blocks", "num_free_kv_blocks", "kv_block_size", "kv_cache_usage", "max_k", "max_num_seqs", "method", "prefix_cache_queries", "prefix_cache_hits", "missing_features", "feature_layers")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class WorkerInfo(_message.Message):
     PREFIX_CACHE_QUERIES_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     MISSING_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     role: str
     model: str
     device: str
@@ -59,7 +60,8 @@ class WorkerInfo(_message.Message):
     prefix_cache_queries: int
     prefix_cache_hits: int
     missing_features: int
-    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., architecture: _Optional[str] = ..., num_active: _Optional[int] = ..., instance_id: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_k: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., method: _Optional[str] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., missing_features: _Optional[int] = ...) -> None: ...
+    feature_layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., architecture: _Optional[str] = ..., num_active: _Optional[int] = ..., instance_id: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_k: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., method: _Optional[str] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., missing_features: _Optional[int] = ..., feature_layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ChannelSpec(_message.Message):
     __slots__ = ("transport", "name", "handle", "device", "num_slots", "slot_bytes", "pid", "hostname", "device_uuid")
@@ -108,18 +110,20 @@ class BlockRef(_message.Message):
     def __init__(self, transport: _Optional[str] = ..., slot: _Optional[int] = ..., offset: _Optional[int] = ..., nbytes: _Optional[int] = ..., generation: _Optional[int] = ..., batch: _Optional[int] = ..., k: _Optional[int] = ..., vocab: _Optional[int] = ..., has_probs: _Optional[bool] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
-    __slots__ = ("reader_transports", "reader_hostname", "reader_device", "forced_transport", "channel_id")
+    __slots__ = ("reader_transports", "reader_hostname", "reader_device", "forced_transport", "channel_id", "feature_layers")
     READER_TRANSPORTS_FIELD_NUMBER: _ClassVar[int]
     READER_HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     READER_DEVICE_FIELD_NUMBER: _ClassVar[int]
     FORCED_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     reader_transports: _containers.RepeatedScalarFieldContainer[str]
     reader_hostname: str
     reader_device: str
     forced_transport: str
     channel_id: str
-    def __init__(self, reader_transports: _Optional[_Iterable[str]] = ..., reader_hostname: _Optional[str] = ..., reader_device: _Optional[str] = ..., forced_transport: _Optional[str] = ..., channel_id: _Optional[str] = ...) -> None: ...
+    feature_layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, reader_transports: _Optional[_Iterable[str]] = ..., reader_hostname: _Optional[str] = ..., reader_device: _Optional[str] = ..., forced_transport: _Optional[str] = ..., channel_id: _Optional[str] = ..., feature_layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HandshakeReply(_message.Message):
     __slots__ = ("spec", "transport")

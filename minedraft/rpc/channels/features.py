@@ -2,7 +2,8 @@
 
 The same transports and block layout as the token channel, in the other direction (the target
 writes, the draft node reads): a block's "tokens" are the positions [N, 1] (int64) and its "q" the
-features [N, 1, hidden], so the ring code, its seqlock and its checks are reused unchanged. Which
+features [N, 1, width] (width: H, or 3H for an EAGLE-3 node; the target sizes the ring by the node's
+feature_layers), so the ring code, its seqlock and its checks are reused unchanged. Which
 rows belong to which request travels beside the BlockRef as spans (request id, start position, first
 row, rows). A block larger than a ring slot (a long prefill) travels inline instead; the reader
 takes either."""
