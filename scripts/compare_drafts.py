@@ -2,7 +2,8 @@
 per drafted token and per position, and the draft's compute per step (Proposal.compute_s summed over
 steps, divided by steps; and its median over proposals, which a shared machine's load spikes move
 less; and the CPU time of the drafting thread per proposal, which other processes' load moves least:
-the in-process draft runs at one intra-op thread, so its work is that thread's). Several heads (--heads) and modes (--modes) run interleaved, --rounds times, so a
+the in-process draft runs at one intra-op thread, so its work is that thread's).
+Several heads (--heads) and modes (--modes) run interleaved, --rounds times, so a
 shared machine's load hits every row alike.
 
     PYTHONPATH=. python3 scripts/compare_drafts.py --requests 8 --max-tokens 48 -k 4 --modes sd psd \\

@@ -82,6 +82,13 @@ class Eagle3Head(nn.Module):
 
     # -- the worker's interface (as EagleHead's) --------------------------------------------------------
     @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def fold_embeddings(self) -> None:
+        """Nothing to fold: EAGLE-3's embeddings pass through input_layernorm, not through fc."""
+
+    @property
     def feature_width(self) -> int:
         """Width of the target's feature this head reads (3H); its own fed-back hidden is H wide."""
         return self.fc.in_features
