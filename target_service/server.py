@@ -69,16 +69,20 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
 
         return self.guarded(context, run, request)
 
-    def _export(self, request_ids) -> list:
-        """The features this call committed, one block per feature channel (none without an EAGLE node)."""
+    def _export(self, request_ids, verified=()) -> list:
+        """The features this call committed, one block per feature channel (none without an EAGLE node).
+        verified: the requests this call verified, whose earlier blocks their node has read (see
+        minedraft/rpc/channels/features.py: when a ring slot may be written again)."""
         store = self.worker.features
         if store is None:
             return []
-        return self._write_features([(rid, start, f) for rid in request_ids for start, f in store.take(rid)])
+        return self._write_features([(rid, start, f) for rid in request_ids for start, f in store.take(rid)],
+                                    verified)
 
-    def _write_features(self, rows) -> list:
+    def _write_features(self, rows, verified=()) -> list:
         blocks = []
         for transport, writer in self.feature_writers.items():
+            writer.done_with(verified, alive=self.worker.book.states)
             written = writer.write(rows)
             if written is not None:
                 blocks.append(feature_block_to_proto(transport, *written))
@@ -115,7 +119,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             verdict = self.worker.verify(proposal)
             return worker_pb2.VerifyReply(tokens=[common_pb2.TokenList(tokens=t) for t in verdict.tokens],
                                           num_accepted=verdict.num_accepted, compute_s=verdict.compute_s,
-                                          features=self._export(request.request_ids),
+                                          features=self._export(request.request_ids, request.request_ids),
                                           service_s=time.perf_counter() - t0)
 
         return self.guarded(context, run, request)
