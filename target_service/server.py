@@ -1,10 +1,14 @@
 """TargetWorker over gRPC: prefill, verify k+1 positions (draft tokens read from the token channel),
 accept/reject, KV rollback; plain decode for AR mode.
 
-With an EAGLE node attached (ExportFeatures), every Add/Verify/Decode also writes the hidden states of
+With an EAGLE node attached (ExportFeatures), each Add/Verify/Decode that asks for it (export_features:
+the gateway asks while an EAGLE node is attached and its mode drafts) also writes the hidden states of
 the positions it committed into the feature channel(s) and returns their block refs; the gateway
-hands them to the node with its next call. Its prefix cache is then off: a cached block is never
-forwarded, so it would have no feature (and the gateway turns staged prefill off for the same reason)."""
+hands them to the node with its next call. While calls ask, its prefix cache is off for new
+sequences: a cached block is never forwarded, so it would have no feature (and the gateway turns staged
+prefill off for the same reason). When they stop asking (the last EAGLE node left, or mode ar) nothing
+is computed or written and prefix caching is back on; both changes are logged. A node that joins
+again gets the features of its requests' whole context (the gateway's take-over, `Features`)."""
 
 from __future__ import annotations
 
@@ -36,18 +40,17 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
         super().__init__(runner, model_path, LocalTargetWorker(runner), max_num_seqs)
         self.readers = {}  # channel id -> reader, opened once and cached
         self.feature_writers: dict[str, FeatureWriter] = {}  # transport -> the feature channel using it
+        self.feature_store: FeatureStore | None = None  # set at the first ExportFeatures
+        self.caching = runner.blocks.caching  # --enable-prefix-caching: what applies while none exports
+        self.exporting = False
 
     def ExportFeatures(self, request, context):
         def run():
             forced = request.forced_transport if request.forced_transport not in ("", "auto") else None
             transport = choose_transport(list(self.info.transports), list(request.reader_transports),
                                          same_host=request.reader_hostname == host_id(), forced=forced)
-            if self.worker.features is None:
-                self.worker.features = FeatureStore()
-                if self.runner.blocks.caching:
-                    log.info("target: an EAGLE node is attached: prefix caching is off from now on (every "
-                             "committed position must be forwarded for its feature)")
-                self.runner.blocks.caching = False
+            if self.feature_store is None:
+                self.feature_store = FeatureStore()
             writer = self.feature_writers.get(transport)
             if writer is None:
                 cfg = self.runner.cfg
@@ -62,12 +65,28 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
     def Features(self, request, context):
         def run():
             t0 = time.perf_counter()
-            if self.worker.features is None:
+            if self.feature_store is None:
                 raise ValueError("features: no EAGLE node is attached (call ExportFeatures first)")
             rows = self.worker.features_of(self._new_requests(request))
             return worker_pb2.AddReply(compute_s=time.perf_counter() - t0, features=self._write_features(rows))
 
         return self.guarded(context, run, request)
+
+    def _export_or_not(self, request) -> None:
+        """Before a call's work: whether it computes and exports features (the gateway's export_features),
+        and with it whether new sequences may use the prefix cache."""
+        on = bool(request.export_features) and self.feature_store is not None
+        if on != self.exporting:
+            self.exporting = on
+            if on:
+                log.info("target: an EAGLE node drafts: exporting features%s", ", prefix caching off (every "
+                         "committed position is forwarded for its feature)" if self.caching else "")
+            else:
+                self.feature_store.clear()
+                log.info("target: no EAGLE node drafts: features no longer exported%s",
+                         ", prefix caching on again" if self.caching else "")
+        self.worker.features = self.feature_store if on else None
+        self.runner.blocks.caching = self.caching and not on
 
     def _export(self, request_ids, verified=()) -> list:
         """The features this call committed, one block per feature channel (none without an EAGLE node).
@@ -103,6 +122,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
     def Add(self, request, context):
         def run():
             t0 = time.perf_counter()
+            self._export_or_not(request)
             first = self.worker.add(self._new_requests(request))
             return worker_pb2.AddReply(first_tokens=[-1 if t is None else t for t in first], num_admitted=len(first),
                                        compute_s=time.perf_counter() - t0,
@@ -113,6 +133,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
     def Verify(self, request, context):
         def run():
             t0 = time.perf_counter()
+            self._export_or_not(request)
             tokens, probs = self._read_parts(request)
             lengths = check_lengths(list(request.lengths) or None, len(request.request_ids), request.k)
             proposal = Proposal(list(request.request_ids), request.k, tokens, probs, lengths=lengths)
@@ -162,6 +183,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
     def Decode(self, request, context):
         def run():
             t0 = time.perf_counter()
+            self._export_or_not(request)
             tokens = self.worker.decode(list(request.request_ids))
             return worker_pb2.DecodeReply(tokens=tokens, compute_s=time.perf_counter() - t0,
                                           features=self._export(request.request_ids))

@@ -6,7 +6,10 @@ a full ring spills inline), so no feature is missing and greedy output equals ta
 
 from __future__ import annotations
 
+import pathlib
 import sys
+import threading
+import time
 
 import grpc
 import pytest
@@ -14,12 +17,13 @@ import pytest
 from gateway.connection import Workers
 from minedraft import Engine, SamplingParams
 from minedraft.assets import load_heldout_prompts
+from minedraft.client import MineDraftClient
 from minedraft.config import TimeoutConfig
 from minedraft.rpc.channels.features import NUM_SLOTS
 from minedraft.spec.controller import FixedK
 from minedraft.spec.request import build_request
 from minedraft.spec.scheduler import Scheduler
-from minedraft.v1 import worker_pb2, worker_pb2_grpc
+from minedraft.v1 import gateway_pb2, worker_pb2, worker_pb2_grpc
 
 from cluster import free_port, start_healthy
 
@@ -90,3 +94,121 @@ def test_a_target_only_stretch_longer_than_the_ring_loses_no_feature(nodes):
     assert metrics.spec_decode_num_draft_tokens > 0 and metrics.spec_decode_num_accepted_tokens > 0
     assert list(workers.draft.features.channels.values()) == ["shm"]
     assert node_info(nodes.addresses["eagle"]).missing_features == before  # every feature arrived
+
+
+@pytest.fixture(scope="module")
+def served(nodes, tmp_path_factory):
+    """A gateway (psd, k 3, shm) in front of the module's target and EAGLE node."""
+    port = free_port()
+    command = [sys.executable, "-m", "gateway", "--target", nodes.addresses["target"], "--draft",
+               nodes.addresses["eagle"], "--port", str(port), "--http-port", "0", "--transport", "shm", "-k", "3",
+               "--mode", "psd", "--draft-refresh-s", "0.5"]
+    address = f"127.0.0.1:{port}"
+    cluster = start_healthy({"gateway": command}, {"gateway": address}, str(tmp_path_factory.mktemp("gw_logs")))
+    cluster.address = address
+    yield cluster
+    cluster.stop()
+
+
+def wait_idle(address, timeout=30.0) -> gateway_pb2.Stats:
+    """GetStats once the gateway runs nothing (the aborted requests' rows released)."""
+    deadline = time.monotonic() + timeout
+    with MineDraftClient(address) as client:
+        while True:
+            stats = client.stats()
+            if stats.feature_requests_held == 0 or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.2)
+
+
+def test_aborted_streams_leave_no_feature_block_in_the_gateway(nodes, served):
+    """Many streams aborted mid-flight, verifies in flight included: the relay holds nothing after."""
+    n = 12
+    running = [threading.Event() for _ in range(n)]
+    errors = []
+
+    def one(i):
+        with MineDraftClient(served.address) as client:
+            try:
+                for _chunk in client.generate(nodes.prompt_ids[i % len(PROMPTS)], request_id=f"abort-{i}",
+                                              max_tokens=400, ignore_eos=True):
+                    running[i].set()
+            except grpc.RpcError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for event in running:  # every stream has tokens: all are running, verifies in flight
+        assert event.wait(timeout=120)
+    with MineDraftClient(served.address) as client:
+        for i in range(n):
+            assert client.abort(f"abort-{i}")
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    stats = wait_idle(served.address)
+    assert stats.feature_requests_held == 0
+
+
+def generate_all(address, prompts, max_tokens) -> list[list[int]]:
+    results = [None] * len(prompts)
+
+    def one(i):
+        with MineDraftClient(address) as client:
+            results[i] = [t for c in client.generate(prompts[i], max_tokens=max_tokens, ignore_eos=True)
+                          for t in c.token_ids]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def target_prefix_hits(address) -> int:
+    with grpc.insecure_channel(address) as ch:
+        return worker_pb2_grpc.TargetWorkerStub(ch).Info(worker_pb2.InfoRequest(), timeout=5).prefix_cache_hits
+
+
+def test_export_stops_in_ar_and_without_an_eagle_node_and_resumes_when_one_joins(nodes, served):
+    """ar mode: no feature crosses and the target's prefix cache serves repeated prompts again; the
+    EAGLE node killed: the target stops exporting; started again while streams run: it joins, gets
+    its requests' whole context, drafts with no missing feature, and the output is target-only's."""
+    gw = served.address
+    with MineDraftClient(gw) as client:
+        client.configure(mode="ar")
+        client.stats(reset=True)
+    hits = target_prefix_hits(nodes.addresses["target"])
+    for _ in range(2):  # the second round finds the first one's prompt blocks cached
+        threads, results = generate_all(gw, nodes.prompt_ids, MAX_TOKENS)
+        for t in threads:
+            t.join(timeout=120)
+        assert results == nodes.expected
+    with MineDraftClient(gw) as client:
+        assert client.stats().steps.feature_bytes == 0
+        client.configure(mode="psd")
+    assert target_prefix_hits(nodes.addresses["target"]) > hits
+    target_log = (pathlib.Path(nodes.log_dir) / "target.log").read_text()
+    assert "features no longer exported, prefix caching on again" in target_log
+
+    nodes.procs["eagle"].kill()
+    nodes.procs["eagle"].wait(timeout=30)
+    long = 160
+    with Engine(mode="ar", max_num_seqs=8) as engine:
+        expected = [r.token_ids for r in engine.generate(nodes.prompt_ids, SamplingParams(max_tokens=long,
+                                                                                          ignore_eos=True))]
+    threads, results = generate_all(gw, nodes.prompt_ids, long)  # the first proposal finds the node gone
+    time.sleep(3.0)
+    nodes.start_one("eagle")  # a new process on the same port: the gateway's watcher joins it
+    nodes.wait_healthy({"eagle": nodes.addresses["eagle"]}, timeout=120, progress=lambda m: None)
+    for t in threads:
+        t.join(timeout=300)
+    assert results == expected
+    gateway_log = (pathlib.Path(served.log_dir) / "gateway.log").read_text()
+    assert "the target stops exporting features (no EAGLE node attached)" in gateway_log
+    assert gateway_log.rindex("the target exports features") > gateway_log.index("stops exporting features (no")
+    info = node_info(nodes.addresses["eagle"])
+    assert info.missing_features == 0
+    with MineDraftClient(gw) as client:
+        stats = client.stats()
+    assert stats.steps.feature_bytes > 0 and stats.spec_decode_num_accepted_tokens > 0

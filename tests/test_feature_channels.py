@@ -135,6 +135,27 @@ def test_relay_hands_each_node_only_its_requests_rows():
 
 
 
+def test_a_reply_that_lands_after_its_request_left_is_swept_at_the_next_release():
+    """An aborted request whose verify was in flight: its drop came first, the reply's spans after.
+    The pool's next release forgets the spans of every request that no longer runs (not a request
+    admitted while target-only, which runs without a draft node yet)."""
+    from gateway.draft_pool import DraftPool
+    from minedraft.spec.sampling import SamplingParams
+    from minedraft.spec.workers import NewRequest
+
+    running = {"live": NewRequest("live", [1, 2], SamplingParams(), 0, resume=True)}
+    pool = DraftPool([], target=None, target_info=None, transport=None)
+    pool.attach(running.__getitem__)
+    pool.release_later(["gone"])  # the scheduler retires the aborted request ...
+    writer = FeatureWriter("inline", "cpu", HIDDEN, torch.float32, max_rows=16)
+    rows = [("gone", 0, torch.ones(3, HIDDEN)), ("live", 0, torch.ones(2, HIDDEN))]
+    pool.features.relay.put([feature_block_to_proto("inline", *writer.write(rows))])  # ... then its verify lands
+    assert len(pool.features.relay) == 2
+    pool.release_later(["another"])
+    assert len(pool.features.relay) == 1
+    assert [s.request_id for b in pool.features.relay.take(["live"], "inline") for s in b.spans] == ["live"]
+    pool.close()
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not cuda_and_cupy(), reason="needs CUDA and CuPy")
