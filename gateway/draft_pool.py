@@ -314,6 +314,9 @@ class DraftPool(DraftWorker):
     def attach(self, committed) -> None:
         self.committed = committed
 
+    def set_mode(self, mode: str) -> None:
+        self.features.mode = mode  # ar: the target exports no features
+
     def add(self, requests: list[NewRequest]) -> int:
         """Admit the longest prefix of requests that the nodes have room for."""
         with self.lock:
@@ -359,6 +362,17 @@ class DraftPool(DraftWorker):
                     self.policy.proposed(rid, self.kind(address))
         return _PendingPoolProposal(self, list(request_ids), k, calls)
 
+    def _still_running(self, rid: str) -> bool:
+        """Whether the scheduler still runs rid (a homed request does; one admitted while target-only
+        may not be homed yet)."""
+        if rid in self.homes:
+            return True
+        try:
+            self.committed(rid)
+        except (KeyError, TypeError):  # TypeError: no record attached
+            return False
+        return True
+
     def _unsent(self, rid: str, updates) -> list[int]:
         """The committed tokens rid's node lacks: this call's updates, or (after a NoRoom) more of the
         last ones, read from the scheduler's record."""
@@ -380,9 +394,13 @@ class DraftPool(DraftWorker):
             self._parallel({a: (self.nodes[a].release, ids) for a, ids in groups.items()})
 
     def release_later(self, request_ids) -> None:
-        """Each node keeps its share and sends it with its next Add or Propose (or flush_releases)."""
+        """Each node keeps its share and sends it with its next Add or Propose (or flush_releases).
+        Also forgets the feature spans of any request that no longer runs (a reply in flight when it
+        was released put them there after its drop)."""
         with self.lock:
             self.features.drop(request_ids)
+            if len(self.features.relay):
+                self.features.relay.keep(self._still_running)
             for rid in request_ids:
                 home = self.homes.pop(rid, None)
                 self.policy.forget(rid)

@@ -1,8 +1,12 @@
 """The pool's EAGLE side: which node reads which of the target's feature channels, and the relay of
 feature blocks from the target's replies to the nodes' next calls (minedraft/rpc/feature_relay.py).
 
-At join the target exports a feature channel (from then on it sends features; the target writes, the
-node reads: same transports as the token channel) that the node opens. Each Add/Propose to an EAGLE
+At join the target exports a feature channel (the target writes, the node reads: same transports as
+the token channel) that the node opens. The target computes and sends features only on the calls that
+ask (`exporting`: an EAGLE node is attached and the mode drafts, so not in ar mode nor once the last
+EAGLE node left), and keeps its prefix cache on otherwise. A node that joins (again) gets its requests
+with the features of their whole context: they were homeless or on another node, so they are taken
+over (below). Each Add/Propose to an EAGLE
 node carries the blocks of its requests that the target named since; a request an EAGLE node takes
 over (draft failover, a move from a node of another kind) first gets the features of its whole
 committed context, which the target forwards again (TargetWorker.Features)."""
@@ -23,6 +27,19 @@ class FeaturePath:
         self.channels: dict[str, str] = {}  # EAGLE node address -> its feature channel's transport
         self.relay = FeatureRelay()
         self.on_first = None  # called when an EAGLE node joins (the gateway turns staged prefill off)
+        self.mode = "psd"  # the scheduler's (DraftPool.set_mode): ar drafts with no node
+        self._was_exporting = False
+
+    def exporting(self) -> bool:
+        """Whether the target's calls ask for features now (RemoteTargetWorker.wants_features)."""
+        on = bool(self.channels) and self.mode != "ar"
+        if on != self._was_exporting:
+            self._was_exporting = on
+            log.info("gateway: the target %s features (%s)", "exports" if on else "stops exporting",
+                     "an EAGLE node drafts" if on else "mode ar" if self.channels else "no EAGLE node attached")
+            if not on:
+                self.relay.clear()  # nobody will read them: a node that joins takes its requests over
+        return on
 
     def open(self, target, node, info, forced: str | None) -> str:
         """The target exports a feature channel that the node opens; returns its transport. A target
@@ -36,6 +53,7 @@ class FeaturePath:
             raise
         node.open_features(reply.spec)
         target.relay = self.relay
+        target.wants_features = self.exporting
         return reply.transport
 
     def joined(self, address: str, transport: str) -> None:

@@ -119,6 +119,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         for name, info in await asyncio.to_thread(worker_infos, self.conn.workers):
             stats.prefix_cache[name].CopyFrom(gateway_pb2.PrefixCacheStats(
                 prefix_cache_queries=info.prefix_cache_queries, prefix_cache_hits=info.prefix_cache_hits))
+        if self.conn.workers.draft is not None:
+            stats.feature_requests_held = len(self.conn.workers.draft.features.relay)
         return stats
 
 

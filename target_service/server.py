@@ -1,12 +1,15 @@
 """TargetWorker over gRPC: prefill, verify k+1 positions (draft tokens read from the token channel),
 accept/reject, KV rollback; plain decode for AR mode.
 
-With an EAGLE node attached (ExportFeatures), every Add/Verify/Decode also writes the features of the
-positions it committed (the node's feature_layers: empty, the final-normed hidden state, EAGLE-1's; or
-EAGLE-3's residual states entering those layers, concatenated, 3H wide) into the feature channel(s)
-and returns their block refs; the gateway hands them to the node with its next call. Its prefix cache
-is then off: a cached block is never forwarded, so it would have no feature (and the gateway turns
-staged prefill off for the same reason)."""
+With an EAGLE node attached (ExportFeatures), each Add/Verify/Decode that asks for it (export_features: the
+gateway asks while an EAGLE node is attached and its mode drafts) also writes the features of the positions
+it committed (the node's feature_layers: empty, the final-normed hidden state, EAGLE-1's; or EAGLE-3's
+residual states entering those layers, concatenated, 3H wide) into the feature channel(s) and returns their
+block refs; the gateway hands them to the node with its next call. While calls ask, its prefix cache is off
+for new sequences: a cached block is never forwarded, so it would have no feature (and the gateway turns
+staged prefill off for the same reason). When they stop asking (the last EAGLE node left, or mode ar)
+nothing is computed or written and prefix caching is back on; both changes are logged. A node that joins
+again gets the features of its requests' whole context (the gateway's take-over, `Features`)."""
 
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
         super().__init__(runner, model_path, LocalTargetWorker(runner), max_num_seqs)
         self.readers = {}  # channel id -> reader, opened once and cached
         self.feature_writers: dict[str, FeatureWriter] = {}  # transport -> the feature channel using it
+        self.feature_store: FeatureStore | None = None  # set at the first ExportFeatures
+        self.caching = runner.blocks.caching  # --enable-prefix-caching: what applies while none exports
+        self.exporting = False
 
     def ExportFeatures(self, request, context):
         def run():
@@ -46,16 +52,12 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             transport = choose_transport(list(self.info.transports), list(request.reader_transports),
                                          same_host=request.reader_hostname == host_id(), forced=forced)
             layers = check_feature_layers(request.feature_layers, self.runner.cfg.num_layers)
-            if self.worker.features is not None and self.worker.features.layers != layers:
-                now = _feature_kind(self.worker.features.layers)
+            if self.feature_store is not None and self.feature_store.layers != layers:
+                now = _feature_kind(self.feature_store.layers)
                 raise ValueError(f"feature_layers: this target already exports {now} to an EAGLE node; a node "
                                  f"reading {_feature_kind(layers)} cannot join it (one feature layout per target)")
-            if self.worker.features is None:
-                self.worker.features = FeatureStore(layers)
-                if self.runner.blocks.caching:
-                    log.info("target: an EAGLE node is attached: prefix caching is off from now on (every "
-                             "committed position must be forwarded for its feature)")
-                self.runner.blocks.caching = False
+            if self.feature_store is None:
+                self.feature_store = FeatureStore(layers)
             writer = self.feature_writers.get(transport)
             if writer is None:
                 cfg = self.runner.cfg
@@ -72,23 +74,43 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
     def Features(self, request, context):
         def run():
             t0 = time.perf_counter()
-            if self.worker.features is None:
+            if self.feature_store is None:
                 raise ValueError("features: no EAGLE node is attached (call ExportFeatures first)")
-            rows = self.worker.features_of(self._new_requests(request))
+            rows = self.worker.features_of(self._new_requests(request), self.feature_store.layers)
             return worker_pb2.AddReply(compute_s=time.perf_counter() - t0, features=self._write_features(rows))
 
         return self.guarded(context, run, request)
 
-    def _export(self, request_ids) -> list:
-        """The features this call committed, one block per feature channel (none without an EAGLE node)."""
+    def _export_or_not(self, request) -> None:
+        """Before a call's work: whether it computes and exports features (the gateway's export_features),
+        and with it whether new sequences may use the prefix cache."""
+        on = bool(request.export_features) and self.feature_store is not None
+        if on != self.exporting:
+            self.exporting = on
+            if on:
+                log.info("target: an EAGLE node drafts: exporting features%s", ", prefix caching off (every "
+                         "committed position is forwarded for its feature)" if self.caching else "")
+            else:
+                self.feature_store.clear()
+                log.info("target: no EAGLE node drafts: features no longer exported%s",
+                         ", prefix caching on again" if self.caching else "")
+        self.worker.features = self.feature_store if on else None
+        self.runner.blocks.caching = self.caching and not on
+
+    def _export(self, request_ids, verified=()) -> list:
+        """The features this call committed, one block per feature channel (none without an EAGLE node).
+        verified: the requests this call verified, whose earlier blocks their node has read (see
+        minedraft/rpc/channels/features.py: when a ring slot may be written again)."""
         store = self.worker.features
         if store is None:
             return []
-        return self._write_features([(rid, start, f) for rid in request_ids for start, f in store.take(rid)])
+        return self._write_features([(rid, start, f) for rid in request_ids for start, f in store.take(rid)],
+                                    verified)
 
-    def _write_features(self, rows) -> list:
+    def _write_features(self, rows, verified=()) -> list:
         blocks = []
         for transport, writer in self.feature_writers.items():
+            writer.done_with(verified, alive=self.worker.book.states)
             written = writer.write(rows)
             if written is not None:
                 blocks.append(feature_block_to_proto(transport, *written))
@@ -109,6 +131,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
     def Add(self, request, context):
         def run():
             t0 = time.perf_counter()
+            self._export_or_not(request)
             first = self.worker.add(self._new_requests(request))
             return worker_pb2.AddReply(first_tokens=[-1 if t is None else t for t in first], num_admitted=len(first),
                                        compute_s=time.perf_counter() - t0,
@@ -119,13 +142,14 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
     def Verify(self, request, context):
         def run():
             t0 = time.perf_counter()
+            self._export_or_not(request)
             tokens, probs = self._read_parts(request)
             lengths = check_lengths(list(request.lengths) or None, len(request.request_ids), request.k)
             proposal = Proposal(list(request.request_ids), request.k, tokens, probs, lengths=lengths)
             verdict = self.worker.verify(proposal)
             return worker_pb2.VerifyReply(tokens=[common_pb2.TokenList(tokens=t) for t in verdict.tokens],
                                           num_accepted=verdict.num_accepted, compute_s=verdict.compute_s,
-                                          features=self._export(request.request_ids),
+                                          features=self._export(request.request_ids, request.request_ids),
                                           service_s=time.perf_counter() - t0)
 
         return self.guarded(context, run, request)
@@ -168,6 +192,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
     def Decode(self, request, context):
         def run():
             t0 = time.perf_counter()
+            self._export_or_not(request)
             tokens = self.worker.decode(list(request.request_ids))
             return worker_pb2.DecodeReply(tokens=tokens, compute_s=time.perf_counter() - t0,
                                           features=self._export(request.request_ids))

@@ -78,11 +78,32 @@ def test_shm_block_larger_than_a_slot_spills_inline_and_an_overwritten_slot_is_s
     try:
         big = writer.write(_rows(0))  # 7 rows > 4
         assert big[0].transport == "inline" and len(big[0].payload) == big[0].nbytes
-        small = [writer.write([("c", 3, torch.ones(2, HIDDEN) * i)]) for i in range(3)]  # 3 writes, 2 slots
+        small = [writer.write([("c", 3, torch.ones(2, HIDDEN) * i)]) for i in range(2)]
+        writer.done_with(["c"])  # (said too early: a reader that lags behind what the target was told)
+        small.append(writer.write([("c", 3, torch.ones(2, HIDDEN) * 2)]))  # 3 writes, 2 slots
         got = _read_in_child(writer, [big, *small])
         _same(got[0], _rows(0))
         assert got[1] == "stale"  # slot 0 written again by the third small block
         assert torch.equal(torch.as_tensor(got[3][0][2]), torch.ones(2, HIDDEN) * 2)
+    finally:
+        writer.close()
+
+
+def test_a_slot_is_reused_only_once_its_requests_are_done_and_a_full_ring_spills_inline():
+    """A request decoding target-only keeps its blocks unread: the ring never overwrites them (a block
+    past the ring's slots goes inline), and a slot frees once its requests are verified or gone."""
+    writer = FeatureWriter("shm", "cpu", HIDDEN, torch.float32, max_rows=4, num_slots=2)
+    try:
+        held = [writer.write([("a", i, torch.ones(1, HIDDEN) * i)]) for i in range(3)]
+        assert [ref.transport for ref, _ in held] == ["shm", "shm", "inline"]  # both slots still wait for a
+        assert writer.spilled == 1
+        got = _read_in_child(writer, held)
+        for i, block in enumerate(got):  # none stale
+            assert torch.equal(torch.as_tensor(block[0][2]), torch.ones(1, HIDDEN) * i)
+        writer.done_with(["a"])  # a was verified: it read them all
+        again = writer.write([("b", 0, torch.ones(1, HIDDEN))])
+        writer.done_with(alive={"c"})  # b left the target
+        assert again[0].transport == "shm" and writer.readers == {}
     finally:
         writer.close()
 
@@ -113,6 +134,27 @@ def test_relay_hands_each_node_only_its_requests_rows():
     assert len(relay) == 0
 
 
+
+def test_a_reply_that_lands_after_its_request_left_is_swept_at_the_next_release():
+    """An aborted request whose verify was in flight: its drop came first, the reply's spans after.
+    The pool's next release forgets the spans of every request that no longer runs (not a request
+    admitted while target-only, which runs without a draft node yet)."""
+    from gateway.draft_pool import DraftPool
+    from minedraft.spec.sampling import SamplingParams
+    from minedraft.spec.workers import NewRequest
+
+    running = {"live": NewRequest("live", [1, 2], SamplingParams(), 0, resume=True)}
+    pool = DraftPool([], target=None, target_info=None, transport=None)
+    pool.attach(running.__getitem__)
+    pool.release_later(["gone"])  # the scheduler retires the aborted request ...
+    writer = FeatureWriter("inline", "cpu", HIDDEN, torch.float32, max_rows=16)
+    rows = [("gone", 0, torch.ones(3, HIDDEN)), ("live", 0, torch.ones(2, HIDDEN))]
+    pool.features.relay.put([feature_block_to_proto("inline", *writer.write(rows))])  # ... then its verify lands
+    assert len(pool.features.relay) == 2
+    pool.release_later(["another"])
+    assert len(pool.features.relay) == 1
+    assert [s.request_id for b in pool.features.relay.take(["live"], "inline") for s in b.spans] == ["live"]
+    pool.close()
 
 
 @pytest.mark.gpu

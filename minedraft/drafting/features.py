@@ -37,5 +37,9 @@ class FeatureStore:
             for rid in request_ids:
                 self._pending.pop(rid, None)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()
+
     def __len__(self) -> int:
         return len(self._pending)

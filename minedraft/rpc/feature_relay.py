@@ -4,7 +4,10 @@ The target's Add/Verify/Decode replies name feature blocks (FeatureBlock: a feat
 and which rows are whose); the relay keeps each request's spans until its node's next Add or Propose,
 which carries them (the node reads the rows itself, so only refs pass through here). What the
 relay holds is keyed by request, like the FeatureStore it feeds on the node: a request's spans go
-to whichever node holds it when it is next drafted."""
+to whichever node holds it when it is next drafted. A request's spans are dropped when it leaves the
+pool (finished, aborted, preempted, released); a reply that lands after that (its call was in flight
+when it left) is swept at the pool's next release (DraftPool.release_later: what the relay holds for
+a request that no longer runs)."""
 
 from __future__ import annotations
 
@@ -50,6 +53,14 @@ class FeatureRelay:
         with self._lock:
             for rid in request_ids:
                 self._pending.pop(rid, None)
+
+    def keep(self, wanted) -> int:
+        """Forget the spans of every request for which wanted(request_id) is false; how many requests."""
+        with self._lock:
+            gone = [rid for rid in self._pending if not wanted(rid)]
+            for rid in gone:
+                del self._pending[rid]
+        return len(gone)
 
     def clear(self) -> None:
         """A new target (or a reconnect): its old blocks are gone."""

@@ -222,6 +222,8 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         info = info or self.info()
         self.context_len, self.vocab_size = info.context_len, info.vocab_size
         self.relay = None  # a FeatureRelay once an EAGLE node is attached (the gateway's DraftPool sets it)
+        # whether a call asks the target for its features (gateway/feature_path.py sets it)
+        self.wants_features = lambda: False
         self.last_decode_feature_bytes = 0
 
     def export_features(self, node_info: worker_pb2.WorkerInfo, forced: str | None, channel_id: str):
@@ -248,6 +250,7 @@ class RemoteTargetWorker(_Remote, TargetWorker):
 
     def add(self, requests):
         message = _new_requests_proto(requests)  # may raise RequestFault: nothing taken yet
+        message.export_features = self.wants_features()
         held = self._take_held()
         message.release_ids.extend(held)
         reply = self._send(self.stub.Add, message, self.prefill_s, held)
@@ -262,7 +265,7 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         held = self._take_held()
         request = worker_pb2.VerifyRequest(request_ids=proposal.request_ids, k=proposal.k, parts=parts,
                                            lengths=proposal.lengths or [],  # empty: every row verifies k
-                                           release_ids=held)
+                                           export_features=self.wants_features(), release_ids=held)
         call = self.stub.Verify.future(request, timeout=self.step_s)
         ids = list(proposal.request_ids)
         return _CallInFlight(call, lambda reply, done_at: Verdict(
@@ -273,8 +276,8 @@ class RemoteTargetWorker(_Remote, TargetWorker):
     @_no_room_as_exception
     def decode(self, request_ids):
         held = self._take_held()
-        reply = self._send(self.stub.Decode, worker_pb2.DecodeRequest(request_ids=list(request_ids), release_ids=held),
-                           self.step_s, held)
+        reply = self._send(self.stub.Decode, worker_pb2.DecodeRequest(
+            request_ids=list(request_ids), release_ids=held, export_features=self.wants_features()), self.step_s, held)
         self.last_decode_compute_s = reply.compute_s
         self.last_decode_feature_bytes = self._relay(reply)
         return list(reply.tokens)

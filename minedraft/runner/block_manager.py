@@ -127,7 +127,9 @@ class BlockManager:
     # -- sequences ------------------------------------------------------------------------------------
     def new_sequence(self, tokens: list[int] | None = None) -> int:
         """A sequence whose committed tokens start with `tokens`. With caching, its leading full blocks
-        found in the cache are shared: its length starts past them (the caller prefills the rest)."""
+        found in the cache are shared: its length starts past them (the caller prefills the rest), and
+        its own full blocks are registered as they fill. `caching` may change while sequences live (the
+        target turns it off while it exports EAGLE features): each sequence keeps what it had at birth."""
         seq = self._next_seq
         self._next_seq += 1
         self.tables[seq], self.lengths[seq], self._hashes[seq] = [], 0, []
@@ -150,14 +152,14 @@ class BlockManager:
 
     def commit(self, seq: int, tokens: list[int]) -> None:
         """tokens are committed: the contents of the sequence's next committed positions."""
-        if self.caching and tokens:
+        if tokens and seq in self._ids:  # a sequence made with caching on (see new_sequence)
             self._ids[seq].extend(tokens)
             self._seal(seq)
 
     def advance(self, seq: int, count: int) -> None:
         """count more positions were written (after reserve)."""
         self.lengths[seq] += count
-        if self.caching:
+        if seq in self._ids:
             self._seal(seq)
 
     def _seal(self, seq: int) -> None:

@@ -419,18 +419,22 @@ class LocalTargetWorker(TargetWorker):
             return self._forward(rows, _verify_input(last, drafts, lengths, ragged_only=True),
                                  all_positions=True, all_committed=False)
 
-    def features_of(self, requests: list[NewRequest]) -> list[tuple[str, int, torch.Tensor]]:
+    def features_of(self, requests: list[NewRequest], layers: tuple[int, ...] | None = None
+                    ) -> list[tuple[str, int, torch.Tensor]]:
         """(request id, 0, features [n - 1, hidden]) of each request's committed tokens but the last
         (whose feature its next verify or decode exports), forwarded on scratch rows freed after: an
         EAGLE draft that takes a request over needs them all. No room for the rows: none (the draft
-        reads missing features as zeros, which only costs acceptance)."""
+        reads missing features as zeros, which only costs acceptance). layers: which features (FeatureStore's
+        layers); by default those of the store this worker exports into."""
+        if layers is None and self.features is not None:
+            layers = self.features.layers
         todo = [(r.request_id, self.book.kv_ids(r.prompt_ids[:-1])) for r in requests if len(r.prompt_ids) > 1]
         rows = [self.runner.allocate() for _ in todo]
         try:
             if not rows:
                 return []
             _logits, feats = self.runner.forward(rows, [t for _, t in todo], with_features=True,
-                                                 feature_layers=self.features.layers)
+                                                 feature_layers=layers)
         except NoRoom:
             return []
         finally:

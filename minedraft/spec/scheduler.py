@@ -78,6 +78,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         self.threads = None  # in process: the caller thread's intra-op threads per kind of step (placement.py)
         if draft is not None:  # the requests' committed tokens are kept here, once
             draft.attach(self.committed)
+            draft.set_mode(mode)
 
     # -- requests ---------------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -460,5 +461,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         if self.draft is not None and k != AUTO_K:
             self.draft.require_k(k)  # a draft node's --max-k may be below it (auto: it bounds k instead)
         self.mode, self.k, self.max_num_seqs = mode, k, max_num_seqs
+        if self.draft is not None:
+            self.draft.set_mode(mode)
         self.controller = make_controller(k, self.auto_max_k, mode, self.draft, previous=self.controller)
         self.metrics = self.new_metrics()

@@ -157,6 +157,10 @@ class DraftWorker(abc.ABC):
         NewRequest. A draft that moves requests between nodes prefills them from it rather than keep
         a copy; one row per request needs nothing beyond `updates`."""
 
+    def set_mode(self, mode: str) -> None:
+        """The scheduler's mode, at start and at each reconfigure (ar: no request goes through the
+        draft; the gateway's pool then has the target export no EAGLE features)."""
+
     def close(self) -> None:
         pass
 

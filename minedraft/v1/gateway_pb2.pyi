@@ -134,7 +134,7 @@ class StepBreakdown(_message.Message):
     def __init__(self, num_steps: _Optional[int] = ..., wall_s: _Optional[float] = ..., draft_compute_s: _Optional[float] = ..., verify_compute_s: _Optional[float] = ..., draft_call_s: _Optional[float] = ..., verify_call_s: _Optional[float] = ..., draft_idle_s: _Optional[float] = ..., target_idle_s: _Optional[float] = ..., control_plane_s: _Optional[float] = ..., draft_service_s: _Optional[float] = ..., verify_service_s: _Optional[float] = ..., channel_bytes: _Optional[float] = ..., feature_bytes: _Optional[float] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos", "steps", "mode", "k_steps", "prefix_cache")
+    __slots__ = ("spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos", "steps", "mode", "k_steps", "prefix_cache", "feature_requests_held")
     class KStepsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,7 @@ class Stats(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     K_STEPS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_REQUESTS_HELD_FIELD_NUMBER: _ClassVar[int]
     spec_decode_num_drafts: int
     spec_decode_num_draft_tokens: int
     spec_decode_num_accepted_tokens: int
@@ -165,7 +166,8 @@ class Stats(_message.Message):
     mode: str
     k_steps: _containers.MessageMap[str, KSteps]
     prefix_cache: _containers.MessageMap[str, PrefixCacheStats]
-    def __init__(self, spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens_per_pos: _Optional[_Iterable[int]] = ..., steps: _Optional[_Union[StepBreakdown, _Mapping]] = ..., mode: _Optional[str] = ..., k_steps: _Optional[_Mapping[str, KSteps]] = ..., prefix_cache: _Optional[_Mapping[str, PrefixCacheStats]] = ...) -> None: ...
+    feature_requests_held: int
+    def __init__(self, spec_decode_num_drafts: _Optional[int] = ..., spec_decode_num_draft_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens: _Optional[int] = ..., spec_decode_num_accepted_tokens_per_pos: _Optional[_Iterable[int]] = ..., steps: _Optional[_Union[StepBreakdown, _Mapping]] = ..., mode: _Optional[str] = ..., k_steps: _Optional[_Mapping[str, KSteps]] = ..., prefix_cache: _Optional[_Mapping[str, PrefixCacheStats]] = ..., feature_requests_held: _Optional[int] = ...) -> None: ...
 
 class PrefixCacheStats(_message.Message):
     __slots__ = ("prefix_cache_queries", "prefix_cache_hits")

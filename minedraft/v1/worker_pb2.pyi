@@ -190,14 +190,16 @@ class NewRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., resume: _Optional[bool] = ...) -> None: ...
 
 class AddRequest(_message.Message):
-    __slots__ = ("requests", "features", "release_ids")
+    __slots__ = ("requests", "features", "export_features", "release_ids")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FEATURES_FIELD_NUMBER: _ClassVar[int]
     RELEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[NewRequest]
     features: _containers.RepeatedCompositeFieldContainer[FeatureBlock]
+    export_features: bool
     release_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., features: _Optional[_Iterable[_Union[FeatureBlock, _Mapping]]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., features: _Optional[_Iterable[_Union[FeatureBlock, _Mapping]]] = ..., export_features: _Optional[bool] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddReply(_message.Message):
     __slots__ = ("first_tokens", "compute_s", "num_admitted", "features")
@@ -259,18 +261,20 @@ class ProposalPart(_message.Message):
     def __init__(self, channel_id: _Optional[str] = ..., block: _Optional[_Union[BlockRef, _Mapping]] = ..., num_requests: _Optional[int] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("request_ids", "k", "parts", "lengths", "release_ids")
+    __slots__ = ("request_ids", "k", "parts", "lengths", "export_features", "release_ids")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FEATURES_FIELD_NUMBER: _ClassVar[int]
     RELEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     k: int
     parts: _containers.RepeatedCompositeFieldContainer[ProposalPart]
     lengths: _containers.RepeatedScalarFieldContainer[int]
+    export_features: bool
     release_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[ProposalPart, _Mapping]]] = ..., lengths: _Optional[_Iterable[int]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[ProposalPart, _Mapping]]] = ..., lengths: _Optional[_Iterable[int]] = ..., export_features: _Optional[bool] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
     __slots__ = ("tokens", "num_accepted", "compute_s", "service_s", "features")
@@ -287,12 +291,14 @@ class VerifyReply(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[_Union[_common_pb2.TokenList, _Mapping]]] = ..., num_accepted: _Optional[_Iterable[int]] = ..., compute_s: _Optional[float] = ..., service_s: _Optional[float] = ..., features: _Optional[_Iterable[_Union[FeatureBlock, _Mapping]]] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("request_ids", "release_ids")
+    __slots__ = ("request_ids", "export_features", "release_ids")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FEATURES_FIELD_NUMBER: _ClassVar[int]
     RELEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
+    export_features: bool
     release_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., export_features: _Optional[bool] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DecodeReply(_message.Message):
     __slots__ = ("tokens", "compute_s", "features")

@@ -410,9 +410,10 @@ class TargetWorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportFeatures(self, request, context):
-        """An EAGLE node is attached: from now on every Add/Verify/Decode also exports the hidden states of
-        the positions it committed, into a feature channel the target writes (transport chosen as for the
-        token channel, the target being the writer). Called once per EAGLE node; a writer per transport.
+        """An EAGLE node is attached: the feature channel it reads, which the target writes (transport chosen
+        as for the token channel, the target being the writer). Called once per EAGLE node; a writer per
+        transport. From then on each Add/Verify/Decode that asks (export_features) also exports the hidden
+        states of the positions it committed; while none asks, the target's prefix cache is on again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

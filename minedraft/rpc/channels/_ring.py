@@ -171,14 +171,15 @@ class RingWriter(ChannelWriter):
                 f"max_batch={c['max_batch']}, max_k={c['max_k']}, vocab={c['vocab']}); create the "
                 "writer with a larger capacity")
 
-    def write(self, tokens, probs=None) -> BlockRef:
+    def write(self, tokens, probs=None, slot: int | None = None) -> BlockRef:
+        """slot: where to write (the feature channel picks a free one); None: round-robin."""
         layout = layout_of(tokens, probs)
         self._check_size(layout)
         with self._lock:
             if self._ring is None:
                 raise ChannelError(f"{self.transport} writer is closed")
             self._gen += 1
-            slot = (self._gen - 1) % self.num_slots
+            slot = (self._gen - 1) % self.num_slots if slot is None else slot
             off = slot * self.slot_bytes
             encode_into(self._ring[off:off + layout.nbytes], layout, self._gen, tokens, probs)
             self._publish()

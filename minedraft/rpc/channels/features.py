@@ -6,7 +6,22 @@ features [N, 1, width] (width: H, or 3H for an EAGLE-3 node; the target sizes th
 feature_layers), so the ring code, its seqlock and its checks are reused unchanged. Which
 rows belong to which request travels beside the BlockRef as spans (request id, start position, first
 row, rows). A block larger than a ring slot (a long prefill) travels inline instead; the reader
-takes either."""
+takes either.
+
+Slot lifetime. A block's rows are read by the node at the next Add or Propose that the gateway
+sends it for those requests, which may come many target calls later: a request decoded target-only
+(k = 0, no draft node, the pipeline merged) collects a block per call and is read only when it is
+drafted again. A ring that reused slots round-robin overwrote such blocks after NUM_SLOTS writes, and
+the node drafted from zeros. So a ring slot is reused only once every request with rows in it is
+known to be done with them, which the target sees by itself (no acknowledgement travels):
+- the request is verified (Verify): a verified request was proposed, and the Propose that drafted it
+  carried (and the node read, before replying) every block the target had written for it;
+- or it left the target (released, preempted, re-added after a failure): nobody reads its rows.
+A write takes the next free slot; with none free (many requests decoding target-only for a long
+stretch) the block goes inline, in the target's reply, which is always correct, only heavier. The
+slots free themselves as those requests are drafted again. A reader that still meets an overwritten
+slot (a gateway that lost track, a target restart) gets StaleBlockError and counts those positions
+missing: acceptance only, never the output."""
 
 from __future__ import annotations
 
@@ -44,6 +59,11 @@ class FeatureWriter:
         kwargs = {} if transport == "inline" else {"num_slots": num_slots}
         self.ring = make_writer(transport, device, **capacity, **kwargs) if transport != "inline" else None
         self.spill = make_writer("inline", "cpu", **capacity, slot_bytes=SPILL_BYTES)
+        self.num_slots = num_slots if self.ring is not None else 0
+        # ring slot -> the requests whose rows in it may still be unread (see the module docstring)
+        self.readers: dict[int, set[str]] = {}
+        self._next = 0  # where the search for a free slot starts (round-robin among the free ones)
+        self.spilled = 0  # blocks that went inline because every ring slot was still waiting
 
     def spec(self) -> ChannelSpec:
         return (self.ring or self.spill).spec()
@@ -61,11 +81,39 @@ class FeatureWriter:
         positions = torch.cat([torch.arange(s.start, s.start + s.rows) for s in spans])[:, None]
         probs = feats[:, None, :]
         if self.ring is not None:
-            try:
-                return self.ring.write(positions, probs), spans
-            except BlockTooLargeError:
-                pass  # a long prefill: inline, in the reply itself
+            slot = self._free_slot()
+            if slot is not None:
+                try:
+                    ref = self.ring.write(positions, probs, slot=slot)
+                except BlockTooLargeError:
+                    pass  # a long prefill: inline, in the reply itself
+                else:
+                    self.readers[slot] = {s.request_id for s in spans}
+                    self._next = (slot + 1) % self.num_slots
+                    return ref, spans
+            else:
+                self.spilled += 1
         return self.spill.write(positions, probs.cpu()), spans
+
+    def _free_slot(self) -> int | None:
+        for i in range(self.num_slots):
+            slot = (self._next + i) % self.num_slots
+            if slot not in self.readers:
+                return slot
+        return None
+
+    def done_with(self, request_ids=(), alive=None) -> None:
+        """These requests read (or will never read) their rows of every block written so far; with
+        alive (a container of request ids), so is every request not in it. A slot whose requests are
+        all done is free again. Called by the target, whose calls are serialised, before a write."""
+        gone = set(request_ids)
+        for slot in list(self.readers):
+            waiting = self.readers[slot]
+            waiting -= gone
+            if alive is not None:
+                waiting.intersection_update(alive)
+            if not waiting:
+                del self.readers[slot]
 
     def close(self) -> None:
         if self.ring is not None:
