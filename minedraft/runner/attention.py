@@ -26,7 +26,9 @@ UNIFORM_MAX_Q = 32  # decode/verify/draft steps; longer uniform chunks take the 
 # The uniform path gathers every row's keys up to the longest row: with one long row among short ones
 # (a 2,000-token prompt's first decode beside 40-token ones) that is mostly padding, so such a batch
 # takes the varlen path (each row reads its own keys) when padding would be this many times the keys.
-UNIFORM_MAX_PADDING, UNIFORM_PADDED_FROM = 3.0, 256
+# At 3x a 2,003-key row among two 43-key ones stayed uniform: that verify took 1.19 s at one thread
+# against 0.31 s for the long row alone (issue 21's profile), so 1.5x now.
+UNIFORM_MAX_PADDING, UNIFORM_PADDED_FROM = 1.5, 256
 
 
 def attend_uniform(q: torch.Tensor, cache: PagedKVCache, layer: int, key_slots: torch.Tensor,
@@ -86,13 +88,10 @@ class ForwardBatch:
             self.q_offsets = [0]
             for s in seqs:
                 self.q_offsets.append(self.q_offsets[-1] + s.q_len)
-            self.key_slots = [None if s.start == 0 else self._slots_upto(tbl, s.start + s.q_len)
-                              for s, tbl in zip(seqs, block_tables)]
-
-    def _slots_upto(self, table: list[int], length: int) -> torch.Tensor:
-        pos = torch.arange(length, device=self.device)
-        tbl = host_tensor(table, torch.long, self.device)
-        return tbl[pos // self.block_size] * self.block_size + pos % self.block_size
+            # a continued row reads its earlier keys from its blocks (PagedKVCache.row: a view when they
+            # are contiguous, else whole blocks gathered), never slot by slot
+            self.tables = [None if s.start == 0 else tbl for s, tbl in zip(seqs, block_tables)]
+            self._where: list = [None] * len(seqs)
 
     def _init_uniform(self, block_tables: list[list[int]]) -> None:
         b, q = len(self.seqs), self.seqs[0].q_len
@@ -123,6 +122,13 @@ class ForwardBatch:
             self._masks[key] = window_mask(q_pos[:, None] - k_pos[None, :], window)
         return self._masks[key]
 
+    def _row_keys(self, i: int, cache: PagedKVCache):
+        """Where continued row i's keys are in the cache (located once per pass, read at every layer)."""
+        if self._where[i] is None:
+            s = self.seqs[i]
+            self._where[i] = cache.locate(self.tables[i], s.start + s.q_len)
+        return self._where[i]
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: PagedKVCache,
                window: int | None) -> torch.Tensor:
         """q [N, H, D], k/v [N, Hkv, D] (already written to the cache) -> [N, H * D]."""
@@ -131,13 +137,13 @@ class ForwardBatch:
         if self.uniform:
             return attend_uniform(q, cache, layer, self.key_slots, self._uniform_mask(window), gqa)
         outs = []
-        for i, _s in enumerate(self.seqs):
+        for i, s in enumerate(self.seqs):
             lo, hi = self.q_offsets[i], self.q_offsets[i + 1]
             qi = q[lo:hi].transpose(0, 1)[None]  # [1, H, q, D]
-            if self.key_slots[i] is None:
+            if self.tables[i] is None:
                 ki, vi = k[lo:hi], v[lo:hi]
             else:
-                ki, vi = cache.gather(layer, self.key_slots[i])
+                ki, vi = cache.row(layer, self._row_keys(i, cache), s.start + s.q_len)
             mask = self._varlen_mask(i, window)
             out = F.scaled_dot_product_attention(qi, ki.transpose(0, 1)[None], vi.transpose(0, 1)[None],
                                                  attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from minedraft.runner.transfer import host_tensor
+
 
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
     return 2 * num_layers * num_kv_heads * head_dim * dtype.itemsize
@@ -44,6 +46,25 @@ class PagedKVCache:
         dst = torch.cat([d * bs + offsets for _, d in copies])
         for t in self.k + self.v:
             t.index_copy_(0, dst, t.index_select(0, src))
+
+    def locate(self, table: list[int], length: int) -> int | torch.Tensor:
+        """Where a sequence's first `length` positions are (blocks `table`), for `row`: the first slot
+        when its blocks follow each other in memory (a prompt prefilled at once), else its block ids."""
+        n = -(-length // self.block_size)
+        if table[n - 1] - table[0] == n - 1 and table[:n] == list(range(table[0], table[0] + n)):
+            return table[0] * self.block_size
+        return host_tensor(table[:n], torch.long, self.k[0].device)
+
+    def row(self, layer: int, where: int | torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of one sequence's first `length` positions, [length, Hkv, D], from `locate`: a view of
+        the cache (no copy) for contiguous blocks, else whole blocks gathered (each one contiguous run)."""
+        k, v = self.k[layer], self.v[layer]
+        if isinstance(where, int):
+            return k[where:where + length], v[where:where + length]
+        bs = self.block_size
+        shape = (where.numel() * bs, *k.shape[1:])
+        return (k.view(-1, bs, *shape[1:]).index_select(0, where).view(shape)[:length],
+                v.view(-1, bs, *shape[1:]).index_select(0, where).view(shape)[:length])
 
     def gather(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values at `slots` (any shape S): [*S, Hkv, D]."""

@@ -316,8 +316,8 @@ class LocalTargetWorker(TargetWorker):
         return [first.get(id(s)) for s in states]
 
     def _forward_prefill(self, rows, tokens):
-        """A row with a long prefill runs at prefill_threads (many short ones keep theirs)."""
-        long = max(len(t) for t in tokens) >= PREFILL_THREADS_MIN_TOKENS
+        """A prefill of many tokens (one long row, or many short ones together) runs at prefill_threads."""
+        long = sum(len(t) for t in tokens) >= PREFILL_THREADS_MIN_TOKENS
         with threads_for(self.prefill_threads if long else None):
             return self._forward(rows, tokens)
 

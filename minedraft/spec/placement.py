@@ -35,7 +35,10 @@ import torch
 # done), so the in-process target prefills at torch's own threads, not cpu_threads_per_model: measured
 # with a Qwen3-0.6B-shaped target, a 2,000-token prompt + 7 short ones in psd took 2.4x transformers'
 # time for the long prompt alone at one thread, 1.1x at torch's two (README, "Memory and long prompts").
-PREFILL_THREADS_MIN_TOKENS = 256  # uncached tokens of one row (an admission of many short ones keeps one)
+# Counted over the whole prefill call (issue 21's profile): the seven 40-token prompts admitted together
+# (280 tokens) and a staged prompt's last chunk (208) ran at one thread under the old per-row count of
+# 256, 5.1 s and 5.0 s of the 0.6B-shaped case's single-thread time, where two threads halve it.
+PREFILL_THREADS_MIN_TOKENS = 128  # uncached tokens of one prefill call, all its rows together
 
 
 def threads_per_model(config) -> int | None:
