@@ -9,7 +9,7 @@
 #   3b. the serving matrix (issue 24): -k auto beside k = 2, 4 and ar at 1, 16, 64 rows (bench_auto.json);
 #   4. bench_gpu.json (issue 14's contract) + bench_gpu.png, and a short table printed last.
 # Installs nothing and downloads nothing (the GPU machine has no network); python3 with the repo on
-# PYTHONPATH. Every part has its own timeout, sized from what is left of GPU_CHECK_LIMIT_S (570 s by
+# PYTHONPATH. Every part has its own timeout, sized from what is left of GPU_CHECK_LIMIT_S (520 s by
 # default), so the whole fits one 10-minute device call even when a part hangs.
 #   usage: bash scripts/gpu_check.sh RESULTS_DIR
 set -uo pipefail
