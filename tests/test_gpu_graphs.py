@@ -75,7 +75,8 @@ def test_speculative_step_syncs_only_to_read_tokens(llama_pair):
                 engine.step()
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+        # Only torch's per-call warning counts; its one-off "sync debug mode is a prototype" notice does not.
+        syncs = [str(w.message) for w in caught if "called a synchronizing" in str(w.message).lower()]
         counts.append(len(syncs))
         assert len(syncs) <= 2, syncs
     print("host syncs per SD step:", counts)
