@@ -69,7 +69,7 @@ class Engine:
             target, default_draft = default_model_paths()
             draft = draft if draft is not None or draft_method != "model" else default_draft
         # Every keyword checked before anything loads (minedraft.config names the field that is wrong).
-        # cuda_graphs: None = runner.CUDA_GRAPHS_DEFAULT (off until a GPU run has exercised them).
+        # cuda_graphs: None = runner.model_runner.cuda_graphs_default (on for a CUDA device).
         config = EngineConfig.from_kwargs(
             target=target, draft=draft, mode=mode, num_speculative_tokens=num_speculative_tokens, max_k=max_k,
             device=device,

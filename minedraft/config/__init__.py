@@ -123,7 +123,7 @@ class CacheConfig:
     num_kv_blocks: int | None = option(None, "force the number of KV blocks (tests; overrides the memory budget)",
                                        shown="from the memory budget")
     cuda_graphs: bool | None = option(None, "CUDA graphs for decode, draft and verify steps",
-                                      shown="off until a GPU run has exercised them, see the README's GPU section")
+                                      shown="on for a CUDA device, off on CPU (MINEDRAFT_CUDA_GRAPHS=0|1 overrides)")
     enable_prefix_caching: bool = option(True, "automatic prefix caching: full KV blocks of committed tokens are "
                                                "shared by requests that start with them, and kept until evicted")
 

@@ -139,8 +139,8 @@ class GraphRunner:
         if entry is None:
             entry = self.entries[shape] = _Entry(StaticBatch(*shape, self.block_size, self.device))
         entry.batch.fill(tokens, starts, tables)
-        if entry.logits is None:
-            entry.logits = self._capture(entry) if self.capture else None
+        if entry.logits is None and self.capture:
+            entry.logits = self._capture_or_none(entry)
         if entry.graph is not None:
             entry.graph.replay()
             logits = entry.logits
@@ -154,6 +154,19 @@ class GraphRunner:
     def _call(self, batch: StaticBatch) -> torch.Tensor:
         batch.prepare()
         return self.model(batch, self.cache)
+
+    def _capture_or_none(self, entry: _Entry) -> torch.Tensor | None:
+        """Capture; when the device has no memory left for the graph pool (it is not in the KV budget),
+        say so once and run every step eagerly from then on rather than fail the request."""
+        try:
+            return self._capture(entry)
+        except torch.OutOfMemoryError as exc:
+            entry.graph = None
+            self.capture = False
+            torch.cuda.empty_cache()
+            log.warning("cuda graph capture out of memory (%s): steps run eagerly from now on; lower "
+                        "--gpu-memory-utilization to leave room for graphs", str(exc).splitlines()[0])
+            return None
 
     def _capture(self, entry: _Entry) -> torch.Tensor:
         # Warm-up on a side stream (lazy inits, cuBLAS workspaces) with this step's real inputs: a
