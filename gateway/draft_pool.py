@@ -85,6 +85,7 @@ class DraftPool(DraftWorker):
         self.lock = threading.RLock()
         self._calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="minedraft-draft-call")
         self._last_refresh = 0.0
+        self.join_failures: dict[str, str] = {}  # address -> the status of its last failed join
 
     # -- membership --------------------------------------------------------------------------------
     required_k = 0  # the gateway's k: a node whose --max-k is below it cannot join (require_k sets it)
@@ -140,7 +141,10 @@ class DraftPool(DraftWorker):
                 if isinstance(exc, ValueError):
                     log.error("gateway: draft %s rejected: %s", address, exc)
                     self.rejected[address] = str(exc)
+                else:
+                    self._note_join_failure(address, exc)
                 continue
+            self.join_failures.pop(address, None)
             with self.lock:
                 self.nodes[address] = node
                 self.transports[address] = transport
@@ -152,6 +156,16 @@ class DraftPool(DraftWorker):
             log.info("gateway: draft node %s (%s) joined (token channel %s%s); %d node(s) live",
                      address, info.method or "model", transport,
                      f", feature channel {features}" if features else "", len(self.nodes))
+
+    def _note_join_failure(self, address: str, exc: grpc.RpcError) -> None:
+        """A node that could not join: logged once per address and status, since a node that is down
+        is tried again at every refresh; `join_failures` keeps the last status until it joins."""
+        code = exc.code().name if hasattr(exc, "code") else type(exc).__name__
+        if self.join_failures.get(address) != code:
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            log.warning("gateway: draft %s could not join (%s: %s); trying again at each refresh", address,
+                        code, details)
+        self.join_failures[address] = code
 
     def _same_process(self, address: str) -> bool:
         """Whether the node at address is still the process we joined (a restart between requests
