@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minedraft.drafting.head_common import HeadVocabAndRope
 from minedraft.runner.attention import ForwardBatch
 from minedraft.runner.hf_adapter import ModelConfig
 from minedraft.runner.kv_cache import PagedKVCache
@@ -56,7 +57,7 @@ class MidLayer(nn.Module):
         self.mlp = MLP(cfg)
 
 
-class Eagle3Head(nn.Module):
+class Eagle3Head(HeadVocabAndRope, nn.Module):
     variant = "eagle3"
 
     def __init__(self, cfg: ModelConfig, aux_layers: tuple[int, ...], draft_ids: torch.Tensor | None = None,
@@ -93,21 +94,6 @@ class Eagle3Head(nn.Module):
         """Width of the target's feature this head reads (3H); its own fed-back hidden is H wide."""
         return self.fc.in_features
 
-    @property
-    def draft_vocab_size(self) -> int:
-        return self.lm_head.out_features
-
-    def to_target(self, index: torch.Tensor) -> torch.Tensor:
-        """Draft-vocabulary indices -> target token ids."""
-        return self.draft_ids[index] if self.reduced else index
-
-    def full_q(self, q: torch.Tensor) -> torch.Tensor:
-        """q [..., draft_vocab] -> [..., target vocab] with zeros outside the draft vocabulary."""
-        if not self.reduced:
-            return q
-        out = q.new_zeros(*q.shape[:-1], self.cfg.vocab_size)
-        return out.index_copy_(-1, self.draft_ids, q)
-
     def own_state_dict(self) -> dict[str, torch.Tensor]:
         """The head's weights under the published EAGLE-3 names (fc, midlayer.*, norm, lm_head, d2t, t2d)."""
         out = {k: v for k, v in self.state_dict().items()
@@ -119,11 +105,6 @@ class Eagle3Head(nn.Module):
         return out
 
     # -- the math ---------------------------------------------------------------------------------------
-    def _rope(self, positions: torch.Tensor, dtype):
-        freqs = positions[..., None].float() * self.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1)[..., None, :]  # broadcast over heads
-        return emb.cos().to(dtype), emb.sin().to(dtype)
-
     def _inputs(self, tokens: torch.Tensor, features: torch.Tensor):
         """-> (attention input [.., 2H], residual [.., H]). features: the target's [.., 3H] (through fc)
         or the head's own previous output [.., H] (as is)."""

@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minedraft.drafting.head_common import HeadVocabAndRope
 from minedraft.runner.attention import ForwardBatch
 from minedraft.runner.hf_adapter import ModelConfig
 from minedraft.runner.kv_cache import PagedKVCache
 from minedraft.runner.model import DecoderLayer, rope_inv_freq
 
 
-class EagleHead(nn.Module):
+class EagleHead(HeadVocabAndRope, nn.Module):
     def __init__(self, cfg: ModelConfig, fc_bias: bool = True, draft_ids: torch.Tensor | None = None):
         """draft_ids: the target ids of the draft vocabulary, ascending (None: the full vocabulary)."""
         super().__init__()
@@ -94,26 +95,6 @@ class EagleHead(nn.Module):
     def feature_width(self) -> int:
         """Width of the target's feature this head reads (H)."""
         return self.cfg.hidden_size
-
-    @property
-    def draft_vocab_size(self) -> int:
-        return self.lm_head.out_features
-
-    def to_target(self, index: torch.Tensor) -> torch.Tensor:
-        """Draft-vocabulary indices -> target token ids."""
-        return self.draft_ids[index] if self.reduced else index
-
-    def full_q(self, q: torch.Tensor) -> torch.Tensor:
-        """q [..., draft_vocab] -> [..., target vocab] with zeros outside the draft vocabulary."""
-        if not self.reduced:
-            return q
-        out = q.new_zeros(*q.shape[:-1], self.cfg.vocab_size)
-        return out.index_copy_(-1, self.draft_ids, q)
-
-    def _rope(self, positions: torch.Tensor, dtype):
-        freqs = positions[..., None].float() * self.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1)[..., None, :]  # broadcast over heads
-        return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def fuse(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         if self.folded:
