@@ -239,5 +239,7 @@ def test_bad_layer_ids_and_widths_are_refused(tmp_path, llama):
     worker = EagleDraftWorker(head, store, context_len=32, max_num_seqs=1)
     worker.add([NewRequest("r", [1, 2, 3], SamplingParams(), seed=0)])
     store.put("r", 0, torch.zeros(2, cfg.hidden_size))  # an EAGLE-1 width from a misconfigured target
+    before = list(worker.rows["r"].tokens)
     with pytest.raises(ValueError, match=r"features: the target sent width 64, this eagle3 head reads 192"):
-        worker.propose(["r"], 2, {})
+        worker.propose(["r"], 2, {"r": [4]})
+    assert worker.rows["r"].tokens == before  # the refused update was not half taken

@@ -137,11 +137,13 @@ class EagleDraftWorker(DraftWorker):
     def _catch_up(self, request_id: str, row: _HeadRow, update: list[int]) -> list[int]:
         """Absorb the update and the new features, roll the drafted entries back; return the entry
         indices to run with true features (always at least the last one, whose output starts the chain)."""
-        row.tokens.extend(update)
-        for start, rows in self.store.take(request_id):
+        taken = self.store.take(request_id)
+        for _start, rows in taken:  # checked before the row changes: a refused update leaves it as it was
             if rows.shape[-1] != self.hidden:
                 raise ValueError(f"features: the target sent width {rows.shape[-1]}, this {self.head.variant} head "
                                  f"reads {self.hidden} (feature layers {list(self.head.feature_layers)})")
+        row.tokens.extend(update)
+        for start, rows in taken:
             row.add_features(start, rows.to(self.device, torch.float32))
         entries = len(row.tokens) - 1
         row.true_entries = min(row.true_entries, max(entries - 1, 0))
