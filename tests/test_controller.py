@@ -240,6 +240,37 @@ def test_sd_goes_target_only_when_a_hidden_cost_eats_the_gain():
     assert c.best == 0 and ks[-50:].count(0) >= 45
 
 
+def test_a_much_faster_step_restarts_its_arm():
+    from minedraft.spec.goodput import PeriodTable
+
+    table = PeriodTable()
+    table.observe("sd", 1, 0, 1, 0.200)  # the engine's first step: cold
+    assert table.period("sd", 1, 0) == pytest.approx(0.200)
+    table.observe("sd", 1, 0, 1, 0.004)  # noise only adds time: the first one was inflated
+    assert table.period("sd", 1, 0) == pytest.approx(0.004)
+    table.observe("sd", 1, 0, 1, 0.005)  # an ordinary spread is averaged, not a restart
+    assert 0.004 < table.period("sd", 1, 0) < 0.005
+
+
+def test_a_cold_first_target_only_step_does_not_keep_auto_speculating():
+    # Target-only pays here, but the first k = 0 step (the warm-up's, the engine's first) took 30x its
+    # time. While speculating, k = 0 is tried once every 64 decisions: the arm must not keep that step.
+    first = [True]
+
+    def hidden(n, k):
+        if k:
+            return 0.006
+        if first[0]:
+            first[0] = False
+            return 30 * true_verify(n, n)
+        return 0.0
+
+    world = World(alpha=0.7, rows=16, hidden=hidden)
+    c = SpeculationController(8, "sd")
+    ks = world.run_sd(c, steps=300)
+    assert c.best == 0 and ks[-50:].count(0) >= 45
+
+
 def test_auto_after_fixed_runs_starts_from_what_they_measured():
     from minedraft.spec.controller import FixedK, make_controller
 

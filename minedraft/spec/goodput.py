@@ -21,6 +21,11 @@ import math
 
 DECAY = 0.85  # per observation of the arm: it follows roughly its last 7 steps
 MIN_SAMPLES = 1  # observations before an arm's measurement replaces the model's prediction
+# A step this much faster than its arm's mean restarts the arm from it. Noise on a shared machine only
+# ever adds time, so such a step says the arm's earlier ones were inflated: the first step of the
+# engine's life (cold), a neighbour's burst. An arm sampled rarely (k = 0 while speculating: one try
+# every 64 decisions) otherwise kept such a step for dozens of decisions and misjudged its k for them.
+RESET_BELOW = 0.5
 _BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
@@ -47,6 +52,8 @@ class PeriodTable:
         if rows <= 0 or tokens <= 0 or not (seconds > 0.0 and math.isfinite(seconds)):
             return
         arm = self.arms.setdefault(self.key(family, rows, k), [0, 0.0, 0.0])
+        if arm[0] and seconds < RESET_BELOW * arm[2] / arm[1]:
+            arm[:] = [0, 0.0, 0.0]
         if arm[0] >= 3:  # a GC pause or a neighbour's burst must not swing the arm
             seconds = min(seconds, 3.0 * arm[2] / arm[1])
         arm[0] += 1
