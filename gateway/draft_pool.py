@@ -68,6 +68,11 @@ def resolve_endpoints(endpoints: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _status(exc: BaseException) -> str:
+    """A failed call's gRPC status name (UNAVAILABLE...), else what the exception says."""
+    return exc.code().name if isinstance(exc, grpc.Call) else str(exc) or type(exc).__name__
+
+
 class DraftPool(DraftWorker):
     def __init__(self, endpoints: list[str], target: RemoteTargetWorker, target_info, transport: str | None):
         self.endpoints = endpoints
@@ -160,9 +165,9 @@ class DraftPool(DraftWorker):
     def _note_join_failure(self, address: str, exc: grpc.RpcError) -> None:
         """A node that could not join: logged once per address and status, since a node that is down
         is tried again at every refresh; `join_failures` keeps the last status until it joins."""
-        code = exc.code().name if hasattr(exc, "code") else type(exc).__name__
+        code = _status(exc)
         if self.join_failures.get(address) != code:
-            details = exc.details() if hasattr(exc, "details") else str(exc)
+            details = exc.details() if isinstance(exc, grpc.Call) else ""
             log.warning("gateway: draft %s could not join (%s: %s); trying again at each refresh", address,
                         code, details)
         self.join_failures[address] = code
@@ -194,7 +199,7 @@ class DraftPool(DraftWorker):
         if node is not None:
             node.close()
             log.warning("gateway: draft node %s dropped (%s); %d node(s) live", address,
-                        exc.code().name if isinstance(exc, grpc.RpcError) else exc, len(self.nodes))
+                        _status(exc), len(self.nodes))
 
     def rebind(self, target: RemoteTargetWorker, target_info) -> None:
         """The target restarted (or was reconnected): forget every request (the scheduler re-adds

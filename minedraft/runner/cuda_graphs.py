@@ -161,7 +161,6 @@ class GraphRunner:
         try:
             return self._capture(entry)
         except torch.OutOfMemoryError as exc:
-            entry.graph = None
             self.capture = False
             torch.cuda.empty_cache()
             log.warning("cuda graph capture out of memory (%s): steps run eagerly from now on; lower "
