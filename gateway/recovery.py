@@ -9,7 +9,8 @@ an exception. The engine loop then calls `recover` (on its own thread, so no ste
 - every draft node gets a fresh token channel that the new target opens (DraftPool.rebind);
 - every running request goes back to the queue and is re-prefilled from its prompt and the tokens
   already committed (Scheduler.requeue_all_for_resume): the streams continue, and the output is
-  exactly what an uninterrupted run gives (steps are seeded by committed length).
+  exactly what an uninterrupted run gives (greedy, and seeded sampled rows, which draw each position
+  with that position's noise: spec/coupled_sampling.py).
 If the target is not back within --recovery-timeout-s, the engine loop ends the requests with
 UNAVAILABLE and the reason; the worker watcher keeps probing and recovers when it answers again.
 """

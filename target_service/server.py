@@ -27,6 +27,7 @@ from minedraft.rpc.channels.features import FeatureWriter, rows_per_slot
 from minedraft.rpc.grpc_common import feature_block_to_proto, log, ref_from_proto, spec_from_proto, spec_to_proto
 from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, serve
 from minedraft.runner.model import check_feature_layers
+from minedraft.spec.coupled_sampling import reads_q
 from minedraft.spec.local_workers import LocalTargetWorker
 from minedraft.spec.verification import check_lengths
 from minedraft.spec.workers import Proposal
@@ -181,7 +182,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
         probs = []
         for t, p, ids in parts:
             sampled = [] if p is not None else [
-                i for i, rid in enumerate(ids) if rid in states and not states[rid].params.greedy]
+                i for i, rid in enumerate(ids) if rid in states and reads_q(states[rid].params)]
             if sampled:  # a one-hot draft node beside others: its q is a one-hot
                 p = F.one_hot(t[sampled], vocab)
             if p is not None:  # a smaller draft vocabulary is padded with q = 0 (see verification.py)

@@ -132,7 +132,8 @@ SEEDED = SamplingParams(temperature=0.9, top_p=0.95, seed=21, max_tokens=MAX_TOK
 
 @pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 def test_target_killed_and_restarted_streams_resume_identically(stack, params):
-    expected = expected_tokens(params)
+    # greedy and seeded sampled output alike: exactly target-only decoding's (seeded rows are coupled)
+    expected = expected_tokens(params, "ar")
     streams = Streams(stack.addr["gateway"], params)
     streams.wait_some_tokens()
     stack.signal("target", signal.SIGKILL)

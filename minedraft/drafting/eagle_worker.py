@@ -31,6 +31,7 @@ from minedraft.runner.block_manager import BlockManager, blocks_for
 from minedraft.runner.chain_batch import ChainSteps
 from minedraft.runner.kv_cache import PagedKVCache
 from minedraft.runner.transfer import host_tensor
+from minedraft.spec.coupled_sampling import is_coupled, reads_q, redraw_coupled
 from minedraft.spec.local_workers import DRAFT_STREAM, _confidence, _to_host
 from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample_tensor, step_seed
 from minedraft.spec.sampling import SamplingParams
@@ -193,7 +194,7 @@ class EagleDraftWorker(DraftWorker):
         conf = torch.zeros(len(rows), k)
         top = torch.zeros(len(rows), k)
         probs = None
-        sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
+        sampled = [i for i, r in enumerate(rows) if reads_q(r.params)]  # the rows whose verify reads q
         if live:
             lrows = [rows[i] for i in live]
             tokens = [[rows[i].tokens[j + 1] for j in todo[i]] for i in live]
@@ -202,8 +203,10 @@ class EagleDraftWorker(DraftWorker):
             self.missing_features += sum(n for _, n in got)
             params = [r.params for r in lrows]
             gens = [r.generator for r in lrows]
-            lsampled = [n for n, r in enumerate(lrows) if not r.params.greedy]
-            with_q = host_tensor([not p.greedy for p in params], torch.bool, self.device) if lsampled else None
+            lsampled = [n for n, r in enumerate(lrows) if reads_q(r.params)]
+            coupled = [(n, r.generator, r.seed, len(r.tokens)) for n, r in enumerate(lrows) if is_coupled(r.params)]
+            sampling = [not p.greedy for p in params]
+            with_q = host_tensor(sampling, torch.bool, self.device) if any(sampling) else None
             hidden, logits = self._run(lrows, tokens, feats, [len(t) for t in tokens])
             for row, t in zip(lrows, [todo[i] for i in live]):
                 row.true_entries = t[-1] + 1
@@ -216,6 +219,8 @@ class EagleDraftWorker(DraftWorker):
                     hidden, logits = self._step(lrows, chain, step - 1, steps[-1], hidden)
                 q = probs_from_logits(logits, params)
                 chosen = sample_tensor(q, params, gens)
+                redraw_coupled(chosen, q, coupled, step, self.head.draft_ids if self.head.reduced else None,
+                               self.head.cfg.vocab_size)
                 beliefs.append(_confidence(logits, q, chosen, with_q))
                 steps.append(self.head.to_target(chosen))  # a reduced vocabulary's index -> target id
                 if lsampled:

@@ -18,13 +18,15 @@ import torch
 from minedraft.runner.block_manager import NoRoom
 from minedraft.runner.model_runner import ModelRunner
 from minedraft.runner.transfer import host_tensor, to_device
+from minedraft.spec.coupled_sampling import COUPLED_STREAM, is_coupled, reads_q, redraw_coupled
 from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample, sample_tensor, step_seed
 from minedraft.spec.placement import PREFILL_THREADS_MIN_TOKENS, threads_for
 from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.verification import check_lengths, verify_batch
 from minedraft.spec.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
 
-TARGET_STREAM, DRAFT_STREAM = 0, 0x5EED  # the draft's random stream differs from the target's
+# The draft's random stream differs from the target's, except for seeded rows (coupled_sampling.py).
+TARGET_STREAM, DRAFT_STREAM = COUPLED_STREAM, 0x5EED
 Q_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -264,25 +266,29 @@ class LocalDraftWorker(DraftWorker):
         rows = [s.row for s in states]
         params = [s.params for s in states]
         gens = [s.generator for s in states]
-        sampled = [i for i, p in enumerate(params) if not p.greedy]
-        want_q = self.full_q and bool(sampled)
-        if not self.full_q:  # one-hot q: the draft must be deterministic, so draft greedily
-            params = [dataclasses.replace(p, temperature=0.0) for p in params]
+        q_rows = [i for i, p in enumerate(params) if reads_q(p)]  # the rows whose verify reads q
+        want_q = self.full_q and bool(q_rows)
+        if not self.full_q:  # one-hot q: those rows must draft deterministically, so greedily
+            params = [p if is_coupled(p) else dataclasses.replace(p, temperature=0.0) for p in params]
+        # seeded rows draw each drafted position with the target's noise for it (coupled_sampling.py)
+        coupled = [(i, gens[i], s.seed, len(s.tokens)) for i, s in enumerate(states) if is_coupled(params[i])]
         pending = [s.tokens.since(self.runner.length(s.row)) for s in states]
         # which rows rank their drafts by the q they sampled from (the others by the logits)
-        with_q = host_tensor([not p.greedy for p in params], torch.bool, self.runner.device) if want_q else None
+        sampling = [not p.greedy for p in params]
+        with_q = host_tensor(sampling, torch.bool, self.runner.device) if any(sampling) else None
         tokens, probs, beliefs = [], [], []
-        for _step in range(k):
+        for step in range(k):
             logits = self._forward(rows, pending)
             q = probs_from_logits(logits, params)
             if want_q and self.q_dtype != torch.float32:
                 q = q.to(self.q_dtype)  # what is sent is what is sampled from
             # [B] on the device: fed back into the next step without a host sync
             chosen = sample_tensor(q.float(), params, gens)  # .float(): a no-op unless q was rounded
+            redraw_coupled(chosen, q, coupled, step)
             tokens.append(chosen)
             beliefs.append(_confidence(logits, q, chosen, with_q))
-            if want_q:  # q only for the rows that sample: greedy rows never read it
-                probs.append(q[sampled] if len(sampled) < len(rows) else q)
+            if want_q:  # q only for the rows whose verify reads it
+                probs.append(q[q_rows] if len(q_rows) < len(rows) else q)
             pending = chosen[:, None]
         token_tensor, confidence, top_prob = _to_host(tokens, beliefs)
         # The last drafted token was never fed: its KV is written when the target accepts it.
@@ -383,7 +389,7 @@ class LocalTargetWorker(TargetWorker):
         params = [s.params for s in states]
         p = probs_from_logits(logits, params)
         verdicts = verify_batch(p, drafts, normalised_q(proposal.probs), params,
-                                [s.generator for s in states], lengths)
+                                [s.generator for s in states], lengths, positions=[len(s.tokens) for s in states])
         features = self._export_verified(proposal.request_ids, kv_before, verdicts)
         for s, row, before, v in zip(states, rows, kv_before, verdicts):
             # Keep the pending token and the accepted drafts; the new last token stays pending.

@@ -79,9 +79,9 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
 
 def step_seed(seed: int, stream: int, position: int) -> int:
     """A seed for one step of one request: a function of (request seed, which stream, how many
-    tokens are committed), mixed by splitmix64. Seeding every step this way makes a seeded request's
-    output independent of what else runs, of preemption and of worker restarts: a request
-    re-prefilled from its committed tokens draws exactly what it would have drawn."""
+    tokens are committed), mixed by splitmix64, so that a row's draws never depend on its batch.
+    A request with a seed of its own seeds each position this way (spec/coupled_sampling.py), which
+    makes its output target-only decoding's whatever k, preemption or restart."""
     mask = (1 << 64) - 1
     z = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + position * 0x94D049BB133111EB) & mask
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask

@@ -218,8 +218,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
     def _preempt_one(self, exc: NoRoom, touched) -> None:
         """A worker has no KV block for this step: the most recently admitted request leaves (its
         blocks freed on both workers) and waits at the front of the queue, to be re-prefilled
-        from its prompt and committed tokens. Seeding per committed length (step_seed) makes its
-        output exactly what it would have been."""
+        from its prompt and committed tokens. Greedy and seeded sampled output stays exactly what
+        it would have been (seeded rows draw per position: spec/coupled_sampling.py)."""
         candidates = [r for r in reversed(self.running.values()) if not r.finished]
         if len(candidates) <= 1:  # nobody else to make room: the one request cannot grow
             for req in candidates:

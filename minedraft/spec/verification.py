@@ -5,6 +5,8 @@ Sampled rows (Leviathan et al. 2023; Chen et al. 2023): accept draft token x wit
 min(1, p(x)/q(x)); at the first rejection emit a sample of norm(max(0, p - q)); after k accepts emit
 a bonus token from p. With q one-hot (a deterministic draft) the same rule reads: accept x with
 probability p(x), else sample from p with x removed. Either way the output follows p exactly.
+Sampled rows with a seed of their own: the coupling of spec/coupled_sampling.py (accept while the
+draft token equals the target's own seeded draw), whose output is target-only decoding's.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import dataclasses
 import torch
 
 from minedraft.runner.transfer import host_tensor
+from minedraft.spec.coupled_sampling import is_coupled, verify_coupled_row
 from minedraft.spec.logits_processing import draw
 from minedraft.spec.sampling import SamplingParams
 
@@ -38,10 +41,10 @@ def check_lengths(lengths: list[int] | None, num_rows: int, k: int) -> list[int]
 
 def verify_batch(target_probs: torch.Tensor, draft_tokens: torch.Tensor, draft_probs: torch.Tensor | None,
                  params: list[SamplingParams], generators: list[torch.Generator],
-                 lengths: list[int] | None = None) -> list[RowVerdict]:
+                 lengths: list[int] | None = None, positions: list[int] | None = None) -> list[RowVerdict]:
     """target_probs [B, T, V] (already temperature/top-k/top-p processed; one-hot for greedy rows),
-    draft_tokens [B, k], draft_probs [S, k, V'] for the S sampled (non-greedy) rows in batch order,
-    or None (one-hot draft). A draft vocabulary V' smaller than the target's V (a prefix of it) is
+    draft_tokens [B, k], draft_probs [S, k, V'] for the S rows that read q (coupled_sampling.reads_q:
+    sampled without a seed) in batch order, or None (one-hot draft). A draft vocabulary V' smaller than the target's V (a prefix of it) is
     padded with q = 0: the ids the draft lacks are never proposed, and the residual max(0, p - q)
     keeps their full target mass, so verification stays exact.
 
@@ -49,6 +52,9 @@ def verify_batch(target_probs: torch.Tensor, draft_tokens: torch.Tensor, draft_p
     after L_r accepts the bonus comes from p at position L_r (L_r = 0: one token from p at position
     0, a target-only step). target_probs needs T >= max(L) + 1 positions; a row's positions past L_r
     are never read. Why a length chosen this way stays exact: spec/draft_lengths.py.
+
+    positions: per row, how many tokens precede its first draft (its committed length): a seeded
+    sampled row draws each position's token with that position's noise (needed when there is one).
 
     Everything stays on the device until the end: one read-back of [B, T+1] (accepted count, then
     the T candidate tokens) for the whole batch."""
@@ -73,7 +79,13 @@ def verify_batch(target_probs: torch.Tensor, draft_tokens: torch.Tensor, draft_p
     emitted = argmax.gather(1, n[:, None])  # [B, 1]
     sampled = 0
     for row, p in enumerate(params):
-        if not p.greedy:
+        if is_coupled(p):
+            if positions is None:
+                raise ValueError("positions: needed to verify a seeded sampled row")
+            length = t if lengths is None else lengths[row]  # its positions past that are never drawn
+            n[row:row + 1], emitted[row] = verify_coupled_row(target_probs[row, :length + 1], drafts[row],
+                                                              generators[row], p.seed, positions[row])
+        elif not p.greedy:
             q = None if draft_probs is None else draft_probs[sampled].to(target_probs.device)
             sampled += 1
             row_limit = None if limit is None else limit[row:row + 1]

@@ -39,8 +39,9 @@ class NewRequest:
 class Proposal:
     """Up to k draft tokens for each request of a batch.
 
-    tokens: [B, k] int64; probs: [S, k, V] float32, the draft's distributions q of the S sampled
-    (non-greedy) requests in batch order (None: one-hot q).
+    tokens: [B, k] int64; probs: [S, k, V] float32, the draft's distributions q of the S requests
+    whose verification reads q (coupled_sampling.reads_q: sampled without a seed) in batch order
+    (None: one-hot q). Seeded sampled requests need none (spec/coupled_sampling.py).
     confidence: [B, k] float32 on the host, the draft's probability of each token it drafted;
     top_prob: [B, k] float32, the largest probability of each position's distribution, known before
     its token was drawn (spec/draft_lengths.py ranks positions by them; None: no ranking possible).
