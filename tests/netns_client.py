@@ -31,7 +31,7 @@ def main() -> int:
         info = client.model_info()
         run(gateway, spec["prompts"][:1], spec["max_tokens"], {})  # first calls pay one-off costs everywhere
         result = {"transport": info.transport, "drafts": sorted(info.draft_endpoints)}
-        # greedy, then sampled (seeded: q crosses the channel for every row)
+        # greedy, then sampled (seeded: verified by the coupling, no q crosses the channel)
         for name, params in (("greedy", {}), ("sampled", {"temperature": 1.0})):
             client.stats(reset=True)
             outputs = run(gateway, spec["prompts"], spec["max_tokens"], params)

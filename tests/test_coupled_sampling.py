@@ -133,3 +133,12 @@ def test_seeded_output_equals_target_only_with_a_model_free_draft(target_only_ou
     prompts, params, expected = target_only_outputs
     engine = Engine(mode="sd", num_speculative_tokens=3, draft_method="ngram")
     assert [r.token_ids for r in engine.generate(prompts, params)] == expected
+
+
+def test_seeded_output_equals_target_only_with_a_one_hot_draft(target_only_outputs):
+    """full_q=False: rows without a seed draft greedily (one-hot q); seeded rows still draft with the
+    coupling's noise, since their verification reads no q."""
+    prompts, params, expected = target_only_outputs
+    engine = Engine(mode="psd", num_speculative_tokens=3, full_q=False)
+    assert [r.token_ids for r in engine.generate(prompts, params)] == expected
+    assert engine.metrics.acceptance_rate > 0.3

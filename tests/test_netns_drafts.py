@@ -3,8 +3,9 @@ in two others, each linked to the first by its own veth pair (nothing is linked 
 network). Each side has its own MINEDRAFT_HOST_ID, so the token channel negotiates `inline` (the draft
 tokens ride inside the gRPC messages, over the veth links). Greedy output must equal target-only decoding.
 The same prompts then run with a draft node beside the target (same host id: `shm`), and the test prints
-bytes per step and step time of both, side by side, for greedy rows (tokens only) and seeded sampled rows
-(q too), whose tokens must also be the same on both transports."""
+bytes per step and step time of both, side by side, for greedy rows and seeded sampled rows (tokens only:
+seeded rows are verified by the coupling, which reads no q), whose tokens must also be the same on both
+transports."""
 
 from __future__ import annotations
 
@@ -128,11 +129,12 @@ def test_drafts_in_other_namespaces_serve_psd_inline(namespaces, llama_pair, tmp
         assert r["greedy"]["outputs"] == expected  # lossless, whichever side of the veth the drafts are
         for run in (r["greedy"], r["sampled"]):
             assert run["drafted"] > 0 and run["accepted"] > 0 and run["steps"] > 0 and run["channel_bytes"] > 0
-    # Seeded with a fixed k: the same tokens whichever transport carried the draft's q.
+    # Seeded: the same tokens whichever transport carried the drafts (target-only decoding's, in fact).
     assert inline["sampled"]["outputs"] == shm["sampled"]["outputs"]
     per_step = {(t, m): r[m]["channel_bytes"] / r[m]["steps"]
                 for t, r in results.items() for m in ("greedy", "sampled")}
-    assert per_step["inline", "sampled"] > per_step["inline", "greedy"]  # q crosses only for sampled rows
+    # no q crosses for seeded rows (one row's q alone would be 4096 x k floats, far over the tokens)
+    assert per_step["inline", "sampled"] < 1.5 * per_step["inline", "greedy"]
     print("\ntransport  nodes  run      steps  bytes/step  step ms  control-plane ms/step  accepted/drafted")
     for name, r in results.items():
         for mode in ("greedy", "sampled"):
