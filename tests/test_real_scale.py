@@ -212,7 +212,8 @@ def test_bf16_q_sampled_from_is_exact(rounding):
 
 def test_bf16_q_through_the_engine_halves_what_crosses_the_channel(llama_pair):
     target, draft, _ = llama_pair
-    params = SamplingParams(temperature=0.8, max_tokens=12, seed=4, ignore_eos=True)
+    # no seed: a seeded row is verified by the coupling, which sends no q at all
+    params = SamplingParams(temperature=0.8, max_tokens=12, ignore_eos=True)
     prompts = [[1, 5, 9], [1, 7, 7, 8]]
     full = Engine(target, draft, mode="sd", num_speculative_tokens=3)
     half = Engine(target, draft, mode="sd", num_speculative_tokens=3, q_dtype="bfloat16")
