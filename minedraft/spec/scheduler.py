@@ -331,8 +331,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
                 self._step_ar(touched, [r for b in self.batches for r in self._live(b)], mode=self.mode)
                 return
             to_draft = []  # verify what was drafted; the pipeline drains
-        self._threads(shared=True)
         job = _InFlight(StepRecord(self.mode, 0.0), t0=time.perf_counter())
+        k = 0
         if to_draft:  # first, so that an in-process draft overlaps an in-process verify
             d = to_draft[0] if pb is not None else max(to_draft, key=lambda i: len(self.batches[i]))
             ids = self._live(self.batches[d])
@@ -342,6 +342,9 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             if k and self.dry.skip(ids):
                 k = 0
             job.record.k, job.record.draft_rows = k, len(ids) if k else 0
+        # No draft call this step (k = 0): the target runs alone, at the threads an ar step gets.
+        self._threads(shared=bool(k))
+        if to_draft:
             job.propose_t0 = time.perf_counter()
             # k = 0: not drafted; its verify slot decodes it target-only (its updates wait for a proposal)
             job.propose = self._start_propose(ids, k) if k else completed(
