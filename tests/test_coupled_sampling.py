@@ -10,8 +10,8 @@ from scipy.stats import chisquare
 
 from minedraft import Engine, SamplingParams
 from minedraft.spec.coupled_sampling import coupled_draw, is_coupled, reads_q, redraw_coupled
-from minedraft.spec.logits_processing import make_generator, sample_tensor, step_seed
 from minedraft.spec.local_workers import TARGET_STREAM
+from minedraft.spec.logits_processing import make_generator, sample_tensor, step_seed
 from minedraft.spec.verification import verify_batch
 
 V = 16

@@ -44,9 +44,9 @@ def verify_batch(target_probs: torch.Tensor, draft_tokens: torch.Tensor, draft_p
                  lengths: list[int] | None = None, positions: list[int] | None = None) -> list[RowVerdict]:
     """target_probs [B, T, V] (already temperature/top-k/top-p processed; one-hot for greedy rows),
     draft_tokens [B, k], draft_probs [S, k, V'] for the S rows that read q (coupled_sampling.reads_q:
-    sampled without a seed) in batch order, or None (one-hot draft). A draft vocabulary V' smaller than the target's V (a prefix of it) is
-    padded with q = 0: the ids the draft lacks are never proposed, and the residual max(0, p - q)
-    keeps their full target mass, so verification stays exact.
+    sampled without a seed) in batch order, or None (one-hot draft). A draft vocabulary V' smaller
+    than the target's V (a prefix of it) is padded with q = 0: the ids the draft lacks are never
+    proposed, and the residual max(0, p - q) keeps their full target mass, so verification stays exact.
 
     lengths: row r verifies only its first L_r drafts (None: all k): at most L_r are accepted, and
     after L_r accepts the bonus comes from p at position L_r (L_r = 0: one token from p at position
