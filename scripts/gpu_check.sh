@@ -46,7 +46,7 @@ cat "$OUT/machine.txt"
 # 1) GPU tests (-rA: every test's outcome in the log, the graph tests' print lines too).
 echo "== gpu tests"
 timeout "$(budget 150 330)" python3 -m pytest -q -rA -s -m gpu tests/test_channels_gpu.py tests/test_gpu_services.py \
-  tests/test_gpu_graphs.py tests/test_feature_channels.py -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
+  tests/test_gpu_graphs.py tests/test_feature_channels.py tests/test_gpu_coupled.py -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
 TESTS_RC=$?
 tail -5 "$OUT/gpu_tests.log"
 GRAPHS=0
