@@ -9,7 +9,14 @@ import torch
 from scipy.stats import chisquare
 
 from minedraft import Engine, SamplingParams
-from minedraft.spec.coupled_sampling import coupled_draw, is_coupled, reads_q, redraw_coupled
+from minedraft.spec.coupled_sampling import (
+    coupled_draw,
+    is_coupled,
+    reads_q,
+    redraw_coupled,
+    verify_on_device,
+    verify_until_mismatch,
+)
 from minedraft.spec.local_workers import TARGET_STREAM
 from minedraft.spec.logits_processing import make_generator, sample_tensor, step_seed
 from minedraft.spec.verification import verify_batch
@@ -142,3 +149,18 @@ def test_seeded_output_equals_target_only_with_a_one_hot_draft(target_only_outpu
     engine = Engine(mode="psd", num_speculative_tokens=3, full_q=False)
     assert [r.token_ids for r in engine.generate(prompts, params)] == expected
     assert engine.metrics.acceptance_rate > 0.3
+
+
+def test_the_host_and_device_forms_of_the_verify_agree():
+    """verify_until_mismatch (CPU: stops drawing at the first mismatch) and verify_on_device (GPU:
+    every draw, no host sync) give the same verdict; both run here on the CPU."""
+    k, start = 4, 17
+    p = dists(k + 1, seed=9)
+    truth = target_only(p, None, start)
+    g = torch.Generator().manual_seed(1)
+    for drafts in ([*truth[:k]], truth[:1] + [(truth[1] + 3) % V] * (k - 1),
+                   torch.randint(0, V, (k,), generator=g).tolist()):
+        d = torch.tensor(drafts)
+        lazy = verify_until_mismatch(p, d, make_generator(0, "cpu"), SEEDED.seed, start)
+        eager = verify_on_device(p, d, make_generator(0, "cpu"), SEEDED.seed, start)
+        assert [int(x) for x in lazy] == [int(x) for x in eager]

@@ -31,7 +31,7 @@ from minedraft.runner.block_manager import BlockManager, blocks_for
 from minedraft.runner.chain_batch import ChainSteps
 from minedraft.runner.kv_cache import PagedKVCache
 from minedraft.runner.transfer import host_tensor
-from minedraft.spec.coupled_sampling import is_coupled, reads_q, redraw_coupled
+from minedraft.spec.coupled_sampling import drawn_elsewhere, is_coupled, reads_q, redraw_coupled
 from minedraft.spec.local_workers import DRAFT_STREAM, _confidence, _to_host
 from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample_tensor, step_seed
 from minedraft.spec.sampling import SamplingParams
@@ -218,7 +218,7 @@ class EagleDraftWorker(DraftWorker):
                 if step:  # the drafted token with the head's own predicted feature
                     hidden, logits = self._step(lrows, chain, step - 1, steps[-1], hidden)
                 q = probs_from_logits(logits, params)
-                chosen = sample_tensor(q, params, gens)
+                chosen = sample_tensor(q, drawn_elsewhere(params), gens)
                 redraw_coupled(chosen, q, coupled, step, self.head.draft_ids if self.head.reduced else None,
                                self.head.cfg.vocab_size)
                 beliefs.append(_confidence(logits, q, chosen, with_q))

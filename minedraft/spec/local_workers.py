@@ -18,7 +18,7 @@ import torch
 from minedraft.runner.block_manager import NoRoom
 from minedraft.runner.model_runner import ModelRunner
 from minedraft.runner.transfer import host_tensor, to_device
-from minedraft.spec.coupled_sampling import COUPLED_STREAM, is_coupled, reads_q, redraw_coupled
+from minedraft.spec.coupled_sampling import COUPLED_STREAM, drawn_elsewhere, is_coupled, reads_q, redraw_coupled
 from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample, sample_tensor, step_seed
 from minedraft.spec.placement import PREFILL_THREADS_MIN_TOKENS, threads_for
 from minedraft.spec.sampling import SamplingParams
@@ -272,6 +272,7 @@ class LocalDraftWorker(DraftWorker):
             params = [p if is_coupled(p) else dataclasses.replace(p, temperature=0.0) for p in params]
         # seeded rows draw each drafted position with the target's noise for it (coupled_sampling.py)
         coupled = [(i, gens[i], s.seed, len(s.tokens)) for i, s in enumerate(states) if is_coupled(params[i])]
+        draw_params = drawn_elsewhere(params)
         pending = [s.tokens.since(self.runner.length(s.row)) for s in states]
         # which rows rank their drafts by the q they sampled from (the others by the logits)
         sampling = [not p.greedy for p in params]
@@ -283,7 +284,7 @@ class LocalDraftWorker(DraftWorker):
             if want_q and self.q_dtype != torch.float32:
                 q = q.to(self.q_dtype)  # what is sent is what is sampled from
             # [B] on the device: fed back into the next step without a host sync
-            chosen = sample_tensor(q.float(), params, gens)  # .float(): a no-op unless q was rounded
+            chosen = sample_tensor(q.float(), draw_params, gens)  # .float(): a no-op unless q was rounded
             redraw_coupled(chosen, q, coupled, step)
             tokens.append(chosen)
             beliefs.append(_confidence(logits, q, chosen, with_q))
