@@ -164,3 +164,12 @@ def test_the_host_and_device_forms_of_the_verify_agree():
         lazy = verify_until_mismatch(p, d, make_generator(0, "cpu"), SEEDED.seed, start)
         eager = verify_on_device(p, d, make_generator(0, "cpu"), SEEDED.seed, start)
         assert [int(x) for x in lazy] == [int(x) for x in eager]
+
+
+@pytest.mark.parametrize("mode", ["sd", "psd"])
+def test_seeded_output_equals_target_only_with_an_eagle_head(target_only_outputs, mode):
+    """The bundled EAGLE head drafts seeded rows with the target's noise too (its own code path)."""
+    prompts, params, expected = target_only_outputs
+    engine = Engine(mode=mode, num_speculative_tokens=3, draft_method="eagle")
+    assert [r.token_ids for r in engine.generate(prompts, params)] == expected
+    assert engine.metrics.acceptance_rate > 0.3
