@@ -46,8 +46,25 @@ def test_model_threads_use_one_intra_op_thread_and_output_is_unchanged(llama_pai
     untouched.close()
 
     engine = Engine(target, draft, mode=mode, num_speculative_tokens=3)
+    seen, drafting = [], [mode == "sd"]  # sd: every verify follows a draft call
+    sched = engine.scheduler
+    verify, start_propose = sched.target.verify, sched._start_propose
+
+    def verify_noting_threads(proposal):  # the target runs on the caller's thread
+        seen.append((torch.get_num_threads(), drafting[0]))
+        drafting[0] = mode == "sd"
+        return verify(proposal)
+
+    def start_propose_noting(*args):  # psd: the step's draft call, sent just before its verify
+        drafting[0] = True
+        return start_propose(*args)
+
+    sched.target.verify, sched._start_propose = verify_noting_threads, start_propose_noting
     assert [r.token_ids for r in engine.generate(prompts, params)] == expected
-    assert torch.get_num_threads() == 1  # the caller's thread, where the target runs
+    # one thread beside a draft call; a psd step without one (the pipeline draining) runs the target
+    # alone, at the caller's own setting
+    assert all(threads == (1 if beside_draft else 2) for threads, beside_draft in seen)
+    assert any(beside_draft for _, beside_draft in seen)
     assert engine.scheduler._pool.submit(torch.get_num_threads).result() == 1  # where PSD drafts
     engine.scheduler.reconfigure("ar", None)  # target-only steps: the caller's own setting again
     engine.generate(prompts[:2], params)
