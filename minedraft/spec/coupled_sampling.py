@@ -18,7 +18,7 @@ the draws a step makes depend on k, so the output did not.
 Shared noise makes x_n == y_n likely when q is close to p: P >= (1 - TV) / (1 + TV) (Daliri et al.
 2024, "Coupling without communication and drafter-invariant speculative decoding"), a little below
 rejection sampling's 1 - TV. On the bundled pair at temperature 0.9 / top-p 0.95, per drafted token:
-0.81 vs 0.85 (the README's Exactness section). No q crosses the token channel for these rows: the
+0.81 vs 0.85 (README, Python API). No q crosses the token channel for these rows: the
 test reads only the drafted token. A draft whose noise differs (another kind of device, a smaller
 vocabulary) stays exact; it only matches less often.
 
