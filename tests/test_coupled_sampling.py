@@ -17,8 +17,8 @@ from minedraft.spec.coupled_sampling import (
     verify_on_device,
     verify_until_mismatch,
 )
-from minedraft.spec.local_workers import TARGET_STREAM
 from minedraft.spec.logits_processing import make_generator, sample_tensor, step_seed
+from minedraft.spec.row_book import TARGET_STREAM
 from minedraft.spec.verification import verify_batch
 
 V = 16

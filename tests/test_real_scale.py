@@ -198,7 +198,7 @@ def test_bf16_q_sampled_from_is_exact(rounding):
     normalises it. Emitted tokens still follow p (chi-square)."""
     from test_sampling_exact import SIGNIFICANCE, K, chi_square_p, emitted_first_two, random_dists
 
-    from minedraft.spec.local_workers import normalised_q
+    from minedraft.spec.draft_beliefs import normalised_q
 
     g = torch.Generator().manual_seed(6)
     torch.manual_seed(16)

@@ -32,8 +32,9 @@ from minedraft.runner.chain_batch import ChainSteps
 from minedraft.runner.kv_cache import PagedKVCache
 from minedraft.runner.transfer import host_tensor
 from minedraft.spec.coupled_sampling import drawn_elsewhere, is_coupled, reads_q, redraw_coupled
-from minedraft.spec.local_workers import DRAFT_STREAM, _confidence, _to_host
+from minedraft.spec.draft_beliefs import draft_confidence, proposal_to_host
 from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample_tensor, step_seed
+from minedraft.spec.row_book import DRAFT_STREAM
 from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.workers import DraftWorker, NewRequest, Proposal
 
@@ -221,11 +222,11 @@ class EagleDraftWorker(DraftWorker):
                 chosen = sample_tensor(q, drawn_elsewhere(params), gens)
                 redraw_coupled(chosen, q, coupled, step, self.head.draft_ids if self.head.reduced else None,
                                self.head.cfg.vocab_size)
-                beliefs.append(_confidence(logits, q, chosen, with_q))
+                beliefs.append(draft_confidence(logits, q, chosen, with_q))
                 steps.append(self.head.to_target(chosen))  # a reduced vocabulary's index -> target id
                 if lsampled:
                     qs.append(self.head.full_q(q[lsampled]))  # zeros outside the draft vocabulary
-            tok_host, conf_host, top_host = _to_host(steps, beliefs)
+            tok_host, conf_host, top_host = proposal_to_host(steps, beliefs)
             at = torch.tensor(live)
             drafted[at], conf[at], top[at] = tok_host, conf_host, top_host
             if lsampled:

@@ -6,7 +6,7 @@ A request with a seed draws the token at position n (n tokens before it: prompt 
 
 the exponential race, which is torch.multinomial's own algorithm (logits_processing.draw), so
 y_n ~ p_n. Target-only decoding draws exactly this: its generator is seeded per committed length on
-the same stream (local_workers.TARGET_STREAM == COUPLED_STREAM) before its one draw.
+the same stream (row_book.TARGET_STREAM == COUPLED_STREAM) before its one draw.
 
 The draft drafts x_n = argmax_v q_n(v) / E_n(v) with the same noise (same seed, same position), and
 verification accepts x_n iff x_n == y_n; at the first mismatch it emits y_n, after L matches the

@@ -18,192 +18,15 @@ import torch
 from minedraft.runner.block_manager import NoRoom
 from minedraft.runner.model_runner import ModelRunner
 from minedraft.runner.transfer import host_tensor, to_device
-from minedraft.spec.coupled_sampling import COUPLED_STREAM, drawn_elsewhere, is_coupled, reads_q, redraw_coupled
-from minedraft.spec.logits_processing import make_generator, probs_from_logits, sample, sample_tensor, step_seed
+from minedraft.spec.coupled_sampling import drawn_elsewhere, is_coupled, reads_q, redraw_coupled
+from minedraft.spec.draft_beliefs import draft_confidence, normalised_q, proposal_to_host
+from minedraft.spec.logits_processing import probs_from_logits, sample, sample_tensor
 from minedraft.spec.placement import PREFILL_THREADS_MIN_TOKENS, threads_for
-from minedraft.spec.sampling import SamplingParams
+from minedraft.spec.row_book import DRAFT_STREAM, TARGET_STREAM, RowBook, RowState
 from minedraft.spec.verification import check_lengths, verify_batch
 from minedraft.spec.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
 
-# The draft's random stream differs from the target's, except for seeded rows (coupled_sampling.py).
-TARGET_STREAM, DRAFT_STREAM = COUPLED_STREAM, 0x5EED
 Q_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-class _Committed:
-    """A row's committed tokens as far as its KV cache needs them: how many there are, and those from
-    the first that a later step may (re)write. The older ones are in the cache for good; the whole
-    record is the scheduler's (Request), so a worker keeps no copy of it."""
-
-    __slots__ = ("start", "tail")
-
-    def __init__(self, tokens: list[int]):
-        # add() prefills all but the last (or all, for a fresh target row); no rollback goes below that
-        self.start, self.tail = len(tokens) - 1, list(tokens[-1:])
-
-    def __len__(self) -> int:
-        return self.start + len(self.tail)
-
-    @property
-    def last(self) -> int:
-        return self.tail[-1]
-
-    def since(self, i: int) -> list[int]:
-        if i < self.start:
-            raise IndexError(f"committed token {i} was settled (tokens are kept from {self.start})")
-        return self.tail[i - self.start:]
-
-    def append(self, token: int) -> None:
-        self.tail.append(token)
-
-    def extend(self, tokens: list[int]) -> None:
-        self.tail.extend(tokens)
-
-    def settle(self, kv_len: int) -> None:
-        """Forget what no later step reads: a rollback keeps at least min(kv_len, len - 1) positions."""
-        drop = min(kv_len, len(self) - 1) - self.start
-        if drop > 0:
-            del self.tail[:drop]
-            self.start += drop
-
-
-@dataclasses.dataclass
-class _RowState:
-    row: int  # the runner's sequence handle
-    seed: int
-    params: SamplingParams
-    generator: torch.Generator
-    tokens: _Committed  # the committed tokens its KV cache still needs
-    drafted: list[int] = dataclasses.field(default_factory=list)  # draft side: last proposal
-
-
-class _RowBook:
-    """request id -> sequence handle and per-request state, shared by both worker kinds."""
-
-    def __init__(self, runner: ModelRunner, stream: int):
-        self.runner = runner
-        self.stream = stream
-        self.states: dict[str, _RowState] = {}
-
-    def kv_ids(self, tokens: list[int]) -> list[int]:
-        """Token ids as this runner's KV holds them (a draft reads ids past its vocabulary as 0)."""
-        v = self.runner.vocab_size
-        return [t if t < v else 0 for t in tokens]
-
-    def admit(self, requests: list[NewRequest]) -> list[tuple[NewRequest, bool]]:
-        """The longest prefix of requests whose prefill fits the free blocks (cached prefix blocks
-        cost nothing), with one block of headroom per running sequence; a request alone always gets
-        its chance. Each comes with whether it shares blocks an earlier one of them writes first."""
-        blocks = self.runner.blocks
-        free = blocks.num_free
-        taken, seen = 0, set()
-        plan = blocks.prefix_plan([self.kv_ids(r.prompt_ids) for r in requests])
-        for i, (req, (need, _)) in enumerate(zip(requests, plan)):
-            if req.request_id in self.states or req.request_id in seen:
-                raise ValueError(f"request_id: {req.request_id!r} is already running")
-            seen.add(req.request_id)
-            headroom = len(self.states) + i + 1 if (self.states or i) else 0
-            if taken + need + headroom > free:
-                return list(zip(requests[:i], [f for _, f in plan[:i]]))
-            taken += need
-        return list(zip(requests, [f for _, f in plan]))
-
-    def add_all(self, admitted: list[tuple[NewRequest, bool]], prefill) -> list[_RowState]:
-        """Allocate and prefill the admitted requests; those sharing a prefix that another one of them
-        writes go second, so that they find its blocks cached. prefill(states, requests) computes."""
-        states: dict[str, _RowState] = {}
-        for second in (False, True):
-            group = [r for r, follower in admitted if follower == second]
-            if group:
-                new = [self.add(r) for r in group]
-                prefill(new, group)
-                states.update((r.request_id, s) for r, s in zip(group, new))
-        return [states[r.request_id] for r, _ in admitted]
-
-    def add(self, req: NewRequest) -> _RowState:
-        gen = make_generator(step_seed(req.seed, self.stream, len(req.prompt_ids)), self.runner.device)
-        row = self.runner.allocate(self.kv_ids(req.prompt_ids))  # its cached prefix blocks, if any
-        state = _RowState(row, req.seed, req.params, gen, _Committed(req.prompt_ids))
-        self.states[req.request_id] = state
-        return state
-
-    def commit(self, state: _RowState, tokens: list[int]) -> None:
-        """Tokens the row committed, after any rollback: its full blocks become shareable."""
-        self.runner.commit(state.row, self.kv_ids(tokens))
-
-    def context(self, states: list[_RowState], requests: list[NewRequest], upto: int):
-        """(rows, tokens) of the prompt positions not yet in each row's KV, below len(prompt) + upto."""
-        rows, tokens = [], []
-        for s, r in zip(states, requests):
-            todo = r.prompt_ids[self.runner.length(s.row):len(r.prompt_ids) + upto]
-            if todo:
-                rows.append(s.row)
-                tokens.append(todo)
-        return rows, tokens
-
-    def get(self, request_ids: list[str]) -> list[_RowState]:
-        missing = [r for r in request_ids if r not in self.states]
-        if missing:
-            raise KeyError(f"unknown request ids: {missing}")
-        return [self.states[r] for r in request_ids]
-
-    def settle(self, states: list[_RowState]) -> None:
-        for s in states:
-            s.tokens.settle(self.runner.length(s.row))
-
-    def reseed(self, states: list[_RowState]) -> None:
-        """Seed each sampled row's generator from its committed length (see step_seed)."""
-        for s in states:
-            if not s.params.greedy:
-                s.generator.manual_seed(step_seed(s.seed, self.stream, len(s.tokens)))
-
-    def release(self, request_ids: list[str]) -> None:
-        for rid in request_ids:
-            state = self.states.pop(rid, None)
-            if state is not None:
-                self.runner.free(state.row)
-
-    def kv_usage(self) -> dict:
-        b = self.runner.blocks
-        return dict(num_kv_blocks=b.num_usable, num_free_kv_blocks=b.num_free, kv_block_size=b.block_size,
-                    kv_cache_usage=b.usage, prefix_cache_queries=b.prefix_cache_queries,
-                    prefix_cache_hits=b.prefix_cache_hits)
-
-
-def normalised_q(q: torch.Tensor | None) -> torch.Tensor | None:
-    """q exactly as the draft sampled from it: multinomial draws proportionally to the values it was
-    given, which for a bfloat16 q are rounded and do not sum to 1."""
-    if q is None:
-        return None
-    q = q.float()
-    return q / q.sum(-1, keepdim=True).clamp_min(1e-30)
-
-
-def _confidence(logits: torch.Tensor, q: torch.Tensor, chosen: torch.Tensor,
-                with_q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """([B] q(chosen), [B] max q) of one draft step, on the device (see spec/draft_lengths.py).
-    Rows that sample from a full q read that very q. The others (greedy rows, one-hot drafts) drew
-    the argmax, a function of the history, so their one-hot q ranks nothing: they read the
-    model's own belief, the softmax of the logits at temperature 1, whose max is at the token."""
-    logits = logits.float()
-    top = torch.exp(logits.max(-1).values - torch.logsumexp(logits, -1))
-    if with_q is None:
-        return top, top
-    qf = normalised_q(q)
-    return (torch.where(with_q, qf.gather(1, chosen[:, None])[:, 0], top),
-            torch.where(with_q, qf.max(-1).values, top))
-
-
-def _to_host(tokens: list[torch.Tensor], beliefs: list[tuple[torch.Tensor, torch.Tensor]]):
-    """tokens [B, k] int64 and confidence, top_prob [B, k] float32 on the host, in one copy (the
-    proposal's one host sync): the floats ride as int32 bit patterns beside the tokens."""
-    k = len(tokens)
-    conf = torch.stack([c for c, _ in beliefs], 1).float()
-    top = torch.stack([t for _, t in beliefs], 1).float()
-    packed = torch.cat([torch.stack(tokens, 1).int(), conf.view(torch.int32), top.view(torch.int32)], 1)
-    host = packed.to("cpu")
-    return (host[:, :k].long(), host[:, k:2 * k].contiguous().view(torch.float32),
-            host[:, 2 * k:].contiguous().view(torch.float32))
 
 
 class LocalDraftWorker(DraftWorker):
@@ -215,7 +38,7 @@ class LocalDraftWorker(DraftWorker):
         if q_dtype not in Q_DTYPES:
             raise ValueError(f"q_dtype: must be one of {', '.join(Q_DTYPES)}, got {q_dtype!r}")
         self.q_dtype = Q_DTYPES[q_dtype]
-        self.book = _RowBook(runner, DRAFT_STREAM)
+        self.book = RowBook(runner, DRAFT_STREAM)
         self.context_len = runner.context_len
 
     def add(self, requests: list[NewRequest]) -> int:
@@ -239,7 +62,7 @@ class LocalDraftWorker(DraftWorker):
         tokens = [[t if t < v else 0 for t in row] for row in tokens]
         return self.runner.forward(rows, tokens)
 
-    def _apply_update(self, state: _RowState, update: list[int]) -> None:
+    def _apply_update(self, state: RowState, update: list[int]) -> None:
         """Roll the KV cache back to the longest prefix that still matches the committed tokens."""
         committed = len(state.tokens)
         kv_len = self.runner.length(state.row)
@@ -287,11 +110,11 @@ class LocalDraftWorker(DraftWorker):
             chosen = sample_tensor(q.float(), draw_params, gens)  # .float(): a no-op unless q was rounded
             redraw_coupled(chosen, q, coupled, step)
             tokens.append(chosen)
-            beliefs.append(_confidence(logits, q, chosen, with_q))
+            beliefs.append(draft_confidence(logits, q, chosen, with_q))
             if want_q:  # q only for the rows whose verify reads it
                 probs.append(q[q_rows] if len(q_rows) < len(rows) else q)
             pending = chosen[:, None]
-        token_tensor, confidence, top_prob = _to_host(tokens, beliefs)
+        token_tensor, confidence, top_prob = proposal_to_host(tokens, beliefs)
         # The last drafted token was never fed: its KV is written when the target accepts it.
         for s, row_tokens in zip(states, token_tensor.tolist()):
             s.drafted = row_tokens
@@ -312,7 +135,7 @@ class LocalTargetWorker(TargetWorker):
         self.runner = runner
         self.features = feature_store
         self.prefill_threads = prefill_threads  # intra-op threads of a long prefill (placement.py)
-        self.book = _RowBook(runner, TARGET_STREAM)
+        self.book = RowBook(runner, TARGET_STREAM)
         self.context_len = runner.context_len
         self.vocab_size = runner.vocab_size
 
