@@ -206,6 +206,7 @@ class EagleDraftWorker(DraftWorker):
             gens = [r.generator for r in lrows]
             lsampled = [n for n, r in enumerate(lrows) if reads_q(r.params)]
             coupled = [(n, r.generator, r.seed, len(r.tokens)) for n, r in enumerate(lrows) if is_coupled(r.params)]
+            draw_params = drawn_elsewhere(params)
             sampling = [not p.greedy for p in params]
             with_q = host_tensor(sampling, torch.bool, self.device) if any(sampling) else None
             hidden, logits = self._run(lrows, tokens, feats, [len(t) for t in tokens])
@@ -219,7 +220,7 @@ class EagleDraftWorker(DraftWorker):
                 if step:  # the drafted token with the head's own predicted feature
                     hidden, logits = self._step(lrows, chain, step - 1, steps[-1], hidden)
                 q = probs_from_logits(logits, params)
-                chosen = sample_tensor(q, drawn_elsewhere(params), gens)
+                chosen = sample_tensor(q, draw_params, gens)
                 redraw_coupled(chosen, q, coupled, step, self.head.draft_ids if self.head.reduced else None,
                                self.head.cfg.vocab_size)
                 beliefs.append(draft_confidence(logits, q, chosen, with_q))

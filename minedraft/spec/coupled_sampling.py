@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import torch
 
-from minedraft.spec.logits_processing import step_seed
+from minedraft.spec.logits_processing import draw, step_seed
 from minedraft.spec.sampling import SamplingParams
 
 COUPLED_STREAM = 0  # the target's own stream: its target-only draws are the coupled ones
+_ARGMAX = SamplingParams(temperature=0.0)
 
 
 def is_coupled(params: SamplingParams) -> bool:
@@ -59,17 +60,13 @@ def coupled_draw(weights: torch.Tensor, generator: torch.Generator, seed: int, p
     token id of each entry (a draft's reduced vocabulary; None: 0..V-1); vocab: the target's
     vocabulary size, so that the noise is the target's (None: V)."""
     noise = position_noise(generator, seed, position, vocab or weights.shape[-1], weights.device)
-    noise = noise[ids] if ids is not None else noise[:weights.shape[-1]]
-    return (weights.float() / noise).argmax(-1, keepdim=True)
+    return draw(weights.float(), generator, noise[ids] if ids is not None else noise[:weights.shape[-1]])
 
 
 def drawn_elsewhere(params: list[SamplingParams]) -> list[SamplingParams]:
     """A draft step's params for sample_tensor: seeded rows as greedy (a cheap argmax), since
     redraw_coupled draws them; their own draw there would be thrown away."""
     return [_ARGMAX if is_coupled(p) else p for p in params]
-
-
-_ARGMAX = SamplingParams(temperature=0.0)
 
 
 def redraw_coupled(chosen: torch.Tensor, q: torch.Tensor, rows, offset: int,

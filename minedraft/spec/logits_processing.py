@@ -63,11 +63,13 @@ def sample_tensor(probs: torch.Tensor, params: list[SamplingParams],
     return out
 
 
-def draw(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def draw(weights: torch.Tensor, generator: torch.Generator, noise: torch.Tensor | None = None) -> torch.Tensor:
     """One index [1] in proportion to weights [V] (>= 0, not all 0): torch.multinomial(weights, 1)'s
     own algorithm, argmax(w / Exp(1) noise), with the same draws from the same generator, but without
-    its input checks, which read two values back to the host (a sync per call on a GPU)."""
-    noise = torch.empty_like(weights).exponential_(1, generator=generator)
+    its input checks, which read two values back to the host (a sync per call on a GPU).
+    noise: that Exp(1) noise [V], drawn already (spec/coupled_sampling.py); None: from the generator."""
+    if noise is None:
+        noise = torch.empty_like(weights).exponential_(1, generator=generator)
     return (weights / noise).argmax(-1, keepdim=True)
 
 
