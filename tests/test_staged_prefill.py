@@ -84,6 +84,7 @@ def test_no_step_prefills_more_than_one_chunk(mode):
 
     def counting_forward(seqs, tokens, *args, **kwargs):
         step_tokens[0] += sum(len(t) for t in tokens if len(t) > 8)  # prefill rows (verify rows hold k+1)
+        step_tokens[0] += sum(len(t) for _, t in kwargs.get("riders", ()))  # a staged chunk
         return forward(seqs, tokens, *args, **kwargs)
 
     runner.forward = counting_forward
@@ -97,3 +98,51 @@ def test_no_step_prefills_more_than_one_chunk(mode):
         per_step.append(step_tokens[0])
     assert sum(per_step) >= len(LONG) - chunk  # the long prompt went through here, mostly staged
     assert max(per_step) <= chunk + runner.blocks.block_size  # a chunk (and its copied partial block)
+
+
+@pytest.mark.parametrize("mode", ["ar", "sd", "psd"])
+def test_a_staged_chunk_rides_on_the_running_rows_forward(mode):
+    """In process, a stand-in's chunk is prefilled by the step's own verify or decode: the running
+    rows and the chunk share one pass over the weights (no step forwards the target twice while
+    staging), and the output is that of whole-prompt admission."""
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    engine = Engine(mode=mode, num_speculative_tokens=2, prefill_chunk_tokens=64)
+    runner = engine.target_runner
+    forward, calls = runner.forward, []
+
+    def recording_forward(seqs, tokens, *args, **kwargs):
+        calls.append((len(seqs), sum(len(t) for _, t in kwargs.get("riders", ()))))
+        return forward(seqs, tokens, *args, **kwargs)
+
+    runner.forward = recording_forward
+    ids = [engine.add_request(s, params) for s in SHORTS]
+    engine.step()
+    long_id = engine.add_request(LONG, params)
+    out, staging_steps = {}, 0
+    while engine.has_unfinished():
+        calls.clear()
+        staged = engine.scheduler.is_staged(long_id)
+        for r in engine.step():
+            if r.finished:
+                out[r.request_id] = r.output_ids
+        if staged and engine.scheduler.is_staged(long_id):
+            staging_steps += 1
+            assert len(calls) == 1, calls  # one target forward: the chunk and the running rows
+            rows, rider_tokens = calls[0]
+            assert rows >= 1 and rider_tokens >= 64 - runner.blocks.block_size, calls
+    assert staging_steps >= 300 // 64 - 2
+    whole, _, _, _ = run_whole(mode, params)
+    assert [out[i] for i in ids + [long_id]] == whole
+
+
+def run_whole(mode, params):
+    engine = Engine(mode=mode, num_speculative_tokens=2, prefill_chunk_tokens=0)
+    ids = [engine.add_request(s, params) for s in SHORTS]
+    engine.step()
+    long_id = engine.add_request(LONG, params)
+    out = {}
+    while engine.has_unfinished():
+        for r in engine.step():
+            if r.finished:
+                out[r.request_id] = r.output_ids
+    return [out[i] for i in ids + [long_id]], None, None, engine

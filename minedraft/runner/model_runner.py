@@ -84,6 +84,21 @@ class ModelRunner:
         self.cache = self._new_cache(self.plan.num_blocks, block_size)
         log.info("%s", self.plan.summary(role, lookahead))
         self.graphs = self._graph_runner(cuda_graphs, lookahead, role)
+        if self.device.type == "cpu":
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One forward of a full chunk on a scratch row, so that the first request does not pay for the
+        process's first large allocations (on a 2-core CPU a Qwen3-0.6B-shaped target's first 512-token
+        chunk took 2.9 s, a later one 2.0 s). A GPU runner's profile run does the same for it."""
+        n = min(self.max_num_batched_tokens, self.context_len)
+        seq = self.allocate()  # no committed tokens: nothing of it is cached
+        try:
+            self.forward([seq], [[0] * n])
+        except NoRoom:  # a cache too small for one chunk: the first request pays instead
+            pass
+        finally:
+            self.free(seq)
 
     def _graph_runner(self, cuda_graphs: bool | None, lookahead: int, role: str) -> GraphRunner | None:
         """Static-shape uniform steps: captured as CUDA graphs on a GPU; on CPU (tests) the same
@@ -144,17 +159,23 @@ class ModelRunner:
 
     # -- compute --------------------------------------------------------------------------------------
     def forward(self, seqs: list[int], tokens: list[list[int]], all_positions: bool = False,
-                with_features: bool = False, feature_layers: tuple[int, ...] | None = None):
+                with_features: bool = False, feature_layers: tuple[int, ...] | None = None,
+                riders: list[tuple[int, list[int]]] = ()):
         """Append tokens[i] to seqs[i]; return the logits of each sequence's last token [B, V], or of
         every position [B, Q, V] (rows shorter than Q are zero-padded).
+        riders: (seq, tokens) pairs prefilled in the same passes, whose logits nobody reads (a staged
+        prompt's chunk riding on a verify or decode: one pass over the weights for both).
         with_features: return (logits, features), features[i] the final-normed hidden states [len(tokens[i]),
         hidden] of every token forwarded for seqs[i] (what an EAGLE head drafts from); runs eagerly.
         feature_layers: EAGLE-3's, the states entering those layers concatenated instead ([.., len * hidden],
         see Model.forward)."""
+        if riders and with_features:
+            raise ValueError("riders: not with features (an EAGLE target exports every forwarded position)")
         counts = [len(t) for t in tokens]
         starts = [self.blocks.lengths[s] for s in seqs]
-        self.reserve({s: st + c for s, st, c in zip(seqs, starts, counts)})
-        shape = None if with_features else self._graph_shape(seqs, counts, starts, all_positions)
+        self.reserve({s: st + c for s, st, c in zip(seqs, starts, counts)}
+                     | {s: self.blocks.lengths[s] + len(t) for s, t in riders})
+        shape = None if with_features or riders else self._graph_shape(seqs, counts, starts, all_positions)
         if shape is not None:
             q = shape[1]
             if any(c != q for c in counts):  # fillers: repeat each short row's last token
@@ -170,7 +191,7 @@ class ModelRunner:
             return logits[torch.arange(len(seqs), device=logits.device), last]
         pieces: list[list[torch.Tensor]] = [[] for _ in seqs]
         features: list[list[torch.Tensor]] = [[] for _ in seqs]
-        for chunk in self._chunks(seqs, starts, tokens, all_positions):
+        for chunk in self._chunks(seqs, starts, tokens, all_positions, riders):
             logits = self._run_chunk(chunk, with_features, feature_layers)
             if with_features:
                 logits, hidden = logits
@@ -185,6 +206,10 @@ class ModelRunner:
                     at += want
         for s, c in zip(seqs, counts):
             self.blocks.advance(s, c)
+        for s, t in riders:
+            self.blocks.advance(s, len(t))
+        if not seqs:  # riders alone
+            return None
         if not all_positions:
             out = torch.cat([p[-1][-1:] for p in pieces])
         else:
@@ -216,17 +241,23 @@ class ModelRunner:
                 return None
         return shape
 
-    def _chunks(self, seqs, starts, tokens, all_positions):
+    def _chunks(self, seqs, starts, tokens, all_positions, riders=()):
         """Split the work into passes of at most max_num_batched_tokens tokens. Each item is
-        (index into seqs, SeqSlice with its tokens, how many logits rows to keep)."""
+        (index into seqs, SeqSlice with its tokens, how many logits rows to keep); riders come last,
+        with index -1 and no logits."""
         budget = self.max_num_batched_tokens
         chunk, used = [], 0
-        for i, (seq, start, toks) in enumerate(zip(seqs, starts, tokens)):
+        on_device = len(tokens) > 0 and torch.is_tensor(tokens[0])
+        work = list(zip(range(len(seqs)), seqs, starts, tokens))
+        for seq, toks in riders:  # the same kind of tokens as the rows' (a verify's are on the device)
+            toks = torch.tensor(toks, dtype=torch.long, device=self.device) if on_device else list(toks)
+            work.append((-1, seq, self.blocks.lengths[seq], toks))
+        for i, seq, start, toks in work:
             done = 0
             while done < len(toks):
                 take = min(len(toks) - done, budget - used)
                 last = done + take == len(toks)
-                want = take if all_positions else (1 if last else 0)
+                want = 0 if i < 0 else take if all_positions else (1 if last else 0)
                 chunk.append((i, SeqSlice(seq, start + done, take, toks[done:done + take]), want))
                 used += take
                 done += take

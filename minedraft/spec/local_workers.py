@@ -138,12 +138,41 @@ class LocalTargetWorker(TargetWorker):
         self.book = RowBook(runner, TARGET_STREAM)
         self.context_len = runner.context_len
         self.vocab_size = runner.vocab_size
+        self._riders: dict[str, tuple[int, list[int]]] = {}  # request id -> (row, tokens to prefill)
 
     def add(self, requests):
         admitted = self.book.admit(requests)
         first: dict[int, int] = {}
         states = self.book.add_all(admitted, lambda st, reqs: self._prefill(st, reqs, first))
         return [first.get(id(s)) for s in states]
+
+    def ride(self, requests):
+        """Rows allocated and their blocks reserved now (so a rider never makes a later step short of
+        room); their tokens go with the next forward. An EAGLE target exports the features of every
+        forwarded position, to its own request: its riders are prefilled by `add`."""
+        if self.features is not None:
+            return super().ride(requests)
+        admitted = 0
+        for req, _ in self.book.admit(requests):
+            row = self.book.add(req).row
+            try:
+                self.runner.reserve({row: len(req.prompt_ids)})
+            except NoRoom:
+                self.book.release([req.request_id])
+                break
+            todo = self.book.kv_ids(req.prompt_ids[self.runner.length(row):])
+            if todo:
+                self._riders[req.request_id] = (row, todo)
+            admitted += 1
+        return admitted
+
+    @property
+    def riding(self) -> bool:
+        return bool(self._riders)
+
+    def settle_riders(self) -> None:
+        if self._riders:
+            self._forward([], [])
 
     def _forward_prefill(self, rows, tokens):
         """A prefill of many tokens (one long row, or many short ones together) runs at prefill_threads."""
@@ -155,7 +184,12 @@ class LocalTargetWorker(TargetWorker):
         """runner.forward; with a feature store, the features of the forwarded positions go there when
         they are all committed (prefill, decode); a verify keeps them until it knows what it accepted."""
         if self.features is None:
-            return self.runner.forward(rows, tokens, all_positions=all_positions)
+            if not self._riders:
+                return self.runner.forward(rows, tokens, all_positions=all_positions)
+            with threads_for(self.prefill_threads):  # a prefill chunk rides along: it is the forward's bulk
+                out = self.runner.forward(rows, tokens, all_positions=all_positions, riders=list(self._riders.values()))
+            self._riders.clear()
+            return out
         starts = [self.runner.length(r) for r in rows]
         logits, feats = self.runner.forward(rows, tokens, all_positions=all_positions, with_features=True,
                                             feature_layers=self.features.layers)
@@ -278,6 +312,8 @@ class LocalTargetWorker(TargetWorker):
         return {s.row: rid for rid, s in self.book.states.items()}
 
     def release(self, request_ids):
+        for rid in request_ids:
+            self._riders.pop(rid, None)
         self.book.release(request_ids)
         if self.features is not None:
             self.features.drop(request_ids)

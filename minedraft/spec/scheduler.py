@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from minedraft.config import AUTO_K, DEFAULT_MAX_K, MAX_SPECULATIVE_TOKENS, MODES, check_mode_and_k  # noqa: F401
@@ -28,6 +28,7 @@ from minedraft.spec.controller import decode_verdict, make_controller
 from minedraft.spec.draft_feeding import DraftFeeding
 from minedraft.spec.dry_rows import DryRows
 from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
+from minedraft.spec.placement import DraftShare
 from minedraft.spec.request import Request
 from minedraft.spec.staged_prefill import StagedPrefill
 from minedraft.spec.worker_failure import WorkerFailureHandling
@@ -76,6 +77,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         self.metrics = self.new_metrics()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker")
         self.threads = None  # in process: the caller thread's intra-op threads per kind of step (placement.py)
+        self.draft_share = DraftShare()  # in process, psd: whether to draft before the verify (placement.py)
         if draft is not None:  # the requests' committed tokens are kept here, once
             draft.attach(self.committed)
             draft.set_mode(mode)
@@ -137,6 +139,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             self._dispatch_sd(self.batches[0], touched)
         else:
             self._dispatch_psd(touched)
+        self.target.settle_riders()  # a staged chunk no forward carried this step
         if self._arm is not None:
             self._period = (dispatch_t0, *self._arm)
         for req in list(self.running.values()):
@@ -297,6 +300,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         t0 = time.perf_counter()
         try:
             proposal = self._set_lengths(self._timed_propose(ids, record, k))
+            if self.draft_share.small:  # a cheap draft step: the verify gets every thread (placement.py)
+                self._threads(shared=False)
         except NoDraftAvailable:
             self._step_without_draft(touched)
             return
@@ -342,13 +347,18 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             if k and self.dry.skip(ids):
                 k = 0
             job.record.k, job.record.draft_rows = k, len(ids) if k else 0
+        # In process on a CPU, the draft step goes first and the verify gets every thread after it when the
+        # verify carries a prefill chunk or the draft step is cheap beside it (placement.py).
+        serial = self.threads is not None and (self.target.riding or self.draft_share.small)
         # No draft call this step (k = 0): the target runs alone, at the threads an ar step gets.
-        self._threads(shared=bool(k))
+        self._threads(shared=bool(k) and not serial)
         if to_draft:
             job.propose_t0 = time.perf_counter()
             # k = 0: not drafted; its verify slot decodes it target-only (its updates wait for a proposal)
             job.propose = self._start_propose(ids, k) if k else completed(
                 lambda: Proposal(ids, 0, done_at=time.perf_counter()))
+            if serial:
+                wait([job.propose])
         if pb is not None and to_draft and job.record.k and self.proposal.k == job.record.k:
             # the pipeline in steady state: both batches at one k
             rows = sum(len(self._live(b)) for b in self.batches)
@@ -387,6 +397,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
                 no_room = exc
         if no_room is not None:
             self._preempt_one(no_room, touched)
+        elif record.k:
+            self.draft_share.observe(record.draft_s, record.verify_s)
 
     def _commit(self, proposal: Proposal, verdict, touched, record) -> None:
         record.verify_s = verdict.compute_s

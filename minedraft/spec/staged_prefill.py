@@ -86,14 +86,14 @@ class StagedPrefill:
         """Prefill the stand-in on both workers (at once when they are services: in process, on a CPU,
         one after the other, see below); True when both admitted it."""
         if self.threads is not None:  # in process on a CPU: one model at a time, each at the threads it runs best at
-            on_target = len(self.target.add([stand_in])) == 1
+            on_target = self.target.ride([stand_in]) == 1  # prefilled by this step's verify or decode
             on_draft = (self.draft.add([stand_in]) == 1) if self.speculating and on_target else on_target
             if on_target and not on_draft:
                 self.target.release([stand_in.request_id])
             return on_target and on_draft
         draft_job = self._pool.submit(self.draft.add, [stand_in]) if self.speculating else None
         try:
-            on_target = len(self.target.add([stand_in])) == 1
+            on_target = self.target.ride([stand_in]) == 1
         finally:
             on_draft = draft_job.result() == 1 if draft_job is not None else True
         if on_target != on_draft:

@@ -197,6 +197,21 @@ class TargetWorker(abc.ABC):
     def decode(self, request_ids: list[str]) -> list[int]:
         """One ordinary (target-only) decoding step."""
 
+    def ride(self, requests: list[NewRequest]) -> int:
+        """Prefill-only rows (a staged prompt's chunks: nobody decodes them, their blocks are cached for
+        the request): admit the longest prefix of requests that fits, return its length. A worker
+        that can carries their prefill in its next forward, a verify's or a decode's (one pass over
+        the weights for both; `riding` is then true until it ran); here a plain `add`."""
+        return len(self.add(requests))
+
+    @property
+    def riding(self) -> bool:
+        """Whether a rider waits for this worker's next forward."""
+        return False
+
+    def settle_riders(self) -> None:
+        """Prefill now the riders no forward carried (the scheduler calls it at the end of a step)."""
+
     @abc.abstractmethod
     def release(self, request_ids: list[str]) -> None:
         """Forget the requests and free their cache rows (unknown ids are ignored)."""

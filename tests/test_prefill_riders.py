@@ -1,0 +1,60 @@
+"""A prefill riding on another forward (ModelRunner.forward(riders=), LocalTargetWorker.ride): the
+rows it rides with get the logits they would get alone, the rider's KV is what its own prefill
+writes, and a rider that does not fit is refused when it is offered, never in the step after."""
+
+import torch
+
+from minedraft import SamplingParams
+from minedraft.assets import default_target_path
+from minedraft.runner.model_runner import ModelRunner
+from minedraft.spec.local_workers import LocalTargetWorker
+from minedraft.spec.workers import NewRequest
+
+PROMPT = [1] + [(7 * j) % 300 + 5 for j in range(70)]
+OTHER = [1] + [(11 * j) % 200 + 3 for j in range(9)]
+
+
+def runner(**kw):
+    return ModelRunner(default_target_path(), **{"num_kv_blocks": 64, "max_model_len": 256, **kw})
+
+
+def test_a_rider_changes_nothing_for_the_rows_it_rides_with_and_writes_its_own_kv():
+    alone, riding = runner(enable_prefix_caching=False), runner(enable_prefix_caching=False)
+    for r in (alone, riding):
+        r.other = r.allocate(OTHER)
+        r.forward([r.other], [OTHER])
+    a = alone.allocate(PROMPT)
+    alone.forward([a], [PROMPT[:-1]])
+    step_alone = alone.forward([alone.other], [[5, 6, 7]], all_positions=True)
+    b = riding.allocate(PROMPT)
+    step_riding = riding.forward([riding.other], [[5, 6, 7]], all_positions=True, riders=[(b, PROMPT[:-1])])
+    assert step_riding.shape == step_alone.shape
+    torch.testing.assert_close(step_riding, step_alone, rtol=1e-4, atol=1e-4)
+    assert riding.length(b) == alone.length(a) == len(PROMPT) - 1
+    # the rider's cache is its own prefill's: the next token's logits agree
+    torch.testing.assert_close(riding.forward([b], [PROMPT[-1:]]), alone.forward([a], [PROMPT[-1:]]),
+                               rtol=1e-4, atol=1e-4)
+    assert riding.forward([], [], riders=[(riding.allocate(), [1, 2, 3])]) is None  # riders alone
+
+
+def test_worker_carries_the_rider_in_its_next_decode_and_refuses_one_that_does_not_fit():
+    worker = LocalTargetWorker(runner(num_kv_blocks=12, block_size=16, max_model_len=160))
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    worker.add([NewRequest("running", OTHER, params, seed=0)])
+    calls = []
+    forward = worker.runner.forward
+    worker.runner.forward = lambda *a, **kw: calls.append(len(kw.get("riders", ()))) or forward(*a, **kw)
+    assert worker.ride([NewRequest("chunk", PROMPT, params, seed=0)]) == 1 and worker.riding
+    worker.decode(["running"])
+    assert calls == [1] and not worker.riding
+    assert worker.runner.length(worker.book.states["chunk"].row) == len(PROMPT)
+    # 12 blocks of 16: the running row and this rider hold 1 + 5; 8 more blocks for 130 tokens do not fit
+    free_before = worker.runner.blocks.num_free
+    assert worker.ride([NewRequest("big", [1] + list(range(3, 132)), params, seed=0)]) == 0
+    assert not worker.riding and worker.runner.blocks.num_free == free_before and "big" not in worker.book.states
+    # released before any forward carried it: nothing rides
+    assert worker.ride([NewRequest("gone", OTHER + [9, 9], params, seed=0)]) == 1
+    worker.release(["gone"])
+    assert not worker.riding
+    worker.settle_riders()
+    assert calls == [1]
