@@ -87,3 +87,38 @@ def test_target_only_steps_of_auto_run_at_the_callers_own_setting(llama_pair, ke
     assert [r.token_ids for r in engine.generate(prompts, params)] == [r.token_ids for r in expected]
     assert seen and set(seen) == {2}
     engine.close()
+
+
+@pytest.mark.parametrize("mode", ["psd", "sd"])
+def test_a_cheap_draft_step_goes_first_and_the_verify_gets_every_thread(llama_pair, mode, keep_torch_threads):
+    """When the draft step is cheap beside the verify (placement.DraftShare), overlapping them only
+    holds the verify to one thread: the draft step finishes first and the verify runs at the caller's
+    own setting. The output is the same."""
+    target, draft, _ = llama_pair
+    prompts = [[1, 5 + i, 9, 13, 4 + i] for i in range(6)]
+    params = SamplingParams(max_tokens=16, ignore_eos=True)
+    torch.set_num_threads(2)
+    expected = [r.token_ids for r in Engine(target, mode="ar").generate(prompts, params)]
+    engine = Engine(target, draft, mode=mode, num_speculative_tokens=3)
+    sched = engine.scheduler
+    sched.draft_share.observe(0.01, 1.0)
+    sched.draft_share.observe = lambda draft_s, verify_s: None  # keep it cheap for this test
+    assert sched.draft_share.small
+    seen, verify, propose = [], sched.target.verify, sched.draft.propose
+    proposing = [False]
+
+    def propose_marking(*args):
+        proposing[0] = True
+        try:
+            return propose(*args)
+        finally:
+            proposing[0] = False
+
+    def verify_noting(proposal):
+        seen.append((torch.get_num_threads(), proposing[0]))
+        return verify(proposal)
+
+    sched.target.verify, sched.draft.propose = verify_noting, propose_marking
+    assert [r.token_ids for r in engine.generate(prompts, params)] == expected
+    assert seen and all(threads == 2 and not busy for threads, busy in seen), seen
+    engine.close()

@@ -208,7 +208,7 @@ class ModelRunner:
             self.blocks.advance(s, c)
         for s, t in riders:
             self.blocks.advance(s, len(t))
-        if not seqs:  # riders alone
+        if riders and not seqs:  # riders alone
             return None
         if not all_positions:
             out = torch.cat([p[-1][-1:] for p in pieces])
