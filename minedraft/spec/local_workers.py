@@ -184,10 +184,11 @@ class LocalTargetWorker(TargetWorker):
         """runner.forward; with a feature store, the features of the forwarded positions go there when
         they are all committed (prefill, decode); a verify keeps them until it knows what it accepted."""
         if self.features is None:
-            riders = list(self._riders.values())
-            with threads_for(self.prefill_threads if riders else None):  # a riding chunk is the forward's bulk
-                out = self.runner.forward(rows, tokens, all_positions=all_positions, riders=riders)
-            self._riders.clear()  # after the forward: a NoRoom of the rows leaves the riders waiting
+            if not self._riders:
+                return self.runner.forward(rows, tokens, all_positions=all_positions)
+            with threads_for(self.prefill_threads):  # a prefill chunk rides along: it is the forward's bulk
+                out = self.runner.forward(rows, tokens, all_positions=all_positions, riders=list(self._riders.values()))
+            self._riders.clear()
             return out
         starts = [self.runner.length(r) for r in rows]
         logits, feats = self.runner.forward(rows, tokens, all_positions=all_positions, with_features=True,
