@@ -2,6 +2,8 @@
 rows it rides with get the logits they would get alone, the rider's KV is what its own prefill
 writes, and a rider that does not fit is refused when it is offered, never in the step after."""
 
+import sys
+
 import torch
 
 from minedraft import SamplingParams
@@ -58,3 +60,78 @@ def test_worker_carries_the_rider_in_its_next_decode_and_refuses_one_that_does_n
     assert not worker.riding
     worker.settle_riders()
     assert calls == [1]
+
+
+def _target_service(llama_pair):
+    from minedraft.launcher import LocalCluster
+
+    from cluster import free_port
+
+    port = free_port()
+    cluster = LocalCluster({"target": [sys.executable, "-m", "target_service", "--model", llama_pair[0],
+                                       "--port", str(port), "--threads", "1"]})
+    cluster.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        cluster.wait_healthy({"target": address}, timeout=120, progress=lambda m: None)
+    except Exception:
+        cluster.stop()
+        raise
+    return cluster, address
+
+
+def test_a_rider_over_grpc_is_prefilled_by_the_next_decode_or_settle_never_when_offered(llama_pair):
+    """RemoteTargetWorker.ride: an Add with `ride` reserves the chunk's blocks and prefills nothing; the
+    service's next Decode carries it (the chunk's full blocks are then cached, and a request reading them
+    decodes what transformers does), an Add with `ride` and no requests settles one no forward carried,
+    and one released before any forward leaves nothing cached."""
+    from minedraft.rpc.remote_workers import RemoteTargetWorker
+    from minedraft.runner.hf_adapter import greedy_generate
+
+    cluster, address = _target_service(llama_pair)
+    worker = RemoteTargetWorker(address)
+    try:
+        def hits():
+            return worker.info().prefix_cache_hits
+
+        def chunk(seed):  # 3 full blocks of 16 and a partial one
+            return [1] + [(seed * 7 + 13 * j) % 90 + 3 for j in range(55)]
+
+        def read_back(prompt, tail):
+            """A request whose prompt starts with the chunk: its cached blocks, and its first tokens."""
+            before = hits()
+            rid = f"reader-{tail}"
+            first = worker.add([NewRequest(rid, prompt + [tail], params, seed=0)])[0]
+            out = [first] + [worker.decode([rid])[0] for _ in range(3)]
+            worker.release([rid])
+            return hits() - before, out
+
+        params = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+        running = NewRequest("running", OTHER, params, seed=0)
+        assert worker.add([running])[0] is not None
+        free = worker.info().num_free_kv_blocks
+        carried = chunk(1)
+        assert worker.ride([NewRequest("chunk-1", carried, params, seed=0)]) == 1 and worker.riding
+        assert worker.info().num_free_kv_blocks == free - 4  # reserved when offered
+        worker.decode(["running"])  # carries the chunk
+        assert not worker.riding
+        worker.release(["chunk-1"])
+        hit, out = read_back(carried, 9)
+        assert hit == 48 and out == greedy_generate(llama_pair[2], carried + [9], 4)
+
+        settled = chunk(2)
+        assert worker.ride([NewRequest("chunk-2", settled, params, seed=0)]) == 1
+        worker.settle_riders()
+        assert not worker.riding
+        worker.release(["chunk-2"])
+        assert read_back(settled, 9)[0] == 48
+
+        dropped = chunk(3)
+        assert worker.ride([NewRequest("chunk-3", dropped, params, seed=0)]) == 1
+        worker.release(["chunk-3"])  # before any forward: it never rides
+        assert read_back(dropped, 9)[0] == 0
+        worker.release(["running"])
+        assert worker.info().num_free_kv_blocks == worker.info().num_kv_blocks
+    finally:
+        worker.close()
+        cluster.stop()

@@ -225,6 +225,7 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         # whether a call asks the target for its features (gateway/feature_path.py sets it)
         self.wants_features = lambda: False
         self.last_decode_feature_bytes = 0
+        self._riders_sent = False  # riders the service holds for its next forward (no Verify/Decode since)
 
     def export_features(self, node_info: worker_pb2.WorkerInfo, forced: str | None, channel_id: str):
         """From now on the target exports its features; returns the HandshakeReply (spec, transport)
@@ -257,6 +258,29 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         self._relay(reply)
         return [None if t < 0 else t for t in reply.first_tokens[:reply.num_admitted]]
 
+    def ride(self, requests):
+        """An Add with `ride`: the service admits them and reserves their blocks now, and its next forward
+        (this step's Verify or Decode) prefills them beside its own rows."""
+        message = _new_requests_proto(requests)
+        message.ride, message.export_features = True, self.wants_features()
+        held = self._take_held()
+        message.release_ids.extend(held)
+        reply = self._send(self.stub.Add, message, self.prefill_s, held)
+        self._relay(reply)
+        self._riders_sent = self._riders_sent or reply.num_admitted > 0
+        return reply.num_admitted
+
+    @property
+    def riding(self) -> bool:
+        return self._riders_sent
+
+    def settle_riders(self) -> None:
+        """No Verify or Decode went out since a ride: an Add with `ride` and no requests prefills them."""
+        if self._riders_sent:
+            held = self._take_held()
+            self._send(self.stub.Add, worker_pb2.AddRequest(ride=True, release_ids=held), self.prefill_s, held)
+            self._riders_sent = False
+
     def verify(self, proposal: Proposal) -> Verdict:
         return self.start_verify(proposal).result()
 
@@ -267,6 +291,7 @@ class RemoteTargetWorker(_Remote, TargetWorker):
                                            lengths=proposal.lengths or [],  # empty: every row verifies k
                                            export_features=self.wants_features(), release_ids=held)
         call = self.stub.Verify.future(request, timeout=self.step_s)
+        self._riders_sent = False  # its forward carries them
         ids = list(proposal.request_ids)
         return _CallInFlight(call, lambda reply, done_at: Verdict(
             ids, [list(t.tokens) for t in reply.tokens], list(reply.num_accepted), compute_s=reply.compute_s,
@@ -276,6 +301,7 @@ class RemoteTargetWorker(_Remote, TargetWorker):
     @_no_room_as_exception
     def decode(self, request_ids):
         held = self._take_held()
+        self._riders_sent = False  # its forward carries them
         reply = self._send(self.stub.Decode, worker_pb2.DecodeRequest(
             request_ids=list(request_ids), release_ids=held, export_features=self.wants_features()), self.step_s, held)
         self.last_decode_compute_s = reply.compute_s

@@ -190,16 +190,18 @@ class NewRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., resume: _Optional[bool] = ...) -> None: ...
 
 class AddRequest(_message.Message):
-    __slots__ = ("requests", "features", "export_features", "release_ids")
+    __slots__ = ("requests", "features", "export_features", "ride", "release_ids")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     EXPORT_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    RIDE_FIELD_NUMBER: _ClassVar[int]
     RELEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[NewRequest]
     features: _containers.RepeatedCompositeFieldContainer[FeatureBlock]
     export_features: bool
+    ride: bool
     release_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., features: _Optional[_Iterable[_Union[FeatureBlock, _Mapping]]] = ..., export_features: _Optional[bool] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, requests: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., features: _Optional[_Iterable[_Union[FeatureBlock, _Mapping]]] = ..., export_features: _Optional[bool] = ..., ride: _Optional[bool] = ..., release_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddReply(_message.Message):
     __slots__ = ("first_tokens", "compute_s", "num_admitted", "features")
