@@ -11,6 +11,7 @@ from minedraft.drafting.features import FeatureStore
 from minedraft.rpc.grpc_common import log
 from minedraft.rpc.worker_service import apply_cpu_placement, device_uuid
 from minedraft.runner import hf_adapter
+from minedraft.runner.checkpoint import checkpoint_dtype
 from minedraft.runner.model_runner import resolve_dtype
 from minedraft.spec.compat import tokenizer_digest
 
@@ -33,7 +34,8 @@ def load_eagle_worker(config) -> tuple[EagleDraftWorker, str, dict]:
     apply_cpu_placement(config.placement.threads, config.placement.cpu_cores)
     head_dir, target_dir = head_and_target(model.model, config.drafting.target_model)
     device = model.device
-    dtype = resolve_dtype(None if model.dtype == "auto" else model.dtype, device)
+    # auto follows the target's checkpoint: the head reads its embeddings, LM head and features
+    dtype = resolve_dtype(None if model.dtype == "auto" else model.dtype, device, checkpoint_dtype(target_dir))
     log.info("draft: loading the EAGLE head %s for the target %s on %s", head_dir, target_dir, device)
     head = load_head(head_dir, target_dir, device=device, dtype=dtype)
     target_cfg = hf_adapter.load_model_config(target_dir)

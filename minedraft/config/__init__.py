@@ -157,7 +157,8 @@ class ModelConfig:
 
     model: str | None = option(None, "checkpoint folder", shown="the bundled tiny model")
     device: str = option("cpu", "cpu or cuda:N")
-    dtype: str = option("auto", "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+    dtype: str = option("auto", "auto (bf16 on GPU; on CPU a bf16 checkpoint's bf16 where the CPU has "
+                                "AMX/AVX512-BF16, else fp32), float32, bfloat16")
     cache: CacheConfig = group(CacheConfig)
 
     def __post_init__(self):

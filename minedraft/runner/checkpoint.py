@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import torch
 from safetensors.torch import load_file
 
@@ -26,12 +29,23 @@ def load_model(path: str, device: str = "cpu", dtype: torch.dtype = torch.float3
         raise ValueError(f"model: checkpoint {folder} lacks weights: {', '.join(missing[:5])}"
                          + (" ..." if len(missing) > 5 else ""))
     state = {name: state[name] for name in expected}
-    model = model.to_empty(device=device)
+    model = model.to(dtype).to_empty(device=device)  # in its dtype from the start: no float32 copy of a bf16 model
     model.load_state_dict(state, strict=False, assign=False)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.inv_freq = _fresh_inv_freq(model, device)
     return model.to(dtype).eval(), cfg
+
+
+def checkpoint_dtype(path: str) -> str | None:
+    """The dtype a checkpoint's config.json declares ("bfloat16", "float32", ...; `torch_dtype` before
+    transformers 5), or None when it says none or cannot be read."""
+    try:
+        raw = json.loads((pathlib.Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    dtype = raw.get("dtype") or raw.get("torch_dtype")
+    return dtype if isinstance(dtype, str) else None
 
 
 def _fresh_inv_freq(model: Model, device) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 
 from minedraft.runner.attention import ForwardBatch, SeqSlice
 from minedraft.runner.block_manager import BlockManager, NoRoom, blocks_for
-from minedraft.runner.checkpoint import load_model
+from minedraft.runner.checkpoint import checkpoint_dtype, load_model
 from minedraft.runner.cuda_graphs import GraphRunner
 from minedraft.runner.kv_cache import PagedKVCache
 from minedraft.runner.memory_budget import plan_kv_cache
@@ -41,11 +41,28 @@ def cuda_graphs_default(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AMX-BF16 or AVX512-BF16), where oneDNN runs a
+    bf16 GEMM several times faster than float32 (a 256x1024x3072 linear: 0.99 vs 5.73 ms on 2 cores of
+    an AMX EPYC). Without them bf16 is emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str, checkpoint: str | None = None) -> torch.dtype:
+    """auto: bfloat16 on a GPU; on a CPU, a bfloat16 checkpoint (`checkpoint`: its config's dtype, as
+    Qwen3's and Llama's are published) keeps bfloat16 where the CPU computes it natively, as transformers
+    does (half the memory: an 8B model is 16 GB, not 32), else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        if str(device).startswith("cuda"):
+            return torch.bfloat16
+        return torch.bfloat16 if checkpoint == "bfloat16" and cpu_computes_bf16() else torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"dtype: unknown {dtype!r}; choose from {', '.join(DTYPES)}")
     return DTYPES[dtype]
@@ -64,7 +81,10 @@ class ModelRunner:
                  cuda_graphs: bool | None = None, enable_prefix_caching: bool = True, preloaded=None):
         self.device = torch.device(device)
         self.graphs: GraphRunner | None = None  # set once the cache exists (the profile runs eagerly)
-        self.dtype = resolve_dtype(dtype, device)
+        self.dtype = resolve_dtype(dtype, device, checkpoint_dtype(path) if preloaded is None else None)
+        if dtype in (None, "auto"):
+            log.info("%s: dtype auto -> %s (checkpoint: %s)", role, str(self.dtype).removeprefix("torch."),
+                     checkpoint_dtype(path) if preloaded is None else "preloaded")
         # preloaded: (Model, ModelConfig) already on the device (step_times shares transformers' weights)
         self.model, self.cfg = preloaded or load_model(path, device=str(self.device), dtype=self.dtype)
         self.vocab_size = self.cfg.vocab_size
