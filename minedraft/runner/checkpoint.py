@@ -28,9 +28,11 @@ def load_model(path: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     if missing:
         raise ValueError(f"model: checkpoint {folder} lacks weights: {', '.join(missing[:5])}"
                          + (" ..." if len(missing) > 5 else ""))
-    state = {name: state[name] for name in expected}
-    model = model.to(dtype).to_empty(device=device)  # in its dtype from the start: no float32 copy of a bf16 model
-    model.load_state_dict(state, strict=False, assign=False)
+    # The checkpoint's own tensors become the parameters (assign: no second copy of the model while it
+    # loads; a bf16 checkpoint run in bf16 on a CPU is not copied at all), converted one at a time.
+    loaded = {name: state.pop(name).to(device=device, dtype=dtype) for name in sorted(expected)}
+    state.clear()
+    model.load_state_dict(loaded, strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.inv_freq = _fresh_inv_freq(model, device)
@@ -49,7 +51,7 @@ def checkpoint_dtype(path: str) -> str | None:
 
 
 def _fresh_inv_freq(model: Model, device) -> torch.Tensor:
-    # Buffers are not in the checkpoint; after to_empty() they hold garbage, so recompute.
+    # Buffers are not in the checkpoint (the model was built on the meta device): compute them.
     from minedraft.runner.model import rope_inv_freq
 
     return rope_inv_freq(model.cfg).to(device)
