@@ -119,7 +119,7 @@ def test_losing_and_regaining_draft_nodes(system):
 
 
 def test_endpoints_resolve_once_per_address():
-    from gateway.draft_pool import resolve_endpoints
+    from gateway.draft_membership import resolve_endpoints
 
     assert resolve_endpoints(["localhost:50053", "127.0.0.1:7", "127.0.0.1:7", "no-such-host.invalid:1"]) == [
         "127.0.0.1:50053", "127.0.0.1:7"]  # names pinned to their addresses
