@@ -59,3 +59,30 @@ def test_a_bf16_pair_runs_in_bf16_and_speculation_is_lossless_in_it(tmp_path, mo
     spec = Engine(target, draft, mode=mode, num_speculative_tokens=3)
     assert spec.draft_runner.dtype == torch.bfloat16
     assert [r.token_ids for r in spec.generate(prompts, params)] == want
+
+
+@pytest.mark.skipif(not cpu_computes_bf16(), reason="this CPU has no AMX-BF16 / AVX512-BF16")
+def test_a_bf16_pair_over_the_services_streams_target_only_tokens(tmp_path):
+    """The same pair as three processes on their defaults (both workers in bf16, the token channel
+    carrying the draft's rows): every stream equals the in-process target-only run in bf16."""
+    import sys
+
+    from test_prefix_cache_services import join, stream_all
+    from test_recovery import Stack
+
+    target = bf16_copy(default_target_path(), tmp_path / "target")
+    draft = bf16_copy(default_draft_path(), tmp_path / "draft")
+    prompts = [[1] + [(5 * i + 11 * j) % 300 + 5 for j in range(4 + 5 * i)] for i in range(5)]
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
+    want = [r.token_ids for r in Engine(target, draft, mode="ar").generate(prompts, params)]
+    stack = Stack(tmp_path, target_program=[sys.executable, "-m", "target_service", "--model", target],
+                  draft_flags=("--model", draft))
+    try:
+        tokens, errors, threads = stream_all(stack.addr["gateway"], params, prompts)
+        join(threads)
+        assert errors == [None] * len(prompts)
+        assert tokens == want
+        for name in ("target", "draft"):
+            assert "dtype auto -> bfloat16 (checkpoint: bfloat16)" in (tmp_path / f"{name}.log").read_text()
+    finally:
+        stack.stop()
