@@ -65,11 +65,11 @@ class DraftPool(PoolMembership, DraftWorker):
         self.join_failures: dict[str, str] = {}  # address -> the status of its last failed join
 
     # -- placement -----------------------------------------------------------------------------------
-    def _home(self, request_ids: list[str], resume, taken_over: bool = True) -> None:
+    def _home(self, request_ids: list[str], resume, taken_over: bool = True, ride: bool = False) -> None:
         """Give every request a live node, prefilling the ones that have none (new or orphaned) with
         `resume(request_id)`: every committed token, the last one pending. taken_over: they ran
         elsewhere before (orphaned, or moving between kinds): an EAGLE node gets their features anew
-        (new requests' come from their target prefill)."""
+        (new requests' come from their target prefill). ride: as riders (DraftWorker.ride)."""
         homeless = [rid for rid in request_ids if self.homes[rid].node not in self.nodes]
         if not homeless:
             return
@@ -87,7 +87,7 @@ class DraftPool(PoolMembership, DraftWorker):
                 address = self._pick_node(rid, load)
                 load[address] += 1
                 groups.setdefault(address, []).append(rid)
-            results, failed = self._parallel({a: (self._prefill, a, [resume(rid) for rid in ids], taken_over)
+            results, failed = self._parallel({a: (self._prefill, a, [resume(rid) for rid in ids], taken_over, ride)
                                               for a, ids in groups.items()})
             homeless = [rid for a in failed for rid in groups[a]]
             no_room = [rid for left in results.values() for rid in left]
@@ -125,11 +125,17 @@ class DraftPool(PoolMembership, DraftWorker):
                 self.nodes[home.node].release_later([rid])
                 home.node, home.unsent, self.wanted[rid] = None, 0, wanted
 
-    def _prefill(self, address: str, reqs: list[NewRequest], taken_over: bool = False) -> list[str]:
-        """Prefill reqs on a node; return the ids of those it had no room for."""
+    def _prefill(self, address: str, reqs: list[NewRequest], taken_over: bool = False,
+                 ride: bool = False) -> list[str]:
+        """Prefill reqs on a node (as riders: in its next forward; not on an EAGLE node, which reads
+        features at its prefill); return the ids of those it had no room for."""
         if taken_over:
             self.features.take_over(self.target, address, reqs)
-        admitted = self.nodes[address].add(reqs, self.features.for_node(address, [r.request_id for r in reqs]))
+        node = self.nodes[address]
+        if ride and self.kind(address) != "eagle":
+            admitted = node.ride(reqs)
+        else:
+            admitted = node.add(reqs, self.features.for_node(address, [r.request_id for r in reqs]))
         for r in reqs[:admitted]:
             home = self.homes[r.request_id]
             home.node, home.unsent = address, 0
@@ -161,6 +167,21 @@ class DraftPool(PoolMembership, DraftWorker):
 
     def add(self, requests: list[NewRequest]) -> int:
         """Admit the longest prefix of requests that the nodes have room for."""
+        return self._admit(requests, ride=False)
+
+    def ride(self, requests: list[NewRequest]) -> int:
+        return self._admit(requests, ride=True)
+
+    @property
+    def riding(self) -> bool:
+        with self.lock:
+            return any(node.riding for node in self.nodes.values())
+
+    def settle_riders(self) -> None:
+        with self.lock:
+            self._parallel({a: (node.settle_riders,) for a, node in self.nodes.items() if node.riding})
+
+    def _admit(self, requests: list[NewRequest], ride: bool) -> int:
         with self.lock:
             # Not running yet, so not in the scheduler's record: prefilled from what they came with.
             # resume=True: the node gets every token, the last one pending (draft add does so anyway).
@@ -168,7 +189,7 @@ class DraftPool(PoolMembership, DraftWorker):
             for r in requests:
                 self.homes[r.request_id] = _Home()
             try:
-                self._home([r.request_id for r in requests], given.__getitem__, taken_over=False)
+                self._home([r.request_id for r in requests], given.__getitem__, taken_over=False, ride=ride)
             except NoDraftAvailable:
                 pass  # they get a node when one is back
             except NoRoom:

@@ -62,18 +62,45 @@ def test_worker_carries_the_rider_in_its_next_decode_and_refuses_one_that_does_n
     assert calls == [1]
 
 
-def _target_service(llama_pair):
+def test_draft_carries_the_rider_in_its_next_proposal_which_it_leaves_unchanged():
+    """LocalDraftWorker.ride: the chunk goes with the first forward of the next proposal, whose drafts
+    are those of a draft without it, and the chunk's full blocks are cached afterwards."""
+    from minedraft.assets import default_draft_path
+    from minedraft.spec.local_workers import LocalDraftWorker
+
+    def draft():
+        return LocalDraftWorker(ModelRunner(default_draft_path(), num_kv_blocks=64, max_model_len=256))
+
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    plain, riding = draft(), draft()
+    for worker in (plain, riding):
+        worker.add([NewRequest("running", OTHER, params, seed=0)])
+    calls, forward = [], riding.runner.forward
+    riding.runner.forward = lambda *a, **kw: calls.append(len(kw.get("riders", ()))) or forward(*a, **kw)
+    assert riding.ride([NewRequest("chunk", PROMPT, params, seed=0)]) == 1 and riding.riding
+    assert calls == []  # nothing prefilled when offered
+    want = plain.propose(["running"], 3, {})
+    got = riding.propose(["running"], 3, {})
+    assert calls == [1, 0, 0] and not riding.riding  # the first of its three forwards carried it
+    assert torch.equal(got.tokens, want.tokens)
+    riding.release(["chunk"])
+    hits = riding.runner.blocks.prefix_cache_hits
+    riding.add([NewRequest("reader", PROMPT + [7], params, seed=0)])
+    assert riding.runner.blocks.prefix_cache_hits - hits == (len(PROMPT) // 16) * 16
+
+
+def _service(role: str, model: str):
     from minedraft.launcher import LocalCluster
 
     from cluster import free_port
 
     port = free_port()
-    cluster = LocalCluster({"target": [sys.executable, "-m", "target_service", "--model", llama_pair[0],
-                                       "--port", str(port), "--threads", "1"]})
+    cluster = LocalCluster({role: [sys.executable, "-m", f"{role}_service", "--model", model,
+                                   "--port", str(port), "--threads", "1"]})
     cluster.start()
     address = f"127.0.0.1:{port}"
     try:
-        cluster.wait_healthy({"target": address}, timeout=120, progress=lambda m: None)
+        cluster.wait_healthy({role: address}, timeout=120, progress=lambda m: None)
     except Exception:
         cluster.stop()
         raise
@@ -88,7 +115,7 @@ def test_a_rider_over_grpc_is_prefilled_by_the_next_decode_or_settle_never_when_
     from minedraft.rpc.remote_workers import RemoteTargetWorker
     from minedraft.runner.hf_adapter import greedy_generate
 
-    cluster, address = _target_service(llama_pair)
+    cluster, address = _service("target", llama_pair[0])
     worker = RemoteTargetWorker(address)
     try:
         def hits():
@@ -131,6 +158,37 @@ def test_a_rider_over_grpc_is_prefilled_by_the_next_decode_or_settle_never_when_
         worker.release(["chunk-3"])  # before any forward: it never rides
         assert read_back(dropped, 9)[0] == 0
         worker.release(["running"])
+        assert worker.info().num_free_kv_blocks == worker.info().num_kv_blocks
+    finally:
+        worker.close()
+        cluster.stop()
+
+
+def test_a_draft_rider_over_grpc_waits_for_a_forward_and_is_settled_on_request(llama_pair):
+    """RemoteDraftWorker.ride: an Add with `ride` prefills nothing; an Add with `ride` and no requests
+    (settle_riders) prefills it (its full blocks are then cached); one released first leaves nothing."""
+    from minedraft.rpc.remote_workers import RemoteDraftWorker
+
+    cluster, address = _service("draft", llama_pair[1])
+    worker = RemoteDraftWorker(address)
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    chunk = [1] + [(13 * j) % 90 + 3 for j in range(55)]
+    try:
+        def hits_of(prompt, rid):
+            before = worker.info().prefix_cache_hits
+            worker.add([NewRequest(rid, prompt + [9], params, seed=0)])
+            worker.release([rid])
+            return worker.info().prefix_cache_hits - before
+
+        assert worker.ride([NewRequest("dropped", chunk, params, seed=0)]) == 1 and worker.riding
+        worker.release(["dropped"])
+        assert hits_of(chunk, "first") == 0  # nothing was prefilled when offered
+        other = [1] + [(17 * j) % 90 + 3 for j in range(55)]
+        assert worker.ride([NewRequest("settled", other, params, seed=0)]) == 1
+        worker.settle_riders()
+        assert not worker.riding
+        worker.release(["settled"])
+        assert hits_of(other, "second") == 48
         assert worker.info().num_free_kv_blocks == worker.info().num_kv_blocks
     finally:
         worker.close()

@@ -134,5 +134,8 @@ def test_long_prompt_staged_over_the_services_gives_the_same_tokens(tmp_path):
         assert tokens == want
         target = info(stack.addr["target"], "target")
         assert target.prefix_cache_hits >= 256 and target.num_free_kv_blocks == target.num_kv_blocks
+        # the draft's stand-ins rode on its proposals (or were settled): the request found their blocks
+        draft = info(stack.addr["draft"], "draft")
+        assert draft.prefix_cache_hits >= 256 and draft.num_free_kv_blocks == draft.num_kv_blocks
     finally:
         stack.stop()

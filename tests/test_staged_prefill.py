@@ -104,7 +104,7 @@ def test_no_step_prefills_more_than_one_chunk(mode):
 def test_a_staged_chunk_rides_on_the_running_rows_forward(mode):
     """In process, a stand-in's chunk is prefilled by the step's own verify or decode: the running
     rows and the chunk share one pass over the weights (no step forwards the target twice while
-    staging), and the output is that of whole-prompt admission."""
+    staging); the draft's copy rides on its proposal; the output is that of whole-prompt admission."""
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     engine = Engine(mode=mode, num_speculative_tokens=2, prefill_chunk_tokens=64)
     runner = engine.target_runner
@@ -115,12 +115,23 @@ def test_a_staged_chunk_rides_on_the_running_rows_forward(mode):
         return forward(seqs, tokens, *args, **kwargs)
 
     runner.forward = recording_forward
+    draft_calls = []  # the draft's forwards: (rows, most tokens of a row, rider tokens)
+    if engine.draft_runner is not None:
+        draft_forward = engine.draft_runner.forward
+
+        def recording_draft_forward(seqs, tokens, *args, **kwargs):
+            longest = max((len(t) for t in tokens), default=0) if not hasattr(tokens, "shape") else 1
+            draft_calls.append((len(seqs), longest, sum(len(t) for _, t in kwargs.get("riders", ()))))
+            return draft_forward(seqs, tokens, *args, **kwargs)
+
+        engine.draft_runner.forward = recording_draft_forward
     ids = [engine.add_request(s, params) for s in SHORTS]
     engine.step()
     long_id = engine.add_request(LONG, params)
     out, staging_steps = {}, 0
     while engine.has_unfinished():
         calls.clear()
+        draft_calls.clear()
         staged = engine.scheduler.is_staged(long_id)
         for r in engine.step():
             if r.finished:
@@ -130,6 +141,9 @@ def test_a_staged_chunk_rides_on_the_running_rows_forward(mode):
             assert len(calls) == 1, calls  # one target forward: the chunk and the running rows
             rows, rider_tokens = calls[0]
             assert rows >= 1 and rider_tokens >= 64 - runner.blocks.block_size, calls
+            if mode != "ar":  # the draft's chunk rides on its proposal: no forward of its own
+                assert all(rows >= 1 and longest < 32 for rows, longest, _ in draft_calls), draft_calls
+                assert sum(r for _, _, r in draft_calls) >= 64 - runner.blocks.block_size, draft_calls
     assert staging_steps >= 300 // 64 - 2
     whole, _, _, _ = run_whole(mode, params)
     assert [out[i] for i in ids + [long_id]] == whole

@@ -136,6 +136,7 @@ class _Remote:
         self.channel = insecure_channel(address)
         self.stub = stub_cls(self.channel)
         self.held: list[str] = []  # released later: sent with the next call
+        self._riders_sent = False  # riders the service holds for its next forward (no step call since)
 
     def info(self, timeout: float = 5.0) -> worker_pb2.WorkerInfo:
         return self.stub.Info(worker_pb2.InfoRequest(), timeout=timeout)
@@ -165,6 +166,27 @@ class _Remote:
         harmless (unknown ids are ignored), and only finished requests are held, never added again
         under their id before an Add carries them."""
         self.held.extend(r for r in ids if r not in self.held)
+
+    def _ride(self, message: worker_pb2.AddRequest) -> worker_pb2.AddReply:
+        """An Add with `ride`: the service admits the requests and reserves their blocks now, and its next
+        forward (a Verify's, Decode's or Propose's) prefills them beside its own rows."""
+        message.ride = True
+        held = self._take_held()
+        message.release_ids.extend(held)
+        reply = self._send(self.stub.Add, message, self.prefill_s, held)
+        self._riders_sent = self._riders_sent or reply.num_admitted > 0
+        return reply
+
+    @property
+    def riding(self) -> bool:
+        return self._riders_sent
+
+    def settle_riders(self) -> None:
+        """No step call went out since a ride: an Add with `ride` and no requests prefills them."""
+        if self._riders_sent:
+            held = self._take_held()
+            self._send(self.stub.Add, worker_pb2.AddRequest(ride=True, release_ids=held), self.prefill_s, held)
+            self._riders_sent = False
 
     def _send(self, method, request, timeout: float, release_ids: list[str]):
         """A blocking call that carries release_ids (held again if it fails)."""
@@ -202,6 +224,9 @@ class RemoteDraftWorker(_Remote, DraftWorker):
         message.release_ids.extend(held)
         return self._send(self.stub.Add, message, self.prefill_s, held).num_admitted
 
+    def ride(self, requests):
+        return self._ride(_new_requests_proto(requests)).num_admitted
+
     def propose(self, request_ids, k, updates):
         return self.start_propose(request_ids, k, updates).result()
 
@@ -210,6 +235,7 @@ class RemoteDraftWorker(_Remote, DraftWorker):
         message = _propose_request(ids, k, updates, held)
         message.features.extend(features)
         call = self.stub.Propose.future(message, timeout=self.step_s)
+        self._riders_sent = False  # its first forward carries them
         return _CallInFlight(call, lambda reply, done_at: _proposal(reply, ids, k, self.channel_id, done_at),
                              on_failure=lambda: self._hold_again(held))
 
@@ -225,7 +251,6 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         # whether a call asks the target for its features (gateway/feature_path.py sets it)
         self.wants_features = lambda: False
         self.last_decode_feature_bytes = 0
-        self._riders_sent = False  # riders the service holds for its next forward (no Verify/Decode since)
 
     def export_features(self, node_info: worker_pb2.WorkerInfo, forced: str | None, channel_id: str):
         """From now on the target exports its features; returns the HandshakeReply (spec, transport)
@@ -259,27 +284,11 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         return [None if t < 0 else t for t in reply.first_tokens[:reply.num_admitted]]
 
     def ride(self, requests):
-        """An Add with `ride`: the service admits them and reserves their blocks now, and its next forward
-        (this step's Verify or Decode) prefills them beside its own rows."""
         message = _new_requests_proto(requests)
-        message.ride, message.export_features = True, self.wants_features()
-        held = self._take_held()
-        message.release_ids.extend(held)
-        reply = self._send(self.stub.Add, message, self.prefill_s, held)
+        message.export_features = self.wants_features()
+        reply = self._ride(message)
         self._relay(reply)
-        self._riders_sent = self._riders_sent or reply.num_admitted > 0
         return reply.num_admitted
-
-    @property
-    def riding(self) -> bool:
-        return self._riders_sent
-
-    def settle_riders(self) -> None:
-        """No Verify or Decode went out since a ride: an Add with `ride` and no requests prefills them."""
-        if self._riders_sent:
-            held = self._take_held()
-            self._send(self.stub.Add, worker_pb2.AddRequest(ride=True, release_ids=held), self.prefill_s, held)
-            self._riders_sent = False
 
     def verify(self, proposal: Proposal) -> Verdict:
         return self.start_verify(proposal).result()

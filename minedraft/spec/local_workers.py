@@ -22,7 +22,7 @@ from minedraft.spec.coupled_sampling import drawn_elsewhere, is_coupled, reads_q
 from minedraft.spec.draft_beliefs import draft_confidence, normalised_q, proposal_to_host
 from minedraft.spec.logits_processing import probs_from_logits, sample, sample_tensor
 from minedraft.spec.placement import PREFILL_THREADS_MIN_TOKENS, threads_for
-from minedraft.spec.row_book import DRAFT_STREAM, TARGET_STREAM, RowBook, RowState
+from minedraft.spec.row_book import DRAFT_STREAM, TARGET_STREAM, Riders, RowBook, RowState
 from minedraft.spec.verification import check_lengths, verify_batch
 from minedraft.spec.workers import DraftWorker, NewRequest, Proposal, TargetWorker, Verdict
 
@@ -39,6 +39,7 @@ class LocalDraftWorker(DraftWorker):
             raise ValueError(f"q_dtype: must be one of {', '.join(Q_DTYPES)}, got {q_dtype!r}")
         self.q_dtype = Q_DTYPES[q_dtype]
         self.book = RowBook(runner, DRAFT_STREAM)
+        self.riders = Riders(self.book)
         self.context_len = runner.context_len
 
     def add(self, requests: list[NewRequest]) -> int:
@@ -52,15 +53,31 @@ class LocalDraftWorker(DraftWorker):
         if rows:
             self._forward(rows, tokens)
 
-    def _forward(self, rows, tokens):
+    def ride(self, requests):
+        """As LocalTargetWorker.ride: their tokens go with the next forward of host tokens (a proposal's
+        first step, or a prefill)."""
+        return self.riders.take(requests, self._in_vocabulary)
+
+    @property
+    def riding(self) -> bool:
+        return bool(self.riders)
+
+    def settle_riders(self) -> None:
+        if self.riders:
+            self._forward([], [])
+
+    def _in_vocabulary(self, tokens: list[int]) -> list[int]:
         """A draft whose vocabulary is a prefix of the target's still reads every committed token:
         ids it lacks (never real tokens in practice: padding rows of the target's embedding) are
         read as id 0. That can only lower acceptance, never change the output."""
+        v = self.runner.vocab_size
+        return [t if t < v else 0 for t in tokens]
+
+    def _forward(self, rows, tokens):
         if torch.is_tensor(tokens):  # the draft's own samples: always inside its vocabulary
             return self.runner.forward(rows, tokens)
-        v = self.runner.vocab_size
-        tokens = [[t if t < v else 0 for t in row] for row in tokens]
-        return self.runner.forward(rows, tokens)
+        tokens = [self._in_vocabulary(row) for row in tokens]
+        return self.riders.forward(rows, tokens) if self.riders else self.runner.forward(rows, tokens)
 
     def _apply_update(self, state: RowState, update: list[int]) -> None:
         """Roll the KV cache back to the longest prefix that still matches the committed tokens."""
@@ -125,6 +142,7 @@ class LocalDraftWorker(DraftWorker):
                         compute_s=time.perf_counter() - t0, channel_bytes=nbytes)
 
     def release(self, request_ids):
+        self.riders.drop(request_ids)
         self.book.release(request_ids)
 
 
@@ -138,7 +156,7 @@ class LocalTargetWorker(TargetWorker):
         self.book = RowBook(runner, TARGET_STREAM)
         self.context_len = runner.context_len
         self.vocab_size = runner.vocab_size
-        self._riders: dict[str, tuple[int, list[int]]] = {}  # request id -> (row, tokens to prefill)
+        self.riders = Riders(self.book)
 
     def add(self, requests):
         admitted = self.book.admit(requests)
@@ -152,26 +170,14 @@ class LocalTargetWorker(TargetWorker):
         forwarded position, to its own request: its riders are prefilled by `add`."""
         if self.features is not None:
             return super().ride(requests)
-        admitted = 0
-        for req, _ in self.book.admit(requests):
-            row = self.book.add(req).row
-            try:
-                self.runner.reserve({row: len(req.prompt_ids)})
-            except NoRoom:
-                self.book.release([req.request_id])
-                break
-            todo = self.book.kv_ids(req.prompt_ids[self.runner.length(row):])
-            if todo:
-                self._riders[req.request_id] = (row, todo)
-            admitted += 1
-        return admitted
+        return self.riders.take(requests)
 
     @property
     def riding(self) -> bool:
-        return bool(self._riders)
+        return bool(self.riders)
 
     def settle_riders(self) -> None:
-        if self._riders:
+        if self.riders:
             self._forward([], [])
 
     def _forward_prefill(self, rows, tokens):
@@ -184,12 +190,10 @@ class LocalTargetWorker(TargetWorker):
         """runner.forward; with a feature store, the features of the forwarded positions go there when
         they are all committed (prefill, decode); a verify keeps them until it knows what it accepted."""
         if self.features is None:
-            if not self._riders:
+            if not self.riders:
                 return self.runner.forward(rows, tokens, all_positions=all_positions)
             with threads_for(self.prefill_threads):  # a prefill chunk rides along: it is the forward's bulk
-                out = self.runner.forward(rows, tokens, all_positions=all_positions, riders=list(self._riders.values()))
-            self._riders.clear()
-            return out
+                return self.riders.forward(rows, tokens, all_positions=all_positions)
         starts = [self.runner.length(r) for r in rows]
         logits, feats = self.runner.forward(rows, tokens, all_positions=all_positions, with_features=True,
                                             feature_layers=self.features.layers)
@@ -312,8 +316,7 @@ class LocalTargetWorker(TargetWorker):
         return {s.row: rid for rid, s in self.book.states.items()}
 
     def release(self, request_ids):
-        for rid in request_ids:
-            self._riders.pop(rid, None)
+        self.riders.drop(request_ids)
         self.book.release(request_ids)
         if self.features is not None:
             self.features.drop(request_ids)

@@ -8,6 +8,7 @@ import dataclasses
 
 import torch
 
+from minedraft.runner.block_manager import NoRoom
 from minedraft.runner.model_runner import ModelRunner
 from minedraft.spec.coupled_sampling import COUPLED_STREAM
 from minedraft.spec.logits_processing import make_generator, step_seed
@@ -156,3 +157,44 @@ class RowBook:
         return dict(num_kv_blocks=b.num_usable, num_free_kv_blocks=b.num_free, kv_block_size=b.block_size,
                     kv_cache_usage=b.usage, prefix_cache_queries=b.prefix_cache_queries,
                     prefix_cache_hits=b.prefix_cache_hits)
+
+
+class Riders:
+    """Prefill-only rows (a staged prompt's chunks, which nobody decodes) waiting for their worker's next
+    forward, which packs their tokens beside its own rows (ModelRunner.forward(riders=): one pass over
+    the weights for both). Each is admitted and its blocks reserved when offered, so whether it fits is
+    known then and a rider never leaves a later step short of room."""
+
+    def __init__(self, book: RowBook):
+        self.book = book
+        self.waiting: dict[str, tuple[int, list[int]]] = {}  # request id -> (row, tokens to prefill)
+
+    def take(self, requests: list[NewRequest], ids=None) -> int:
+        """Admit the longest prefix of requests that fits; ids: the forward's view of token ids (a
+        draft reads ids outside its vocabulary as 0)."""
+        runner, admitted = self.book.runner, 0
+        for req, _ in self.book.admit(requests):
+            row = self.book.add(req).row
+            try:
+                runner.reserve({row: len(req.prompt_ids)})
+            except NoRoom:
+                self.book.release([req.request_id])
+                break
+            todo = self.book.kv_ids(req.prompt_ids[runner.length(row):])
+            if todo:
+                self.waiting[req.request_id] = (row, ids(todo) if ids is not None else todo)
+            admitted += 1
+        return admitted
+
+    def forward(self, rows, tokens, **kwargs):
+        """runner.forward of rows carrying every waiting rider (no longer waiting once it ran)."""
+        out = self.book.runner.forward(rows, tokens, riders=list(self.waiting.values()), **kwargs)
+        self.waiting.clear()
+        return out
+
+    def drop(self, request_ids) -> None:
+        for rid in request_ids:
+            self.waiting.pop(rid, None)
+
+    def __bool__(self) -> bool:
+        return bool(self.waiting)

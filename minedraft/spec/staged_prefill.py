@@ -2,11 +2,13 @@
 
 Admission prefills a request's whole prompt on both workers, and every running stream waits for it.
 With `prefill_chunk_tokens` = C, a prompt longer than 2C is staged first: each step prefills the next
-C tokens of it on both workers (in parallel, as admission does) under a stand-in row of its own id,
-whose full blocks prefix caching registers. The next stand-in starts from those blocks, and the
+C tokens of it on both workers under a stand-in row of its own id, whose full blocks prefix caching
+registers. The stand-in rides (TargetWorker.ride, DraftWorker.ride): each worker packs its chunk into
+its next forward, the step's verify or decode on the target, the next proposal on the draft, so the
+chunk costs no pass over the weights of its own. The next stand-in starts from those blocks, and the
 request itself, admitted once at most C tokens are left, finds them all: running streams wait for
-one chunk per step, never for a whole prompt. Why this shape (see the README): it needs no new worker
-call and no mixed prefill-and-decode forward; the chunk is a step's extra work, bounded by C.
+one chunk per step, never for a whole prompt. Why this shape (see the README): the stand-in is an
+ordinary request to the workers, so preemption, recovery and prefix caching need nothing new.
 It relies on prefix caching (without it each stand-in recomputes from the start: correct, slower).
 One request is staged at a time; meanwhile admission takes the queue in order up to the next long one.
 """
@@ -41,6 +43,8 @@ class StagedPrefill:
         """One chunk of the staged prompt (starting to stage the queue's head if it is long)."""
         chunk = self.prefill_chunk_tokens
         st = self._staging
+        if st is not None and self.draft is not None:  # the last chunk, if no proposal carried it
+            self.draft.settle_riders()
         if st is not None and st.request.finished:  # aborted while staged
             self._end_staging(requeue=False)
             touched[st.request.request_id] = st.request
@@ -83,21 +87,13 @@ class StagedPrefill:
         return self._staging
 
     def _add_stand_in(self, stand_in: NewRequest) -> bool:
-        """Prefill the stand-in on both workers (at once when they are services: in process, on a CPU,
-        one after the other, see below); True when both admitted it."""
-        if self.threads is not None:  # in process on a CPU: one model at a time, each at the threads it runs best at
-            on_target = self.target.ride([stand_in]) == 1  # prefilled by this step's verify or decode
-            on_draft = (self.draft.add([stand_in]) == 1) if self.speculating and on_target else on_target
-            if on_target and not on_draft:
-                self.target.release([stand_in.request_id])
-            return on_target and on_draft
-        draft_job = self._pool.submit(self.draft.add, [stand_in]) if self.speculating else None
-        try:
-            on_target = self.target.ride([stand_in]) == 1
-        finally:
-            on_draft = draft_job.result() == 1 if draft_job is not None else True
-        if on_target != on_draft:
-            (self.target if on_target else self.draft).release([stand_in.request_id])
+        """Offer the stand-in to both workers as a rider: admitted and its blocks reserved now, prefilled by
+        each worker's next forward (the target's verify or decode of this step, the draft's next proposal:
+        one pass over the weights for both); True when both took it."""
+        on_target = self.target.ride([stand_in]) == 1
+        on_draft = (self.draft.ride([stand_in]) == 1) if self.speculating and on_target else on_target
+        if on_target and not on_draft:
+            self.target.release([stand_in.request_id])
         return on_target and on_draft
 
     def _release_stand_in(self, st: _Staging) -> None:

@@ -131,6 +131,20 @@ class DraftWorker(abc.ABC):
 
         return pool.submit(run)
 
+    def ride(self, requests: list[NewRequest]) -> int:
+        """As TargetWorker.ride: prefill-only rows a worker that can carries in its next forward (a
+        proposal's, or a prefill's); here a plain `add`."""
+        return self.add(requests)
+
+    @property
+    def riding(self) -> bool:
+        """Whether a rider waits for this worker's next forward."""
+        return False
+
+    def settle_riders(self) -> None:
+        """Prefill now the riders no forward carried (the scheduler calls it before it stages the next
+        chunk, when no call of this worker is in flight)."""
+
     @abc.abstractmethod
     def release(self, request_ids: list[str]) -> None:
         """Forget the requests and free their cache rows (unknown ids are ignored)."""
