@@ -139,3 +139,38 @@ def test_long_prompt_staged_over_the_services_gives_the_same_tokens(tmp_path):
         assert draft.prefix_cache_hits >= 256 and draft.num_free_kv_blocks == draft.num_kv_blocks
     finally:
         stack.stop()
+
+
+@pytest.mark.parametrize("victim", ["target", "draft"])
+def test_a_worker_killed_while_a_long_prompt_is_staged_loses_nothing(tmp_path, victim):
+    """Stand-ins ride on both workers' forwards (their blocks reserved, their chunks not yet computed)
+    when one worker is killed and started again: every stream, the staged one included, still gets
+    whole-prompt admission's tokens, and nothing stays held on either worker."""
+    stack = Stack(tmp_path, gateway_flags=("--prefill-chunk-tokens", "32"))
+    try:
+        long_prompt = [1] + [(7 * j) % 300 + 5 for j in range(440)]
+        prompts = PROMPTS[:4] + [long_prompt]
+        params = SamplingParams(max_tokens=48, ignore_eos=True)
+        engine = Engine(mode="psd", num_speculative_tokens=K, enable_prefix_caching=False, prefill_chunk_tokens=0)
+        want = [r.token_ids for r in engine.generate(prompts, params)]
+        tokens, errors, threads = stream_all(stack.addr["gateway"], params, prompts[:4])
+        deadline = time.monotonic() + 60
+        while min(len(t) for t in tokens) < 4:
+            assert time.monotonic() < deadline, "streams did not start"
+            time.sleep(0.01)
+        long_tokens, long_errors, long_threads = stream_all(stack.addr["gateway"], params, prompts[4:])
+        # the first stand-in row appears on the target: the long prompt is being staged
+        while info(stack.addr["target"], "target").num_active < len(prompts):
+            assert time.monotonic() < deadline, "the long prompt was never staged"
+        stack.signal(victim, signal.SIGKILL)
+        time.sleep(0.5)
+        stack.start(victim)
+        join(threads + long_threads)
+        assert errors + long_errors == [None] * len(prompts)
+        assert tokens + long_tokens == want
+        stack.wait_healthy(victim)  # a draft may come back after the streams ended (they went on target-only)
+        for role in ("target", "draft"):
+            worker = info(stack.addr[role], role)
+            assert worker.num_active == 0 and worker.num_free_kv_blocks == worker.num_kv_blocks, role
+    finally:
+        stack.stop()
