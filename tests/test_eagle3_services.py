@@ -7,9 +7,6 @@ another feature layout is refused naming the field."""
 
 from __future__ import annotations
 
-import sys
-import threading
-
 import grpc
 import pytest
 
@@ -19,10 +16,10 @@ from minedraft.v1 import worker_pb2, worker_pb2_grpc
 from tests.eagle3_heads import write_head
 from tests.model_factory import family_config
 
-from cluster import free_port, start_healthy
+from eagle_system import TRANSPORTS, node_info, start_eagle_system
+from eagle_system import generate_all as generate_prompts
 
 MAX_TOKENS = 20
-TRANSPORTS = ("inline", "shm")
 PROMPTS = [[1] + [(7 * i + 3 * j) % 97 + 3 for j in range(1 + 5 * i)] for i in range(5)]
 
 
@@ -32,44 +29,15 @@ def system(tmp_path_factory):
     cfg = family_config("llama", 8)
     ref = save_random_model(cfg, folder / "target", seed=1)
     write_head(folder / "head", cfg, list(range(0, cfg.vocab_size, 2)), seed=5)
-    target, head = str(folder / "target"), str(folder / "head")
-    py = [sys.executable, "-m"]
-    ports = {name: free_port() for name in ("target", "eagle_inline", "eagle_shm", "gw_inline", "gw_shm")}
-    commands = {"target": py + ["target_service", "--model", target, "--port", str(ports["target"]),
-                                "--threads", "1"]}
-    for t in TRANSPORTS:
-        commands[f"eagle_{t}"] = py + ["draft_service", "--method", "eagle", "--model", head, "--target-model",
-                                       target, "--port", str(ports[f"eagle_{t}"]), "--threads", "1"]
-        commands[f"gw_{t}"] = py + ["gateway", "--target", f"127.0.0.1:{ports['target']}", "--port",
-                                    str(ports[f"gw_{t}"]), "--http-port", "0", "--draft",
-                                    f"127.0.0.1:{ports[f'eagle_{t}']}", "--transport", t, "-k", "3"]
-    cluster = start_healthy(commands, {n: f"127.0.0.1:{p}" for n, p in ports.items()},
-                            str(tmp_path_factory.mktemp("eagle3_logs")))
-    cluster.ports = ports
+    cluster = start_eagle_system(str(tmp_path_factory.mktemp("eagle3_logs")), str(folder / "target"),
+                                 str(folder / "head"))
     cluster.expected = [greedy_generate(ref, p, MAX_TOKENS) for p in PROMPTS]
     yield cluster
     cluster.stop()
 
 
-def node_info(system, transport) -> worker_pb2.WorkerInfo:
-    with grpc.insecure_channel(f"127.0.0.1:{system.ports['eagle_' + transport]}") as ch:
-        return worker_pb2_grpc.DraftWorkerStub(ch).Info(worker_pb2.InfoRequest(), timeout=5)
-
-
 def generate_all(address) -> list[list[int]]:
-    results = [None] * len(PROMPTS)
-
-    def one(i):
-        with MineDraftClient(address) as client:
-            results[i] = [t for c in client.generate(PROMPTS[i], max_tokens=MAX_TOKENS, ignore_eos=True)
-                          for t in c.token_ids]
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return results
+    return generate_prompts(address, PROMPTS, MAX_TOKENS)
 
 
 def test_node_reports_the_target_layers_it_reads(system):

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 
-import grpc
 import pytest
 
 from minedraft import Engine, SamplingParams
@@ -18,30 +16,19 @@ from minedraft.assets import default_eagle_path, load_heldout_prompts
 from minedraft.client import MineDraftClient
 from minedraft.config import UpConfig
 from minedraft.config.flags import to_argv
-from minedraft.v1 import worker_pb2, worker_pb2_grpc
 
-from cluster import free_port, start_healthy
+from cluster import free_port
+from eagle_system import TRANSPORTS, node_info, start_eagle_system
+from eagle_system import generate_all as generate_prompts
 
 MAX_TOKENS = 24
 PROMPTS = load_heldout_prompts(6)
-TRANSPORTS = ("inline", "shm")
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     """One target; per transport an EAGLE node and a gateway that forces that transport."""
-    py = [sys.executable, "-m"]
-    ports = {name: free_port() for name in ("target", "eagle_inline", "eagle_shm", "gw_inline", "gw_shm")}
-    commands = {"target": py + ["target_service", "--port", str(ports["target"]), "--threads", "1"]}
-    for t in TRANSPORTS:
-        commands[f"eagle_{t}"] = py + ["draft_service", "--method", "eagle", "--port", str(ports[f"eagle_{t}"]),
-                                       "--threads", "1"]
-        commands[f"gw_{t}"] = py + ["gateway", "--target", f"127.0.0.1:{ports['target']}", "--port",
-                                    str(ports[f"gw_{t}"]), "--http-port", "0", "--draft",
-                                    f"127.0.0.1:{ports[f'eagle_{t}']}", "--transport", t, "-k", "3"]
-    cluster = start_healthy(commands, {n: f"127.0.0.1:{p}" for n, p in ports.items()},
-                            str(tmp_path_factory.mktemp("eagle_logs")))
-    cluster.ports = ports
+    cluster = start_eagle_system(str(tmp_path_factory.mktemp("eagle_logs")))
     with Engine(mode="ar", max_num_seqs=8) as engine:
         cluster.expected = [r.token_ids for r in engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_TOKENS,
                                                                                          ignore_eos=True))]
@@ -49,25 +36,8 @@ def system(tmp_path_factory):
     cluster.stop()
 
 
-def node_info(system, transport) -> worker_pb2.WorkerInfo:
-    with grpc.insecure_channel(f"127.0.0.1:{system.ports['eagle_' + transport]}") as ch:
-        return worker_pb2_grpc.DraftWorkerStub(ch).Info(worker_pb2.InfoRequest(), timeout=5)
-
-
 def generate_all(address, **kwargs) -> list[list[int]]:
-    results = [None] * len(PROMPTS)
-
-    def one(i):
-        with MineDraftClient(address) as client:
-            results[i] = [t for c in client.generate(PROMPTS[i], max_tokens=MAX_TOKENS, ignore_eos=True, **kwargs)
-                          for t in c.token_ids]
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return results
+    return generate_prompts(address, PROMPTS, MAX_TOKENS, **kwargs)
 
 
 def test_node_reports_eagle_with_the_targets_vocabulary(system):
