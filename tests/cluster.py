@@ -46,3 +46,24 @@ def start_healthy(commands: dict[str, list[str]], addresses: dict[str, str], log
         cluster.stop()
         raise
     return cluster
+
+
+def run_concurrently(address, prompt_list, **params):
+    """Every prompt through the gateway at address at once, one client thread each: per prompt
+    MineDraftClient.generate_ids' (ids, last chunk)."""
+    import threading
+
+    from minedraft.client import MineDraftClient
+
+    results = [None] * len(prompt_list)
+
+    def one(i):
+        with MineDraftClient(address) as client:
+            results[i] = client.generate_ids(prompt_list[i], **params)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompt_list))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results

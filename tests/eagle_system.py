@@ -4,14 +4,12 @@ gateway that forces that transport; the node's Info; every prompt generated at o
 from __future__ import annotations
 
 import sys
-import threading
 
 import grpc
 
-from minedraft.client import MineDraftClient
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
 
-from cluster import free_port, start_healthy
+from cluster import free_port, run_concurrently, start_healthy
 
 TRANSPORTS = ("inline", "shm")
 
@@ -42,16 +40,4 @@ def node_info(system, transport: str) -> worker_pb2.WorkerInfo:
 
 def generate_all(address: str, prompts: list[list[int]], max_tokens: int, **kwargs) -> list[list[int]]:
     """Every prompt's tokens, the requests sent at once."""
-    results = [None] * len(prompts)
-
-    def one(i):
-        with MineDraftClient(address) as client:
-            results[i] = [t for c in client.generate(prompts[i], max_tokens=max_tokens, ignore_eos=True, **kwargs)
-                          for t in c.token_ids]
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return results
+    return [ids for ids, _ in run_concurrently(address, prompts, max_tokens=max_tokens, ignore_eos=True, **kwargs)]

@@ -4,12 +4,12 @@ switches between auto and a fixed k over gRPC, and GetStats reports the k the co
 from __future__ import annotations
 
 import pytest
-from test_services import prompts, run_concurrently
+from test_services import prompts
 
 from minedraft.client import MineDraftClient
 from minedraft.runner.hf_adapter import greedy_generate
 
-from cluster import start_cluster
+from cluster import run_concurrently, start_cluster
 
 MAX_TOKENS = 20
 

@@ -12,7 +12,7 @@ from minedraft.client import MineDraftClient
 from minedraft.runner.hf_adapter import greedy_generate
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
 
-from cluster import start_cluster
+from cluster import run_concurrently, start_cluster
 
 MAX_TOKENS = 20
 
@@ -39,21 +39,6 @@ def worker_info(address: str, role: str) -> worker_pb2.WorkerInfo:
     stub_cls = worker_pb2_grpc.TargetWorkerStub if role == "target" else worker_pb2_grpc.DraftWorkerStub
     with grpc.insecure_channel(address) as ch:
         return stub_cls(ch).Info(worker_pb2.InfoRequest(), timeout=5)
-
-
-def run_concurrently(address, prompt_list, **params):
-    results = [None] * len(prompt_list)
-
-    def one(i):
-        with MineDraftClient(address) as client:
-            results[i] = client.generate_ids(prompt_list[i], **params)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompt_list))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return results
 
 
 @pytest.mark.parametrize("mode", ["psd", "sd"])
