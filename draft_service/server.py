@@ -103,19 +103,12 @@ class DraftServicer(WorkerServicerBase, worker_pb2_grpc.DraftWorkerServicer):
     def Add(self, request, context):
         def run():
             t0 = time.perf_counter()
-            if request.ride:  # a staged chunk: carried by the next forward (LocalDraftWorker.ride)
-                admitted = self.worker.ride(self._new_requests(request)) if request.requests else self._settle()
-            else:
-                admitted = self.worker.add(self._new_requests(request))
+            # ride: a staged chunk, carried by the next forward (LocalDraftWorker.ride)
+            admitted = self.ride(request) if request.ride else self.worker.add(self._new_requests(request))
             self._take_features(request)  # after add: features of requests it holds
             return worker_pb2.AddReply(num_admitted=admitted, compute_s=time.perf_counter() - t0)
 
         return self.guarded(context, run, request)
-
-    def _settle(self) -> int:
-        """An Add with `ride` and no requests: prefill the riders no forward carried."""
-        self.worker.settle_riders()
-        return 0
 
     def Propose(self, request, context):
         def run():

@@ -134,7 +134,7 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
             t0 = time.perf_counter()
             self._export_or_not(request)
             if request.ride:  # a staged chunk: carried by the next forward (LocalTargetWorker.ride)
-                return worker_pb2.AddReply(num_admitted=self._ride(request), compute_s=time.perf_counter() - t0,
+                return worker_pb2.AddReply(num_admitted=self.ride(request), compute_s=time.perf_counter() - t0,
                                            features=self._export([r.request_id for r in request.requests]))
             first = self.worker.add(self._new_requests(request))
             return worker_pb2.AddReply(first_tokens=[-1 if t is None else t for t in first], num_admitted=len(first),
@@ -142,13 +142,6 @@ class TargetServicer(WorkerServicerBase, worker_pb2_grpc.TargetWorkerServicer):
                                        features=self._export([r.request_id for r in request.requests]))
 
         return self.guarded(context, run, request)
-
-    def _ride(self, request) -> int:
-        """Admit the riders (their blocks reserved now); with none, prefill the waiting ones at once."""
-        if request.requests:
-            return self.worker.ride(self._new_requests(request))
-        self.worker.settle_riders()
-        return 0
 
     def Verify(self, request, context):
         def run():

@@ -101,6 +101,14 @@ class WorkerServicerBase:
             raise ValueError(f"prompt_ids: {len(ids)} tokens leave no room in the context")
         return NewRequest(r.request_id, ids, params_from_proto(r.params), r.seed, resume=r.resume)
 
+    def ride(self, request) -> int:
+        """An Add with `ride`: admit its requests as riders (prefilled by the worker's next forward);
+        with none, prefill the riders still waiting. The number admitted."""
+        if request.requests:
+            return self.worker.ride(self._new_requests(request))
+        self.worker.settle_riders()
+        return 0
+
     def Release(self, request, context):
         with self.lock:
             before = len(self.worker.book.states)

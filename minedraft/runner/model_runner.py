@@ -81,10 +81,11 @@ class ModelRunner:
                  cuda_graphs: bool | None = None, enable_prefix_caching: bool = True, preloaded=None):
         self.device = torch.device(device)
         self.graphs: GraphRunner | None = None  # set once the cache exists (the profile runs eagerly)
-        self.dtype = resolve_dtype(dtype, device, checkpoint_dtype(path) if preloaded is None else None)
+        declared = checkpoint_dtype(path) if preloaded is None else None
+        self.dtype = resolve_dtype(dtype, device, declared)
         if dtype in (None, "auto"):
             log.info("%s: dtype auto -> %s (checkpoint: %s)", role, str(self.dtype).removeprefix("torch."),
-                     checkpoint_dtype(path) if preloaded is None else "preloaded")
+                     declared if preloaded is None else "preloaded")
         # preloaded: (Model, ModelConfig) already on the device (step_times shares transformers' weights)
         self.model, self.cfg = preloaded or load_model(path, device=str(self.device), dtype=self.dtype)
         self.vocab_size = self.cfg.vocab_size

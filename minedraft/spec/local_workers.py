@@ -29,7 +29,21 @@ from minedraft.spec.workers import DraftWorker, NewRequest, Proposal, TargetWork
 Q_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-class LocalDraftWorker(DraftWorker):
+class _CarriesRiders:
+    """riding / settle_riders of a worker whose `riders` go with its `_forward` (row_book.Riders)."""
+
+    riders: Riders
+
+    @property
+    def riding(self) -> bool:
+        return bool(self.riders)
+
+    def settle_riders(self) -> None:
+        if self.riders:
+            self._forward([], [])
+
+
+class LocalDraftWorker(_CarriesRiders, DraftWorker):
     def __init__(self, runner: ModelRunner, full_q: bool = True, q_dtype: str = "float32"):
         self.runner = runner
         self.full_q = full_q  # send q for sampled requests (else draft greedily with one-hot q)
@@ -57,14 +71,6 @@ class LocalDraftWorker(DraftWorker):
         """As LocalTargetWorker.ride: their tokens go with the next forward of host tokens (a proposal's
         first step, or a prefill)."""
         return self.riders.take(requests, self._in_vocabulary)
-
-    @property
-    def riding(self) -> bool:
-        return bool(self.riders)
-
-    def settle_riders(self) -> None:
-        if self.riders:
-            self._forward([], [])
 
     def _in_vocabulary(self, tokens: list[int]) -> list[int]:
         """A draft whose vocabulary is a prefix of the target's still reads every committed token:
@@ -146,7 +152,7 @@ class LocalDraftWorker(DraftWorker):
         self.book.release(request_ids)
 
 
-class LocalTargetWorker(TargetWorker):
+class LocalTargetWorker(_CarriesRiders, TargetWorker):
     def __init__(self, runner: ModelRunner, prefill_threads: int | None = None, feature_store=None):
         """feature_store: a drafting.features.FeatureStore when an EAGLE draft is attached; every forward
         then also writes the committed positions' features there (None: no features computed)."""
@@ -171,14 +177,6 @@ class LocalTargetWorker(TargetWorker):
         if self.features is not None:
             return super().ride(requests)
         return self.riders.take(requests)
-
-    @property
-    def riding(self) -> bool:
-        return bool(self.riders)
-
-    def settle_riders(self) -> None:
-        if self.riders:
-            self._forward([], [])
 
     def _forward_prefill(self, rows, tokens):
         """A prefill of many tokens (one long row, or many short ones together) runs at prefill_threads."""
