@@ -220,6 +220,32 @@ def test_target_only_serving_tries_speculation_ever_more_rarely():
     assert sum(k > 0 for k in ks[500:]) <= 2 * 3  # a psd try: three pipeline steps
 
 
+def test_light_traffic_where_speculation_pays_does_not_reset_the_tries_of_heavy_traffic():
+    # Speculation pays at one row and loses at sixteen (a hidden cost per speculative step). Traffic
+    # alternates: 20 one-row decisions, then 64 at sixteen rows. Each rows bucket backs off on its own,
+    # so the sixteen-row tries thin out (about 4 decode steps each on the bundled pair: the draft
+    # catches up on every row); with one shared backoff the one-row steps reset it, one try a burst.
+    light, heavy = World(alpha=0.9, rows=1), World(alpha=0.9, rows=16, hidden=lambda n, k: 0.015 if k else 0.0)
+    assert best_fixed(light) > 0 and best_fixed(heavy) == 0
+    c = SpeculationController(8, "sd")
+    heavy_ks = []
+    for _ in range(24):
+        light.run_sd(c, steps=20)
+        heavy_ks.append(heavy.run_sd(c, steps=64))
+    assert c.learned.idle_sd.at(16).every > c.learned.idle_sd.at(1).every
+    tries = sum(k > 0 for ks in heavy_ks[8:] for k in ks)  # the last 16 bursts: 1,024 decisions
+    assert tries <= 3  # one shared backoff: 16
+
+
+def test_acceptance_is_known_from_drafts_ever_verified_not_the_decayed_count():
+    # At one row the decayed count levels off near 1 / (1 - DECAY) = 33 drafts: it never reaches the
+    # 64 that make the acceptance known, and target-only serving explored every 16 decisions for good.
+    a = AcceptanceModel(4)
+    for _ in range(500):
+        a.observe(["r"], [4], [2])
+    assert a.trials[0] < 40 and a.first_drafts == 500
+
+
 @pytest.mark.parametrize("alpha,rows,hidden_s", [(0.9, 16, 0.0015), (0.9, 1, 0.0005)])
 def test_sd_follows_measured_goodput_where_the_cost_model_is_blind(alpha, rows, hidden_s):
     # Over the services each drafted token costs time the workers do not report (gRPC, the channel):

@@ -38,7 +38,7 @@ import time
 from minedraft.config import AUTO_K
 from minedraft.spec.cost_model import AcceptanceModel, OnlineCostModel
 from minedraft.spec.draft_lengths import position_scores, select_lengths
-from minedraft.spec.goodput import PeriodTable
+from minedraft.spec.goodput import PeriodTable, rows_bucket
 from minedraft.spec.workers import Verdict
 
 log = logging.getLogger("minedraft.spec")
@@ -47,7 +47,7 @@ WARMUP_KS = (0, 1, 2, 4)  # one step each, in this order, before the model decid
 EXPLORE_EVERY = 16  # a neighbour of the best k (cheap: it is nearly as good)
 EXPLORE_IDLE_EVERY = 64  # target-only: the best k > 0 (dearer: the draft catches up on what it skipped)
 SPECULATE_MARGIN = 0.05  # speculating must beat target-only by this much
-KNOWN_TRIALS = 64.0  # drafts at position 1 (decayed) before the acceptance counts as known
+KNOWN_TRIALS = 64  # drafts verified at position 1 (ever) before the acceptance counts as known
 EXPLORE_PIPELINE_EVERY = 64  # psd while merged: three pipeline steps (dearer: half-batch steps)
 HYSTERESIS = 0.03
 MERGE_RECHECK_EVERY = 8  # psd while merged at unchanged rows: the full goodput check every this many decisions
@@ -83,6 +83,24 @@ class IdleExploration:
         self.every, self.idle = self.base, 0
 
 
+class IdleByRows:
+    """An IdleExploration per rows bucket (goodput.rows_bucket). Whether speculation pays at one row
+    says nothing about sixteen, and a try at sixteen rows is dear (the draft catches up on every
+    row's skipped tokens: about four decode steps on the bundled pair). With one shared backoff the
+    one-row steps of light traffic, where speculation may pay, reset it, and every burst of heavy
+    traffic tried again every `base` decisions."""
+
+    def __init__(self, base: int, burst: int = 1):
+        self.base, self.burst = base, burst
+        self.buckets: dict[int, IdleExploration] = {}
+
+    def at(self, rows: int) -> IdleExploration:
+        bucket = rows_bucket(rows)
+        if bucket not in self.buckets:
+            self.buckets[bucket] = IdleExploration(self.base, self.burst)
+        return self.buckets[bucket]
+
+
 def make_controller(k, max_k: int, mode: str, draft=None, previous=None):
     """The scheduler's k policy: a SpeculationController for k = "auto" (with a draft), else FixedK.
     previous: the policy before a reconfigure. What it measured (this machine's costs, the traffic's
@@ -114,8 +132,8 @@ class Learned:
         self.periods = PeriodTable()
         self.calibration = [1.0, 1.0]  # budget: accepted drafts, summed scores of verified drafts
         # when target-only serving tries speculating again (kept across a reconfigure, as the rest)
-        self.idle_sd = IdleExploration(EXPLORE_IDLE_EVERY)
-        self.idle_psd = IdleExploration(EXPLORE_PIPELINE_EVERY, burst=3)
+        self.idle_sd = IdleByRows(EXPLORE_IDLE_EVERY)
+        self.idle_psd = IdleByRows(EXPLORE_PIPELINE_EVERY, burst=3)
         # the last auto policy's answer (None: none decided yet). An auto that follows starts from it,
         # so that after target-only serving the first admission does not prefill the draft for nothing
         self.target_only: bool | None = None
@@ -304,9 +322,9 @@ class SpeculationController(_Feeding):
         if best == 0:
             if not spec:
                 return 0
-            if self.acceptance.trials[0] < KNOWN_TRIALS:  # as often as while speculating until it is known
+            if self.acceptance.first_drafts < KNOWN_TRIALS:  # as often as while speculating until it is known
                 return spec if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1 else 0
-            return spec if self.learned.idle_sd.due() else 0
+            return spec if self.learned.idle_sd.at(rows).due() else 0
         if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1:
             if (self.decisions // EXPLORE_EVERY) % 4 == 3:
                 return 0
@@ -344,7 +362,7 @@ class SpeculationController(_Feeding):
             k = self._pick(goodput, k_max, "sd", n)
             self.learned.target_only = self.best == 0
             if self.best:
-                self.learned.idle_sd.reset()
+                self.learned.idle_sd.at(n).reset()
             self._log_regime(n, goodput)
         self.decisions += 1
         self.decide_s += time.perf_counter() - t0
@@ -385,7 +403,7 @@ class SpeculationController(_Feeding):
             # merged at these rows a few decisions ago: nothing the decode steps measure since can
             # change the answer much, and the check costs ~2.5% of a tiny-model decode step (0.2 of 7.5 ms)
             self._merge_age += 1
-            merged = not self.learned.idle_psd.due()
+            merged = not self.learned.idle_psd.at(n).due()
         else:
             self._merge_held, self._merge_age = (n, k_max), 1
             goodput = self._psd_goodput(batches, requests, k_max)
@@ -394,8 +412,8 @@ class SpeculationController(_Feeding):
             self.learned.target_only = merged
             self._log_regime(n, goodput, merged=merged, spec_k=spec)
             if not merged:
-                self.learned.idle_psd.reset()
-            elif self.learned.idle_psd.due():
+                self.learned.idle_psd.at(n).reset()
+            elif self.learned.idle_psd.at(n).due():
                 merged = False
         if merged:
             self.decisions += 1

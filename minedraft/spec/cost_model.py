@@ -190,6 +190,9 @@ class AcceptanceModel:
     def __init__(self, max_k: int):
         self.trials = [0.0] * max_k
         self.accepts = [0.0] * max_k
+        # drafts verified at position 1, not decayed: whether the acceptance is known at all. The decayed
+        # count cannot say it: at one row it levels off at 1 / (1 - DECAY), about 33
+        self.first_drafts = 0
         self.requests: dict[str, list] = {}  # id -> [drafts seen, accepted, last step seen]
         self.steps = 0
         self._rates: list[float] | None = None
@@ -211,6 +214,7 @@ class AcceptanceModel:
             if length <= 0:
                 continue
             seen = min(n + 1, length)  # positions 1..n accepted, n+1 rejected (if it was verified)
+            self.first_drafts += 1
             for i in range(seen):
                 self.trials[i] += 1.0
             for i in range(min(n, length)):
