@@ -487,3 +487,33 @@ def test_engine_auto_bounds_and_reconfigure():
         costs = engine.scheduler.controller.costs
         engine.scheduler.reconfigure("sd", None)  # auto to auto: what it measured carries over
         assert engine.scheduler.controller.costs is costs and engine.scheduler.controller.mode == "sd"
+
+
+@pytest.mark.parametrize("mode", ["sd", "psd"])
+def test_the_wait_for_new_work_is_no_cost_of_the_last_k(mode):
+    # A one-row server: each request's last step is followed by a wait for the client's next request.
+    # That wait must not enter the last step's period or record (it did: the arm of whichever k ran
+    # when requests ended looked dearer, and auto flipped between k = 0 and speculating at one row).
+    import time
+
+    from minedraft import Engine, SamplingParams
+
+    with Engine(mode=mode) as engine:
+        learned = engine.scheduler.controller.learned
+        periods, walls = [], []
+        observe, record = learned.on_period, learned.on_record
+        learned.on_period = lambda *a: (periods.append(a[-1]), observe(*a))[1]
+        learned.on_record = lambda r, synchronous=False: (walls.append(r), record(r, synchronous))[1]
+        for prompt in bundled_prompts()[:3]:
+            engine.add_request(prompt, SamplingParams(max_tokens=12))
+            while engine.has_unfinished():
+                engine.step()
+            time.sleep(0.3)  # the client thinks
+        engine.add_request(bundled_prompts()[3], SamplingParams(max_tokens=4))
+        while engine.has_unfinished():
+            engine.step()
+        learned.on_step_start(0.0)
+        assert periods and max(periods) < 0.2
+        async_walls = [r.wall_s for r in walls if (r.k or 0) > 0]
+        assert not async_walls or max(async_walls) < 0.2
+        assert max(learned.costs.overhead.values(), default=0.0) < 0.1

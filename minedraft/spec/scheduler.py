@@ -146,7 +146,18 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             if req.finished:
                 touched[req.request_id] = req
         self._retire()
+        if not self.has_unfinished():
+            self._close_before_idle()
         return list(touched.values())
+
+    def _close_before_idle(self) -> None:
+        """Nothing is left to run: the next step waits for new work (a client's next request, the next
+        arrival), which is no cost of the k the last steps ran. Their periods and records end now.
+        Closed at the next dispatch, a one-row server's last step of each request took the idle gap
+        into its arm (clipped at 3x the arm's mean), and the regime that ran when requests ended looked
+        the dearer one: auto flipped between k = 0 and speculating at one row."""
+        self._close_collected_record(0.0)
+        self._close_period(0.0)
 
     def _close_collected_record(self, admit_s: float) -> None:
         """A step's wall time runs from its calls going out to the next step's (prefill excluded)."""
