@@ -170,8 +170,13 @@ def best_fixed(world, max_k=8):
 
 def test_sd_picks_k0_when_nothing_is_accepted():
     world, c = World(alpha=0.02), SpeculationController(8, "sd")
+    checks = []
+    full_check = c._sd_goodput
+    c._sd_goodput = lambda *a: (checks.append(1), full_check(*a))[1]
     ks = world.run_sd(c)
     assert c.best == 0 and ks[-50:].count(0) >= 45  # exploration aside, target-only
+    # target-only at unchanged rows: the full goodput check once every RECHECK_EVERY decisions
+    assert len(checks) <= 200 // 8 + 10
 
 
 def test_sd_picks_k0_when_the_draft_is_as_slow_as_the_target():

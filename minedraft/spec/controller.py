@@ -50,7 +50,10 @@ SPECULATE_MARGIN = 0.05  # speculating must beat target-only by this much
 KNOWN_TRIALS = 64  # drafts verified at position 1 (ever) before the acceptance counts as known
 EXPLORE_PIPELINE_EVERY = 64  # psd while merged: three pipeline steps (dearer: half-batch steps)
 HYSTERESIS = 0.03
-MERGE_RECHECK_EVERY = 8  # psd while merged at unchanged rows: the full goodput check every this many decisions
+# target-only at unchanged rows (sd at k = 0, psd merged): the full goodput check every this many decisions.
+# Nothing the decode steps measure in between can change the answer much, and the check costs ~50 us, 1.4%
+# of a one-row decode step on the bundled pair (sd at k = 0 ran 1.5% behind ar for it)
+RECHECK_EVERY = 8
 IDLE_BACKOFF_MAX = 16  # target-only tries back off to this many times their interval at most
 REGIME_PERSIST = 8  # decisions a new regime (speculating or not) must last before it is logged
 MERGE = -1  # psd: decode every row in one step
@@ -247,6 +250,8 @@ class SpeculationController(_Feeding):
         self.psd_k = 1  # psd: the k the last drafted batch got (a guess for the other batch's next draft)
         self._merged = bool(self.learned.target_only)
         self._merge_held, self._merge_age = None, 0  # (rows, k bound) of the last full merge check, decisions since
+        self._idle_held, self._idle_age = None, 0  # sd: the same for the last full check that chose k = 0
+        self._spec = 0  # sd: the best k > 0 at the last full check (what a try drafts)
         self._regime: bool | None = None  # speculating or not, as last logged
         self._flips = 0  # decisions in a row that disagreed with _regime
         self._curves: dict = {}
@@ -298,12 +303,12 @@ class SpeculationController(_Feeding):
 
     def _warmup(self, k_max: int, family: str, rows: int) -> int | None:
         """The first decisions try a few k, unless the table already measured two of them here."""
+        if self.decisions >= len(WARMUP_KS) and self.costs.ready():  # the common case, first: it is every step's
+            return None
         measured = sum(self.periods.period(family, rows, k) is not None for k in range(k_max + 1))
         if measured >= 2 and self.costs.ready():
             return None
-        if self.decisions < len(WARMUP_KS) or not self.costs.ready():
-            return min(WARMUP_KS[self.decisions % len(WARMUP_KS)], k_max)
-        return None
+        return min(WARMUP_KS[self.decisions % len(WARMUP_KS)], k_max)
 
     def _pick(self, goodput: list[float], k_max: int, family: str, rows: int) -> int:
         """The best k, or on an exploration step another one. Speculating must beat k = 0 by
@@ -318,13 +323,9 @@ class SpeculationController(_Feeding):
                 goodput[spec] <= goodput[self.best] * (1 + HYSTERESIS):
             spec = self.best
         best = spec if spec and goodput[spec] > goodput[0] * (1 + SPECULATE_MARGIN) else 0
-        self.best = best
+        self.best, self._spec = best, spec
         if best == 0:
-            if not spec:
-                return 0
-            if self.acceptance.first_drafts < KNOWN_TRIALS:  # as often as while speculating until it is known
-                return spec if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1 else 0
-            return spec if self.learned.idle_sd.at(rows).due() else 0
+            return self._idle_choice(rows)
         if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1:
             if (self.decisions // EXPLORE_EVERY) % 4 == 3:
                 return 0
@@ -332,6 +333,14 @@ class SpeculationController(_Feeding):
             if near:
                 return min(near, key=lambda k: (self.periods.count(family, rows, k), -goodput[k]))
         return best
+
+    def _idle_choice(self, rows: int) -> int:
+        """Target-only: k = 0, or on a try the best k > 0 (see _pick)."""
+        if not self._spec:
+            return 0
+        if self.acceptance.first_drafts < KNOWN_TRIALS:  # as often as while speculating until it is known
+            return self._spec if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1 else 0
+        return self._spec if self.learned.idle_sd.at(rows).due() else 0
 
     def _sd_goodput(self, ids: list[str], requests, k_max: int) -> list[float]:
         """Expected tokens per second for k = 0..k_max: the acceptance model's tokens over the
@@ -357,9 +366,13 @@ class SpeculationController(_Feeding):
         t0 = time.perf_counter()
         k_max, n = self._bound(max_k), len(ids)
         k = self._warmup(k_max, "sd", n)
-        if k is None:
+        if k is None and self.best == 0 and self._idle_held == (n, k_max) and self._idle_age < RECHECK_EVERY:
+            self._idle_age += 1
+            k = self._idle_choice(n)
+        elif k is None:
             goodput = self._sd_goodput(ids, requests, k_max)
             k = self._pick(goodput, k_max, "sd", n)
+            self._idle_held, self._idle_age = ((n, k_max), 1) if self.best == 0 else (None, 0)
             self.learned.target_only = self.best == 0
             if self.best:
                 self.learned.idle_sd.at(n).reset()
@@ -399,7 +412,7 @@ class SpeculationController(_Feeding):
             merged = True
         elif self._warmup(k_max, "psd", n) is not None:
             merged = False
-        elif self._merged and self._merge_held == (n, k_max) and self._merge_age < MERGE_RECHECK_EVERY:
+        elif self._merged and self._merge_held == (n, k_max) and self._merge_age < RECHECK_EVERY:
             # merged at these rows a few decisions ago: nothing the decode steps measure since can
             # change the answer much, and the check costs ~2.5% of a tiny-model decode step (0.2 of 7.5 ms)
             self._merge_age += 1
