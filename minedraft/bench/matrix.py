@@ -41,7 +41,7 @@ DEFAULT_RATE = 8.0
 POISSON_REQUESTS = 24
 MIN_REQUESTS = 4
 QUICK = dict(matrix_concurrency="1,4", matrix_max_tokens=16, matrix_rounds=1)
-DEFAULTS = dict(matrix_concurrency="1,16,64", matrix_max_tokens=64, matrix_rounds=3)
+DEFAULTS = dict(matrix_concurrency="1,16,64", matrix_max_tokens=64, matrix_rounds=4)
 AIM_AUTO_OVER_BEST, AIM_AUTO_OVER_AR = 0.97, 1.00
 
 __all__ = ["Load", "add_arguments", "format_matrix", "resolve", "run_matrix", "summarize"]
