@@ -44,8 +44,10 @@ def test_a_gateway_without_draft_runs_target_only_whatever_the_mode():
 def test_argv_round_trip(role):
     """A config written as flags and parsed again is the same config; defaults are left out."""
     cls = C.ROLES[role]
-    http = ["--http-port", str(C.FrontDoorConfig().http_port)]  # read from the environment: always passed
-    assert to_argv(cls()) == (http if role == "gateway" else [])
+    # read from the environment: always passed
+    log = ["--log-level", C.ServiceConfig().log_level]
+    http = ["--http-port", str(C.FrontDoorConfig().http_port)]
+    assert to_argv(cls()) == log + (http if role == "gateway" else [])
     changed = {"target": dict(model=C.ModelConfig(model="/m", device="cuda:1", cache=C.CacheConfig(
                    max_num_seqs=8, cuda_graphs=False, kv_cache_memory=0.5)),
                    placement=C.PlacementConfig(threads=1, cpu_cores="0")),

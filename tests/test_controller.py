@@ -522,3 +522,17 @@ def test_the_wait_for_new_work_is_no_cost_of_the_last_k(mode):
         async_walls = [r.wall_s for r in walls if (r.k or 0) > 0]
         assert not async_walls or max(async_walls) < 0.2
         assert max(learned.costs.overhead.values(), default=0.0) < 0.1
+
+
+def test_every_decision_is_traced_at_debug(caplog):
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="minedraft.spec"):
+        World(alpha=0.02).run_sd(SpeculationController(8, "sd"), steps=40)
+        World(alpha=0.85).run_psd(SpeculationController(8, "psd"), steps=40)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decide ")]
+    assert sum(m.startswith("decide sd: 16 rows -> k ") for m in lines) == 40
+    assert any(m.startswith("decide psd: 16 rows -> merged") for m in lines)
+    assert any(m.startswith("decide psd: 8 rows -> k ") for m in lines)  # the pipeline drafts half the rows
+    checked = [m for m in lines if " goodput " in m]
+    assert checked and all(len(m.split(" goodput ")[1].split()) == 9 for m in checked)  # k = 0..8

@@ -201,7 +201,7 @@ class ServiceConfig:
 
     bind: str = option("127.0.0.1", "address to listen on (0.0.0.0 in containers)")
     port: int = option(0, "gRPC port")
-    log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR", env="MINEDRAFT_LOG_LEVEL")
     drain_s: float = option(5.0, "on SIGTERM, how long in-flight calls may finish (the process exits within "
                                  "drain + 5 s)")
 

@@ -365,7 +365,7 @@ class SpeculationController(_Feeding):
         """sd: how many tokens to draft for this batch (0: a target-only decode)."""
         t0 = time.perf_counter()
         k_max, n = self._bound(max_k), len(ids)
-        k = self._warmup(k_max, "sd", n)
+        k, goodput = self._warmup(k_max, "sd", n), None
         if k is None and self.best == 0 and self._idle_held == (n, k_max) and self._idle_age < RECHECK_EVERY:
             self._idle_age += 1
             k = self._idle_choice(n)
@@ -377,6 +377,7 @@ class SpeculationController(_Feeding):
             if self.best:
                 self.learned.idle_sd.at(n).reset()
             self._log_regime(n, goodput)
+        self._trace("sd", n, f"k {k}", goodput)
         self.decisions += 1
         self.decide_s += time.perf_counter() - t0
         return k
@@ -389,12 +390,13 @@ class SpeculationController(_Feeding):
         t0 = time.perf_counter()
         k_max = self._bound(max_k)
         n = len(draft_ids) + len(verify_ids)
-        k = self._warmup(k_max, "psd", n)
+        k, goodput = self._warmup(k_max, "psd", n), None
         if k is None and k_max > 0:
             goodput = self._psd_goodput([verify_ids, draft_ids], requests, k_max)
             goodput[0] = 0.0  # merge decides that
             k = self._pick(goodput, k_max, "psd", n)
             k = max(k, 1)
+        self._trace("psd", n, f"k {k or 0}", goodput)
         self.decisions += 1
         self.psd_k = k or 0
         self.decide_s += time.perf_counter() - t0
@@ -407,7 +409,7 @@ class SpeculationController(_Feeding):
         (IdleExploration)."""
         t0 = time.perf_counter()
         k_max = self._bound(max_k)
-        n = len(batches[0]) + len(batches[1])
+        n, goodput = len(batches[0]) + len(batches[1]), None
         if self.decisions == 0 or k_max == 0:
             merged = True
         elif self._warmup(k_max, "psd", n) is not None:
@@ -428,6 +430,7 @@ class SpeculationController(_Feeding):
                 self.learned.idle_psd.at(n).reset()
             elif self.learned.idle_psd.at(n).due():
                 merged = False
+        self._trace("psd", n, "merged" if merged else "pipeline", goodput)
         if merged:
             self.decisions += 1
         self._merged = merged
@@ -474,6 +477,14 @@ class SpeculationController(_Feeding):
         return lengths
 
     # -- telling --------------------------------------------------------------------------------------
+    def _trace(self, family: str, n: int, choice: str, goodput: list[float] | None) -> None:
+        """One DEBUG line per decision (the gateway's --log-level DEBUG): what it chose, and the expected
+        tokens per second of k = 0, 1, ... where it ran the full check (none: warm-up, or a held answer).
+        Reading these beside the rounds of a bench run is how auto's losses to ar were found."""
+        if log.isEnabledFor(logging.DEBUG):
+            shown = "" if goodput is None else " goodput " + " ".join(f"{g:.0f}" for g in goodput)
+            log.debug("decide %s: %d rows -> %s (best %s)%s", family, n, choice, self.best, shown)
+
     def _log_regime(self, n: int, goodput: list[float], merged: bool | None = None, spec_k: int | None = None) -> None:
         """One INFO line when speculation turns on or off (goodput[0]: target-only)."""
         spec_k = spec_k if spec_k is not None else max(range(1, len(goodput)), key=lambda k: goodput[k], default=0)
