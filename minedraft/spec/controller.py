@@ -50,10 +50,7 @@ SPECULATE_MARGIN = 0.05  # speculating must beat target-only by this much
 KNOWN_TRIALS = 64  # drafts verified at position 1 (ever) before the acceptance counts as known
 EXPLORE_PIPELINE_EVERY = 64  # psd while merged: three pipeline steps (dearer: half-batch steps)
 HYSTERESIS = 0.03
-# target-only at unchanged rows (sd at k = 0, psd merged): the full goodput check every this many decisions.
-# Nothing the decode steps measure in between can change the answer much, and the check costs ~50 us:
-# 1.4% of a one-row decode step of the bundled pair through the services (3.7 ms), 2.4% in process
-RECHECK_EVERY = 8
+RECHECK_EVERY = 8  # target-only at unchanged rows: the full goodput check every this many decisions (HeldCheck)
 IDLE_BACKOFF_MAX = 16  # target-only tries back off to this many times their interval at most
 REGIME_PERSIST = 8  # decisions a new regime (speculating or not) must last before it is logged
 MERGE = -1  # psd: decode every row in one step
@@ -102,6 +99,27 @@ class IdleByRows:
         if bucket not in self.buckets:
             self.buckets[bucket] = IdleExploration(self.base, self.burst)
         return self.buckets[bucket]
+
+
+class HeldCheck:
+    """Target-only at unchanged rows (sd at k = 0, psd merged), the full goodput check runs again only every
+    RECHECK_EVERY decisions. Nothing the decode steps measure in between can change the answer much, and a
+    check is not free on the bundled pair: sd's ~50 us is 1.4% of a one-row decode step through the services
+    (3.7 ms) and 2.4% in process; psd's merge check was 0.2 ms of a 7.5 ms step."""
+
+    def __init__(self):
+        self.key, self.age = None, 0  # (rows, k bound) of the last full check that held, decisions since
+
+    def holds(self, key: tuple) -> bool:
+        """Whether this decision may keep the last full check's answer (and count one more on it)."""
+        if self.key == key and self.age < RECHECK_EVERY:
+            self.age += 1
+            return True
+        return False
+
+    def checked(self, key: tuple | None) -> None:
+        """A full check ran; key None: its answer is not one to hold (speculating)."""
+        self.key, self.age = key, 1
 
 
 def make_controller(k, max_k: int, mode: str, draft=None, previous=None):
@@ -249,8 +267,7 @@ class SpeculationController(_Feeding):
         self.best: int | None = 0 if self.learned.target_only else None
         self.psd_k = 1  # psd: the k the last drafted batch got (a guess for the other batch's next draft)
         self._merged = bool(self.learned.target_only)
-        self._merge_held, self._merge_age = None, 0  # (rows, k bound) of the last full merge check, decisions since
-        self._idle_held, self._idle_age = None, 0  # sd: the same for the last full check that chose k = 0
+        self._merge_check, self._idle_check = HeldCheck(), HeldCheck()  # psd merged; sd at k = 0
         self._spec = 0  # sd: the best k > 0 at the last full check (what a try drafts)
         self._regime: bool | None = None  # speculating or not, as last logged
         self._flips = 0  # decisions in a row that disagreed with _regime
@@ -366,18 +383,17 @@ class SpeculationController(_Feeding):
         t0 = time.perf_counter()
         k_max, n = self._bound(max_k), len(ids)
         k, goodput = self._warmup(k_max, "sd", n), None
-        if k is None and self.best == 0 and self._idle_held == (n, k_max) and self._idle_age < RECHECK_EVERY:
-            self._idle_age += 1
+        if k is None and self.best == 0 and self._idle_check.holds((n, k_max)):
             k = self._idle_choice(n)
         elif k is None:
             goodput = self._sd_goodput(ids, requests, k_max)
             k = self._pick(goodput, k_max, "sd", n)
-            self._idle_held, self._idle_age = ((n, k_max), 1) if self.best == 0 else (None, 0)
+            self._idle_check.checked((n, k_max) if self.best == 0 else None)
             self.learned.target_only = self.best == 0
             if self.best:
                 self.learned.idle_sd.at(n).reset()
             self._log_regime(n, goodput)
-        self._trace("sd", n, f"k {k}", goodput)
+        self._trace("sd", n, k, goodput)
         self.decisions += 1
         self.decide_s += time.perf_counter() - t0
         return k
@@ -396,7 +412,7 @@ class SpeculationController(_Feeding):
             goodput[0] = 0.0  # merge decides that
             k = self._pick(goodput, k_max, "psd", n)
             k = max(k, 1)
-        self._trace("psd", n, f"k {k or 0}", goodput)
+        self._trace("psd", n, k or 0, goodput)
         self.decisions += 1
         self.psd_k = k or 0
         self.decide_s += time.perf_counter() - t0
@@ -414,13 +430,10 @@ class SpeculationController(_Feeding):
             merged = True
         elif self._warmup(k_max, "psd", n) is not None:
             merged = False
-        elif self._merged and self._merge_held == (n, k_max) and self._merge_age < RECHECK_EVERY:
-            # merged at these rows a few decisions ago: nothing the decode steps measure since can
-            # change the answer much, and the check costs ~2.5% of a tiny-model decode step (0.2 of 7.5 ms)
-            self._merge_age += 1
+        elif self._merged and self._merge_check.holds((n, k_max)):
             merged = not self.learned.idle_psd.at(n).due()
         else:
-            self._merge_held, self._merge_age = (n, k_max), 1
+            self._merge_check.checked((n, k_max))
             goodput = self._psd_goodput(batches, requests, k_max)
             ar, spec = goodput[0], max(range(1, k_max + 1), key=lambda k: goodput[k])
             merged = ar > goodput[spec] * (1 + HYSTERESIS if not self._merged else 1 - HYSTERESIS)
@@ -477,11 +490,12 @@ class SpeculationController(_Feeding):
         return lengths
 
     # -- telling --------------------------------------------------------------------------------------
-    def _trace(self, family: str, n: int, choice: str, goodput: list[float] | None) -> None:
+    def _trace(self, family: str, n: int, choice: int | str, goodput: list[float] | None) -> None:
         """One DEBUG line per decision (the gateway's --log-level DEBUG): what it chose, and the expected
         tokens per second of k = 0, 1, ... where it ran the full check (none: warm-up, or a held answer).
         Reading these beside the rounds of a bench run is how auto's losses to ar were found."""
         if log.isEnabledFor(logging.DEBUG):
+            choice = f"k {choice}" if isinstance(choice, int) else choice  # k, or psd's merged / pipeline
             shown = "" if goodput is None else " goodput " + " ".join(f"{g:.0f}" for g in goodput)
             log.debug("decide %s: %d rows -> %s (best %s)%s", family, n, choice, self.best, shown)
 
