@@ -22,7 +22,8 @@ target-only (its first admission does not prefill the draft).
   them are kept while one more is expected to add tokens faster than the step makes them (its
   calibrated acceptance probability against the verify's cost of one more token).
 With nothing measured, the first steps try a few k (0 included) so that every term of the fit is
-identified; then exploration keeps the measurements current (see `_pick`), speculating needs
+identified; then exploration keeps the measurements current (see `_pick`; while target-only, its tries
+take at most TRY_SHARE of the time, TryBudget), speculating needs
 SPECULATE_MARGIN better goodput than k = 0 and a change between two k > 0 HYSTERESIS. Deterministic
 given its inputs; per step a few hundred float operations. A regime change (speculating or not, held
 for REGIME_PERSIST decisions) is logged once at INFO.
@@ -52,6 +53,8 @@ EXPLORE_PIPELINE_EVERY = 64  # psd while merged: three pipeline steps (dearer: h
 HYSTERESIS = 0.03
 RECHECK_EVERY = 8  # target-only at unchanged rows: the full goodput check every this many decisions (HeldCheck)
 IDLE_BACKOFF_MAX = 16  # target-only tries back off to this many times their interval at most
+TRY_SHARE = 0.005  # target-only serving: tries take at most this share of the time (TryBudget)
+TRY_CREDIT_CAP_S = 0.03  # the most try time a long target-only stretch (or an idle server) banks
 REGIME_PERSIST = 8  # decisions a new regime (speculating or not) must last before it is logged
 MERGE = -1  # psd: decode every row in one step
 
@@ -68,10 +71,15 @@ class IdleExploration:
         self.base, self.burst = base, burst
         self.every, self.idle = base, 0
 
-    def due(self) -> bool:
-        """One more target-only decision: whether it should try speculating instead."""
+    def due(self, allowed: bool = True) -> bool:
+        """One more target-only decision: whether it should try speculating instead. allowed: whether
+        the time budget (TryBudget) has room for a try now; a try it has no room for waits for it."""
         self.idle += 1
-        if self.idle < self.every - self.burst + 1:
+        start = self.every - self.burst + 1
+        if self.idle < start:
+            return False
+        if self.idle == start and not allowed:
+            self.idle -= 1
             return False
         if self.idle >= self.every:  # the try's last decision: the next one waits twice as long
             self.idle, self.every = 0, min(2 * self.every, IDLE_BACKOFF_MAX * self.base)
@@ -99,6 +107,49 @@ class IdleByRows:
         if bucket not in self.buckets:
             self.buckets[bucket] = IdleExploration(self.base, self.burst)
         return self.buckets[bucket]
+
+
+class TryBudget:
+    """What target-only serving may spend on trying to speculate, in time: at most TRY_SHARE of it.
+    IdleExploration says when a rows bucket wants a try; this says whether the server can afford one.
+    A try is dear and its price varies: at two rows a try step with the draft's catch-up (it prefills
+    every prompt it skipped: ~400 tokens each in the prose regime) took 17 ms where a decode took 5. Counted
+    in decisions, tries cost what traffic made them cost: Poisson arrivals move through four rows buckets
+    with a backoff each, and psd tries are three pipeline steps, so auto ran 3-6% behind ar there while
+    auto with no tries at all ran level with it. Counted in time, tries cost at most TRY_SHARE of
+    throughput, at any arrival pattern.
+    Decisions are the clock: the time from one decision to the next belongs to the first one's step. A
+    try's is debited whole (the tokens it made would have cost a decode some of it: the bound is loose
+    in the safe direction); a target-only step's credits TRY_SHARE of it, up to TRY_CREDIT_CAP_S (a long
+    target-only stretch banks a try or two, no more). An idle server (`pause`) neither spends nor saves.
+    Until the acceptance is known (KNOWN_TRIALS) trying is learning: neither gated nor paid for."""
+
+    def __init__(self, share: float = TRY_SHARE, cap_s: float = TRY_CREDIT_CAP_S):
+        self.share, self.cap_s = share, cap_s
+        self.clock = time.perf_counter
+        self.credit_s = cap_s  # a fresh server may try at once
+        self._since: float | None = None  # when the last decision was taken (None: paused)
+        self._trying = False  # whether that decision was a try
+
+    def elapse(self) -> None:
+        """A decision is about to be taken: the time since the last one is paid for or saved."""
+        now = self.clock()
+        if self._since is not None:
+            dt = now - self._since
+            self.credit_s = min(self.cap_s, self.credit_s - dt if self._trying else self.credit_s + self.share * dt)
+        self._since = now
+
+    def allows(self) -> bool:
+        return self.credit_s > 0.0
+
+    def took(self, trying: bool) -> None:
+        """What the decision just taken was: a try (speculating while target-only) or not."""
+        self._trying = trying
+
+    def pause(self) -> None:
+        """Nothing left to run: the wait for new work counts for nothing."""
+        self.elapse()
+        self._since = None
 
 
 class HeldCheck:
@@ -155,10 +206,21 @@ class Learned:
         # when target-only serving tries speculating again (kept across a reconfigure, as the rest)
         self.idle_sd = IdleByRows(EXPLORE_IDLE_EVERY)
         self.idle_psd = IdleByRows(EXPLORE_PIPELINE_EVERY, burst=3)
-        # the last auto policy's answer (None: none decided yet). An auto that follows starts from it,
-        # so that after target-only serving the first admission does not prefill the draft for nothing
+        self.tries = TryBudget()  # what those tries may cost in all
+        # the last auto policy's answer (None: none decided yet), and per rows bucket. An auto that follows
+        # starts from it, so that after target-only serving the first admission does not prefill the draft
+        # for nothing (per bucket: a round of 16 requests ends at one row, where speculation may pay)
         self.target_only: bool | None = None
+        self.target_only_at: dict[int, bool] = {}
         self._pending: tuple | None = None  # a decode step's record, until the next step starts
+
+    def decided(self, rows: int, target_only: bool) -> None:
+        """A full goodput check's answer at this many rows."""
+        self.target_only = self.target_only_at[rows_bucket(rows)] = target_only
+
+    def on_idle(self) -> None:
+        """The scheduler ran out of work: what follows is a wait, no step's cost."""
+        self.tries.pause()
 
     def on_step_start(self, admit_s: float) -> None:
         """A step begins: a decode step's period (its wall, up to this step, less admission) is known."""
@@ -206,6 +268,9 @@ class _Feeding:
 
     learned: Learned
 
+    def on_idle(self) -> None:
+        self.learned.on_idle()
+
     def on_step_start(self, admit_s: float) -> None:
         self.learned.on_step_start(admit_s)
 
@@ -242,7 +307,7 @@ class FixedK(_Feeding):
     def budget_for(self, proposal, requests, slack_s: float = 0.0):
         return None
 
-    def drafts_soon(self) -> bool:
+    def drafts_soon(self, rows: int | None = None) -> bool:
         return True
 
 
@@ -263,6 +328,7 @@ class SpeculationController(_Feeding):
         self.learned.acceptance.grow(max_k)
         self.costs, self.acceptance, self.periods = self.learned.costs, self.learned.acceptance, self.learned.periods
         self.decisions = 0
+        self._deciding = False  # whether this policy has taken a decision yet
         # the k the model prefers (exploration aside); after target-only serving, 0 until it decides
         self.best: int | None = 0 if self.learned.target_only else None
         self.psd_k = 1  # psd: the k the last drafted batch got (a guess for the other batch's next draft)
@@ -319,11 +385,14 @@ class SpeculationController(_Feeding):
         return max(0, min(bound, max_k if max_k is not None else bound))
 
     def _warmup(self, k_max: int, family: str, rows: int) -> int | None:
-        """The first decisions try a few k, unless the table already measured two of them here."""
+        """The first decisions try a few k, unless the table already measured two of them here; once the
+        cost model is fitted, only as far as the try budget goes (they are tries: TryBudget)."""
         if self.decisions >= len(WARMUP_KS) and self.costs.ready():  # the common case, first: it is every step's
             return None
+        if not self.costs.ready():
+            return min(WARMUP_KS[self.decisions % len(WARMUP_KS)], k_max)
         measured = sum(self.periods.period(family, rows, k) is not None for k in range(k_max + 1))
-        if measured >= 2 and self.costs.ready():
+        if measured >= 2 or not self.learned.tries.allows():  # rows not measured yet: tries, within their budget
             return None
         return min(WARMUP_KS[self.decisions % len(WARMUP_KS)], k_max)
 
@@ -351,13 +420,18 @@ class SpeculationController(_Feeding):
                 return min(near, key=lambda k: (self.periods.count(family, rows, k), -goodput[k]))
         return best
 
+    def _paid_try(self) -> bool:
+        """Whether a speculative step now is a try the TryBudget pays for: taken while target-only serving
+        (or warming up) once the acceptance is known."""
+        return self.learned.target_only is not False and self.acceptance.first_drafts >= KNOWN_TRIALS
+
     def _idle_choice(self, rows: int) -> int:
         """Target-only: k = 0, or on a try the best k > 0 (see _pick)."""
         if not self._spec:
             return 0
         if self.acceptance.first_drafts < KNOWN_TRIALS:  # as often as while speculating until it is known
             return self._spec if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1 else 0
-        return self._spec if self.learned.idle_sd.at(rows).due() else 0
+        return self._spec if self.learned.idle_sd.at(rows).due(self.learned.tries.allows()) else 0
 
     def _sd_goodput(self, ids: list[str], requests, k_max: int) -> list[float]:
         """Expected tokens per second for k = 0..k_max: the acceptance model's tokens over the
@@ -381,6 +455,8 @@ class SpeculationController(_Feeding):
     def k_for(self, ids: list[str], requests, max_k: int | None = None) -> int:
         """sd: how many tokens to draft for this batch (0: a target-only decode)."""
         t0 = time.perf_counter()
+        self.learned.tries.elapse()
+        self._deciding = True
         k_max, n = self._bound(max_k), len(ids)
         k, goodput = self._warmup(k_max, "sd", n), None
         if k is None and self.best == 0 and self._idle_check.holds((n, k_max)):
@@ -389,10 +465,11 @@ class SpeculationController(_Feeding):
             goodput = self._sd_goodput(ids, requests, k_max)
             k = self._pick(goodput, k_max, "sd", n)
             self._idle_check.checked((n, k_max) if self.best == 0 else None)
-            self.learned.target_only = self.best == 0
+            self.learned.decided(n, self.best == 0)
             if self.best:
                 self.learned.idle_sd.at(n).reset()
             self._log_regime(n, goodput)
+        self.learned.tries.took(k > 0 and self._paid_try())
         self._trace("sd", n, k, goodput)
         self.decisions += 1
         self.decide_s += time.perf_counter() - t0
@@ -424,6 +501,8 @@ class SpeculationController(_Feeding):
         after EXPLORE_PIPELINE_EVERY decisions, then after ever longer runs while it does not pay
         (IdleExploration)."""
         t0 = time.perf_counter()
+        self.learned.tries.elapse()
+        self._deciding = True
         k_max = self._bound(max_k)
         n, goodput = len(batches[0]) + len(batches[1]), None
         if self.decisions == 0 or k_max == 0:
@@ -431,18 +510,21 @@ class SpeculationController(_Feeding):
         elif self._warmup(k_max, "psd", n) is not None:
             merged = False
         elif self._merged and self._merge_check.holds((n, k_max)):
-            merged = not self.learned.idle_psd.at(n).due()
+            merged = not self.learned.idle_psd.at(n).due(self.learned.tries.allows())
         else:
             self._merge_check.checked((n, k_max))
             goodput = self._psd_goodput(batches, requests, k_max)
             ar, spec = goodput[0], max(range(1, k_max + 1), key=lambda k: goodput[k])
-            merged = ar > goodput[spec] * (1 + HYSTERESIS if not self._merged else 1 - HYSTERESIS)
-            self.learned.target_only = merged
+            # as sd: the pipeline must beat decoding every row by SPECULATE_MARGIN to start; it goes on
+            # while it beats it at all (a start costs the draft's catch-up on every row)
+            merged = goodput[spec] <= ar * (1.0 if not self._merged else 1 + SPECULATE_MARGIN)
+            self.learned.decided(n, merged)
             self._log_regime(n, goodput, merged=merged, spec_k=spec)
             if not merged:
                 self.learned.idle_psd.at(n).reset()
-            elif self.learned.idle_psd.at(n).due():
+            elif self.learned.idle_psd.at(n).due(self.learned.tries.allows()):
                 merged = False
+        self.learned.tries.took(not merged and self._paid_try())
         self._trace("psd", n, "merged" if merged else "pipeline", goodput)
         if merged:
             self.decisions += 1
@@ -450,10 +532,16 @@ class SpeculationController(_Feeding):
         self.decide_s += time.perf_counter() - t0
         return merged
 
-    def drafts_soon(self) -> bool:
+    def drafts_soon(self, rows: int | None = None) -> bool:
         """Whether requests admitted now should be prefilled on the draft too. Not while target-only
         (sd: k = 0; psd: merged): a request joins the draft before its first proposal instead, so that
-        target-only serving does not pay the draft's prefill of every prompt."""
+        target-only serving does not pay the draft's prefill of every prompt. rows: how many will run
+        once they are in; before this policy's first decision, the answer last found at that many rows
+        (a round that ended speculating at one row says nothing about the next one's sixteen: on the
+        bundled pair such a prefill added 25 ms to the 50 ms first token of 16 prose requests)."""
+        known = self.learned.target_only_at.get(rows_bucket(rows)) if rows and not self._deciding else None
+        if known is not None:
+            return not known
         return not (self._merged if self.mode == "psd" else self.best == 0)
 
     def budget_for(self, proposal, requests, slack_s: float = 0.0) -> list[int] | None:

@@ -158,6 +158,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         the dearer one: auto flipped between k = 0 and speculating at one row."""
         self._close_collected_record(0.0)
         self._close_period(0.0)
+        self.controller.on_idle()
 
     def _close_collected_record(self, admit_s: float) -> None:
         """A step's wall time runs from its calls going out to the next step's (prefill excluded)."""
@@ -192,7 +193,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         if not new:
             return
         reqs = [r.worker_request() for r in new]
-        to_draft = self.speculating and self.controller.drafts_soon()  # else: before its first proposal
+        # else: before its first proposal
+        to_draft = self.speculating and self.controller.drafts_soon(len(self.running) + len(new))
         self._threads(shared=to_draft)
         draft_job = self._pool.submit(self.draft.add, reqs) if to_draft else None
         try:
@@ -370,9 +372,13 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
                 lambda: Proposal(ids, 0, done_at=time.perf_counter()))
             if serial:
                 wait([job.propose])
-        if pb is not None and to_draft and job.record.k and self.proposal.k == job.record.k:
-            # the pipeline in steady state: both batches at one k
-            rows = sum(len(self._live(b)) for b in self.batches)
+        # The pipeline's every step is its cost: one verifying a batch drafted with k (whatever the other
+        # side drafts; a drain drafts nothing), and a restart, which verifies nothing and is added to the
+        # next one's period (goodput.PeriodTable). Steady-state steps alone flattered it under churn.
+        rows = sum(len(self._live(b)) for b in self.batches)
+        if pb is not None and self.proposal.k:
+            self._arm = (job.record, "psd", rows, self.proposal.k)
+        elif pb is None and job.record.k:
             self._arm = (job.record, "psd", rows, job.record.k)
         if pb is not None:
             job.proposal, job.verify_t0 = self.proposal, time.perf_counter()
