@@ -287,6 +287,27 @@ def test_tries_take_at_most_their_share_of_serving_time_whatever_the_traffic(mod
     assert share_of_time_in_tries(mode, budget=False) >= TRY_SHARE * 2.5  # without it: 1.6% (sd), 4.5% (psd)
 
 
+def test_acceptance_follows_a_change_of_traffic_within_a_few_steps_at_many_rows():
+    # Code traffic (most drafts accepted) turns to prose (few). Decayed per step only, 16-row steps took
+    # ~30 steps to show it, half a 64-token round, and psd kept pipelining on the old acceptance.
+    a = AcceptanceModel(4)
+    rows = [f"r{i}" for i in range(16)]
+    for _ in range(100):
+        a.observe(rows, [4] * 16, [4] * 16)
+    assert a.rates()[0] > 0.95
+    for step in range(1, 100):
+        a.observe(rows, [4] * 16, [0] * 16)
+        if a.rates()[0] < 0.3:
+            break
+    assert step <= 12
+    one = AcceptanceModel(4)  # at one row a step is one draft: the counts still span ~30 steps
+    for _ in range(100):
+        one.observe(["r"], [4], [4])
+    for _ in range(10):
+        one.observe(["r"], [4], [0])
+    assert one.rates()[0] > 0.5
+
+
 def test_acceptance_is_known_from_drafts_ever_verified_not_the_decayed_count():
     # At one row the decayed count levels off near 1 / (1 - DECAY) = 33 drafts: it never reaches the
     # 64 that make the acceptance known, and target-only serving explored every 16 decisions for good.
