@@ -295,11 +295,11 @@ def test_acceptance_follows_a_change_of_traffic_within_a_few_steps_at_many_rows(
     for _ in range(100):
         a.observe(rows, [4] * 16, [4] * 16)
     assert a.rates()[0] > 0.95
-    for step in range(1, 100):
+    steps = 0
+    while a.rates()[0] >= 0.3 and steps < 100:
         a.observe(rows, [4] * 16, [0] * 16)
-        if a.rates()[0] < 0.3:
-            break
-    assert step <= 12
+        steps += 1
+    assert steps <= 12
     one = AcceptanceModel(4)  # at one row a step is one draft: the counts still span ~30 steps
     for _ in range(100):
         one.observe(["r"], [4], [4])
@@ -347,21 +347,6 @@ def test_a_much_faster_step_restarts_its_arm():
     assert table.period("sd", 1, 0) == pytest.approx(0.004)
     table.observe("sd", 1, 0, 1, 0.005)  # an ordinary spread is averaged, not a restart
     assert 0.004 < table.period("sd", 1, 0) < 0.005
-
-
-def test_a_step_that_commits_nothing_is_paid_by_the_next_one_of_its_arm():
-    # The psd pipeline's restart only drafts (nothing verified, nothing committed): left out of the arm,
-    # a pipeline that restarted every few steps under Poisson arrivals looked 15% better than decoding
-    # every row, where it ran 10% worse.
-    from minedraft.spec.goodput import PeriodTable
-
-    table = PeriodTable()
-    table.observe("psd", 4, 3, 0, 0.006)  # the restart: no measurement of its own
-    assert table.period("psd", 4, 3) is None
-    table.observe("psd", 4, 3, 7, 0.010)  # the step that verifies what it drafted carries it
-    assert table.period("psd", 4, 3) == pytest.approx(0.016)
-    table.observe("psd", 4, 3, 7, 0.010)
-    assert table.period("psd", 4, 3) < 0.016
 
 
 def test_a_cold_first_target_only_step_does_not_keep_auto_speculating():

@@ -10,8 +10,7 @@ by what its steps cost, not by what the fit expected them to cost.
 
 An arm is (family, rows bucket, k): family "decode" (k = 0: one target-only decode of every running
 row; the same operation in ar, in an sd step at k = 0 and in a merged psd step), "sd" or "psd" (the
-pipeline: one batch verified, drafted with k, while the other drafts; its restarts and drains in).
-Each arm keeps a decayed mean that follows
+pipeline in steady state, both batches drafted with k). Each arm keeps a decayed mean that follows
 its last ~1 / (1 - DECAY) steps. The scheduler feeds every step, in every mode, fixed k included: a
 server that ran at k = 4 for a while already knows what k = 4 and k = 0 cost when auto takes over.
 """
@@ -41,7 +40,6 @@ def rows_bucket(rows: int) -> int:
 class PeriodTable:
     def __init__(self):
         self.arms: dict[tuple, list] = {}  # (family, bucket, k) -> [count, decayed weight, decayed seconds]
-        self.carry: dict[tuple, float] = {}  # seconds of steps that committed nothing, for the arm's next one
         self.observations = 0
 
     @staticmethod
@@ -49,19 +47,11 @@ class PeriodTable:
         return ("decode", rows_bucket(rows), 0) if k == 0 else (family, rows_bucket(rows), k)
 
     def observe(self, family: str, rows: int, k: int, tokens: int, seconds: float) -> None:
-        """One step of `rows` running rows at this k took `seconds` of period and committed `tokens`.
-        A step that committed nothing (the psd pipeline's restart, which only drafts; a failed or
-        preempted step) is no measurement of its own, but its time is the arm's: it is added to the
-        arm's next step. Left out, a pipeline restarted often (Poisson arrivals at 2-4 rows) looked 15%
-        better than decoding every row where it ran 10% worse."""
-        if rows <= 0 or not (seconds > 0.0 and math.isfinite(seconds)):
+        """One step of `rows` running rows at this k took `seconds` of period and committed `tokens`
+        (0: it failed or was preempted; not a measurement of the arm)."""
+        if rows <= 0 or tokens <= 0 or not (seconds > 0.0 and math.isfinite(seconds)):
             return
-        key = self.key(family, rows, k)
-        if tokens <= 0:
-            self.carry[key] = self.carry.get(key, 0.0) + seconds
-            return
-        seconds += self.carry.pop(key, 0.0)
-        arm = self.arms.setdefault(key, [0, 0.0, 0.0])
+        arm = self.arms.setdefault(self.key(family, rows, k), [0, 0.0, 0.0])
         if arm[0] and seconds < RESET_BELOW * arm[2] / arm[1]:
             arm[:] = [0, 0.0, 0.0]
         if arm[0] >= 3:  # a GC pause or a neighbour's burst must not swing the arm

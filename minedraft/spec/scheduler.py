@@ -372,13 +372,9 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
                 lambda: Proposal(ids, 0, done_at=time.perf_counter()))
             if serial:
                 wait([job.propose])
-        # The pipeline's every step is its cost: one verifying a batch drafted with k (whatever the other
-        # side drafts; a drain drafts nothing), and a restart, which verifies nothing and is added to the
-        # next one's period (goodput.PeriodTable). Steady-state steps alone flattered it under churn.
-        rows = sum(len(self._live(b)) for b in self.batches)
-        if pb is not None and self.proposal.k:
-            self._arm = (job.record, "psd", rows, self.proposal.k)
-        elif pb is None and job.record.k:
+        if pb is not None and to_draft and job.record.k and self.proposal.k == job.record.k:
+            # the pipeline in steady state: both batches at one k
+            rows = sum(len(self._live(b)) for b in self.batches)
             self._arm = (job.record, "psd", rows, job.record.k)
         if pb is not None:
             job.proposal, job.verify_t0 = self.proposal, time.perf_counter()
