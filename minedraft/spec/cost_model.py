@@ -185,7 +185,7 @@ class AcceptanceModel:
 
     # The global counts decay per verification step by DECAY, or by ROW_DECAY per row verified where that
     # is faster: they follow the last ~30 steps at one row and the last ~100 rows' drafts at many. Per step
-    # alone, a 16-row server took ~30 steps (half a 64-token round) to see code traffic turn to prose, and
+    # alone, a 16-row server took ~40 steps (most of a 64-token round) to see code traffic turn to prose, and
     # psd kept pipelining on the code's acceptance meanwhile.
     DECAY = 0.97
     ROW_DECAY = 0.99
