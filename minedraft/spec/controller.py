@@ -98,9 +98,14 @@ class IdleByRows:
     one-row steps of light traffic, where speculation may pay, reset it, and every burst of heavy
     traffic tried again every `base` decisions."""
 
-    def __init__(self, base: int, burst: int = 1):
-        self.base, self.burst = base, burst
+    def __init__(self, base: int, budget: TryBudget, burst: int = 1):
+        self.base, self.burst, self.budget = base, burst, budget
         self.buckets: dict[int, IdleExploration] = {}
+
+    def due(self, rows: int) -> bool:
+        """Whether this target-only decision at `rows` should try speculating: its bucket's turn, and
+        room in the time budget shared by all buckets."""
+        return self.at(rows).due(self.budget.allows())
 
     def at(self, rows: int) -> IdleExploration:
         bucket = rows_bucket(rows)
@@ -204,9 +209,9 @@ class Learned:
         self.periods = PeriodTable()
         self.calibration = [1.0, 1.0]  # budget: accepted drafts, summed scores of verified drafts
         # when target-only serving tries speculating again (kept across a reconfigure, as the rest)
-        self.idle_sd = IdleByRows(EXPLORE_IDLE_EVERY)
-        self.idle_psd = IdleByRows(EXPLORE_PIPELINE_EVERY, burst=3)
         self.tries = TryBudget()  # what those tries may cost in all
+        self.idle_sd = IdleByRows(EXPLORE_IDLE_EVERY, self.tries)
+        self.idle_psd = IdleByRows(EXPLORE_PIPELINE_EVERY, self.tries, burst=3)
         # the last auto policy's answer (None: none decided yet), and per rows bucket. An auto that follows
         # starts from it, so that after target-only serving the first admission does not prefill the draft
         # for nothing (per bucket: a round of 16 requests ends at one row, where speculation may pay)
@@ -389,11 +394,10 @@ class SpeculationController(_Feeding):
         cost model is fitted, only as far as the try budget goes (they are tries: TryBudget)."""
         if self.decisions >= len(WARMUP_KS) and self.costs.ready():  # the common case, first: it is every step's
             return None
-        if not self.costs.ready():
-            return min(WARMUP_KS[self.decisions % len(WARMUP_KS)], k_max)
-        measured = sum(self.periods.period(family, rows, k) is not None for k in range(k_max + 1))
-        if measured >= 2 or not self.learned.tries.allows():  # rows not measured yet: tries, within their budget
-            return None
+        if self.costs.ready():
+            measured = sum(self.periods.period(family, rows, k) is not None for k in range(k_max + 1))
+            if measured >= 2 or not self.learned.tries.allows():  # rows not measured yet: tries, within their budget
+                return None
         return min(WARMUP_KS[self.decisions % len(WARMUP_KS)], k_max)
 
     def _pick(self, goodput: list[float], k_max: int, family: str, rows: int) -> int:
@@ -431,7 +435,7 @@ class SpeculationController(_Feeding):
             return 0
         if self.acceptance.first_drafts < KNOWN_TRIALS:  # as often as while speculating until it is known
             return self._spec if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1 else 0
-        return self._spec if self.learned.idle_sd.at(rows).due(self.learned.tries.allows()) else 0
+        return self._spec if self.learned.idle_sd.due(rows) else 0
 
     def _sd_goodput(self, ids: list[str], requests, k_max: int) -> list[float]:
         """Expected tokens per second for k = 0..k_max: the acceptance model's tokens over the
@@ -510,7 +514,7 @@ class SpeculationController(_Feeding):
         elif self._warmup(k_max, "psd", n) is not None:
             merged = False
         elif self._merged and self._merge_check.holds((n, k_max)):
-            merged = not self.learned.idle_psd.at(n).due(self.learned.tries.allows())
+            merged = not self.learned.idle_psd.due(n)
         else:
             self._merge_check.checked((n, k_max))
             goodput = self._psd_goodput(batches, requests, k_max)
@@ -522,7 +526,7 @@ class SpeculationController(_Feeding):
             self._log_regime(n, goodput, merged=merged, spec_k=spec)
             if not merged:
                 self.learned.idle_psd.at(n).reset()
-            elif self.learned.idle_psd.at(n).due(self.learned.tries.allows()):
+            elif self.learned.idle_psd.due(n):
                 merged = False
         self.learned.tries.took(not merged and self._paid_try())
         self._trace("psd", n, "merged" if merged else "pipeline", goodput)

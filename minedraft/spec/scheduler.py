@@ -193,7 +193,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         if not new:
             return
         reqs = [r.worker_request() for r in new]
-        # else: before its first proposal
+        # prefilled on the draft now, or else just before its first proposal (DraftFeeding._join_draft)
         to_draft = self.speculating and self.controller.drafts_soon(len(self.running) + len(new))
         self._threads(shared=to_draft)
         draft_job = self._pool.submit(self.draft.add, reqs) if to_draft else None
