@@ -16,7 +16,7 @@ from minedraft.runner.model_runner import ModelRunner
 from minedraft.spec.compat import check_draft_fits_target, tokenizer_digest
 from minedraft.spec.frontend import Frontend, SchedulerSink
 from minedraft.spec.local_workers import LocalDraftWorker, LocalTargetWorker
-from minedraft.spec.placement import CallerThreads, threads_per_model, worker_thread_setup
+from minedraft.spec.placement import CallerThreads, DraftShare, parameter_share, threads_per_model, worker_thread_setup
 from minedraft.spec.request import Request
 from minedraft.spec.sampling import SamplingParams
 from minedraft.spec.scheduler import Scheduler
@@ -117,6 +117,8 @@ class Engine:
         if self.threads_per_model is not None:
             self.scheduler.set_worker_thread_setup(worker_thread_setup(self.threads_per_model))
         self.scheduler.threads = CallerThreads(self.threads_per_model)  # the target (and SD's draft) run here
+        if self.draft_runner is not None:  # whether the first steps draft before the verify (placement.py)
+            self.scheduler.draft_share = DraftShare(parameter_share(self.draft_runner.model, self.target_runner.model))
         self.frontend = Frontend(SchedulerSink(self.scheduler), self.tokenizer, self.eos_token_ids, self.vocab_size,
                                  self.context_len, model=target)
         self._ids = itertools.count()

@@ -529,7 +529,7 @@ class Scripted(SpeculationController):
 
     psd_k_for = lambda self, *args, **kwargs: self.k_for(None, None)  # noqa: E731
 
-    def merge(self, batches, requests, max_k=None):
+    def merge(self, batches, requests, max_k=None, riding=False):
         self.j += 1
         return self.MERGES[self.j % len(self.MERGES)]
 

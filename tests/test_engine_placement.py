@@ -11,7 +11,7 @@ import torch
 
 from minedraft import Engine, SamplingParams
 from minedraft.config import EngineConfig
-from minedraft.spec.placement import threads_per_model
+from minedraft.spec.placement import DraftShare, threads_per_model
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_a_cheap_draft_step_goes_first_and_the_verify_gets_every_thread(llama_pa
     expected = [r.token_ids for r in Engine(target, mode="ar").generate(prompts, params)]
     engine = Engine(target, draft, mode=mode, num_speculative_tokens=3)
     sched = engine.scheduler
-    sched.draft_share.observe(0.01, 1.0)
+    sched.draft_share = DraftShare(0.01)
     sched.draft_share.observe = lambda draft_s, verify_s: None  # keep it cheap for this test
     assert sched.draft_share.small
     seen, verify, propose = [], sched.target.verify, sched.draft.propose
@@ -121,4 +121,20 @@ def test_a_cheap_draft_step_goes_first_and_the_verify_gets_every_thread(llama_pa
     sched.target.verify, sched.draft.propose = verify_noting, propose_marking
     assert [r.token_ids for r in engine.generate(prompts, params)] == expected
     assert seen and all(threads == 2 and not busy for threads, busy in seen), seen
+    engine.close()
+
+
+def test_the_draft_share_starts_from_the_models_parameter_counts(llama_pair):
+    """Before any step measured it, whether the draft goes first follows the models' sizes: a 2-layer
+    draft beside a 28-layer target must not hold the first verifies to one thread."""
+    from minedraft.spec.placement import SERIAL_DRAFT_SHARE, parameter_share
+
+    target, draft, _ = llama_pair
+    engine = Engine(target, draft, mode="psd", num_speculative_tokens=3)
+    share = parameter_share(engine.draft_runner.model, engine.target_runner.model)
+    assert 0 < share <= 1 and engine.scheduler.draft_share.value == share
+    assert parameter_share(torch.nn.Linear(10, 10), torch.nn.Linear(100, 100)) == pytest.approx(110 / 10100)
+    assert DraftShare(SERIAL_DRAFT_SHARE / 2).small and not DraftShare(2 * SERIAL_DRAFT_SHARE).small
+    assert not DraftShare().small  # nothing known: the overlap, as before
+    assert Engine(target, mode="ar").scheduler.draft_share.value is None
     engine.close()

@@ -118,6 +118,12 @@ def test_a_rider_over_grpc_is_prefilled_by_the_next_decode_or_settle_never_when_
     cluster, address = _service("target", llama_pair[0])
     worker = RemoteTargetWorker(address)
     try:
+        # what the gateway sizes a chunk by (StagedPrefill._chunk_end), as the service's runner has it
+        from minedraft.runner.model_runner import default_max_num_batched_tokens
+
+        assert worker.max_num_batched_tokens == default_max_num_batched_tokens(torch.device("cpu"))
+        assert worker.block_size == 16
+
         def hits():
             return worker.info().prefix_cache_hits
 

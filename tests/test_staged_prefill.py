@@ -5,6 +5,7 @@ abort while staged ends the request and leaves no block held."""
 import pytest
 
 from minedraft import Engine, SamplingParams
+from minedraft.config import PREFILL_CHUNK_TOKENS
 
 LONG = [1] + [(7 * j) % 300 + 5 for j in range(300)]
 SHORTS = [[1] + [(11 * i + j) % 200 + 3 for j in range(8)] for i in range(4)]
@@ -67,7 +68,7 @@ def test_up_turns_staging_off_without_prefix_caching():
     from minedraft.config import UpConfig
     from minedraft.config.flags import from_flat
 
-    assert from_flat(UpConfig, {}).gateway_config().speculation.prefill_chunk_tokens == 256
+    assert from_flat(UpConfig, {}).gateway_config().speculation.prefill_chunk_tokens == PREFILL_CHUNK_TOKENS
     off = from_flat(UpConfig, {"enable_prefix_caching": False}).gateway_config()
     assert off.speculation.prefill_chunk_tokens == 0
 
@@ -160,3 +161,90 @@ def run_whole(mode, params):
             if r.finished:
                 out[r.request_id] = r.output_ids
     return [out[i] for i in ids + [long_id]], None, None, engine
+
+
+def _riding_passes(runner):
+    """Record, per target forward that carries a rider, how many passes it made and their tokens."""
+    forward, run_chunk, record = runner.forward, runner._run_chunk, []
+
+    def recording_forward(seqs, tokens, *args, **kwargs):
+        if kwargs.get("riders"):
+            record.append(dict(rows=len(seqs), passes=[]))
+        try:
+            return forward(seqs, tokens, *args, **kwargs)
+        finally:
+            if kwargs.get("riders"):
+                record[-1]["done"] = True
+
+    def recording_run_chunk(chunk, *args, **kwargs):
+        if record and "done" not in record[-1]:
+            record[-1]["passes"].append(sum(sl.q_len for _, sl, _ in chunk))
+        return run_chunk(chunk, *args, **kwargs)
+
+    runner.forward, runner._run_chunk = recording_forward, recording_run_chunk
+    return record
+
+
+@pytest.mark.parametrize("mode", ["ar", "sd", "psd"])
+def test_a_chunk_and_the_steps_rows_fit_one_forward_pass(mode):
+    """The chunk is cut to what the pass budget (max_num_batched_tokens) leaves beside the step's own
+    rows, and ends on a block boundary: a riding forward is one pass over the weights, never a full
+    pass plus one of a few spilled tokens (a whole pass of a big target for them)."""
+    budget, params = 64, SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    outputs = {}
+    for chunk in (0, 64):
+        engine = Engine(mode=mode, num_speculative_tokens=3, prefill_chunk_tokens=chunk, max_num_batched_tokens=budget)
+        riding = _riding_passes(engine.target_runner)
+        ids = [engine.add_request(s, params) for s in SHORTS]
+        engine.step()
+        ids.append(engine.add_request(LONG, params))
+        done = {}
+        while engine.has_unfinished():
+            done.update({r.request_id: r.output_ids for r in engine.step() if r.finished})
+        outputs[chunk] = [done[i] for i in ids]
+    with_rows = [f for f in riding if f["rows"]]
+    assert len(with_rows) >= 2  # chunks rode on the rows' forwards
+    assert all(len(f["passes"]) == 1 and f["passes"][0] <= budget for f in with_rows), with_rows
+    assert outputs[64] == outputs[0]  # the output of whole-prompt admission
+
+
+def test_psd_auto_does_not_start_its_pipeline_while_a_chunk_rides():
+    """A pipeline's first step verifies nothing: with a chunk riding, the target would run the chunk alone
+    while every row waits. Merged, psd auto stays merged while a chunk rides (each riding forward decodes
+    all the rows), and those steps are no decisions of the controller (they measure the chunk)."""
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    engine = Engine(mode="psd", prefill_chunk_tokens=64)
+    riding = _riding_passes(engine.target_runner)
+    controller = engine.scheduler.controller
+    merge, calls = controller.merge, []
+
+    def noting_merge(*args, riding=False, **kwargs):
+        before = controller.decisions
+        merged = merge(*args, riding=riding, **kwargs)
+        calls.append((riding, merged, controller.decisions - before))
+        return merged
+
+    controller.merge = noting_merge
+    for s in SHORTS:
+        engine.add_request(s, params)
+    engine.add_request(LONG, params)
+    while engine.has_unfinished():
+        engine.step()
+    assert len(riding) >= 3
+    assert all(f["rows"] == len(SHORTS) for f in riding[1:]), riding  # every row, in every riding step
+    while_riding = [c for c in calls if c[0]]
+    assert while_riding and all(merged and not counted for _, merged, counted in while_riding), calls
+
+
+def test_a_step_a_chunk_rode_on_is_not_measured_as_its_k():
+    """Its verify and wall times are mostly the chunk's: fed to the cost model they would price k."""
+    from minedraft.spec.controller import Learned
+    from minedraft.spec.metrics import StepRecord
+
+    for ride in (False, True):
+        learned = Learned(4)
+        learned.on_record(StepRecord("sd", 0.5, draft_s=0.01, verify_s=0.45, num_verified=4, k=2, draft_rows=4,
+                                     verify_tokens=12, ride=ride))
+        fits = [len(f) for f in (*learned.costs.verify_fits.values(), *learned.costs.draft_fits.values())]
+        assert (sum(fits) == 0) == ride
+        assert bool(learned.costs.overhead) != ride

@@ -26,7 +26,9 @@ DRAFT_METHODS = ("model", "ngram", "suffix", "eagle")
 ENGINE_DRAFT_METHODS = DRAFT_METHODS
 PORTS = {"gateway": 50051, "target": 50052, "draft": 50053}
 MAX_NUM_SEQS = 64
-PREFILL_CHUNK_TOKENS = 256  # staged prefill of long prompts (minedraft/spec/staged_prefill.py)
+# staged prefill of long prompts (minedraft/spec/staged_prefill.py): the CPU's default pass budget
+# (--max-num-batched-tokens), so that a chunk and the step's rows take one pass over the weights
+PREFILL_CHUNK_TOKENS = 512
 HTTP_PORT_ENV = "MINEDRAFT_HTTP_PORT"
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20  # a prompt of a million tokens or so; far above any context here
 
@@ -180,7 +182,9 @@ class SpeculationConfig:
                             shown="auto: the best both ends support")
     prefill_chunk_tokens: int = option(PREFILL_CHUNK_TOKENS, "schedule: a prompt longer than twice this is "
                                        "prefilled this many tokens per step before it is admitted, so that the "
-                                       "running streams never wait for a whole long prompt (0: whole prompts)")
+                                       "running streams never wait for a whole long prompt; cut to what the "
+                                       "target's --max-num-batched-tokens leaves beside the step's rows (0: whole "
+                                       "prompts)")
 
     def __post_init__(self):
         check_mode_and_k(self.mode, self.k, has_draft=True)  # the draft's presence is checked by the owner

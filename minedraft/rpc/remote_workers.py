@@ -247,6 +247,8 @@ class RemoteTargetWorker(_Remote, TargetWorker):
         super().__init__(address, worker_pb2_grpc.TargetWorkerStub, timeouts)
         info = info or self.info()
         self.context_len, self.vocab_size = info.context_len, info.vocab_size
+        self.max_num_batched_tokens = info.max_num_batched_tokens or None  # 0: an older target
+        self.block_size = info.kv_block_size or self.block_size
         self.relay = None  # a FeatureRelay once an EAGLE node is attached (the gateway's DraftPool sets it)
         # whether a call asks the target for its features (gateway/feature_path.py sets it)
         self.wants_features = lambda: False

@@ -63,6 +63,7 @@ class WorkerServicerBase:
             facts = dict(device=str(runner.device), device_uuid=device_uuid(str(runner.device)),
                          vocab_size=runner.vocab_size, context_len=runner.context_len,
                          architecture=runner.cfg.architecture,
+                         max_num_batched_tokens=runner.max_num_batched_tokens,
                          # the pool's compat check
                          tokenizer_fingerprint=tokenizer_digest(hf_adapter.load_tokenizer(model_path)))
         elif facts is None:  # vocabulary 0 and no tokenizer pass the pool's compat check against any target

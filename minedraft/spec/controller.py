@@ -237,6 +237,8 @@ class Learned:
 
     def on_record(self, record, synchronous: bool = False) -> None:
         """A finished step's StepRecord (synchronous: a decode, whose period ends at the next step)."""
+        if record.ride:  # its times are mostly a staged prompt's chunk, which no k changes
+            return
         drafted = record.draft_rows > 0 and (record.k or 0) > 0
         verified = record.num_verified > 0
         both = drafted and verified and record.mode == "psd"
@@ -306,7 +308,7 @@ class FixedK(_Feeding):
     def psd_k_for(self, draft_ids, verify_ids, verify_k, requests) -> int:
         return self.k
 
-    def merge(self, batches, requests) -> bool:
+    def merge(self, batches, requests, riding: bool = False) -> bool:
         return False
 
     def budget_for(self, proposal, requests, slack_s: float = 0.0):
@@ -499,11 +501,16 @@ class SpeculationController(_Feeding):
         self.decide_s += time.perf_counter() - t0
         return k or 0
 
-    def merge(self, batches: list[list[str]], requests, max_k: int | None = None) -> bool:
+    def merge(self, batches: list[list[str]], requests, max_k: int | None = None, riding: bool = False) -> bool:
         """psd: whether this step should decode every row at once instead (no k pays for the pipeline).
         The first step does (it measures the decode); while merged, three steps run the pipeline again
         after EXPLORE_PIPELINE_EVERY decisions, then after ever longer runs while it does not pay
-        (IdleExploration)."""
+        (IdleExploration). riding: a staged prompt's chunk rides on this step's forward. A merged psd
+        does not start the pipeline then: its first step verifies nothing, so it would run the chunk
+        alone while every row waits (a whole pass of a big target). Nor is it a decision (it measures
+        the chunk); a pipeline already running goes on."""
+        if riding and self._merged and self.decisions:
+            return True
         t0 = time.perf_counter()
         self.learned.tries.elapse()
         self._deciding = True

@@ -162,6 +162,7 @@ class LocalTargetWorker(_CarriesRiders, TargetWorker):
         self.book = RowBook(runner, TARGET_STREAM)
         self.context_len = runner.context_len
         self.vocab_size = runner.vocab_size
+        self.max_num_batched_tokens, self.block_size = runner.max_num_batched_tokens, runner.blocks.block_size
         self.riders = Riders(self.book)
 
     def add(self, requests):

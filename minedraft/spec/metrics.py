@@ -22,6 +22,7 @@ class StepRecord:
     k: int | None = None  # sd/psd: the k this step drafted (0: a target-only step); None: no choice (ar)
     draft_rows: int = 0  # rows drafted this step
     verify_tokens: int = 0  # tokens the verify scored: per row its verified drafts + 1 (a decode: 1)
+    ride: bool = False  # a staged prompt's chunk rode on this step's forwards (its times are mostly the chunk's)
 
 
 BREAKDOWN_FIELDS = ("num_steps", "wall_s", "draft_compute_s", "verify_compute_s", "draft_call_s", "verify_call_s",

@@ -90,6 +90,13 @@ class CallerThreads:
             use_threads(self.own)
 
 
+def parameter_share(draft_model, target_model) -> float:
+    """The draft's parameters over the target's: a forward's compute per token, roughly (the output
+    layer included, which dominates a small draft of a large vocabulary)."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return count(draft_model) / max(1, count(target_model))
+
+
 # In process on a CPU, a PSD step overlaps a draft step with a verify, each at one thread. When the draft
 # step is short against the verify (a Qwen3-0.6B-shaped target beside a 2-layer draft: 0.02 s against
 # 0.5 s at one thread, issue 21's long-prompt case), the overlap saves at most the draft's time while
@@ -99,10 +106,12 @@ SERIAL_DRAFT_SHARE = 0.15
 
 
 class DraftShare:
-    """PSD's draft compute over its verify compute, smoothed over steps that ran both."""
+    """PSD's draft compute over its verify compute, smoothed over steps that ran both. prior: the guess
+    before any step measured it (the models' parameter counts, `parameter_share`): without one the first
+    steps overlap, and a verify at one thread took 0.24-0.38 s where two take 0.18 (issue 21's case)."""
 
-    def __init__(self):
-        self.value: float | None = None
+    def __init__(self, prior: float | None = None):
+        self.value: float | None = prior
 
     def observe(self, draft_s: float, verify_s: float) -> None:
         if draft_s > 0 and verify_s > 0:

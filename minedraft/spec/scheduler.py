@@ -140,7 +140,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         else:
             self._dispatch_psd(touched)
         self.target.settle_riders()  # a staged chunk no forward carried this step
-        if self._arm is not None:
+        if self._arm is not None and not self._arm[0].ride:  # a chunk's step measures the chunk, not its k
             self._period = (dispatch_t0, *self._arm)
         for req in list(self.running.values()):
             if req.finished:
@@ -272,7 +272,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         ids = self._live(self.batches[0]) if ids is None else ids
         if not ids:
             return
-        record = StepRecord(mode, 0.0, k=0 if mode in ("sd", "psd") else None, verify_tokens=len(ids))
+        record = StepRecord(mode, 0.0, k=0 if mode in ("sd", "psd") else None, verify_tokens=len(ids),
+                            ride=self.target.riding)
         self._threads(shared=False)
         t0 = time.perf_counter()
         try:
@@ -308,7 +309,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         if k == 0:
             self._step_ar(touched, ids, mode=self.mode)
             return
-        record = StepRecord(self.mode, 0.0, k=k, draft_rows=len(ids))
+        record = StepRecord(self.mode, 0.0, k=k, draft_rows=len(ids), ride=self.target.riding)
         self._threads(shared=True)
         t0 = time.perf_counter()
         try:
@@ -344,12 +345,12 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             half = len(only) // 2  # split so that the two halves can overlap from now on
             self.batches = [only[:half], only[half:]]
             to_draft = [0, 1]
-        if self.controller.merge(self.batches, self.running):
+        if self.controller.merge(self.batches, self.running, riding=self.target.riding):
             if pb is None:  # no k pays for the pipeline: one target-only step of every row
                 self._step_ar(touched, [r for b in self.batches for r in self._live(b)], mode=self.mode)
                 return
             to_draft = []  # verify what was drafted; the pipeline drains
-        job = _InFlight(StepRecord(self.mode, 0.0), t0=time.perf_counter())
+        job = _InFlight(StepRecord(self.mode, 0.0, ride=self.target.riding), t0=time.perf_counter())
         k = 0
         if to_draft:  # first, so that an in-process draft overlaps an in-process verify
             d = to_draft[0] if pb is not None else max(to_draft, key=lambda i: len(self.batches[i]))

@@ -56,7 +56,7 @@ class StagedPrefill:
         if len(st.prompt) - st.done <= chunk:  # the rest is one chunk: admission prefills it, this step
             self._end_staging()  # (not a stand-in chunk and then the rest: that would be two in one step)
             return
-        n = min(st.done + chunk, len(st.prompt) - 1)
+        n = min(self._chunk_end(st.done, chunk), len(st.prompt) - 1)
         stand_in = NewRequest(f"{st.request.request_id}#prefill-{n}", st.prompt[:n], STAND_IN_PARAMS, seed=0)
         try:
             admitted = self._add_stand_in(stand_in)
@@ -68,6 +68,32 @@ class StagedPrefill:
             return
         self._release_stand_in(st)
         st.row_id, st.done = stand_in.request_id, n
+
+    def _chunk_end(self, done: int, chunk: int) -> int:
+        """Where the next stand-in ends: at a block boundary where it can, so that the next one finds every
+        token of it cached (a partial last block is computed again, and would make its rider longer than
+        the room measured for it)."""
+        end = done + self._chunk_room(chunk)
+        aligned = end - end % self.target.block_size
+        return aligned if aligned > done else end
+
+    def _chunk_room(self, chunk: int) -> int:
+        """The chunk, cut to what the target's forward pass has left beside this step's own rows: a
+        rider that spills over the pass budget (--max-num-batched-tokens) makes a pass of its own for a
+        few tokens, and a pass streams every weight (a 0.6B target on a CPU: ~130 ms for 7 tokens). The
+        rows bring at most one token each (a decode, or psd's merged step) or k + 1 (a verify: the psd
+        proposal in hand, or sd at the controller's bound). Not cut below a quarter of the chunk, where
+        progress would crawl: that spill is one pass in four chunks."""
+        budget = self.target.max_num_batched_tokens
+        if not budget or not self.running:
+            return chunk
+        rows = len(self.running)
+        if self.mode == "sd":
+            rows *= self.controller.bound() + 1
+        elif self.mode == "psd" and self.proposal is not None:
+            rows = max(rows, len(self.proposal.request_ids) * (self.proposal.k + 1))
+        room = budget - rows % budget
+        return min(chunk, room) if room >= chunk // 4 else chunk
 
     def must_stage(self, req: Request) -> bool:
         """Whether req is long enough to be staged before admission (and was not yet)."""

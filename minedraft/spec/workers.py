@@ -185,6 +185,8 @@ class TargetWorker(abc.ABC):
     vocab_size: int
     last_decode_compute_s: float = 0.0  # compute time of the latest decode() (for the step breakdown)
     last_decode_feature_bytes: int = 0  # feature-channel bytes of the latest decode() (remote, EAGLE only)
+    max_num_batched_tokens: int | None = None  # the most tokens one forward pass takes (None: unknown)
+    block_size: int = 16  # tokens per KV block (prefix caching shares whole blocks)
 
     @abc.abstractmethod
     def add(self, requests: list[NewRequest]) -> list[int | None]:

@@ -12,7 +12,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("role", "model", "device", "device_uuid", "vocab_size", "context_len", "transports", "hostname", "pid", "tokenizer_fingerprint", "architecture", "num_active", "instance_id", "num_kv_blocks", "num_free_kv_blocks", "kv_block_size", "kv_cache_usage", "max_k", "max_num_seqs", "method", "prefix_cache_queries", "prefix_cache_hits", "missing_features", "feature_layers")
+    __slots__ = ("role", "model", "device", "device_uuid", "vocab_size", "context_len", "transports", "hostname", "pid", "tokenizer_fingerprint", "architecture", "num_active", "instance_id", "num_kv_blocks", "num_free_kv_blocks", "kv_block_size", "kv_cache_usage", "max_k", "max_num_seqs", "method", "prefix_cache_queries", "prefix_cache_hits", "missing_features", "feature_layers", "max_num_batched_tokens")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class WorkerInfo(_message.Message):
     PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     MISSING_FEATURES_FIELD_NUMBER: _ClassVar[int]
     FEATURE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NUM_BATCHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     role: str
     model: str
     device: str
@@ -61,7 +62,8 @@ class WorkerInfo(_message.Message):
     prefix_cache_hits: int
     missing_features: int
     feature_layers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., architecture: _Optional[str] = ..., num_active: _Optional[int] = ..., instance_id: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_k: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., method: _Optional[str] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., missing_features: _Optional[int] = ..., feature_layers: _Optional[_Iterable[int]] = ...) -> None: ...
+    max_num_batched_tokens: int
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., device_uuid: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_len: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., architecture: _Optional[str] = ..., num_active: _Optional[int] = ..., instance_id: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., num_free_kv_blocks: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_k: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., method: _Optional[str] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., missing_features: _Optional[int] = ..., feature_layers: _Optional[_Iterable[int]] = ..., max_num_batched_tokens: _Optional[int] = ...) -> None: ...
 
 class ChannelSpec(_message.Message):
     __slots__ = ("transport", "name", "handle", "device", "num_slots", "slot_bytes", "pid", "hostname", "device_uuid")
