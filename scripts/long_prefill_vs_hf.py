@@ -6,6 +6,7 @@ with --one), the two alternate over --rounds, and the best (least) time of each 
 their defaults where the CPU computes bf16 (transformers keeps a checkpoint's dtype; so does our auto).
 
     PYTHONPATH=. python3 scripts/long_prefill_vs_hf.py [--rounds 2] [--folder /tmp/qwen3-shape] [--dtype bfloat16]
+        [--engine-args '{"max_num_batched_tokens": 2048, "prefill_chunk_tokens": 2048}']  # not the defaults
 """
 
 import argparse
@@ -35,7 +36,7 @@ def in_bf16(path: str, folder: pathlib.Path) -> str:
     return str(copy) if copy.is_dir() else bf16_copy(path, copy)
 
 
-def one(kind: str, target: str, draft: str) -> float:
+def one(kind: str, target: str, draft: str, engine_args: dict | None = None) -> float:
     import torch
 
     ps = prompts()
@@ -51,7 +52,7 @@ def one(kind: str, target: str, draft: str) -> float:
         return time.perf_counter() - t0
     from minedraft import Engine, SamplingParams
 
-    engine = Engine(target, draft, mode="psd")
+    engine = Engine(target, draft, mode="psd", **(engine_args or {}))
     t0 = time.perf_counter()
     engine.generate(ps, SamplingParams(max_tokens=NEW, ignore_eos=True))
     return time.perf_counter() - t0
@@ -63,6 +64,7 @@ def main():
     p.add_argument("--folder", default="/tmp/qwen3-shape")
     p.add_argument("--one", choices=("hf", "engine"))
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the checkpoints' dtype")
+    p.add_argument("--engine-args", default="{}", help="Engine keywords (JSON) for the engine's side")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
     from real_scale_models import draft_small, target_0_6b
@@ -73,13 +75,13 @@ def main():
     if args.dtype == "bfloat16":
         target, draft = in_bf16(target, folder), in_bf16(draft, folder)
     if args.one:
-        print(json.dumps({"seconds": one(args.one, target, draft)}))
+        print(json.dumps({"seconds": one(args.one, target, draft, json.loads(args.engine_args))}))
         return
     times = {"hf": [], "engine": []}
     for r in range(args.rounds):
         for kind in (("hf", "engine") if r % 2 == 0 else ("engine", "hf")):
             out = subprocess.run([sys.executable, __file__, "--one", kind, "--folder", args.folder, "--dtype",
-                                  args.dtype],
+                                  args.dtype, "--engine-args", args.engine_args],
                                  capture_output=True, text=True, timeout=900, check=True)
             times[kind].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
             print(f"round {r + 1} {kind}: {times[kind][-1]:.1f} s", flush=True)
