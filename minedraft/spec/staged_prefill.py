@@ -87,12 +87,12 @@ class StagedPrefill:
         budget = self.target.max_num_batched_tokens
         if not budget or not self.running:
             return chunk
-        rows = len(self.running)
+        row_tokens = len(self.running)
         if self.mode == "sd":
-            rows *= self.controller.bound() + 1
+            row_tokens *= self.controller.bound() + 1
         elif self.mode == "psd" and self.proposal is not None:
-            rows = max(rows, len(self.proposal.request_ids) * (self.proposal.k + 1))
-        room = budget - rows % budget
+            row_tokens = max(row_tokens, len(self.proposal.request_ids) * (self.proposal.k + 1))
+        room = budget - row_tokens % budget  # what the rows' last pass leaves
         return min(chunk, room) if room >= chunk // 4 else chunk
 
     def must_stage(self, req: Request) -> bool:
