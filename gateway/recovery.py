@@ -103,7 +103,7 @@ class TargetRecovery:
         if not restarted and running:
             w.target.release(running)  # the same process kept their blocks; they are re-added below
         w.target_info = info
-        w.target.context_len, w.target.vocab_size = info.context_len, info.vocab_size
+        w.target.adopt(info)
         if w.draft is not None:
             w.draft.rebind(w.target, info)
         n = scheduler.requeue_all_for_resume()

@@ -245,14 +245,17 @@ class RemoteTargetWorker(_Remote, TargetWorker):
     def __init__(self, address: str, info: worker_pb2.WorkerInfo | None = None,
                  timeouts: TimeoutConfig = DEFAULT_TIMEOUTS):
         super().__init__(address, worker_pb2_grpc.TargetWorkerStub, timeouts)
-        info = info or self.info()
-        self.context_len, self.vocab_size = info.context_len, info.vocab_size
-        self.max_num_batched_tokens = info.max_num_batched_tokens or None  # 0: an older target
-        self.block_size = info.kv_block_size or self.block_size
+        self.adopt(info or self.info())
         self.relay = None  # a FeatureRelay once an EAGLE node is attached (the gateway's DraftPool sets it)
         # whether a call asks the target for its features (gateway/feature_path.py sets it)
         self.wants_features = lambda: False
         self.last_decode_feature_bytes = 0
+
+    def adopt(self, info: worker_pb2.WorkerInfo) -> None:
+        """The target's facts the scheduler reads, from its Info (at start, and again after a restart)."""
+        self.context_len, self.vocab_size = info.context_len, info.vocab_size
+        self.max_num_batched_tokens = info.max_num_batched_tokens or None  # 0: an older target
+        self.block_size = info.kv_block_size or TargetWorker.block_size
 
     def export_features(self, node_info: worker_pb2.WorkerInfo, forced: str | None, channel_id: str):
         """From now on the target exports its features; returns the HandshakeReply (spec, transport)
