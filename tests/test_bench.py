@@ -280,6 +280,19 @@ def test_bad_modes_rejected(llama_pair):
                                                    "--rate", "5", "--k-sweep"]))
     assert args.modes == [] and args.ks == ["auto", 1, 2, 3, 4, 5, 6]
     assert [x.name for x in args.matrix_loads] == ["c1", "c16", "c64", "poisson 5/s"]
+    assert args.matrix_modes == ("sd", "psd")
+
+
+def test_the_matrix_runs_the_speculative_modes_named(llama_pair):
+    """--modes ar,psd --matrix only: the matrix's columns are ar and psd (half the time of both); a
+    --modes naming neither speculative mode keeps both."""
+    from minedraft.bench.cli import build_parser, resolve_args
+
+    target, draft, _ = llama_pair
+    for modes, want in (("ar,psd", ("psd",)), ("sd", ("sd",)), ("ar", ("sd", "psd"))):
+        args = resolve_args(build_parser().parse_args(["--target", target, "--draft", draft, "--matrix", "only",
+                                                       "--modes", modes]))
+        assert args.matrix_modes == want, modes
 
 
 def test_running_limit_is_reconfigurable(llama_pair):

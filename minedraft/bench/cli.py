@@ -9,7 +9,8 @@ mode alike.
 
 After the per-mode runs the same services run the serving matrix (concurrency 1, 16, 64 and Poisson
 arrivals x greedy / prose x ar, sd, psd at --ks auto,2,4; see minedraft.bench.matrix): per cell auto /
-best fixed k and auto / ar, a table and, with --plot, a heat map beside the figure.
+best fixed k and auto / ar, a table and, with --plot, a heat map beside the figure. Its speculative modes
+are those --modes names (sd, psd: both where it names neither).
 
 Modes (``--modes``, comma list; default all):
   ar, sd, psd            the three services (target, draft, gateway processes), one cluster; the mode

@@ -123,6 +123,8 @@ def resolve(args) -> None:
             raise SystemExit(f"minedraft bench: --{name.replace('_', '-')} must be >= 1")
     if args.matrix != "off" and not loads:
         raise SystemExit("minedraft bench: the matrix has no rows")
+    # the speculative modes --modes names (ar is every row's baseline); both where it names neither
+    args.matrix_modes = tuple(m for m in SPEC_MODES if m in args.modes) or SPEC_MODES
 
 
 # -- workloads --------------------------------------------------------------------------------------
@@ -265,13 +267,13 @@ def run_matrix(bench, args) -> dict:
             ks.remove("auto")
             notes.append(f"k=auto skipped: the installed code refuses it ({refused})")
             print(f"minedraft bench: matrix: {notes[-1]}", file=sys.stderr, flush=True)
-    columns = [("ar", None)] + [(mode, k) for mode in SPEC_MODES for k in ks]
+    columns = [("ar", None)] + [(mode, k) for mode in args.matrix_modes for k in ks]
     workloads, sources = build_workloads(args)
     warm_tokens = min(8, args.matrix_max_tokens)
     for regime in args.matrix_regimes:  # unmeasured: the sampled path's first calls, a fresh backend
         w = next(x for (_, r), x in workloads.items() if r == regime)
         warm = Workload(w.prompts[:2], [0.0, 0.0], 2, warm_tokens, w.temperature, w.seed)
-        for mode, k in [("ar", None)] + [(m, ks[0]) for m in SPEC_MODES if ks]:
+        for mode, k in [("ar", None)] + [(m, ks[0]) for m in args.matrix_modes if ks]:
             backend.run(mode, k, warm, -1)
     results: dict[tuple, list] = {}
     bar = tqdm(total=args.matrix_rounds * len(workloads) * len(columns), desc="matrix", unit="run",
