@@ -248,3 +248,23 @@ def test_a_step_a_chunk_rode_on_is_not_measured_as_its_k():
         fits = [len(f) for f in (*learned.costs.verify_fits.values(), *learned.costs.draft_fits.values())]
         assert (sum(fits) == 0) == ride
         assert bool(learned.costs.overhead) != ride
+
+
+def test_an_sd_chunk_leaves_room_for_the_k_the_controller_prefers():
+    """sd decides k after staging: the chunk leaves k + 1 tokens a row for the k auto prefers (1 at k = 0,
+    a target-only decode), and for its bound before it decided; a fixed k leaves k + 1."""
+    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+    engine = Engine(mode="sd", max_num_batched_tokens=64, max_k=4)
+    for s in SHORTS:
+        engine.add_request(s, params)
+    engine.step()
+    sched, controller = engine.scheduler, engine.scheduler.controller
+    rows = len(sched.running)
+    for best, want in ((None, 64 - rows * 5), (0, 64 - rows), (2, 64 - rows * 3)):
+        controller.best = best
+        assert sched._chunk_room(64) == want, best
+    fixed = Engine(mode="sd", num_speculative_tokens=3, max_num_batched_tokens=64)
+    for s in SHORTS:
+        fixed.add_request(s, params)
+    fixed.step()
+    assert fixed.scheduler._chunk_room(64) == 64 - len(fixed.scheduler.running) * 4

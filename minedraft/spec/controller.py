@@ -302,6 +302,8 @@ class FixedK(_Feeding):
     def bound(self) -> int:
         return self.k
 
+    likely_k = bound
+
     def k_for(self, ids, requests) -> int:
         return self.k
 
@@ -386,6 +388,11 @@ class SpeculationController(_Feeding):
         """The largest k a step may draft: auto's bound, within the draft's capacity."""
         capacity = self.capacity() if self.capacity is not None else None
         return min(self.max_k, capacity or self.max_k)
+
+    def likely_k(self) -> int:
+        """The k the next step will most likely draft (what the model prefers, exploration aside); the
+        bound before it decided."""
+        return self.bound() if self.best is None else min(self.best, self.bound())
 
     def _bound(self, max_k: int | None) -> int:
         bound = self.bound()

@@ -81,15 +81,15 @@ class StagedPrefill:
         """The chunk, cut to what the target's forward pass has left beside this step's own rows: a
         rider that spills over the pass budget (--max-num-batched-tokens) makes a pass of its own for a
         few tokens, and a pass streams every weight (a 0.6B target on a CPU: ~130 ms for 7 tokens). The
-        rows bring at most one token each (a decode, or psd's merged step) or k + 1 (a verify: the psd
-        proposal in hand, or sd at the controller's bound). Not cut below a quarter of the chunk, where
-        progress would crawl: that spill is one pass in four chunks."""
+        rows bring one token each (a decode, or psd's merged step) or k + 1 (a verify: the psd proposal in
+        hand; sd at the k its controller prefers, decided after this: an exploration step may spill). Not
+        cut below a quarter of the chunk, where progress would crawl: that spill is one pass in four chunks."""
         budget = self.target.max_num_batched_tokens
         if not budget or not self.running:
             return chunk
         row_tokens = len(self.running)
         if self.mode == "sd":
-            row_tokens *= self.controller.bound() + 1
+            row_tokens *= self.controller.likely_k() + 1
         elif self.mode == "psd" and self.proposal is not None:
             row_tokens = max(row_tokens, len(self.proposal.request_ids) * (self.proposal.k + 1))
         room = budget - row_tokens % budget  # what the rows' last pass leaves
