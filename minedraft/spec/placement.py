@@ -93,8 +93,8 @@ class CallerThreads:
 def parameter_share(draft_model, target_model) -> float:
     """The draft's parameters over the target's: a forward's compute per token, roughly (the output
     layer included, which dominates a small draft of a large vocabulary)."""
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    return count(draft_model) / max(1, count(target_model))
+    draft, target = (sum(p.numel() for p in m.parameters()) for m in (draft_model, target_model))
+    return draft / max(1, target)
 
 
 # In process on a CPU, a PSD step overlaps a draft step with a verify, each at one thread. When the draft

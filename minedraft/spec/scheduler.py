@@ -267,13 +267,16 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
     def _live(self, batch: list[str]) -> list[str]:
         return [r for r in batch if not self.running[r].finished]
 
+    def _new_record(self, mode: str, **fields) -> StepRecord:
+        """A step's record, marked when a staged chunk rides on its forward (its times are the chunk's)."""
+        return StepRecord(mode, 0.0, ride=self.target.riding, **fields)
+
     def _step_ar(self, touched, ids: list[str] | None = None, mode: str = "ar") -> None:
         """A target-only step, synchronous (nothing to overlap with); its record is complete here."""
         ids = self._live(self.batches[0]) if ids is None else ids
         if not ids:
             return
-        record = StepRecord(mode, 0.0, k=0 if mode in ("sd", "psd") else None, verify_tokens=len(ids),
-                            ride=self.target.riding)
+        record = self._new_record(mode, k=0 if mode in ("sd", "psd") else None, verify_tokens=len(ids))
         self._threads(shared=False)
         t0 = time.perf_counter()
         try:
@@ -309,7 +312,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         if k == 0:
             self._step_ar(touched, ids, mode=self.mode)
             return
-        record = StepRecord(self.mode, 0.0, k=k, draft_rows=len(ids), ride=self.target.riding)
+        record = self._new_record(self.mode, k=k, draft_rows=len(ids))
         self._threads(shared=True)
         t0 = time.perf_counter()
         try:
@@ -350,7 +353,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
                 self._step_ar(touched, [r for b in self.batches for r in self._live(b)], mode=self.mode)
                 return
             to_draft = []  # verify what was drafted; the pipeline drains
-        job = _InFlight(StepRecord(self.mode, 0.0, ride=self.target.riding), t0=time.perf_counter())
+        job = _InFlight(self._new_record(self.mode), t0=time.perf_counter())
         k = 0
         if to_draft:  # first, so that an in-process draft overlaps an in-process verify
             d = to_draft[0] if pb is not None else max(to_draft, key=lambda i: len(self.batches[i]))
