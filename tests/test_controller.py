@@ -9,7 +9,13 @@ import random
 import pytest
 import torch
 
-from minedraft.spec.controller import IDLE_BACKOFF_MAX, TRY_SHARE, IdleExploration, SpeculationController
+from minedraft.spec.controller import (
+    IDLE_BACKOFF_MAX,
+    TRY_SHARE,
+    WARMUP_MIN_LEFT,
+    IdleExploration,
+    SpeculationController,
+)
 from minedraft.spec.cost_model import AcceptanceModel, OnlineCostModel
 from minedraft.spec.metrics import SpecDecodeMetrics, StepRecord
 from minedraft.spec.theory import CostModel, expected_tokens_per_step
@@ -204,6 +210,25 @@ def test_psd_merges_when_drafting_cannot_pay_and_pipelines_when_it_does():
     c = SpeculationController(8, "psd")
     ks, merged = World(alpha=0.85).run_psd(c, steps=200)
     assert merged <= 10 and sum(k > 0 for k in ks[-50:]) >= 45
+
+
+@pytest.mark.parametrize("mode", ["sd", "psd"])
+def test_the_warm_up_waits_for_rows_with_tokens_left(mode):
+    """A warm-up try costs more than a decode; rows within WARMUP_MIN_LEFT tokens of their max_tokens end
+    before it can pay back: those steps stay target-only (sd k = 0, psd merged), and the tries start
+    once a row has tokens left."""
+    world, c = World(alpha=0.8, rows=8), SpeculationController(8, mode)
+    for req in world.requests.values():
+        req.max_new_tokens = WARMUP_MIN_LEFT  # one token out already: WARMUP_MIN_LEFT - 1 left
+    if mode == "sd":
+        ks = world.run_sd(c, steps=12)
+        assert ks == [0] * 12
+    else:
+        ks, merged = world.run_psd(c, steps=12)
+        assert merged == 12
+    world.requests["r3"].max_new_tokens = WARMUP_MIN_LEFT + 1  # one row with room: the warm-up goes on
+    ks = world.run_sd(c, steps=8) if mode == "sd" else world.run_psd(c, steps=8)[0]
+    assert any(k > 0 for k in ks)
 
 
 def test_idle_tries_back_off_and_start_again_when_speculation_pays():

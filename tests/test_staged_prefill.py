@@ -232,7 +232,8 @@ def test_psd_auto_does_not_start_its_pipeline_while_a_chunk_rides():
         engine.step()
     assert len(riding) >= 3
     assert all(f["rows"] == len(SHORTS) for f in riding[1:]), riding  # every row, in every riding step
-    while_riding = [c for c in calls if c[0]]
+    assert calls[0][1] and calls[0][2] == 1, calls  # the first step decides (merged: it measures a decode)
+    while_riding = [c for c in calls[1:] if c[0]]  # (its decode carries a chunk too: _stage_again)
     assert while_riding and all(merged and not counted for _, merged, counted in while_riding), calls
 
 
@@ -268,3 +269,24 @@ def test_an_sd_chunk_leaves_room_for_the_k_the_controller_prefers():
         fixed.add_request(s, params)
     fixed.step()
     assert fixed.scheduler._chunk_room(64) == 64 - len(fixed.scheduler.running) * 4
+
+
+@pytest.mark.parametrize("mode", ["ar", "psd"])
+def test_a_step_whose_admission_carried_the_chunk_carries_the_next_on_its_own_forward(mode):
+    """Short prompts and a long one arrive together: the shorts' admission prefill carries the first
+    chunk, and the step's own decode of those rows the second (it went alone before: a whole pass of
+    the target for a few tokens, and the long prompt started a step later). Output as whole admission."""
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    outputs = {}
+    for chunk in (0, 64):
+        engine = Engine(mode=mode, prefill_chunk_tokens=chunk)
+        riding = _riding_passes(engine.target_runner)
+        ids = [engine.add_request(s, params) for s in SHORTS + [LONG]]
+        engine.step()
+        if chunk:
+            assert [f["rows"] for f in riding] == [len(SHORTS), len(SHORTS)], riding  # the add, then the decode
+        done = {}
+        while engine.has_unfinished():
+            done.update({r.request_id: r.output_ids for r in engine.step() if r.finished})
+        outputs[chunk] = [done[i] for i in ids]
+    assert outputs[64] == outputs[0]

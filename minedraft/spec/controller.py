@@ -45,6 +45,7 @@ from minedraft.spec.workers import Verdict
 log = logging.getLogger("minedraft.spec")
 
 WARMUP_KS = (0, 1, 2, 4)  # one step each, in this order, before the model decides
+WARMUP_MIN_LEFT = 2 * len(WARMUP_KS)  # warm-up tries wait for a row this many tokens from its max_tokens
 EXPLORE_EVERY = 16  # a neighbour of the best k (cheap: it is nearly as good)
 EXPLORE_IDLE_EVERY = 64  # target-only: the best k > 0 (dearer: the draft catches up on what it skipped)
 SPECULATE_MARGIN = 0.05  # speculating must beat target-only by this much
@@ -337,6 +338,7 @@ class SpeculationController(_Feeding):
         self.learned.acceptance.grow(max_k)
         self.costs, self.acceptance, self.periods = self.learned.costs, self.learned.acceptance, self.learned.periods
         self.decisions = 0
+        self._put_off = 0  # decisions at which a warm-up try waited for rows with tokens left (_near_end)
         self._deciding = False  # whether this policy has taken a decision yet
         # the k the model prefers (exploration aside); after target-only serving, 0 until it decides
         self.best: int | None = 0 if self.learned.target_only else None
@@ -400,14 +402,16 @@ class SpeculationController(_Feeding):
 
     def _warmup(self, k_max: int, family: str, rows: int) -> int | None:
         """The first decisions try a few k, unless the table already measured two of them here; once the
-        cost model is fitted, only as far as the try budget goes (they are tries: TryBudget)."""
-        if self.decisions >= len(WARMUP_KS) and self.costs.ready():  # the common case, first: it is every step's
+        cost model is fitted, only as far as the try budget goes (they are tries: TryBudget). A decision
+        that put a try off (`_near_end`) does not count."""
+        tried = self.decisions - self._put_off
+        if tried >= len(WARMUP_KS) and self.costs.ready():  # the common case, first: it is every step's
             return None
         if self.costs.ready():
             measured = sum(self.periods.period(family, rows, k) is not None for k in range(k_max + 1))
             if measured >= 2 or not self.learned.tries.allows():  # rows not measured yet: tries, within their budget
                 return None
-        return min(WARMUP_KS[self.decisions % len(WARMUP_KS)], k_max)
+        return min(WARMUP_KS[tried % len(WARMUP_KS)], k_max)
 
     def _pick(self, goodput: list[float], k_max: int, family: str, rows: int) -> int:
         """The best k, or on an exploration step another one. Speculating must beat k = 0 by
@@ -432,6 +436,19 @@ class SpeculationController(_Feeding):
             if near:
                 return min(near, key=lambda k: (self.periods.count(family, rows, k), -goodput[k]))
         return best
+
+    @staticmethod
+    def _near_end(ids, requests) -> bool:
+        """Whether every row is within WARMUP_MIN_LEFT tokens of its max_tokens. A warm-up try costs more
+        than the decode it replaces (k + 1 tokens a row to verify; psd's half batches), and such rows
+        end before a step at the k it finds could pay it back: the warm-up waits for rows with tokens
+        left (target-only meanwhile, which never loses to ar). Issue 21's case, 8 tokens a request on a
+        fresh Engine whose draft is never accepted: the tries cost psd 0.5 s, 10%, against ar."""
+        for rid in ids:
+            req = requests.get(rid)
+            if req is None or req.max_new_tokens - len(req.output_ids) >= WARMUP_MIN_LEFT:
+                return False
+        return True
 
     def _paid_try(self) -> bool:
         """Whether a speculative step now is a try the TryBudget pays for: taken while target-only serving
@@ -472,6 +489,8 @@ class SpeculationController(_Feeding):
         self._deciding = True
         k_max, n = self._bound(max_k), len(ids)
         k, goodput = self._warmup(k_max, "sd", n), None
+        if k and self._near_end(ids, requests):
+            k, self._put_off = 0, self._put_off + 1
         if k is None and self.best == 0 and self._idle_check.holds((n, k_max)):
             k = self._idle_choice(n)
         elif k is None:
@@ -526,7 +545,8 @@ class SpeculationController(_Feeding):
         if self.decisions == 0 or k_max == 0:
             merged = True
         elif self._warmup(k_max, "psd", n) is not None:
-            merged = False
+            merged = self._near_end(batches[0] + batches[1], requests)
+            self._put_off += merged
         elif self._merged and self._merge_check.holds((n, k_max)):
             merged = not self.learned.idle_psd.due(n)
         else:

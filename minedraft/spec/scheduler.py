@@ -127,8 +127,11 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         self._drop_aborted_waiting(touched)
         self._collect(touched)
         admit_start = time.perf_counter()
+        rows_before = len(self.running)
         self._stage(touched)
         self._admit(touched)
+        if not rows_before:
+            self._stage_again(touched)
         admit_s = time.perf_counter() - admit_start
         self._close_collected_record(admit_s)
         self._close_period(admit_s)

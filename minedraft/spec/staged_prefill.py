@@ -2,8 +2,9 @@
 
 Admission prefills a request's whole prompt on both workers, and every running stream waits for it.
 With `prefill_chunk_tokens` = C, a prompt longer than 2C is staged first: each step prefills the next
-C tokens of it on both workers under a stand-in row of its own id, whose full blocks prefix caching
-registers. The stand-in rides (TargetWorker.ride, DraftWorker.ride): each worker packs its chunk into
+C tokens of it on both workers (two chunks when the step's admission prefill carried the first and no
+row was running before: `_stage_again`) under a stand-in row of its own id, whose full blocks prefix
+caching registers. The stand-in rides (TargetWorker.ride, DraftWorker.ride): each worker packs its chunk into
 its next forward, the step's verify or decode on the target, the next proposal on the draft, so the
 chunk costs no pass over the weights of its own. The next stand-in starts from those blocks, and the
 request itself, admitted once at most C tokens are left, finds them all: running streams wait for
@@ -68,6 +69,16 @@ class StagedPrefill:
             return
         self._release_stand_in(st)
         st.row_id, st.done = stand_in.request_id, n
+
+    def _stage_again(self, touched) -> None:
+        """Admission's prefill carried this step's chunk (a worker's `add` packs its riders in), so the
+        step's own forward would carry none: it takes the next chunk. Issue 21's case: the first step's
+        decode of the seven short prompts just admitted went alone (113 ms of a 0.6B target) and the
+        long prompt's admission came a step later. The scheduler asks only when every row of the step
+        was admitted in it: a row running before would wait for two chunks' passes in one step."""
+        st = self._staging
+        if st is not None and st.row_id is not None and self.running and not self.target.riding:
+            self._stage(touched)
 
     def _chunk_end(self, done: int, chunk: int) -> int:
         """Where the next stand-in ends: at a block boundary where it can, so that the next one finds every
