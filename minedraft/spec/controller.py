@@ -22,9 +22,10 @@ target-only (its first admission does not prefill the draft).
   them are kept while one more is expected to add tokens faster than the step makes them (its
   calibrated acceptance probability against the verify's cost of one more token).
 With nothing measured, the first steps try a few k (0 included) so that every term of the fit is
-identified; then exploration keeps the measurements current (see `_pick`; while target-only, its tries
-take at most TRY_SHARE of the time, TryBudget), speculating needs
-SPECULATE_MARGIN better goodput than k = 0 and a change between two k > 0 HYSTERESIS. Deterministic
+identified (on rows with tokens left to gain from it: `_near_end`); then exploration keeps the
+measurements current (see `_pick`; while target-only, its tries take at most TRY_SHARE of the time,
+TryBudget), speculating needs SPECULATE_MARGIN better goodput than k = 0 and a change between two
+k > 0 HYSTERESIS. Deterministic
 given its inputs; per step a few hundred float operations. A regime change (speculating or not, held
 for REGIME_PERSIST decisions) is logged once at INFO.
 
