@@ -11,6 +11,7 @@ import torch
 
 from minedraft.spec.controller import (
     IDLE_BACKOFF_MAX,
+    PIPELINE_VOTES,
     TRY_SHARE,
     WARMUP_MIN_LEFT,
     IdleExploration,
@@ -229,6 +230,23 @@ def test_the_warm_up_waits_for_rows_with_tokens_left(mode):
     world.requests["r3"].max_new_tokens = WARMUP_MIN_LEFT + 1  # one row with room: the warm-up goes on
     ks = world.run_sd(c, steps=8) if mode == "sd" else world.run_psd(c, steps=8)[0]
     assert any(k > 0 for k in ks)
+
+
+def test_psd_starts_its_pipeline_only_when_two_checks_in_a_row_find_it_better():
+    """Two noisy arms compared with a margin: one draw past it (a decode arm that read a few slow steps)
+    started the pipeline at 16 prose rows on the bundled pair, where merged decodes were as fast, and the
+    pipeline then ran while it beat merged at all. Merged, it takes PIPELINE_VOTES full checks in a row."""
+    world, c = World(alpha=0.6, rows=16), SpeculationController(8, "psd")
+    a, b = world.ids[:8], world.ids[8:]
+    c.decisions, c._merged = 10, True  # past the warm-up, merged
+    c._warmup = lambda *args: None
+    c._merge_check.holds = lambda key: False  # a full check at every decision
+    c.learned.idle_psd.due = lambda rows: False  # no exploration tries
+    better, worse = [1000.0] + [1100.0] * 8, [1000.0] + [1010.0] * 8
+    draws = iter([better, worse, better, better, better])
+    c._psd_goodput = lambda *args: list(next(draws))
+    assert [c.merge([a, b], world.requests) for _ in range(5)] == [True, True, True, False, False]
+    assert PIPELINE_VOTES == 2
 
 
 def test_idle_tries_back_off_and_start_again_when_speculation_pays():
