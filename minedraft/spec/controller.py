@@ -25,9 +25,8 @@ With nothing measured, the first steps try a few k (0 included) so that every te
 identified (on rows with tokens left to gain from it: `_near_end`); then exploration keeps the
 measurements current (see `_pick`; while target-only, its tries take at most TRY_SHARE of the time,
 TryBudget), speculating needs SPECULATE_MARGIN better goodput than k = 0 and a change between two
-k > 0 HYSTERESIS. Deterministic
-given its inputs; per step a few hundred float operations. A regime change (speculating or not, held
-for REGIME_PERSIST decisions) is logged once at INFO.
+k > 0 HYSTERESIS. Deterministic given its inputs; per step a few hundred float operations. A regime
+change (speculating or not, held for REGIME_PERSIST decisions) is logged once at INFO.
 
 Exactness is untouched: k and the budget depend on past steps and on draft-side information only.
 """
@@ -549,7 +548,7 @@ class SpeculationController(_Feeding):
             merged = True
         elif self._warmup(k_max, "psd", n) is not None:
             merged = self._near_end(batches[0] + batches[1], requests)
-            self._put_off += merged
+            self._put_off += int(merged)
         elif self._merged and self._merge_check.holds((n, k_max)):
             merged = not self.learned.idle_psd.due(n)
         else:

@@ -130,8 +130,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         rows_before = len(self.running)
         self._stage(touched)
         self._admit(touched)
-        if not rows_before:
-            self._stage_again(touched)
+        self._stage_again(touched, rows_before)
         admit_s = time.perf_counter() - admit_start
         self._close_collected_record(admit_s)
         self._close_period(admit_s)

@@ -70,14 +70,16 @@ class StagedPrefill:
         self._release_stand_in(st)
         st.row_id, st.done = stand_in.request_id, n
 
-    def _stage_again(self, touched) -> None:
+    def _stage_again(self, touched, rows_before: int) -> None:
         """Admission's prefill carried this step's chunk (a worker's `add` packs its riders in), so the
         step's own forward would carry none: it takes the next chunk. Issue 21's case: the first step's
         decode of the seven short prompts just admitted went alone (113 ms of a 0.6B target) and the
-        long prompt's admission came a step later. The scheduler asks only when every row of the step
-        was admitted in it: a row running before would wait for two chunks' passes in one step."""
+        long prompt's admission came a step later. Only when every row of the step was admitted in it
+        (rows_before: the rows running before admission): a row running before would wait for two
+        chunks' passes in one step."""
         st = self._staging
-        if st is not None and st.row_id is not None and self.running and not self.target.riding:
+        if (not rows_before and self.running and st is not None and st.row_id is not None
+                and not self.target.riding):
             self._stage(touched)
 
     def _chunk_end(self, done: int, chunk: int) -> int:
