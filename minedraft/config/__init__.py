@@ -26,8 +26,9 @@ DRAFT_METHODS = ("model", "ngram", "suffix", "eagle")
 ENGINE_DRAFT_METHODS = DRAFT_METHODS
 PORTS = {"gateway": 50051, "target": 50052, "draft": 50053}
 MAX_NUM_SEQS = 64
-# staged prefill of long prompts (minedraft/spec/staged_prefill.py): the CPU's default pass budget
-# (--max-num-batched-tokens), so that a chunk and the step's rows take one pass over the weights
+# staged prefill of long prompts (minedraft/spec/staged_prefill.py): the running streams wait for one
+# chunk per step, so it bounds their inter-token latency; it and the step's rows fit one pass of the
+# CPU's default pass budget (--max-num-batched-tokens, 2048)
 PREFILL_CHUNK_TOKENS = 512
 HTTP_PORT_ENV = "MINEDRAFT_HTTP_PORT"
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20  # a prompt of a million tokens or so; far above any context here
@@ -120,7 +121,7 @@ class CacheConfig:
                                            shown="25% of the memory available at start")
     gpu_memory_utilization: float = option(0.9, "GPU: share of the device this process may use in all")
     max_num_batched_tokens: int | None = option(None, "prefill chunk: most tokens in one forward",
-                                                shown="512 on CPU, 8192 on GPU")
+                                                shown="2048 on CPU, 8192 on GPU")
     block_size: int = option(16, "tokens per KV block")
     num_kv_blocks: int | None = option(None, "force the number of KV blocks (tests; overrides the memory budget)",
                                        shown="from the memory budget")
