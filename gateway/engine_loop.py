@@ -55,6 +55,7 @@ class EngineLoop:
         self.ids_lock = threading.Lock()
         self.step_lock = threading.Lock()  # held while stepping; stats readers take it too
         self._stop = threading.Event()
+        scheduler.on_tokens = self._emit_all  # tokens final before a step's dispatch go out at once
         self.thread = threading.Thread(target=self._run, name="minedraft-engine-loop", daemon=True)
         self.thread.start()
 
@@ -160,6 +161,10 @@ class EngineLoop:
                 cmd[2].put((True, cmd[1](self.scheduler)))
             except Exception as exc:  # noqa: BLE001 - handed back to the caller
                 cmd[2].put((False, exc))
+
+    def _emit_all(self, requests: list[Request]) -> None:
+        for req in requests:
+            self._emit(req)
 
     def _emit(self, req: Request) -> None:
         new = req.take_new_tokens()

@@ -59,6 +59,9 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         check_mode_and_k(mode, k, draft is not None)
         # > 0: a prompt longer than twice this is prefilled a chunk per step first (staged_prefill.py)
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        # on_tokens(requests): a streaming front end's hook (the gateway's EngineLoop) for tokens that are
+        # final before the step dispatches (see _emit_early); step() still returns every touched request
+        self.on_tokens = None
         self.target, self.draft, self.mode, self.k = target, draft, mode, k
         self.auto_max_k = max_k or DEFAULT_MAX_K  # auto: k in 0..this (and the draft's capacity)
         self.controller = make_controller(k, self.auto_max_k, mode, draft)
@@ -132,6 +135,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         self._admit(touched)
         self._stage_again(touched, rows_before)
         admit_s = time.perf_counter() - admit_start
+        self._emit_early(touched)
         self._close_collected_record(admit_s)
         self._close_period(admit_s)
         dispatch_t0, self._arm = time.perf_counter(), None
@@ -186,6 +190,15 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         for req in [r for r in self.waiting if r.finished]:
             self.waiting.remove(req)
             touched[req.request_id] = req
+
+    def _emit_early(self, touched) -> None:
+        """Hand on_tokens what is final already, the verify collected at the step's start and admission's
+        first tokens, before the dispatch: an sd step (and psd's single batch) waits there for a whole
+        proposal, so a stream otherwise got its tokens a draft phase late, and a new request its first
+        token after a proposal it takes no part in (over the services, psd on the bundled pair: 31 ms to
+        first token with a cached prompt, against 21 ms in ar)."""
+        if self.on_tokens is not None and touched:
+            self.on_tokens(list(touched.values()))
 
     def _admit(self, touched) -> None:
         new = []
