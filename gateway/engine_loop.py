@@ -168,11 +168,13 @@ class EngineLoop:
 
     def _emit(self, req: Request) -> None:
         new = req.take_new_tokens()
+        if not (new or req.finished):  # nothing since the last emit (e.g. sent before the dispatch)
+            return
         with self.ids_lock:
             events = self.streams.pop(req.request_id, None) if req.finished else self.streams.get(req.request_id)
         # A finished request stays touched until its rows are released (a step or two): it is
         # reported, and counted, once, when its stream closes.
-        if events is None or not (new or req.finished):
+        if events is None:
             return
         if self.observer is not None:
             self.observer.on_emit(req, len(new))

@@ -7,7 +7,6 @@ import threading
 
 from gateway.engine_loop import EngineLoop
 from minedraft import Engine, SamplingParams
-from minedraft.spec.request import build_request
 
 PROMPT = "The quick brown fox"
 MAX_TOKENS = 12
@@ -30,17 +29,16 @@ class GatedPropose:
 
 
 def test_tokens_stream_before_the_steps_proposal_is_drafted():
+    params = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)
+    with Engine(mode="ar") as reference:
+        expected = reference.generate([PROMPT], params)[0]
     engine = Engine(mode="sd", num_speculative_tokens=3)
-    expected = Engine(mode="ar").generate([PROMPT], SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))[0]
     scheduler = engine.scheduler
     gate = GatedPropose(scheduler.draft.propose)
     scheduler.draft.propose = gate
     loop = EngineLoop(scheduler)
     try:
-        params = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)
-        req = build_request("early", engine.encode(PROMPT), params, engine.vocab_size, engine.context_len,
-                            engine.eos_token_ids)
-        events = loop.submit(req)
+        events = loop.submit(engine.make_request(PROMPT, params, "early"))
         # Step 1: admission's first token, while the step's first proposal waits at the gate.
         first = events.get(timeout=20)
         assert len(first.new_tokens) == 1 and not first.finished
@@ -62,3 +60,4 @@ def test_tokens_stream_before_the_steps_proposal_is_drafted():
     finally:
         gate.open()
         loop.stop()
+        engine.close()
