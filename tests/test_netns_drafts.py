@@ -133,8 +133,11 @@ def test_drafts_in_other_namespaces_serve_psd_inline(namespaces, llama_pair, tmp
     assert inline["sampled"]["outputs"] == shm["sampled"]["outputs"]
     per_step = {(t, m): r[m]["channel_bytes"] / r[m]["steps"]
                 for t, r in results.items() for m in ("greedy", "sampled")}
-    # no q crosses for seeded rows (one row's q alone would be 4096 x k floats, far over the tokens)
-    assert per_step["inline", "sampled"] < 1.5 * per_step["inline", "greedy"]
+    # No q crosses for seeded rows: one row's q alone would add vocab x k floats to a step. The sampled run's
+    # steps carry a few more bytes than the greedy run's (other acceptance, so other step shapes: 1.5x was seen),
+    # so the bound is the q of half a row, not a ratio.
+    one_row_q = ref.config.vocab_size * K * 4
+    assert per_step["inline", "sampled"] < per_step["inline", "greedy"] + one_row_q / 2
     print("\ntransport  nodes  run      steps  bytes/step  step ms  control-plane ms/step  accepted/drafted")
     for name, r in results.items():
         for mode in ("greedy", "sampled"):
