@@ -31,7 +31,7 @@ def head_and_target(model: str | None, target_model: str | None) -> tuple[str, s
 def load_eagle_worker(config) -> tuple[EagleDraftWorker, str, dict]:
     """(worker, head folder, the WorkerInfo facts: the target's vocabulary, tokenizer and context)."""
     model = config.model
-    apply_cpu_placement(config.placement.threads, config.placement.cpu_cores)
+    apply_cpu_placement(config.placement.threads, config.placement.cpu_cores, config.placement.nice)
     head_dir, target_dir = head_and_target(model.model, config.drafting.target_model)
     device = model.device
     # auto follows the target's checkpoint: the head reads its embeddings, LM head and features

@@ -1,8 +1,10 @@
 """The gateway's engine loop: one thread owns the scheduler and runs its steps; gRPC handler threads
-talk to it only through a command queue, and it answers through one event queue per request."""
+talk to it only through a command queue (new requests through their own queue, `arrivals`), and it
+answers through one event queue per request."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import queue
@@ -51,11 +53,15 @@ class EngineLoop:
         self._recoveries = 0
         self.observer = observer  # on_step(metrics) under the step lock, on_emit(req, n_new, error)
         self.commands: queue.Queue = queue.Queue()
+        # New requests, apart from the commands: a step takes them just before its admission (mid-step,
+        # where an abort or a call must not run), and the loop before anything else in the queue.
+        self.arrivals: collections.deque[Request] = collections.deque()
         self.streams: dict[str, queue.Queue] = {}
         self.ids_lock = threading.Lock()
         self.step_lock = threading.Lock()  # held while stepping; stats readers take it too
         self._stop = threading.Event()
         scheduler.on_tokens = self._emit_all  # tokens final before a step's dispatch go out at once
+        scheduler.before_admission = self._take_arrivals
         self.thread = threading.Thread(target=self._run, name="minedraft-engine-loop", daemon=True)
         self.thread.start()
 
@@ -72,7 +78,8 @@ class EngineLoop:
                 raise QueueFull(f"queue full: {len(self.streams)} requests in flight (limit {limit}: "
                                 f"{self.scheduler.max_num_seqs} running + {self.max_waiting} waiting); retry later")
             self.streams[request.request_id] = events
-        self.commands.put(("add", request))
+        self.arrivals.append(request)
+        self.commands.put(("wake",))  # an idle loop waits on the commands
         return events
 
     def abort(self, request_id: str) -> bool:
@@ -147,10 +154,18 @@ class EngineLoop:
             except queue.Empty:
                 return
 
+    def _take_arrivals(self) -> None:
+        """Hand the scheduler the requests submitted so far. In the loop, before any command: a command
+        queued after a request's submit (its abort, say) then finds it in the scheduler. Within a step,
+        just before admission: a request that came while the step waited for its collect is admitted now;
+        picked up by the loop instead, it waited for the next step's collect too (over the services, up to
+        a whole step of TTFT, which is most of it with a cached prompt)."""
+        while self.arrivals:
+            self.scheduler.add(self.arrivals.popleft())
+
     def _execute(self, cmd) -> None:
-        if cmd[0] == "add":
-            self.scheduler.add(cmd[1])
-        elif cmd[0] == "abort":
+        self._take_arrivals()
+        if cmd[0] == "abort":
             self.scheduler.abort(cmd[1])
         elif cmd[0] == "fail":
             self._recoveries = 0

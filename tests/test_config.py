@@ -26,6 +26,7 @@ from minedraft.config.flags import flat, from_flat, leaves, service_parser, to_a
     (C.DraftOptions, dict(q_dtype="int8"), "q_dtype"),
     (C.ServiceConfig, dict(port=70000), "port"),
     (C.PlacementConfig, dict(cpu_cores="0-3"), "cpu_cores"),
+    (C.PlacementConfig, dict(nice=20), "nice"),
     (C.TimeoutConfig, dict(worker_timeout_s=0), "worker_timeout_s"),
     (C.GatewayConfig, dict(max_waiting=-1), "max_waiting"),
     (C.UpConfig, dict(device="gpu"), "device"),

@@ -28,6 +28,14 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def nice_and_role(pid: int) -> tuple[int, str]:
+    with open(f"/proc/{pid}/stat") as f:
+        nice = int(f.read().rsplit(")", 1)[1].split()[16])
+    with open(f"/proc/{pid}/cmdline") as f:
+        argv = f.read().split("\0")
+    return nice, argv[2]  # python -m <role>
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -55,6 +63,10 @@ def test_up_generate_and_clean_stop(tmp_path, stop_signal):
         assert any("MineDraft is up" in line for line in lines), "".join(lines)
         children = children_of(up.pid)
         assert len(children) == 3
+        if (os.cpu_count() or 1) >= 2:  # pinned: the workers yield their cores to the gateway
+            roles = {role: nice for nice, role in map(nice_and_role, children)}
+            assert roles == {"target_service": min(os.nice(0) + 10, 19), "draft_service": min(os.nice(0) + 10, 19),
+                             "gateway": os.nice(0)}
         gen = subprocess.run([sys.executable, "-m", "minedraft", "generate", "def fibonacci(n):", "--address",
                               f"127.0.0.1:{gw}", "--max-tokens", "32", "-v"],
                              capture_output=True, text=True, timeout=120)

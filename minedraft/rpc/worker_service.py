@@ -129,7 +129,10 @@ class WorkerServicerBase:
             abort_with(context, exc)
 
 
-def apply_cpu_placement(threads: int | None, cpu_cores: str | None) -> None:
+def apply_cpu_placement(threads: int | None, cpu_cores: str | None, nice: int = 0) -> None:
+    """Before any thread starts (gRPC's, torch's): they inherit the priority set here."""
+    if nice:
+        os.nice(nice)
     if cpu_cores:
         os.sched_setaffinity(0, {int(c) for c in cpu_cores.split(",")})
     if threads:
@@ -170,7 +173,7 @@ def load_runner(config, role: str, lookahead: int) -> tuple[ModelRunner, str]:
     address = f"{config.service.bind}:{config.service.port}"
     if config.service.port and port_in_use(address):  # before the model loads: at once, not in a minute
         raise SystemExit(port_taken(role, address))
-    apply_cpu_placement(config.placement.threads, config.placement.cpu_cores)
+    apply_cpu_placement(config.placement.threads, config.placement.cpu_cores, config.placement.nice)
     path = model.model
     if not path:
         from minedraft import assets

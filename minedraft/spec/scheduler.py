@@ -62,6 +62,9 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         # on_tokens(requests): a streaming front end's hook (the gateway's EngineLoop) for tokens that are
         # final before the step dispatches (see _emit_early); step() still returns every touched request
         self.on_tokens = None
+        # before_admission(): a front end's hook that adds the requests which arrived while the step
+        # waited for its collect, so this step's admission takes them, not the next step's (a step later)
+        self.before_admission = None
         self.target, self.draft, self.mode, self.k = target, draft, mode, k
         self.auto_max_k = max_k or DEFAULT_MAX_K  # auto: k in 0..this (and the draft's capacity)
         self.controller = make_controller(k, self.auto_max_k, mode, draft)
@@ -129,6 +132,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         touched: dict[str, Request] = {}
         self._drop_aborted_waiting(touched)
         self._collect(touched)
+        if self.before_admission is not None:
+            self.before_admission()
         admit_start = time.perf_counter()
         rows_before = len(self.running)
         self._stage(touched)
