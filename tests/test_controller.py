@@ -12,6 +12,7 @@ import torch
 from minedraft.spec.controller import (
     IDLE_BACKOFF_MAX,
     PIPELINE_VOTES,
+    SD_TRY_BURST,
     TRY_SHARE,
     WARMUP_MIN_LEFT,
     IdleExploration,
@@ -261,9 +262,10 @@ def test_idle_tries_back_off_and_start_again_when_speculation_pays():
 
 def test_target_only_serving_tries_speculation_ever_more_rarely():
     # where nothing is accepted, the tries (each dear: the draft catches up) thin out: over the last
-    # 1,500 of 2,000 decisions at most two (the interval doubles per try up to 16 x 64 decisions)
+    # 1,500 of 2,000 decisions at most two of SD_TRY_BURST steps each (the interval doubles per try up to
+    # 16 x 64 decisions)
     ks = World(alpha=0.02).run_sd(c := SpeculationController(8, "sd"), steps=2000)
-    assert c.best == 0 and sum(k > 0 for k in ks[500:]) <= 2
+    assert c.best == 0 and sum(k > 0 for k in ks[500:]) <= 2 * SD_TRY_BURST
     ks, merged = World(alpha=0.02).run_psd(SpeculationController(8, "psd"), steps=2000)
     assert sum(k > 0 for k in ks[500:]) <= 2 * 3  # a psd try: three pipeline steps
 
@@ -452,7 +454,7 @@ def test_auto_after_target_only_auto_starts_target_only(mode):
     World(alpha=0.9).run_sd(paying, steps=100) if mode == "sd" else World(alpha=0.9).run_psd(paying, steps=100)
     assert paying.learned.target_only is False
     assert make_controller("auto", 8, mode, Draft(), previous=paying).drafts_soon()
-    assert ks.count(0) >= 18 or mode == "psd"
+    assert ks.count(0) >= 20 - SD_TRY_BURST or mode == "psd"  # one try at most
 
 
 @pytest.mark.parametrize("mode", ["sd", "psd"])

@@ -51,6 +51,11 @@ EXPLORE_IDLE_EVERY = 64  # target-only: the best k > 0 (dearer: the draft catche
 SPECULATE_MARGIN = 0.05  # speculating must beat target-only by this much
 KNOWN_TRIALS = 64  # drafts verified at position 1 (ever) before the acceptance counts as known
 EXPLORE_PIPELINE_EVERY = 64  # psd while merged: three pipeline steps (dearer: half-batch steps)
+# sd while target-only: a try is this many steps. Its first pays the draft's catch-up on the tokens it
+# skipped, is not measured (Scheduler._dispatch_sd, StepRecord.catch_up) and alone said nothing of what
+# speculating costs; at one row in process, single-step tries at k = 1 measured 8.3 ms a step where
+# steady k = 1 takes about 6.7, and auto stayed target-only at 0.8x of fixed k = 3.
+SD_TRY_BURST = 3
 HYSTERESIS = 0.03
 PIPELINE_VOTES = 2  # psd while merged: full checks in a row that must find the pipeline SPECULATE_MARGIN better
 RECHECK_EVERY = 8  # target-only at unchanged rows: the full goodput check every this many decisions (HeldCheck)
@@ -212,7 +217,7 @@ class Learned:
         self.calibration = [1.0, 1.0]  # budget: accepted drafts, summed scores of verified drafts
         # when target-only serving tries speculating again (kept across a reconfigure, as the rest)
         self.tries = TryBudget()  # what those tries may cost in all
-        self.idle_sd = IdleByRows(EXPLORE_IDLE_EVERY, self.tries)
+        self.idle_sd = IdleByRows(EXPLORE_IDLE_EVERY, self.tries, burst=SD_TRY_BURST)
         self.idle_psd = IdleByRows(EXPLORE_PIPELINE_EVERY, self.tries, burst=3)
         # the last auto policy's answer (None: none decided yet), and per rows bucket. An auto that follows
         # starts from it, so that after target-only serving the first admission does not prefill the draft
@@ -244,7 +249,7 @@ class Learned:
         drafted = record.draft_rows > 0 and (record.k or 0) > 0
         verified = record.num_verified > 0
         both = drafted and verified and record.mode == "psd"
-        if drafted:
+        if drafted and not record.catch_up:  # a catch-up's draft call is mostly the skipped tokens
             self.costs.add_draft(record.draft_rows, record.k, record.draft_s, overlap=both)
         if verified:
             self.costs.add_verify(record.num_verified, record.verify_tokens or record.num_verified,
@@ -253,7 +258,7 @@ class Learned:
             self._pending = (record, time.perf_counter())
         elif both:
             self.costs.add_overhead("psd", record.wall_s - max(record.draft_s, record.verify_s))
-        elif drafted and verified:
+        elif drafted and verified and not record.catch_up:
             self.costs.add_overhead("sd", record.wall_s - record.draft_s - record.verify_s)
 
     def on_period(self, family: str, rows: int, k: int, tokens: int, seconds: float) -> None:
@@ -462,7 +467,7 @@ class SpeculationController(_Feeding):
         if not self._spec:
             return 0
         if self.acceptance.first_drafts < KNOWN_TRIALS:  # as often as while speculating until it is known
-            return self._spec if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1 else 0
+            return self._spec if self.decisions % EXPLORE_EVERY >= EXPLORE_EVERY - SD_TRY_BURST else 0
         return self._spec if self.learned.idle_sd.due(rows) else 0
 
     def _sd_goodput(self, ids: list[str], requests, k_max: int) -> list[float]:

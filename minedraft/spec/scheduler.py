@@ -80,6 +80,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         self.dry = DryRows()  # rows a model-free draft keeps finding nothing for: no call for them
         self._period: tuple | None = None  # the last step's (start, record, arm): its goodput, next step
         self._arm: tuple | None = None  # what the step being dispatched runs: (record, family, rows, k)
+        self._sd_k: int | None = None  # sd: the k of the last step (0: target-only; see _dispatch_sd)
         self.metrics = self.new_metrics()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker")
         self.threads = None  # in process: the caller thread's intra-op threads per kind of step (placement.py)
@@ -329,10 +330,13 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         k = self.controller.k_for(ids, self.running)
         if k and self.dry.skip(ids):
             k = 0
+        # The first speculative step after target-only ones is no measure of what its k costs: the draft
+        # first catches up on every token it skipped (and, in process, the threads switch back).
+        catch_up, self._sd_k = k > 0 and self._sd_k == 0, k
         if k == 0:
             self._step_ar(touched, ids, mode=self.mode)
             return
-        record = self._new_record(self.mode, k=k, draft_rows=len(ids))
+        record = self._new_record(self.mode, k=k, draft_rows=len(ids), catch_up=catch_up)
         self._threads(shared=True)
         t0 = time.perf_counter()
         try:
@@ -348,7 +352,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         verify_t0 = time.perf_counter()
         self.in_flight = _InFlight(record, t0=t0, proposal=proposal, verify=self.target.start_verify(proposal),
                                    verify_t0=verify_t0)
-        self._arm = (record, "sd", len(ids), k)
+        if not catch_up:
+            self._arm = (record, "sd", len(ids), k)
 
     def _dispatch_psd(self, touched) -> None:
         """Send the verify of the batch drafted last step and the proposal for the other batch."""

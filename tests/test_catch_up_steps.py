@@ -1,0 +1,24 @@
+"""The first speculative step after target-only steps is a catch-up: the draft first feeds every token it
+skipped. It is marked (StepRecord.catch_up) and measures nothing for its k, neither the period table nor
+the draft's cost fit: measured, single-step tries made speculating look dearer than it is, and auto
+stayed target-only where k = 3 ran 1.2x faster (one row, in process)."""
+
+from minedraft import Engine, SamplingParams
+
+
+def test_a_catch_up_step_is_marked_and_measures_nothing():
+    with Engine(mode="sd", num_speculative_tokens="auto") as engine:
+        scheduler = engine.scheduler
+        controller = scheduler.controller
+        script = iter([0, 0, 3, 3, 3, 0, 3, 3] + [3] * 64)
+        controller.k_for = lambda ids, requests, max_k=None: next(script)
+        drafts_fitted = []
+        add_draft = controller.costs.add_draft
+        controller.costs.add_draft = lambda rows, k, s, overlap=False: (drafts_fitted.append(k),
+                                                                        add_draft(rows, k, s, overlap=overlap))
+        engine.generate(["The quick brown fox"], SamplingParams(max_tokens=24, ignore_eos=True))
+        steps = [r for r in scheduler.metrics.steps if r.k]
+        # the k > 0 steps in order: catch-up, steady, steady, catch-up (after the k = 0 step), steady...
+        assert [r.catch_up for r in steps[:5]] == [True, False, False, True, False]
+        assert len(drafts_fitted) == len(steps) - 2  # the two catch-ups fitted nothing
+        assert controller.periods.count("sd", 1, 3) <= len(steps) - 2
