@@ -22,3 +22,20 @@ def test_a_catch_up_step_is_marked_and_measures_nothing():
         assert [r.catch_up for r in steps[:5]] == [True, False, False, True, False]
         assert len(drafts_fitted) == len(steps) - 2  # the two catch-ups fitted nothing
         assert controller.periods.count("sd", 1, 3) <= len(steps) - 2
+
+
+def test_psd_marks_each_batchs_first_draft_after_merged_steps():
+    with Engine(mode="psd", num_speculative_tokens="auto") as engine:
+        controller = engine.scheduler.controller
+        merges = iter([True, True, True] + [False] * 200)
+        controller.merge = lambda batches, requests, max_k=None, riding=False: next(merges)
+        controller.psd_k_for = lambda draft_ids, verify_ids, verify_k, requests, max_k=None: 3
+        records, on_record = [], controller.on_record
+        controller.on_record = lambda record, synchronous=False: (records.append(record),
+                                                                   on_record(record, synchronous=synchronous))
+        prompts = ["The quick brown fox", "Once upon a time", "In the beginning", "def fibonacci(n):"]
+        engine.generate(prompts, SamplingParams(max_tokens=24, ignore_eos=True))
+        drafted = [r for r in records if r.draft_rows]  # the pipeline's first step verifies nothing: not in metrics
+        # both batches skipped the three merged steps: each one's first draft is a catch-up, no later one
+        assert [r.catch_up for r in drafted[:4]] == [True, True, False, False]
+        assert not any(r.catch_up for r in drafted[2:])

@@ -29,11 +29,12 @@ exactly --max-tokens tokens per request: EOS is ignored everywhere (ours: Sampli
 transformers: min_new_tokens = max_new_tokens), so token counts are equal across modes.
 
 CPU placement (default on CPU, --no-pin to turn off): the target service is pinned to core 0 and
-the draft service to core 1, one torch thread each (the paper's two devices map onto two cores);
-the gateway is unpinned. The in-process and HF modes run in this bench process, whose main thread
-(and the scheduler's worker thread it starts) is restricted to cores {0, 1} during those rounds with
-one torch thread: the in-process draft runs on the scheduler's worker thread while the target runs
-on the calling thread, so the two still overlap on two cores, placed by the OS.
+the draft service to core 1, one torch thread each (the paper's two devices map onto two cores),
+both at nice 10; the gateway is unpinned and runs first on either core. The in-process and HF
+modes run in this bench process, whose main thread (and the scheduler's worker thread it starts) is
+restricted to cores {0, 1} during those rounds with one torch thread: the in-process draft runs on
+the scheduler's worker thread while the target runs on the calling thread, so the two still overlap
+on two cores, placed by the OS.
 """
 
 from __future__ import annotations

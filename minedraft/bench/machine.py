@@ -14,9 +14,9 @@ def placement_text(args) -> str:
         return (f"target and draft services share {args.device}; no CPU pinning; in-process and HF modes run "
                 "in the bench process on the same GPU")
     if args.pin:
-        return ("target pinned to core 0, draft to core 1, 1 torch thread each; gateway unpinned; in-process and HF "
-                "modes: bench process on cores {0,1}, 1 torch thread (in-process draft on the scheduler's worker "
-                "thread, target on the calling thread)")
+        return ("target pinned to core 0, draft to core 1, 1 torch thread each, both at nice 10; gateway unpinned; "
+                "in-process and HF modes: bench process on cores {0,1}, 1 torch thread (in-process draft on the "
+                "scheduler's worker thread, target on the calling thread)")
     return "no CPU pinning (--no-pin or fewer than 2 usable cores); torch default threads in every process"
 
 

@@ -23,7 +23,7 @@ class StepRecord:
     draft_rows: int = 0  # rows drafted this step
     verify_tokens: int = 0  # tokens the verify scored: per row its verified drafts + 1 (a decode: 1)
     ride: bool = False  # a staged prompt's chunk rode on this step's forwards (its times are mostly the chunk's)
-    catch_up: bool = False  # sd: the draft caught up on target-only steps first (no steady-state cost)
+    catch_up: bool = False  # the draft caught up on target-only steps first (no steady-state cost)
 
 
 BREAKDOWN_FIELDS = ("num_steps", "wall_s", "draft_compute_s", "verify_compute_s", "draft_call_s", "verify_call_s",

@@ -81,6 +81,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         self._period: tuple | None = None  # the last step's (start, record, arm): its goodput, next step
         self._arm: tuple | None = None  # what the step being dispatched runs: (record, family, rows, k)
         self._sd_k: int | None = None  # sd: the k of the last step (0: target-only; see _dispatch_sd)
+        self._psd_skipped = [False, False]  # psd: whether each batch's draft skipped merged steps since it drafted
         self.metrics = self.new_metrics()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="minedraft-worker")
         self.threads = None  # in process: the caller thread's intra-op threads per kind of step (placement.py)
@@ -376,6 +377,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         if self.controller.merge(self.batches, self.running, riding=self.target.riding):
             if pb is None:  # no k pays for the pipeline: one target-only step of every row
                 self._step_ar(touched, [r for b in self.batches for r in self._live(b)], mode=self.mode)
+                self._psd_skipped = [True, True]
                 return
             to_draft = []  # verify what was drafted; the pipeline drains
         job = _InFlight(self._new_record(self.mode), t0=time.perf_counter())
@@ -389,6 +391,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             if k and self.dry.skip(ids):
                 k = 0
             job.record.k, job.record.draft_rows = k, len(ids) if k else 0
+            if k:
+                job.record.catch_up, self._psd_skipped[d] = self._psd_skipped[d], False
         # In process on a CPU, the draft step goes first and the verify gets every thread after it when the
         # verify carries a prefill chunk or the draft step is cheap beside it (placement.py).
         serial = self.threads is not None and (self.target.riding or self.draft_share.small)
