@@ -36,9 +36,7 @@ def load_model(path: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.inv_freq = _fresh_inv_freq(model, device)
-    model = model.to(dtype).eval()
-    model.fuse_projections()
-    return model, cfg
+    return model.to(dtype).eval(), cfg
 
 
 def checkpoint_dtype(path: str) -> str | None:

@@ -75,17 +75,12 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
-        self.qkv = None  # FusedLinear over q/k/v_proj once the weights are loaded (fuse_projections)
 
     def forward(self, x, cos, sin, batch: ForwardBatch, cache: PagedKVCache):
         n = x.shape[0]
-        if self.qkv is not None:
-            q, k, v = self.qkv(x)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(n, self.num_heads, self.head_dim)
-        k = k.view(n, self.num_kv_heads, self.head_dim)
-        v = v.view(n, self.num_kv_heads, self.head_dim)
+        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q = (q * cos) + (rotate_half(q) * sin)
@@ -100,36 +95,9 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
-        self.gate_up = None  # FusedLinear over gate/up_proj once the weights are loaded (fuse_projections)
 
     def forward(self, x):
-        gate, up = self.gate_up(x) if self.gate_up is not None else (self.gate_proj(x), self.up_proj(x))
-        return self.down_proj(F.silu(gate) * up)
-
-
-class FusedLinear:
-    """Several nn.Linear over the same input as one matmul, its output split back. On a CPU a small
-    model's forward is mostly per-op overhead: q/k/v and gate/up fused, a bundled-pair forward runs 25
-    matmuls where it ran 43. The parts' weights become views into the fused one (no second copy), so
-    their checkpoint names and the modules that read them (EAGLE heads, state_dict) are unchanged.
-    Not a module: the parts stay the parameters."""
-
-    def __init__(self, parts: list[nn.Linear]):
-        self.sizes = [p.out_features for p in parts]
-        self.weight = torch.cat([p.weight.detach() for p in parts])
-        has_bias = [p.bias is not None for p in parts]
-        if any(has_bias) and not all(has_bias):
-            raise ValueError("FusedLinear: every part has a bias or none does")
-        self.bias = torch.cat([p.bias.detach() for p in parts]) if all(has_bias) else None
-        start = 0
-        for p, size in zip(parts, self.sizes):
-            p.weight = nn.Parameter(self.weight[start:start + size], requires_grad=False)
-            if self.bias is not None:
-                p.bias = nn.Parameter(self.bias[start:start + size], requires_grad=False)
-            start += size
-
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -159,13 +127,6 @@ class Model(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
-
-    def fuse_projections(self) -> None:
-        """Once the weights are final (device, dtype): q/k/v and gate/up run as one matmul each."""
-        for layer in self.model.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            attn.qkv = FusedLinear([attn.q_proj, attn.k_proj, attn.v_proj])
-            mlp.gate_up = FusedLinear([mlp.gate_proj, mlp.up_proj])
 
     def _rope(self, positions: torch.Tensor, dtype):
         freqs = positions[:, None].float() * self.inv_freq.float()  # [N, D/2]
