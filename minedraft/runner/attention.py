@@ -29,6 +29,12 @@ UNIFORM_MAX_Q = 32  # decode/verify/draft steps; longer uniform chunks take the 
 # At 3x a 2,003-key row among two 43-key ones stayed uniform: that verify took 1.19 s at one thread
 # against 0.31 s for the long row alone (issue 21's profile), so 1.5x now.
 UNIFORM_MAX_PADDING, UNIFORM_PADDED_FROM = 1.5, 256
+# The uniform path's key length T is rounded up to a multiple of this. torch's CPU attention sums a
+# row's keys in an order that depends on T unless T is a multiple of 64 (measured, bf16 and fp32; masked
+# keys past that add exact zeros): a verify (T = its longest row + k + 1) and a decode of the same
+# position (T = the longest row + 1) then rounded differently, and on a bf16 pair a logit tie went to
+# another token in sd than in ar (tests/test_cpu_dtype.py, AVX512-BF16 CPU).
+UNIFORM_KEY_GRAIN = 64
 
 
 def attend_uniform(q: torch.Tensor, cache: PagedKVCache, layer: int, key_slots: torch.Tensor,
@@ -97,6 +103,7 @@ class ForwardBatch:
         b, q = len(self.seqs), self.seqs[0].q_len
         kv_lens = host_tensor([s.start + q for s in self.seqs], torch.long, self.device)
         t = int(max(s.start for s in self.seqs)) + q
+        t = -(-t // UNIFORM_KEY_GRAIN) * UNIFORM_KEY_GRAIN
         width = -(-t // self.block_size)
         padded = [tbl[:width] + [0] * (width - len(tbl[:width])) for tbl in block_tables]
         tables = host_tensor(padded, torch.long, self.device)  # [B, blocks]
