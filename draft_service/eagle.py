@@ -9,7 +9,7 @@ from minedraft.drafting.eagle_format import load_head
 from minedraft.drafting.eagle_worker import EagleDraftWorker
 from minedraft.drafting.features import FeatureStore
 from minedraft.rpc.grpc_common import log
-from minedraft.rpc.worker_service import apply_cpu_placement, device_uuid
+from minedraft.rpc.worker_service import device_uuid
 from minedraft.runner import hf_adapter
 from minedraft.runner.checkpoint import checkpoint_dtype
 from minedraft.runner.model_runner import resolve_dtype
@@ -31,7 +31,6 @@ def head_and_target(model: str | None, target_model: str | None) -> tuple[str, s
 def load_eagle_worker(config) -> tuple[EagleDraftWorker, str, dict]:
     """(worker, head folder, the WorkerInfo facts: the target's vocabulary, tokenizer and context)."""
     model = config.model
-    apply_cpu_placement(config.placement.threads, config.placement.cpu_cores, config.placement.nice)
     head_dir, target_dir = head_and_target(model.model, config.drafting.target_model)
     device = model.device
     # auto follows the target's checkpoint: the head reads its embeddings, LM head and features

@@ -20,11 +20,10 @@ from minedraft.rpc.grpc_common import (
     feature_block_from_proto,
     log,
     ref_to_proto,
-    setup_logging,
     spec_from_proto,
     spec_to_proto,
 )
-from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, serve
+from minedraft.rpc.worker_service import WorkerServicerBase, load_runner, prepare_service, serve
 from minedraft.spec.local_workers import Q_DTYPES, LocalDraftWorker
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
 
@@ -151,7 +150,7 @@ def main(argv=None) -> int:
         servicer = DraftServicer(runner, path, d.max_k, config.model.cache.max_num_seqs, full_q=not d.one_hot_q,
                                  q_dtype=d.q_dtype, transport=d.transport)
     elif d.method == "eagle":
-        setup_logging(config.service.log_level)
+        prepare_service(config, "draft")
         from draft_service.eagle import load_eagle_worker
 
         try:
@@ -161,7 +160,7 @@ def main(argv=None) -> int:
         servicer = DraftServicer(None, path, d.max_k, config.model.cache.max_num_seqs, transport=d.transport,
                                  worker=worker, facts=facts)
     else:
-        setup_logging(config.service.log_level)
+        prepare_service(config, "draft")
         log.info("draft: model-free (%s), no model loaded", d.method)
         servicer = DraftServicer(None, d.method, d.max_k, config.model.cache.max_num_seqs, transport=d.transport,
                                  worker=ModelFreeDraftWorker(make_proposer(d), config.model.cache.max_num_seqs))

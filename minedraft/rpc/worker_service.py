@@ -166,14 +166,21 @@ def serve(servicer, add_to_server, service_full_name: str, args) -> None:
     log.info("%s stopped", servicer.role)
 
 
+def prepare_service(config, role: str) -> None:
+    """What every worker service does before it loads anything: logging, a port already taken (said at
+    once, not after a minute of loading), and the CPU placement (cores, threads, nice) that every thread
+    started later inherits. config: a TargetConfig or DraftConfig (minedraft.config)."""
+    setup_logging(config.service.log_level)
+    address = f"{config.service.bind}:{config.service.port}"
+    if config.service.port and port_in_use(address):
+        raise SystemExit(port_taken(role, address))
+    apply_cpu_placement(config.placement.threads, config.placement.cpu_cores, config.placement.nice)
+
+
 def load_runner(config, role: str, lookahead: int) -> tuple[ModelRunner, str]:
     """config: a TargetConfig or DraftConfig (minedraft.config)."""
     model = config.model
-    setup_logging(config.service.log_level)
-    address = f"{config.service.bind}:{config.service.port}"
-    if config.service.port and port_in_use(address):  # before the model loads: at once, not in a minute
-        raise SystemExit(port_taken(role, address))
-    apply_cpu_placement(config.placement.threads, config.placement.cpu_cores, config.placement.nice)
+    prepare_service(config, role)
     path = model.model
     if not path:
         from minedraft import assets
