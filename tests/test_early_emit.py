@@ -61,3 +61,35 @@ def test_tokens_stream_before_the_steps_proposal_is_drafted():
         gate.open()
         loop.stop()
         engine.close()
+
+
+def pipeline_steps(verifies_on_caller: bool) -> list[list[str]]:
+    """psd over four prompts: for each step of the pipeline (not those psd runs as sd, one request per
+    batch) that verified, the order of its verify call and its early hand-over of tokens ("emit")."""
+    engine = Engine(mode="psd", num_speculative_tokens=3)
+    scheduler = engine.scheduler
+    steps: list[list[str]] = []
+    scheduler.target.verifies_on_caller = verifies_on_caller  # False: as a gRPC target, whose call only goes out
+    start_verify, step, dispatch_sd = scheduler.target.start_verify, scheduler.step, scheduler._dispatch_sd
+    scheduler.target.start_verify = lambda proposal: steps[-1].append("verify") or start_verify(proposal)
+    scheduler.on_tokens = lambda requests: steps[-1].append("emit")
+    scheduler.step = lambda: steps.append([]) or step()
+    scheduler._dispatch_sd = lambda *args: steps[-1].append("sd") or dispatch_sd(*args)
+    try:
+        engine.generate([PROMPT, "def fibonacci(n):", "Once upon a time", "import numpy as np"],
+                        SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
+    finally:
+        engine.close()
+    return [s for s in steps if "verify" in s and "sd" not in s]
+
+
+def test_psd_hands_tokens_over_after_sending_its_calls_when_they_only_go_out():
+    """A psd step whose verify is a call in flight sends it first, and its collected tokens go to the
+    clients after the step (the front end's work then overlaps the workers'); a step that verifies on
+    the calling thread hands them over first, as an sd step does before its proposal."""
+    sent = pipeline_steps(verifies_on_caller=False)
+    local = pipeline_steps(verifies_on_caller=True)
+    assert len(sent) >= 4 and len(local) >= 4
+    assert all(s == ["verify"] for s in sent)
+    emitting = [s for s in local if "emit" in s]  # a step with nothing collected has nothing to hand over
+    assert len(emitting) >= 4 and all(s == ["emit", "verify"] for s in emitting)

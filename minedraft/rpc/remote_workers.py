@@ -19,6 +19,7 @@ import grpc
 import torch
 
 from minedraft.config import TimeoutConfig
+from minedraft.rpc.channel_keeper import ChannelKeeper
 from minedraft.rpc.grpc_common import insecure_channel, params_to_proto, request_fault
 from minedraft.spec.workers import DraftWorker, NewRequest, NoRoom, Proposal, RequestFault, TargetWorker, Verdict
 from minedraft.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -135,6 +136,7 @@ class _Remote:
         self.step_s, self.prefill_s = timeouts.worker_timeout_s, timeouts.prefill_timeout_s
         self.channel = insecure_channel(address)
         self.stub = stub_cls(self.channel)
+        self.keeper = ChannelKeeper(self.channel, address)  # the channel's polling thread stays up
         self.held: list[str] = []  # released later: sent with the next call
         self._riders_sent = False  # riders the service holds for its next forward (no step call since)
 
@@ -200,6 +202,7 @@ class _Remote:
             raise
 
     def close(self):
+        self.keeper.close()
         self.channel.close()
 
 
@@ -242,6 +245,7 @@ class RemoteDraftWorker(_Remote, DraftWorker):
 
 
 class RemoteTargetWorker(_Remote, TargetWorker):
+    verifies_on_caller = False  # start_verify sends the call and returns
     def __init__(self, address: str, info: worker_pb2.WorkerInfo | None = None,
                  timeouts: TimeoutConfig = DEFAULT_TIMEOUTS):
         super().__init__(address, worker_pb2_grpc.TargetWorkerStub, timeouts)

@@ -60,7 +60,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         # > 0: a prompt longer than twice this is prefilled a chunk per step first (staged_prefill.py)
         self.prefill_chunk_tokens = prefill_chunk_tokens
         # on_tokens(requests): a streaming front end's hook (the gateway's EngineLoop) for tokens that are
-        # final before the step dispatches (see _emit_early); step() still returns every touched request
+        # final before the step blocks on a worker (see _emit_early); step() still returns every touched request
         self.on_tokens = None
         # before_admission(): a front end's hook that adds the requests which arrived while the step
         # waited for its collect, so this step's admission takes them, not the next step's (a step later)
@@ -142,7 +142,6 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         self._admit(touched)
         self._stage_again(touched, rows_before)
         admit_s = time.perf_counter() - admit_start
-        self._emit_early(touched)
         self._close_collected_record(admit_s)
         self._close_period(admit_s)
         dispatch_t0, self._arm = time.perf_counter(), None
@@ -152,7 +151,9 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             self._dispatch_sd(self.batches[0], touched)
         else:
             self._dispatch_psd(touched)
-        self.target.settle_riders()  # a staged chunk no forward carried this step
+        if self.target.riding:  # a staged chunk no forward carried this step: prefilled now, waited for
+            self._emit_early(touched)
+        self.target.settle_riders()
         if self._arm is not None and not self._arm[0].ride:  # a chunk's step measures the chunk, not its k
             self._period = (dispatch_t0, *self._arm)
         for req in list(self.running.values()):
@@ -200,10 +201,12 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
 
     def _emit_early(self, touched) -> None:
         """Hand on_tokens what is final already, the verify collected at the step's start and admission's
-        first tokens, before the dispatch: an sd step (and psd's single batch) waits there for a whole
-        proposal, so a stream otherwise got its tokens a draft phase late, and a new request its first
-        token after a proposal it takes no part in (over the services, psd on the bundled pair: 31 ms to
-        first token with a cached prompt, against 21 ms in ar)."""
+        first tokens, before the step blocks: an sd step (and psd's single batch) waits for a whole
+        proposal, an ar step for its decode, so a stream otherwise got its tokens a draft phase late, and a
+        new request its first token after a proposal it takes no part in (over the services, psd on the
+        bundled pair: 31 ms to first token with a cached prompt, against 21 ms in ar). A step that only
+        sends its calls (psd's pipeline) hands them over after sending: the front end's work on them then
+        runs while the workers compute, not between one step's results and the next step's calls."""
         if self.on_tokens is not None and touched:
             self.on_tokens(list(touched.values()))
 
@@ -300,6 +303,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             return
         record = self._new_record(mode, k=0 if mode in ("sd", "psd") else None, verify_tokens=len(ids))
         self._threads(shared=False)
+        self._emit_early(touched)
         t0 = time.perf_counter()
         try:
             tokens = self.target.decode(ids)
@@ -339,6 +343,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             return
         record = self._new_record(self.mode, k=k, draft_rows=len(ids), catch_up=catch_up)
         self._threads(shared=True)
+        self._emit_early(touched)
         t0 = time.perf_counter()
         try:
             proposal = self._set_lengths(self._timed_propose(ids, record, k))
@@ -404,12 +409,15 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             job.propose = self._start_propose(ids, k) if k else completed(
                 lambda: Proposal(ids, 0, done_at=time.perf_counter()))
             if serial:
+                self._emit_early(touched)
                 wait([job.propose])
         if pb is not None and to_draft and job.record.k and self.proposal.k == job.record.k:
             # the pipeline in steady state: both batches at one k
             rows = sum(len(self._live(b)) for b in self.batches)
             self._arm = (job.record, "psd", rows, job.record.k)
         if pb is not None:
+            if self.target.verifies_on_caller:
+                self._emit_early(touched)
             job.proposal, job.verify_t0 = self.proposal, time.perf_counter()
             job.verify = (self.target.start_verify(self.proposal) if self.proposal.k else
                           completed(decode_verdict, self.target, self.proposal))

@@ -187,6 +187,7 @@ class TargetWorker(abc.ABC):
     last_decode_feature_bytes: int = 0  # feature-channel bytes of the latest decode() (remote, EAGLE only)
     max_num_batched_tokens: int | None = None  # the most tokens one forward pass takes (None: unknown)
     block_size: int = 16  # tokens per KV block (prefix caching shares whole blocks)
+    verifies_on_caller = True  # start_verify runs the verify on the calling thread (gRPC workers: False)
 
     @abc.abstractmethod
     def add(self, requests: list[NewRequest]) -> list[int | None]:
