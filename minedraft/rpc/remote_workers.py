@@ -246,6 +246,7 @@ class RemoteDraftWorker(_Remote, DraftWorker):
 
 class RemoteTargetWorker(_Remote, TargetWorker):
     verifies_on_caller = False  # start_verify sends the call and returns
+
     def __init__(self, address: str, info: worker_pb2.WorkerInfo | None = None,
                  timeouts: TimeoutConfig = DEFAULT_TIMEOUTS):
         super().__init__(address, worker_pb2_grpc.TargetWorkerStub, timeouts)

@@ -416,7 +416,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             rows = sum(len(self._live(b)) for b in self.batches)
             self._arm = (job.record, "psd", rows, job.record.k)
         if pb is not None:
-            if self.target.verifies_on_caller:
+            if self.target.verifies_on_caller or not self.proposal.k:  # a k = 0 slot decodes, synchronously
                 self._emit_early(touched)
             job.proposal, job.verify_t0 = self.proposal, time.perf_counter()
             job.verify = (self.target.start_verify(self.proposal) if self.proposal.k else
