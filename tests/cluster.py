@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 import types
 
 from minedraft.launcher import LocalCluster
@@ -67,3 +68,13 @@ def run_concurrently(address, prompt_list, **params):
     for t in threads:
         t.join(timeout=120)
     return results
+
+
+def wait_until(predicate, timeout: float = 20.0, poll: float = 0.1) -> bool:
+    """Whether predicate() came true within timeout seconds (polled every `poll`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False

@@ -15,7 +15,7 @@ from minedraft.rpc.grpc_common import insecure_channel
 from minedraft.rpc.remote_workers import RemoteDraftWorker
 from minedraft.v1 import worker_pb2, worker_pb2_grpc
 
-from cluster import free_port, start_healthy
+from cluster import free_port, start_healthy, wait_until
 
 DRAIN_S = 20
 
@@ -23,15 +23,6 @@ DRAIN_S = 20
 def node(port: int, tmp_path):
     cmd = [sys.executable, "-m", "draft_service", "--method", "ngram", "--port", str(port), "--drain-s", str(DRAIN_S)]
     return start_healthy({"draft": cmd}, {"draft": f"127.0.0.1:{port}"}, str(tmp_path))
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def polling_threads_seen(stub, calls: int = 8) -> set[str]:
@@ -52,7 +43,7 @@ def test_sequential_calls_reuse_one_polling_thread(tmp_path):
     worker = RemoteDraftWorker(f"127.0.0.1:{port}")
     bare = insecure_channel(f"127.0.0.1:{port}")
     try:
-        assert wait_for(lambda: worker.keeper.serving, 10)
+        assert wait_until(lambda: worker.keeper.serving, 10)
         assert len(polling_threads_seen(worker.stub)) == 1
         assert len(polling_threads_seen(worker_pb2_grpc.DraftWorkerStub(bare))) >= 4  # one per call
     finally:
@@ -66,7 +57,7 @@ def test_the_kept_call_neither_holds_the_drain_nor_loses_a_restarted_worker(tmp_
     cluster = node(port, tmp_path)
     worker = RemoteDraftWorker(f"127.0.0.1:{port}")
     try:
-        assert wait_for(lambda: worker.keeper.serving, 10)
+        assert wait_until(lambda: worker.keeper.serving, 10)
         proc = cluster.procs["draft"]
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -74,7 +65,7 @@ def test_the_kept_call_neither_holds_the_drain_nor_loses_a_restarted_worker(tmp_
         assert time.monotonic() - t0 < DRAIN_S / 2
         assert not worker.keeper.serving
         cluster = node(port, tmp_path)  # the worker is back on its address
-        assert wait_for(lambda: worker.keeper.serving, 15)
+        assert wait_until(lambda: worker.keeper.serving, 15)
         assert worker.info().max_k >= 0
         assert len(polling_threads_seen(worker.stub, calls=4)) == 1
     finally:

@@ -25,7 +25,7 @@ from minedraft.client import MineDraftClient
 from minedraft.rpc.grpc_common import check_health
 from minedraft.runner import hf_adapter
 
-from cluster import free_port
+from cluster import free_port, wait_until
 
 openai = pytest.importorskip("openai")
 
@@ -253,15 +253,6 @@ def test_bad_chat_input_and_unknown_model(up):
     assert status == 400 and "JSON" in reply["error"]["message"]
     status, reply = post(up, "/v1/embeddings", {"model": MODEL, "input": "x"})
     assert status == 404 and "/v1/embeddings" in reply["error"]["message"]
-
-
-def wait_until(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.parametrize("stream", [True, False])
