@@ -26,6 +26,7 @@ MIN_SAMPLES = 1  # observations before an arm's measurement replaces the model's
 # engine's life (cold), a neighbour's burst. An arm sampled rarely (k = 0 while speculating: one try
 # every 64 decisions) otherwise kept such a step for dozens of decisions and misjudged its k for them.
 RESET_BELOW = 0.5
+SETTLED = 3  # observations after which an arm sets the level of the unmeasured ones near it
 _BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
@@ -74,12 +75,17 @@ class PeriodTable:
 
     def calibrated(self, family: str, rows: int, predicted: list[float]) -> list[float]:
         """Per k = 0..len(predicted) - 1, the period to expect: a measured arm's own; an unmeasured
-        one the model's prediction scaled by how far the model was off at the nearest measured k > 0
-        (the model's shape, the table's level; a decode, with no draft call and no channel, is
-        another operation and borrows nothing). predicted: the cost model's period at each k."""
+        one the model's prediction scaled by how far the model was off at the nearest measured k > 0,
+        a settled one (SETTLED observations) where there is one (the model's shape, the table's level;
+        a decode, with no draft call and no channel, is another operation and borrows nothing).
+        predicted: the cost model's period at each k."""
         measured = {k: self.period(family, rows, k) for k in range(len(predicted))}
         measured = {k: p for k, p in measured.items() if p is not None}
         drafted = [k for k in measured if k > 0]
+        # the level comes from a settled arm where there is one: a single exploration step (a neighbour
+        # tried once, on a noisy machine) set k = 1..3's level 15% above the k = 4 that ran 40 steps
+        settled = [k for k in drafted if self.count(family, rows, k) >= SETTLED]
+        drafted = settled or drafted
         out = []
         for k, p in enumerate(predicted):
             if k in measured:

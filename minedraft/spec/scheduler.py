@@ -279,10 +279,32 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
     def _place(self, request_id: str) -> None:
         if self.mode != "psd":
             self.batches[0].append(request_id)
-        elif self.proposed_batch is not None:  # join the batch about to be drafted
-            self.batches[1 - self.proposed_batch].append(request_id)
+        elif self.proposed_batch is not None:
+            # the smaller half (the one about to be drafted on a tie). Joining the drafted half, which is
+            # verified this step without it, it waits one step for its first draft; always joining the half
+            # about to be drafted, Poisson arrivals and finishing rows left halves of 1 and 7 rows.
+            pb = self.proposed_batch
+            sizes = [len(self._live(b)) for b in self.batches]
+            self.batches[pb if sizes[pb] < sizes[1 - pb] else 1 - pb].append(request_id)
         else:
-            min(self.batches, key=len).append(request_id)
+            min(self.batches, key=lambda b: len(self._live(b))).append(request_id)
+
+    def _rebalance(self) -> bool:
+        """psd with nothing drafted in flight (the pipeline starts, or merged steps run): even out the two
+        batches' running rows, so that the pipeline starts with halves that overlap. A pipeline's cycle is
+        max(draft B, verify A) + max(draft A, verify B): with rows finishing and arriving (Poisson traffic)
+        the batches drifted to 1 and 7 rows, a cycle of two lopsided steps, and auto judged the pipeline by
+        it. Returns whether both batches have rows now."""
+        live = [self._live(b) for b in self.batches]
+        while abs(len(live[0]) - len(live[1])) > 1:
+            big = 0 if len(live[0]) > len(live[1]) else 1
+            rid = live[big].pop()  # the latest admitted moves
+            live[1 - big].append(rid)
+            self.batches[big].remove(rid)
+            self.batches[1 - big].append(rid)
+            skipped = self._psd_skipped[0] or self._psd_skipped[1]  # its draft may have skipped steps
+            self._psd_skipped = [skipped, skipped]
+        return bool(live[0]) and bool(live[1])
 
     def _threads(self, shared: bool) -> None:
         """Before a step's model work: whether a draft may run beside the target now."""
@@ -371,13 +393,10 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             self._no_draft = False
             self._step_without_draft(touched)
             return
-        if pb is None and len(to_draft) == 1:
-            only = self._live(self.batches[to_draft[0]])
-            if len(only) == 1:  # a single request: PSD is SD
-                self._dispatch_sd(only, touched)
-                return
-            half = len(only) // 2  # split so that the two halves can overlap from now on
-            self.batches = [only[:half], only[half:]]
+        if pb is None and len(to_draft) == 1 and len(self._live(self.batches[to_draft[0]])) == 1:
+            self._dispatch_sd(self._live(self.batches[to_draft[0]]), touched)  # a single request: PSD is SD
+            return
+        if pb is None and self._rebalance():
             to_draft = [0, 1]
         if self.controller.merge(self.batches, self.running, riding=self.target.riding):
             if pb is None:  # no k pays for the pipeline: one target-only step of every row
