@@ -1,6 +1,6 @@
 """psd evens out its two batches whenever nothing drafted is in flight (the pipeline starts, or after
-merged steps): rows that finish or arrive unevenly otherwise leave halves of 1 and 3 rows, whose
-steps do not overlap (a 3-row draft beside a 1-row verify, then the other way round)."""
+merged steps): rows that finish unevenly otherwise leave halves of 1 and 3 rows, whose steps do not
+overlap (a 3-row draft beside a 1-row verify, then the other way round)."""
 
 from minedraft import Engine, SamplingParams
 
@@ -38,33 +38,3 @@ def test_the_pipeline_starts_with_even_batches():
     assert seen[:2] == [(2, 0), (2, 2)], seen[:4]  # unbalanced: (3, 0), (1, 3)
     assert outputs == _run("ar")  # greedy: the moved rows lose nothing
 
-
-def _run_with_arrivals(mode: str, sizes=None):
-    """Four requests, then two more once the pipeline runs; sizes: the live rows of each half after the
-    step that admits them."""
-    with Engine(mode=mode, num_speculative_tokens=2) as engine:
-        params = SamplingParams(max_tokens=12, ignore_eos=True)
-        ids = [engine.add_request(f"Early request {i} reads", params) for i in range(4)]
-        done = {}
-
-        def step():
-            for req in engine.step():
-                if req.finished:
-                    done[req.request_id] = req.output_ids
-        step()  # prefill; the pipeline's first step drafts one half
-        step()  # the other half drafted beside the first half's verify: halves of 2 and 2
-        ids += [engine.add_request(f"Late request {i} reads", params) for i in range(2)]
-        step()
-        if sizes is not None:
-            scheduler = engine.scheduler
-            sizes.extend(len(scheduler._live(b)) for b in scheduler.batches)
-        while engine.has_unfinished():
-            step()
-        return [done[i] for i in ids]
-
-
-def test_arrivals_join_the_smaller_half_while_the_pipeline_runs():
-    sizes = []
-    outputs = _run_with_arrivals("psd", sizes)
-    assert sizes == [3, 3], sizes  # both joining the half about to be drafted: 2 and 4
-    assert outputs == _run_with_arrivals("ar")  # the one that waits a step for its first draft loses nothing

@@ -280,12 +280,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         if self.mode != "psd":
             self.batches[0].append(request_id)
         elif self.proposed_batch is not None:
-            # the smaller half (the one about to be drafted on a tie). Joining the drafted half, which is
-            # verified this step without it, it waits one step for its first draft; always joining the half
-            # about to be drafted, Poisson arrivals and finishing rows left halves of 1 and 7 rows.
-            pb = self.proposed_batch
-            sizes = [len(self._live(b)) for b in self.batches]
-            self.batches[pb if sizes[pb] < sizes[1 - pb] else 1 - pb].append(request_id)
+            self.batches[1 - self.proposed_batch].append(request_id)
         else:
             min(self.batches, key=lambda b: len(self._live(b))).append(request_id)
 
