@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from minedraft.spec.controller import (
+    CLEAR_WIN,
     IDLE_BACKOFF_MAX,
     PIPELINE_VOTES,
     SD_TRY_BURST,
@@ -670,3 +671,25 @@ def test_every_decision_is_traced_at_debug(caplog):
     assert any(m.startswith("decide psd: 8 rows -> k ") for m in lines)  # the pipeline drafts half the rows
     checked = [m for m in lines if " goodput " in m]
     assert checked and all(len(m.split(" goodput ")[1].split()) == 9 for m in checked)  # k = 0..8
+
+
+def test_a_clear_win_starts_the_pipeline_at_once_and_a_known_decode_needs_no_first_merged_step():
+    """The votes guard a close call. A fresh auto whose arms carried over from earlier runs found the
+    pipeline 1.4x better and still decoded every row for about ten steps (a first merged step, a check,
+    a held answer, a second check): a tenth of a 16-request round."""
+    world = World(alpha=0.85, rows=16)
+    first = SpeculationController(8, "psd")
+    world.run_psd(first, steps=200)  # the pipeline pays here: its arms and the decode's are measured
+    first.learned.target_only = True  # the last answer came from a round's tail, at one row
+    again = SpeculationController(8, "psd", learned=first.learned)
+    assert again._merged  # it starts merged, as after target-only serving ...
+    ks, merged = world.run_psd(again, steps=20)
+    assert merged == 0 and ks[0] > 0  # ... and pipelines from its first step
+    # a close call still takes PIPELINE_VOTES checks in a row (test above); a clear one does not
+    c = SpeculationController(8, "psd")
+    c.decisions, c._merged = 10, True
+    c._warmup = lambda *args: None
+    c._merge_check.holds = lambda key: False
+    c.learned.idle_psd.due = lambda rows: False
+    c._psd_goodput = lambda *args: [1000.0] + [1000.0 * (1 + CLEAR_WIN) + 1.0] * 8
+    assert c.merge([world.ids[:8], world.ids[8:]], world.requests) is False

@@ -58,6 +58,11 @@ EXPLORE_PIPELINE_EVERY = 64  # psd while merged: three pipeline steps (dearer: h
 SD_TRY_BURST = 3
 HYSTERESIS = 0.03
 PIPELINE_VOTES = 2  # psd while merged: full checks in a row that must find the pipeline SPECULATE_MARGIN better
+# ... unless one finds it this much better: the votes guard a close call against a noisy decode arm
+# (at 16 prose rows the model put k = 4 at up to 1.19x merged where the two tied), and made a fresh
+# auto decode every row for a check, a held answer (RECHECK_EVERY) and a second check, about ten steps
+# of a 40-step round, where the arms carried over from earlier runs said the pipeline was 1.4x better
+CLEAR_WIN = 0.25
 RECHECK_EVERY = 8  # target-only at unchanged rows: the full goodput check every this many decisions (HeldCheck)
 IDLE_BACKOFF_MAX = 16  # target-only tries back off to this many times their interval at most
 TRY_SHARE = 0.005  # target-only serving: tries take at most this share of the time (TryBudget)
@@ -350,6 +355,7 @@ class SpeculationController(_Feeding):
         self.best: int | None = 0 if self.learned.target_only else None
         self.psd_k = 1  # psd: the k the last drafted batch got (a guess for the other batch's next draft)
         self._merged = bool(self.learned.target_only)
+        self._rows_merged = 0  # psd: the rows of the last merge() decision
         self._votes = 0  # psd while merged: full checks in a row that found the pipeline better (PIPELINE_VOTES)
         self._merge_check, self._idle_check = HeldCheck(), HeldCheck()  # psd merged; sd at k = 0
         self._spec = 0  # sd: the best k > 0 at the last full check (what a try drafts)
@@ -522,7 +528,9 @@ class SpeculationController(_Feeding):
         t0 = time.perf_counter()
         k_max = self._bound(max_k)
         n = len(draft_ids) + len(verify_ids)
-        k, goodput = self._warmup(k_max, "psd", n), None
+        # the pipeline's first step verifies nothing: the warm-up is judged at the rows merge() saw (at half
+        # of them, a fresh auto found no arm and tried k = 0 on the first half of every pipeline start)
+        k, goodput = self._warmup(k_max, "psd", n if verify_ids else max(n, self._rows_merged)), None
         if k is None and k_max > 0:
             goodput = self._psd_goodput([verify_ids, draft_ids], requests, k_max)
             goodput[0] = 0.0  # merge decides that
@@ -536,9 +544,10 @@ class SpeculationController(_Feeding):
 
     def merge(self, batches: list[list[str]], requests, max_k: int | None = None, riding: bool = False) -> bool:
         """psd: whether this step should decode every row at once instead (no k pays for the pipeline).
-        The first step does (it measures the decode); while merged, three steps run the pipeline again
-        after EXPLORE_PIPELINE_EVERY decisions, then after ever longer runs while it does not pay
-        (IdleExploration). riding: a staged prompt's chunk rides on this step's forward. A merged psd
+        A fresh server's first step does (it measures the decode); while merged, three steps run the
+        pipeline again after EXPLORE_PIPELINE_EVERY decisions, then after ever longer runs while it
+        does not pay (IdleExploration), and a check that finds the pipeline CLEAR_WIN better starts it
+        at once. riding: a staged prompt's chunk rides on this step's forward. A merged psd
         does not start the pipeline then: its first step verifies nothing, so it would run the chunk
         alone while every row waits (a whole pass of a big target). Nor is it a decision (it measures
         the chunk); a pipeline already running goes on."""
@@ -549,8 +558,9 @@ class SpeculationController(_Feeding):
         self._deciding = True
         k_max = self._bound(max_k)
         n, goodput = len(batches[0]) + len(batches[1]), None
-        if self.decisions == 0 or k_max == 0:
-            merged = True
+        self._rows_merged = n
+        if k_max == 0 or (self.decisions == 0 and self.periods.period("decode", n, 0) is None):
+            merged = True  # a fresh server's first step measures the decode; one that knows it checks at once
         elif self._warmup(k_max, "psd", n) is not None:
             merged = self._near_end(batches[0] + batches[1], requests)
             self._put_off += int(merged)
@@ -568,7 +578,7 @@ class SpeculationController(_Feeding):
             merged = goodput[spec] <= ar * (1.0 if not self._merged else 1 + SPECULATE_MARGIN)
             if self._merged and not merged:  # one draw of two noisy arms past the margin is not enough
                 self._votes += 1
-                merged = self._votes < PIPELINE_VOTES
+                merged = self._votes < PIPELINE_VOTES and goodput[spec] <= ar * (1 + CLEAR_WIN)
             else:
                 self._votes = 0
             self.learned.decided(n, merged)
