@@ -676,7 +676,7 @@ def test_every_decision_is_traced_at_debug(caplog):
 def test_a_clear_win_starts_the_pipeline_at_once_and_a_known_decode_needs_no_first_merged_step():
     """The votes guard a close call. A fresh auto whose arms carried over from earlier runs found the
     pipeline 1.4x better and still decoded every row for about ten steps (a first merged step, a check,
-    a held answer, a second check): a tenth of a 16-request round."""
+    a held answer, a second check): a quarter of a 16-request round."""
     world = World(alpha=0.85, rows=16)
     first = SpeculationController(8, "psd")
     world.run_psd(first, steps=200)  # the pipeline pays here: its arms and the decode's are measured

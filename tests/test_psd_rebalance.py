@@ -37,4 +37,3 @@ def test_the_pipeline_starts_with_even_batches():
     # the first pipeline step drafts one half (nothing to verify yet), the next the other beside its verify
     assert seen[:2] == [(2, 0), (2, 2)], seen[:4]  # unbalanced: (3, 0), (1, 3)
     assert outputs == _run("ar")  # greedy: the moved rows lose nothing
-
