@@ -318,3 +318,24 @@ def test_running_limit_is_reconfigurable(llama_pair):
         assert len(engine.scheduler.running) <= 2
     assert [r.token_ids for r in engine.generate(prompts, params)] == free
     engine.scheduler.close()
+
+
+def test_the_spread_column_follows_the_cells_metric():
+    """A Poisson row reports mean latency: its ± is the latency's spread over rounds, not the throughput's
+    (one run's rounds read 588-974 ms of latency while its throughput moved 4%)."""
+    from minedraft.bench.matrix import Load, relative_spread, summarize
+
+    def run(mode, k, thr_rounds, lat_rounds):
+        return {"load": "p8", "regime": "prose", "mode": mode, "k": k, "rounds": len(thr_rounds),
+                "throughput_tok_s": sum(thr_rounds) / len(thr_rounds), "throughput_tok_s_std": 0.0,
+                "throughput_tok_s_rounds": thr_rounds, "latency_mean_s": sum(lat_rounds) / len(lat_rounds),
+                "latency_mean_s_rounds": lat_rounds, "acceptance_rate": None}
+
+    ar = run("ar", None, [471.7, 441.7, 442.7, 447.5], [0.588, 0.837, 0.863, 0.974])
+    auto = run("psd", "auto", [437.4, 445.0, 451.1, 454.6], [0.912, 0.642, 0.840, 0.773])
+    assert relative_spread(ar, "throughput_tok_s") < 0.04
+    assert 0.19 < relative_spread(ar, "latency_mean_s") < 0.21  # sample std / mean
+    cell = summarize([ar, auto], [Load("p8", 64, 24, rate=8.0)], ["prose"])["cells"][0]
+    assert cell["max_relative_std"] == relative_spread(ar, "latency_mean_s")
+    closed = summarize([{**ar, "load": "c16"}, {**auto, "load": "c16"}], [Load("c16", 16, 16)], ["prose"])
+    assert closed["cells"][0]["max_relative_std"] < 0.04  # a closed-loop row: the throughput's

@@ -326,6 +326,19 @@ def best_round(run: dict, metric: str):
     return max(rounds) if metric == "throughput_tok_s" else min(rounds)
 
 
+def relative_spread(run: dict, metric: str) -> float | None:
+    """std / mean over a run's rounds of the metric its cell reports (None with one round). A Poisson row
+    reports mean latency, which near saturation swings far more than throughput: one run's rounds read
+    588-974 ms while its throughput moved 4%, and the column said 4%."""
+    rounds = [x for x in (run.get(metric + "_rounds") or []) if x is not None]
+    if run.get("rounds", len(rounds)) < 2:
+        return None
+    if len(rounds) < 2:  # no per-round figures (made-up runs): the throughput's own std
+        return run["throughput_tok_s_std"] / run["throughput_tok_s"] if run.get("throughput_tok_s") else None
+    mean = sum(rounds) / len(rounds)
+    return math.sqrt(sum((x - mean) ** 2 for x in rounds) / (len(rounds) - 1)) / mean if mean else None
+
+
 def _speedup(a, b, metric: str):
     """How much faster a is than b: throughput a/b, latency b/a; None where either is missing."""
     if a is None or b is None or not a or not b or math.isnan(a) or math.isnan(b):
@@ -360,8 +373,8 @@ def summarize(runs: list[dict], loads: list[Load], regimes: list[str]) -> dict:
                 worst = pick([(k, v) for k, v in by_k.items() if k != "auto"], best=False)
                 auto = by_k.get("auto")
                 acc = {str(x["k"]): x["acceptance_rate"] for x in mine if x["mode"] == mode}
-                spread = [x["throughput_tok_s_std"] / x["throughput_tok_s"] for x in mine
-                          if x["rounds"] > 1 and x["throughput_tok_s"] and x["mode"] in ("ar", mode)]
+                spread = [v for v in (relative_spread(x, metric) for x in mine if x["mode"] in ("ar", mode))
+                          if v is not None]
                 cells.append({
                     "load": load.name, "concurrency": load.concurrency, "rate": load.rate, "regime": regime,
                     "temperature": REGIMES.get(regime), "mode": mode, "metric": metric,
@@ -395,7 +408,8 @@ def summarize(runs: list[dict], loads: list[Load], regimes: list[str]) -> dict:
                 "auto_over_ar": "auto / target-only decoding (ar) in the same cell",
                 "best_fixed_over_ar": "the best fixed k of this mode / ar",
                 "best_over_worst_fixed": "the best fixed k / the worst fixed k of this mode: what choosing k is worth",
-                "max_relative_std": "the largest std / mean of throughput over rounds among ar and this mode's runs"}}
+                "max_relative_std": "the largest std / mean over rounds of the cell's metric (throughput, or the "
+                                    "Poisson row's mean latency) among ar and this mode's runs"}}
 
 
 def _v(x, metric: str) -> str:
@@ -429,7 +443,8 @@ def format_matrix(m: dict) -> str:
                      + f"{_r(c['auto_over_ar']):>9}{_r(c['best_fixed_over_ar']):>9}"
                      + f"{_r(c['best_over_worst_fixed']):>9}")
     lines.append("(auto/best = auto / the best fixed k of the same mode; auto/any = auto / the best fixed (mode, k) of "
-                 "sd and psd; ± = the largest std/mean over rounds among the row's runs, n/a with one round; acc = "
+                 "sd and psd; ± = the largest std/mean over rounds of the row's figure (tok/s, or latency) among its "
+                 "runs, n/a with one round; acc = "
                  "acceptance at the largest fixed k; k range = best fixed k / worst fixed k)")
     lines += [f"note: {n}" for n in m["notes"]]
     if m["aims"]:
