@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import statistics
 import sys
 import time
 import types
@@ -331,12 +332,8 @@ def relative_spread(run: dict, metric: str) -> float | None:
     reports mean latency, which near saturation swings far more than throughput: one run's rounds read
     588-974 ms while its throughput moved 4%, and the column said 4%."""
     rounds = [x for x in (run.get(metric + "_rounds") or []) if x is not None]
-    if run.get("rounds", len(rounds)) < 2:
-        return None
-    if len(rounds) < 2:  # no per-round figures (made-up runs): the throughput's own std
-        return run["throughput_tok_s_std"] / run["throughput_tok_s"] if run.get("throughput_tok_s") else None
-    mean = sum(rounds) / len(rounds)
-    return math.sqrt(sum((x - mean) ** 2 for x in rounds) / (len(rounds) - 1)) / mean if mean else None
+    mean = statistics.mean(rounds) if len(rounds) > 1 else 0.0
+    return statistics.stdev(rounds) / mean if mean else None
 
 
 def _speedup(a, b, metric: str):

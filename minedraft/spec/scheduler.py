@@ -282,7 +282,7 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         elif self.proposed_batch is not None:
             self.batches[1 - self.proposed_batch].append(request_id)
         else:
-            min(self.batches, key=lambda b: len(self._live(b))).append(request_id)
+            min(self.batches, key=len).append(request_id)
 
     def _rebalance(self) -> bool:
         """psd with nothing drafted in flight (the pipeline starts, or merged steps run): even out the two
@@ -291,14 +291,14 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         the batches drifted to 1 and 7 rows, a cycle of two lopsided steps, and auto judged the pipeline by
         it. Returns whether both batches have rows now."""
         live = [self._live(b) for b in self.batches]
-        while abs(len(live[0]) - len(live[1])) > 1:
+        if abs(len(live[0]) - len(live[1])) > 1:
             big = 0 if len(live[0]) > len(live[1]) else 1
-            rid = live[big].pop()  # the latest admitted moves
-            live[1 - big].append(rid)
-            self.batches[big].remove(rid)
-            self.batches[1 - big].append(rid)
-            skipped = self._psd_skipped[0] or self._psd_skipped[1]  # its draft may have skipped steps
-            self._psd_skipped = [skipped, skipped]
+            while len(live[big]) - len(live[1 - big]) > 1:
+                rid = live[big].pop()  # the latest admitted moves
+                live[1 - big].append(rid)
+                self.batches[big].remove(rid)
+                self.batches[1 - big].append(rid)
+            self._psd_skipped = [any(self._psd_skipped)] * 2  # a moved row's draft may have skipped steps
         return bool(live[0]) and bool(live[1])
 
     def _threads(self, shared: bool) -> None:
@@ -388,11 +388,13 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             self._no_draft = False
             self._step_without_draft(touched)
             return
-        if pb is None and len(to_draft) == 1 and len(self._live(self.batches[to_draft[0]])) == 1:
-            self._dispatch_sd(self._live(self.batches[to_draft[0]]), touched)  # a single request: PSD is SD
-            return
-        if pb is None and self._rebalance():
-            to_draft = [0, 1]
+        if pb is None:
+            only = self._live(self.batches[to_draft[0]]) if len(to_draft) == 1 else []
+            if len(only) == 1:  # a single request: PSD is SD
+                self._dispatch_sd(only, touched)
+                return
+            if self._rebalance():
+                to_draft = [0, 1]
         if self.controller.merge(self.batches, self.running, riding=self.target.riding):
             if pb is None:  # no k pays for the pipeline: one target-only step of every row
                 self._step_ar(touched, [r for b in self.batches for r in self._live(b)], mode=self.mode)
