@@ -30,12 +30,18 @@ def test_psd_marks_each_batchs_first_draft_after_merged_steps():
         merges = iter([True, True, True] + [False] * 200)
         controller.merge = lambda batches, requests, max_k=None, riding=False: next(merges)
         controller.psd_k_for = lambda draft_ids, verify_ids, verify_k, requests, max_k=None: 3
-        records, on_record = [], controller.on_record
-        controller.on_record = lambda record, synchronous=False: (records.append(record),
+        records, on_record, on_period = [], controller.on_record, controller.on_period
+        events = []  # a step's record, then its period (if it measured one): both close as the next step starts
+        controller.on_record = lambda record, synchronous=False: (records.append(record), events.append(record),
                                                                    on_record(record, synchronous=synchronous))
+        controller.on_period = lambda family, *rest: (events.append(family), on_period(family, *rest))
         prompts = ["The quick brown fox", "Once upon a time", "In the beginning", "def fibonacci(n):"]
         engine.generate(prompts, SamplingParams(max_tokens=24, ignore_eos=True))
         drafted = [r for r in records if r.draft_rows]  # the pipeline's first step verifies nothing: not in metrics
         # both batches skipped the three merged steps: each one's first draft is a catch-up, no later one
         assert [r.catch_up for r in drafted[:4]] == [True, True, False, False]
         assert not any(r.catch_up for r in drafted[2:])
+        # ... and, as in sd, no catch-up measures the pipeline's period: the second batch's catch-up runs
+        # beside the first batch's verify at the same k, and was taken for a steady step
+        measured = [events[i - 1] for i, e in enumerate(events) if e == "psd"]
+        assert measured and all(not r.catch_up for r in measured)

@@ -427,8 +427,10 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             if serial:
                 self._emit_early(touched)
                 wait([job.propose])
-        if pb is not None and to_draft and job.record.k and self.proposal.k == job.record.k:
-            # the pipeline in steady state: both batches at one k
+        if pb is not None and to_draft and job.record.k and self.proposal.k == job.record.k and not job.record.catch_up:
+            # the pipeline in steady state: both batches at one k. Not a catch-up (as in sd): its draft first
+            # feeds every token its batch skipped while merged (a prose prompt's ~400 on a join), and one such
+            # step, taken as the arm's period, made every k look twice as dear and kept auto merged for a round
             rows = sum(len(self._live(b)) for b in self.batches)
             self._arm = (job.record, "psd", rows, job.record.k)
         if pb is not None:
