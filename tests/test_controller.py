@@ -395,6 +395,23 @@ def test_a_much_faster_step_restarts_its_arm():
     assert 0.004 < table.period("sd", 1, 0) < 0.005
 
 
+def test_an_arm_measured_once_is_shrunk_toward_the_settled_arms_level():
+    from minedraft.spec.goodput import PRIOR_WEIGHT, PeriodTable
+
+    table = PeriodTable()
+    for _ in range(10):
+        table.observe("psd", 8, 4, 20, 0.020)  # the settled arm: the model (10 ms at k = 4) is 2x off
+    predicted = [0.008, 0.006, 0.007, 0.009, 0.010, 0.011, 0.012]
+    assert table.calibrated("psd", 8, predicted)[6] == pytest.approx(0.024)  # unmeasured: shape x level
+    table.observe("psd", 8, 6, 20, 0.046)  # one step at k = 6, the dear half of a lopsided pipeline
+    periods = table.calibrated("psd", 8, predicted)
+    assert periods[4] == pytest.approx(0.020)  # the settled arm keeps its own mean
+    assert periods[6] == pytest.approx((0.046 + PRIOR_WEIGHT * 0.024) / (1 + PRIOR_WEIGHT))
+    for _ in range(40):  # measured often, the arm's own mean takes over
+        table.observe("psd", 8, 6, 20, 0.030)
+    assert table.calibrated("psd", 8, predicted)[6] == pytest.approx(0.030, rel=0.03)
+
+
 def test_a_cold_first_target_only_step_does_not_keep_auto_speculating():
     # Target-only pays here, but the first k = 0 step (the warm-up's, the engine's first) took 30x its
     # time. While speculating, k = 0 is tried once every 64 decisions: the arm must not keep that step.

@@ -27,6 +27,11 @@ MIN_SAMPLES = 1  # observations before an arm's measurement replaces the model's
 # every 64 decisions) otherwise kept such a step for dozens of decisions and misjudged its k for them.
 RESET_BELOW = 0.5
 SETTLED = 3  # observations after which an arm sets the level of the unmeasured ones near it
+# An arm measured a few times is mostly noise beside the settled arm's level and the model's shape: its own
+# mean counts as its observations against this many of the prediction. In psd one pipeline step is one
+# of two alternating halves (lopsided under Poisson arrivals: 1 and 6 rows), so a single step at k = 5-7
+# read 24 ms or 46 ms where the settled k = 4 read 24, and auto flipped to, then away from, each of them.
+PRIOR_WEIGHT = 3.0
 _BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
@@ -74,11 +79,12 @@ class PeriodTable:
         return arm[2] / arm[1]
 
     def calibrated(self, family: str, rows: int, predicted: list[float]) -> list[float]:
-        """Per k = 0..len(predicted) - 1, the period to expect: a measured arm's own; an unmeasured
-        one the model's prediction scaled by how far the model was off at the nearest measured k > 0,
-        a settled one (SETTLED observations) where there is one (the model's shape, the table's level;
-        a decode, with no draft call and no channel, is another operation and borrows nothing).
-        predicted: the cost model's period at each k."""
+        """Per k = 0..len(predicted) - 1, the period to expect. An unmeasured k: the model's prediction
+        scaled by how far the model was off at the nearest measured k > 0, a settled one (SETTLED
+        observations) where there is one (the model's shape, the table's level; a decode, with no draft
+        call and no channel, is another operation and borrows nothing). A measured k whose level comes
+        from another arm: its own mean shrunk toward that scaled prediction, which counts as PRIOR_WEIGHT
+        observations against the arm's own. predicted: the cost model's period at each k."""
         measured = {k: self.period(family, rows, k) for k in range(len(predicted))}
         measured = {k: p for k, p in measured.items() if p is not None}
         drafted = [k for k in measured if k > 0]
@@ -88,11 +94,13 @@ class PeriodTable:
         drafted = settled or drafted
         out = []
         for k, p in enumerate(predicted):
-            if k in measured:
+            near = min(drafted, key=lambda m: (abs(m - k), m)) if k > 0 and drafted else None
+            scaled = p * measured[near] / predicted[near] if near is not None and predicted[near] > 0.0 else p
+            if k not in measured:
+                out.append(scaled)
+            elif near is None or near == k:
                 out.append(measured[k])
-            elif k > 0 and drafted:
-                near = min(drafted, key=lambda m: (abs(m - k), m))
-                out.append(p * measured[near] / predicted[near] if predicted[near] > 0.0 else p)
             else:
-                out.append(p)
+                n = self.count(family, rows, k)
+                out.append((n * measured[k] + PRIOR_WEIGHT * scaled) / (n + PRIOR_WEIGHT))
         return out
