@@ -12,6 +12,7 @@ import torch
 from minedraft.spec.controller import (
     CLEAR_WIN,
     IDLE_BACKOFF_MAX,
+    KNOWN_TRIALS,
     PIPELINE_VOTES,
     SD_TRY_BURST,
     TRY_SHARE,
@@ -232,6 +233,27 @@ def test_the_warm_up_waits_for_rows_with_tokens_left(mode):
     world.requests["r3"].max_new_tokens = WARMUP_MIN_LEFT + 1  # one row with room: the warm-up goes on
     ks = world.run_sd(c, steps=8) if mode == "sd" else world.run_psd(c, steps=8)[0]
     assert any(k > 0 for k in ks)
+
+
+@pytest.mark.parametrize("mode", ["sd", "psd"])
+def test_target_only_tries_wait_for_rows_with_tokens_left(mode):
+    """A try (speculating while target-only) pays the draft's catch-up on every token it skipped: the whole
+    prompt of a request admitted target-only. At the end of a 16-request prose round on the bundled pair
+    (services) a psd try joined 15 rows (~400 prompt tokens each) to the draft for the ~4 tokens each had
+    left, and that round ran at 0.85x of `ar` where auto had decoded target-only throughout. Rows within
+    WARMUP_MIN_LEFT tokens of their end are not tried on, as the warm-up is not."""
+    world, c = World(alpha=0.02, rows=8), SpeculationController(8, mode)
+    run = (lambda n: world.run_sd(c, steps=n)) if mode == "sd" else (lambda n: world.run_psd(c, steps=n)[0])
+    run(300)  # nothing is accepted: target-only
+    assert c.learned.target_only
+    c.learned.idle_sd.due = c.learned.idle_psd.due = lambda rows: True  # every decision is a try's turn
+    c.learned.tries.allows = lambda: True
+    c.acceptance.first_drafts = KNOWN_TRIALS
+    for req in world.requests.values():
+        req.max_new_tokens = WARMUP_MIN_LEFT  # one token out already: WARMUP_MIN_LEFT - 1 left
+    assert not any(run(20))
+    world.requests["r3"].max_new_tokens = WARMUP_MIN_LEFT + 1  # one row with room: tries go on
+    assert any(run(20))
 
 
 def test_psd_starts_its_pipeline_only_when_two_checks_in_a_row_find_it_better():

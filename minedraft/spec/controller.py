@@ -426,7 +426,7 @@ class SpeculationController(_Feeding):
                 return None
         return min(WARMUP_KS[tried % len(WARMUP_KS)], k_max)
 
-    def _pick(self, goodput: list[float], k_max: int, family: str, rows: int) -> int:
+    def _pick(self, goodput: list[float], k_max: int, family: str, rows: int, ids: list[str], requests) -> int:
         """The best k, or on an exploration step another one. Speculating must beat k = 0 by
         SPECULATE_MARGIN (its costs outside the step: the draft's prefill at admission, its catch-up
         after target-only steps, the risk of a noisy estimate; target-only never loses to ar); among
@@ -441,7 +441,7 @@ class SpeculationController(_Feeding):
         best = spec if spec and goodput[spec] > goodput[0] * (1 + SPECULATE_MARGIN) else 0
         self.best, self._spec = best, spec
         if best == 0:
-            return self._idle_choice(rows)
+            return self._idle_choice(ids, requests)
         if self.decisions % EXPLORE_EVERY == EXPLORE_EVERY - 1:
             if (self.decisions // EXPLORE_EVERY) % 4 == 3:
                 return 0
@@ -468,10 +468,13 @@ class SpeculationController(_Feeding):
         (or warming up) once the acceptance is known."""
         return self.learned.target_only is not False and self.acceptance.first_drafts >= KNOWN_TRIALS
 
-    def _idle_choice(self, rows: int) -> int:
-        """Target-only: k = 0, or on a try the best k > 0 (see _pick)."""
-        if not self._spec:
+    def _idle_choice(self, ids: list[str], requests) -> int:
+        """Target-only: k = 0, or on a try the best k > 0 (see _pick). Not on rows about to end (_near_end):
+        a try pays the draft's catch-up on every token it skipped, a whole prompt for a request admitted
+        while target-only, and they end before a steady step measures anything. (psd: merge() the same.)"""
+        if not self._spec or self._near_end(ids, requests):
             return 0
+        rows = len(ids)
         if self.acceptance.first_drafts < KNOWN_TRIALS:  # as often as while speculating until it is known
             return self._spec if self.decisions % EXPLORE_EVERY >= EXPLORE_EVERY - SD_TRY_BURST else 0
         return self._spec if self.learned.idle_sd.due(rows) else 0
@@ -505,10 +508,10 @@ class SpeculationController(_Feeding):
         if k and self._near_end(ids, requests):
             k, self._put_off = 0, self._put_off + 1
         if k is None and self.best == 0 and self._idle_check.holds((n, k_max)):
-            k = self._idle_choice(n)
+            k = self._idle_choice(ids, requests)
         elif k is None:
             goodput = self._sd_goodput(ids, requests, k_max)
-            k = self._pick(goodput, k_max, "sd", n)
+            k = self._pick(goodput, k_max, "sd", n, ids, requests)
             self._idle_check.checked((n, k_max) if self.best == 0 else None)
             self.learned.decided(n, self.best == 0)
             if self.best:
@@ -534,7 +537,7 @@ class SpeculationController(_Feeding):
         if k is None and k_max > 0:
             goodput = self._psd_goodput([verify_ids, draft_ids], requests, k_max)
             goodput[0] = 0.0  # merge decides that
-            k = self._pick(goodput, k_max, "psd", n)
+            k = self._pick(goodput, k_max, "psd", n, draft_ids + verify_ids, requests)
             k = max(k, 1)
         self._trace("psd", n, k or 0, goodput)
         self.decisions += 1
@@ -565,7 +568,7 @@ class SpeculationController(_Feeding):
             merged = self._near_end(batches[0] + batches[1], requests)
             self._put_off += int(merged)
         elif self._merged and self._merge_check.holds((n, k_max)):
-            merged = not self.learned.idle_psd.due(n)
+            merged = self._near_end(batches[0] + batches[1], requests) or not self.learned.idle_psd.due(n)
         else:
             self._merge_check.checked((n, k_max))
             goodput = self._psd_goodput(batches, requests, k_max)
@@ -585,7 +588,7 @@ class SpeculationController(_Feeding):
             self._log_regime(n, goodput, merged=merged, spec_k=spec)
             if not merged:
                 self.learned.idle_psd.at(n).reset()
-            elif self.learned.idle_psd.due(n):
+            elif not self._near_end(batches[0] + batches[1], requests) and self.learned.idle_psd.due(n):
                 merged = False
         self.learned.tries.took(not merged and self._paid_try())
         self._trace("psd", n, "merged" if merged else "pipeline", goodput)
