@@ -301,6 +301,20 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             self._psd_skipped = [any(self._psd_skipped)] * 2  # a moved row's draft may have skipped steps
         return bool(live[0]) and bool(live[1])
 
+    def _even_out_in_flight(self, d: int) -> None:
+        """The pipeline runs: while batch d (about to be drafted) has more than one row more than the batch
+        in flight, its latest admitted row moves to the one in flight. A moved row sits this draft out and
+        is drafted with its new batch next step: one step later, once. Arrivals join the batch about to be
+        drafted (its draft is sent first) and rows finish unevenly, and _rebalance only runs with nothing in
+        flight: 16 requests sent at once reached the scheduler over two steps, and the whole round ran as
+        halves of 4 and 12 rows, a cycle of max(draft 12, verify 4) + max(draft 4, verify 12), fixed k too."""
+        live, other = self._live(self.batches[d]), self._live(self.batches[1 - d])
+        while len(live) - len(other) > 1:
+            rid = live.pop()
+            other.append(rid)
+            self.batches[d].remove(rid)
+            self.batches[1 - d].append(rid)
+
     def _threads(self, shared: bool) -> None:
         """Before a step's model work: whether a draft may run beside the target now."""
         if self.threads is not None:
@@ -395,6 +409,8 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
                 return
             if self._rebalance():
                 to_draft = [0, 1]
+        elif to_draft:
+            self._even_out_in_flight(to_draft[0])
         if self.controller.merge(self.batches, self.running, riding=self.target.riding):
             if pb is None:  # no k pays for the pipeline: one target-only step of every row
                 self._step_ar(touched, [r for b in self.batches for r in self._live(b)], mode=self.mode)
