@@ -306,8 +306,9 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         in flight, its latest admitted row moves to the one in flight. A moved row sits this draft out and
         is drafted with its new batch next step: one step later, once. Arrivals join the batch about to be
         drafted (their first draft goes out at once) and rows finish unevenly, and _rebalance only runs with
-        nothing in flight: 16 requests sent at once reached the scheduler over two steps, and the whole round ran as
-        halves of 4 and 12 rows, a cycle of max(draft 12, verify 4) + max(draft 4, verify 12), fixed k too."""
+        nothing in flight: 16 requests sent at once reached the scheduler over two steps, and the whole round
+        ran as halves of 4 and 12 rows, a cycle of max(draft 12, verify 4) + max(draft 4, verify 12), fixed k
+        too."""
         live, other = self._live(self.batches[d]), self._live(self.batches[1 - d])
         while len(live) - len(other) > 1:
             rid = live.pop()
