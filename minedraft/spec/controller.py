@@ -560,15 +560,15 @@ class SpeculationController(_Feeding):
         self.learned.tries.elapse()
         self._deciding = True
         k_max = self._bound(max_k)
-        n, goodput = len(batches[0]) + len(batches[1]), None
-        self._rows_merged = n
+        ids, goodput = batches[0] + batches[1], None
+        n = self._rows_merged = len(ids)
         if k_max == 0 or (self.decisions == 0 and self.periods.period("decode", n, 0) is None):
             merged = True  # a fresh server's first step measures the decode; one that knows it checks at once
         elif self._warmup(k_max, "psd", n) is not None:
-            merged = self._near_end(batches[0] + batches[1], requests)
+            merged = self._near_end(ids, requests)
             self._put_off += int(merged)
         elif self._merged and self._merge_check.holds((n, k_max)):
-            merged = self._near_end(batches[0] + batches[1], requests) or not self.learned.idle_psd.due(n)
+            merged = self._near_end(ids, requests) or not self.learned.idle_psd.due(n)
         else:
             self._merge_check.checked((n, k_max))
             goodput = self._psd_goodput(batches, requests, k_max)
@@ -588,7 +588,7 @@ class SpeculationController(_Feeding):
             self._log_regime(n, goodput, merged=merged, spec_k=spec)
             if not merged:
                 self.learned.idle_psd.at(n).reset()
-            elif not self._near_end(batches[0] + batches[1], requests) and self.learned.idle_psd.due(n):
+            elif not self._near_end(ids, requests) and self.learned.idle_psd.due(n):
                 merged = False
         self.learned.tries.took(not merged and self._paid_try())
         self._trace("psd", n, "merged" if merged else "pipeline", goodput)

@@ -290,31 +290,32 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         max(draft B, verify A) + max(draft A, verify B): with rows finishing and arriving (Poisson traffic)
         the batches drifted to 1 and 7 rows, a cycle of two lopsided steps, and auto judged the pipeline by
         it. Returns whether both batches have rows now."""
-        live = [self._live(b) for b in self.batches]
-        if abs(len(live[0]) - len(live[1])) > 1:
-            big = 0 if len(live[0]) > len(live[1]) else 1
-            while len(live[big]) - len(live[1 - big]) > 1:
-                rid = live[big].pop()  # the latest admitted moves
-                live[1 - big].append(rid)
-                self.batches[big].remove(rid)
-                self.batches[1 - big].append(rid)
+        sizes = [len(self._live(b)) for b in self.batches]
+        if self._move_rows(0 if sizes[0] > sizes[1] else 1):
             self._psd_skipped = [any(self._psd_skipped)] * 2  # a moved row's draft may have skipped steps
-        return bool(live[0]) and bool(live[1])
+        return all(self._live(b) for b in self.batches)
 
     def _even_out_in_flight(self, d: int) -> None:
-        """The pipeline runs: while batch d (about to be drafted) has more than one row more than the batch
-        in flight, its latest admitted row moves to the one in flight. A moved row sits this draft out and
-        is drafted with its new batch next step: one step later, once. Arrivals join the batch about to be
-        drafted (their first draft goes out at once) and rows finish unevenly, and _rebalance only runs with
-        nothing in flight: 16 requests sent at once reached the scheduler over two steps, and the whole round
-        ran as halves of 4 and 12 rows, a cycle of max(draft 12, verify 4) + max(draft 4, verify 12), fixed k
-        too."""
-        live, other = self._live(self.batches[d]), self._live(self.batches[1 - d])
+        """The pipeline runs: batch d is about to be drafted, the other is in flight. Rows move from d to the
+        one in flight (_move_rows); a moved row sits this draft out and is drafted with its new batch next
+        step: one step later, once. Arrivals join the batch about to be drafted (their first draft goes out
+        at once) and rows finish unevenly, and _rebalance only runs with nothing in flight: 16 requests sent
+        at once reached the scheduler over two steps, and the whole round ran as halves of 4 and 12 rows, a
+        cycle of max(draft 12, verify 4) + max(draft 4, verify 12), fixed k too."""
+        self._move_rows(d)
+
+    def _move_rows(self, src: int) -> bool:
+        """While batch src has more than one running row more than the other, its latest admitted row moves
+        there. Returns whether any moved."""
+        live, other = self._live(self.batches[src]), self._live(self.batches[1 - src])
+        moved = False
         while len(live) - len(other) > 1:
             rid = live.pop()
             other.append(rid)
-            self.batches[d].remove(rid)
-            self.batches[1 - d].append(rid)
+            self.batches[src].remove(rid)
+            self.batches[1 - src].append(rid)
+            moved = True
+        return moved
 
     def _threads(self, shared: bool) -> None:
         """Before a step's model work: whether a draft may run beside the target now."""
