@@ -216,6 +216,17 @@ def test_psd_merges_when_drafting_cannot_pay_and_pipelines_when_it_does():
     assert merged <= 10 and sum(k > 0 for k in ks[-50:]) >= 45
 
 
+def test_psd_explores_only_neighbours_of_its_best_k():
+    """_pick explores k = 0 every fourth exploration; in psd not drafting is merge()'s choice (for every row at
+    once), and the pipeline used to draft that batch with k = 1 instead: a k far from the best that nobody
+    asked for, one batch in 64."""
+    c = SpeculationController(8, "psd")
+    ks, merged = World(alpha=0.85).run_psd(c, steps=400)
+    assert merged <= 10 and c.best >= 3
+    steady = [k for k in ks[40:] if k]
+    assert steady and min(steady) >= c.best - 1, sorted(set(steady))
+
+
 @pytest.mark.parametrize("mode", ["sd", "psd"])
 def test_the_warm_up_waits_for_rows_with_tokens_left(mode):
     """A warm-up try costs more than a decode; rows within WARMUP_MIN_LEFT tokens of their max_tokens end

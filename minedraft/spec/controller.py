@@ -538,7 +538,9 @@ class SpeculationController(_Feeding):
             goodput = self._psd_goodput([verify_ids, draft_ids], requests, k_max)
             goodput[0] = 0.0  # merge decides that
             k = self._pick(goodput, k_max, "psd", n, draft_ids + verify_ids, requests)
-            k = max(k, 1)
+            # _pick's k = 0 exploration: in psd not drafting is merge()'s choice, for every row at once
+            # (and a batch drafted with k = 1 explores a k nobody asked for): the best k instead
+            k = k or max(self.best or 1, 1)
         self._trace("psd", n, k or 0, goodput)
         self.decisions += 1
         self.psd_k = k or 0
