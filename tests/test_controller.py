@@ -445,6 +445,30 @@ def test_an_arm_measured_once_is_shrunk_toward_the_settled_arms_level():
     assert table.calibrated("psd", 8, predicted)[6] == pytest.approx(0.030, rel=0.03)
 
 
+def test_rows_never_measured_borrow_the_models_error_from_the_nearest_measured_rows():
+    """A fresh rows bucket is judged on the model scaled by how far it was off at the nearest measured bucket
+    (within BORROW_SPAN): at 64 rows the model, fitted on fewer, put the psd pipeline at 1.3-2x what it took,
+    and auto decoded a round of 64 greedy rows merged where the pipeline ran 1.25x faster."""
+    from minedraft.spec.goodput import BORROW_SPAN, PeriodTable
+
+    def model(rows):  # decode, then k = 1..3: linear in rows
+        return [0.001 * rows, 0.002 * rows, 0.003 * rows, 0.004 * rows]
+
+    table = PeriodTable()
+    assert table.calibrated("psd", 64, model(64), predict_at=model) == pytest.approx(model(64))  # nothing to borrow
+    for _ in range(5):
+        table.observe("psd", 16, 3, 30, 0.6 * 0.004 * 16)  # the pipeline at 16 rows: 0.6x of the model
+        table.observe("decode", 16, 0, 16, 1.5 * 0.001 * 16)  # a decode: 1.5x
+    periods = table.calibrated("psd", 64, model(64), predict_at=model)
+    assert periods == pytest.approx([1.5 * 0.064, 0.6 * 0.128, 0.6 * 0.192, 0.6 * 0.256])
+    assert table.calibrated("psd", 64, model(64)) == pytest.approx(model(64))  # no predict_at: the model alone
+    far = int(16 * BORROW_SPAN * 2)  # too far to borrow from
+    assert table.calibrated("psd", far, model(far), predict_at=model) == pytest.approx(model(far))
+    table.observe("psd", 64, 2, 60, 0.9 * 0.003 * 64)  # 64 rows measured: its own level, nothing borrowed
+    periods = table.calibrated("psd", 64, model(64), predict_at=model)
+    assert periods[1:] == pytest.approx([0.9 * 0.128, 0.9 * 0.192, 0.9 * 0.256])
+
+
 def test_a_cold_first_target_only_step_does_not_keep_auto_speculating():
     # Target-only pays here, but the first k = 0 step (the warm-up's, the engine's first) took 30x its
     # time. While speculating, k = 0 is tried once every 64 decisions: the arm must not keep that step.

@@ -484,7 +484,10 @@ class SpeculationController(_Feeding):
         measured period where the table has the arm, else over the cost model's on the table's level."""
         n = len(ids)
         tokens = self._curve(ids, requests, k_max)
-        periods = self.periods.calibrated("sd", n, [self.sd_time(n, k) for k in range(k_max + 1)])
+        def model(rows: int) -> list[float]:
+            return [self.sd_time(rows, k) for k in range(k_max + 1)]
+
+        periods = self.periods.calibrated("sd", n, model(n), predict_at=model)
         return [tokens[k] / max(periods[k], 1e-9) for k in range(k_max + 1)]
 
     def _psd_goodput(self, batches: list[list[str]], requests, k_max: int) -> list[float]:
@@ -493,10 +496,16 @@ class SpeculationController(_Feeding):
         a, b = batches
         n = len(a) + len(b)
         ta, tb = self._curve(a, requests, k_max), self._curve(b, requests, k_max)
-        model = [self.costs.verify(n, n) + self._o("decode")]
-        model += [self.cycle_time(len(a), k, len(b), k) / 2 for k in range(1, k_max + 1)]
-        periods = self.periods.calibrated("psd", n, model)
+        periods = self.periods.calibrated("psd", n, self._psd_model(len(a), len(b), k_max),
+                                          predict_at=lambda rows: self._psd_model(rows // 2, rows - rows // 2, k_max))
         return [n / max(periods[0], 1e-9)] + [(ta[k] + tb[k]) / 2 / max(periods[k], 1e-9) for k in range(1, k_max + 1)]
+
+    def _psd_model(self, n_a: int, n_b: int, k_max: int) -> list[float]:
+        """The cost model's period of one merged decode of n_a + n_b rows, then of one pipeline step (half
+        a cycle) at k = 1..k_max."""
+        n = n_a + n_b
+        return [self.costs.verify(n, n) + self._o("decode")] + \
+            [self.cycle_time(n_a, k, n_b, k) / 2 for k in range(1, k_max + 1)]
 
     def k_for(self, ids: list[str], requests, max_k: int | None = None) -> int:
         """sd: how many tokens to draft for this batch (0: a target-only decode)."""

@@ -13,6 +13,9 @@ row; the same operation in ar, in an sd step at k = 0 and in a merged psd step),
 pipeline in steady state, both batches drafted with k). Each arm keeps a decayed mean that follows
 its last ~1 / (1 - DECAY) steps. The scheduler feeds every step, in every mode, fixed k included: a
 server that ran at k = 4 for a while already knows what k = 4 and k = 0 cost when auto takes over.
+Rows the table has not seen in a family borrow how far the model was off from the nearest rows bucket
+it has (BORROW_SPAN): the model's error is mostly one of level, and a fresh bucket judged on the model
+alone can stay target-only for a whole try interval.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ SETTLED = 3  # observations after which an arm sets the level of the unmeasured 
 # of two alternating halves (lopsided under Poisson arrivals: 1 and 6 rows), so a single step at k = 5-7
 # read 24 ms or 46 ms where the settled k = 4 read 24, and auto flipped to, then away from, each of them.
 PRIOR_WEIGHT = 3.0
+# An unmeasured rows bucket borrows the measured/model ratio of a measured one at most this many times fewer or
+# more rows away. At 64 rows the model (fitted on 1-16) put the psd pipeline at 1.3-2x what it took, as it had
+# at 16 rows before those were measured (0.65-0.75x of the model there), and auto decoded 64 greedy rows merged
+# for a whole round where the pipeline ran 1.25x faster.
+BORROW_SPAN = 4.0
 _BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
@@ -45,7 +53,8 @@ def rows_bucket(rows: int) -> int:
 
 class PeriodTable:
     def __init__(self):
-        self.arms: dict[tuple, list] = {}  # (family, bucket, k) -> [count, decayed weight, decayed seconds]
+        # (family, bucket, k) -> [count, decayed weight, decayed seconds, decayed rows]
+        self.arms: dict[tuple, list] = {}
         self.observations = 0
 
     @staticmethod
@@ -57,14 +66,15 @@ class PeriodTable:
         (0: it failed or was preempted; not a measurement of the arm)."""
         if rows <= 0 or tokens <= 0 or not (seconds > 0.0 and math.isfinite(seconds)):
             return
-        arm = self.arms.setdefault(self.key(family, rows, k), [0, 0.0, 0.0])
+        arm = self.arms.setdefault(self.key(family, rows, k), [0, 0.0, 0.0, 0.0])
         if arm[0] and seconds < RESET_BELOW * arm[2] / arm[1]:
-            arm[:] = [0, 0.0, 0.0]
+            arm[:] = [0, 0.0, 0.0, 0.0]
         if arm[0] >= 3:  # a GC pause or a neighbour's burst must not swing the arm
             seconds = min(seconds, 3.0 * arm[2] / arm[1])
         arm[0] += 1
         arm[1] = DECAY * arm[1] + 1.0
         arm[2] = DECAY * arm[2] + seconds
+        arm[3] = DECAY * arm[3] + rows
         self.observations += 1
 
     def count(self, family: str, rows: int, k: int) -> int:
@@ -78,15 +88,23 @@ class PeriodTable:
             return None
         return arm[2] / arm[1]
 
-    def calibrated(self, family: str, rows: int, predicted: list[float]) -> list[float]:
+    def calibrated(self, family: str, rows: int, predicted: list[float], predict_at=None) -> list[float]:
         """Per k = 0..len(predicted) - 1, the period to expect. An unmeasured k: the model's prediction
         scaled by how far the model was off at the nearest measured k > 0, a settled one (SETTLED
         observations) where there is one (the model's shape, the table's level; a decode, with no draft
-        call and no channel, is another operation and borrows nothing). A measured k whose level comes
-        from another arm: its own mean shrunk toward that scaled prediction, which counts as PRIOR_WEIGHT
-        observations against the arm's own. predicted: the cost model's period at each k."""
+        call and no channel, is another operation and borrows nothing from the drafted arms). A measured k
+        whose level comes from another arm: its own mean shrunk toward that scaled prediction, which counts
+        as PRIOR_WEIGHT observations against the arm's own. predicted: the cost model's period at each k;
+        predict_at(rows): the same at other rows, for a bucket with no arm measured (`_borrowed`)."""
         measured = {k: self.period(family, rows, k) for k in range(len(predicted))}
         measured = {k: p for k, p in measured.items() if p is not None}
+        if predict_at is not None:
+            predicted = list(predicted)
+            if 0 not in measured:
+                predicted[0] *= self._borrowed("decode", rows, [0], predict_at)
+            if not any(k > 0 for k in measured):
+                ratio = self._borrowed(family, rows, range(1, len(predicted)), predict_at)
+                predicted[1:] = [p * ratio for p in predicted[1:]]
         drafted = [k for k in measured if k > 0]
         # the level comes from a settled arm where there is one: a single exploration step (a neighbour
         # tried once, on a noisy machine) set k = 1..3's level 15% above the k = 4 that ran 40 steps
@@ -104,3 +122,19 @@ class PeriodTable:
                 n = self.count(family, rows, k)
                 out.append((n * measured[k] + PRIOR_WEIGHT * scaled) / (n + PRIOR_WEIGHT))
         return out
+
+    def _borrowed(self, family: str, rows: int, ks, predict_at) -> float:
+        """measured / predicted at the nearest rows bucket (within BORROW_SPAN) with an arm of `family` at one
+        of `ks`, its most observed one; 1.0 where there is none. Predicted at the arm's own mean rows."""
+        here = rows_bucket(rows)
+        ks = set(ks)
+        arms = [(key, arm) for key, arm in self.arms.items()
+                if key[0] == family and key[2] in ks and key[1] != here and arm[0] >= MIN_SAMPLES
+                and max(key[1], here) <= BORROW_SPAN * min(key[1], here)]
+        if not arms:
+            return 1.0
+        key, arm = min(arms, key=lambda a: (abs(math.log(a[0][1] / here)), -a[1][0]))
+        predicted = predict_at(max(1, round(arm[3] / arm[1])))
+        if key[2] >= len(predicted) or predicted[key[2]] <= 0.0:
+            return 1.0
+        return arm[2] / arm[1] / predicted[key[2]]
