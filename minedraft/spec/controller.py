@@ -6,7 +6,7 @@ It maximises expected committed tokens per second: the tokens the acceptance mod
 the measured one where the scheduler has seen steps at that k for about this many rows
 (spec/goodput.py: dispatch to dispatch, so the gRPC calls, the channel, the draft's catch-up and the
 clients' share are in it), else the cost model's prediction, scaled by how far the model was off at
-the nearest measured k:
+the nearest measured k (at rows never measured: at the nearest measured rows, goodput.BORROW_SPAN):
 - sd: for the batch, k in 0..max_k by  sum_r E_r(k) / period_sd(b, k), the model's period being
   draft(b, k) + verify(b, b (k + 1)) + o_sd; k = 0 is a target-only decode (`verify(b, b) +
   o_decode`, with no draft call).
