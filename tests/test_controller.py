@@ -449,7 +449,7 @@ def test_rows_never_measured_borrow_the_models_error_from_the_nearest_measured_r
     """A fresh rows bucket is judged on the model scaled by how far it was off at the nearest measured bucket
     (within BORROW_SPAN): at 64 rows the model, fitted on fewer, put the psd pipeline at 1.3-2x what it took,
     and auto decoded a round of 64 greedy rows merged where the pipeline ran 1.25x faster."""
-    from minedraft.spec.goodput import BORROW_SPAN, PeriodTable
+    from minedraft.spec.goodput import BORROW_LIMIT, BORROW_SPAN, PeriodTable
 
     def model(rows):  # decode, then k = 1..3: linear in rows
         return [0.001 * rows, 0.002 * rows, 0.003 * rows, 0.004 * rows]
@@ -467,6 +467,12 @@ def test_rows_never_measured_borrow_the_models_error_from_the_nearest_measured_r
     table.observe("psd", 64, 2, 60, 0.9 * 0.003 * 64)  # 64 rows measured: its own level, nothing borrowed
     periods = table.calibrated("psd", 64, model(64), predict_at=model)
     assert periods[1:] == pytest.approx([0.9 * 0.128, 0.9 * 0.192, 0.9 * 0.256])
+    table.observe("decode", 24, 0, 24, 0.024)
+
+    def tiny(rows):  # a fit still forming predicts nearly nothing: the ratio stays within BORROW_LIMIT
+        return [x * 1e-6 for x in model(rows)]
+
+    assert table.calibrated("sd", 32, tiny(32), predict_at=tiny)[0] == pytest.approx(BORROW_LIMIT * tiny(32)[0])
 
 
 def test_a_cold_first_target_only_step_does_not_keep_auto_speculating():

@@ -549,7 +549,7 @@ class SpeculationController(_Feeding):
             k = self._pick(goodput, k_max, "psd", n, draft_ids + verify_ids, requests)
             # _pick's k = 0 exploration: in psd not drafting is merge()'s choice, for every row at once
             # (and a batch drafted with k = 1 explores a k nobody asked for): the best k instead
-            k = k or max(self.best or 1, 1)
+            k = k or self.best or 1
         self._trace("psd", n, k or 0, goodput)
         self.decisions += 1
         self.psd_k = k or 0

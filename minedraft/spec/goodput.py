@@ -40,6 +40,7 @@ PRIOR_WEIGHT = 3.0
 # at 16 rows before those were measured (0.65-0.75x of the model there), and auto decoded 64 greedy rows merged
 # for a whole round where the pipeline ran 1.25x faster.
 BORROW_SPAN = 4.0
+BORROW_LIMIT = 4.0  # a borrowed ratio stays within 1 / 4 .. 4 (a fit still forming can predict near zero)
 _BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
@@ -125,7 +126,8 @@ class PeriodTable:
 
     def _borrowed(self, family: str, rows: int, ks, predict_at) -> float:
         """measured / predicted at the nearest rows bucket (within BORROW_SPAN) with an arm of `family` at one
-        of `ks`, its most observed one; 1.0 where there is none. Predicted at the arm's own mean rows."""
+        of `ks`, its most observed one, within BORROW_LIMIT; 1.0 where there is none. Predicted at the arm's
+        own mean rows."""
         here = rows_bucket(rows)
         ks = set(ks)
         arms = [(key, arm) for key, arm in self.arms.items()
@@ -137,4 +139,4 @@ class PeriodTable:
         predicted = predict_at(max(1, round(arm[3] / arm[1])))
         if key[2] >= len(predicted) or predicted[key[2]] <= 0.0:
             return 1.0
-        return arm[2] / arm[1] / predicted[key[2]]
+        return min(BORROW_LIMIT, max(1.0 / BORROW_LIMIT, arm[2] / arm[1] / predicted[key[2]]))
