@@ -484,10 +484,8 @@ class SpeculationController(_Feeding):
         measured period where the table has the arm, else over the cost model's on the table's level."""
         n = len(ids)
         tokens = self._curve(ids, requests, k_max)
-        def model(rows: int) -> list[float]:
-            return [self.sd_time(rows, k) for k in range(k_max + 1)]
-
-        periods = self.periods.calibrated("sd", n, model(n), predict_at=model)
+        periods = self.periods.calibrated("sd", n, self._sd_model(n, k_max),
+                                          predict_at=lambda rows: self._sd_model(rows, k_max))
         return [tokens[k] / max(periods[k], 1e-9) for k in range(k_max + 1)]
 
     def _psd_goodput(self, batches: list[list[str]], requests, k_max: int) -> list[float]:
@@ -499,6 +497,10 @@ class SpeculationController(_Feeding):
         periods = self.periods.calibrated("psd", n, self._psd_model(len(a), len(b), k_max),
                                           predict_at=lambda rows: self._psd_model(rows // 2, rows - rows // 2, k_max))
         return [n / max(periods[0], 1e-9)] + [(ta[k] + tb[k]) / 2 / max(periods[k], 1e-9) for k in range(1, k_max + 1)]
+
+    def _sd_model(self, n: int, k_max: int) -> list[float]:
+        """The cost model's period of an sd step of n rows at k = 0..k_max."""
+        return [self.sd_time(n, k) for k in range(k_max + 1)]
 
     def _psd_model(self, n_a: int, n_b: int, k_max: int) -> list[float]:
         """The cost model's period of one merged decode of n_a + n_b rows, then of one pipeline step (half

@@ -290,19 +290,9 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
         max(draft B, verify A) + max(draft A, verify B): with rows finishing and arriving (Poisson traffic)
         the batches drifted to 1 and 7 rows, a cycle of two lopsided steps, and auto judged the pipeline by
         it. Returns whether both batches have rows now."""
-        sizes = [len(self._live(b)) for b in self.batches]
-        if self._move_rows(0 if sizes[0] > sizes[1] else 1):
+        if self._move_rows(0) or self._move_rows(1):
             self._psd_skipped = [any(self._psd_skipped)] * 2  # a moved row's draft may have skipped steps
         return all(self._live(b) for b in self.batches)
-
-    def _even_out_in_flight(self, d: int) -> None:
-        """The pipeline runs: batch d is about to be drafted, the other is in flight. Rows move from d to the
-        one in flight (_move_rows); a moved row sits this draft out and is drafted with its new batch next
-        step: one step later, once. Arrivals join the batch about to be drafted (their first draft goes out
-        at once) and rows finish unevenly, and _rebalance only runs with nothing in flight: 16 requests sent
-        at once reached the scheduler over two steps, and the whole round ran as halves of 4 and 12 rows, a
-        cycle of max(draft 12, verify 4) + max(draft 4, verify 12), fixed k too."""
-        self._move_rows(d)
 
     def _move_rows(self, src: int) -> bool:
         """While batch src has more than one running row more than the other, its latest admitted row moves
@@ -412,7 +402,12 @@ class Scheduler(WorkerFailureHandling, StagedPrefill, DraftFeeding):
             if self._rebalance():
                 to_draft = [0, 1]
         elif to_draft:
-            self._even_out_in_flight(to_draft[0])
+            # The pipeline runs: rows move from the batch about to be drafted to the one in flight; a moved row
+            # sits this draft out and is drafted with its new batch next step (one step later, once). Arrivals
+            # join the batch about to be drafted (their first draft goes out at once) and rows finish unevenly,
+            # and _rebalance only runs with nothing in flight: 16 requests sent at once reached the scheduler
+            # over two steps, and the whole round ran as halves of 4 and 12 rows, fixed k too.
+            self._move_rows(to_draft[0])
         if self.controller.merge(self.batches, self.running, riding=self.target.riding):
             if pb is None:  # no k pays for the pipeline: one target-only step of every row
                 self._step_ar(touched, [r for b in self.batches for r in self._live(b)], mode=self.mode)
